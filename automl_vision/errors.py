@@ -1,0 +1,53 @@
+"""One exception family for the whole library.
+
+Library code raises these; only ``cli.py`` turns them into exit codes
+(ConfigError/DataError -> 2, TrainingDiverged -> 3, anything else -> 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class AutoMLError(Exception):
+    """Base class of every error the library raises on purpose."""
+
+
+class _ProblemList(AutoMLError):
+    """An error that carries every problem found, not just the first."""
+
+    kind = "error"
+
+    def __init__(self, problems: str | Iterable[str], source: str | None = None):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        if not self.problems:
+            raise ValueError("an error needs at least one problem")
+        self.source = source
+        super().__init__(self.format())
+
+    def format(self) -> str:
+        prefix = f"{self.source}: " if self.source else ""
+        if len(self.problems) == 1:
+            return f"{prefix}{self.problems[0]}"
+        lines = [f"{prefix}{len(self.problems)} problems:"]
+        lines += [f"  - {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+class ConfigError(_ProblemList):
+    """The job, a hyperparameter or a command-line flag is invalid."""
+
+
+class DataError(_ProblemList):
+    """The labelled data (JSONL file or its images) is invalid."""
+
+
+class TrainingDiverged(AutoMLError):
+    """The loss became NaN or infinite; the trial cannot go on."""
+
+    def __init__(self, epoch: int, step: int, loss: float):
+        self.epoch, self.step, self.loss = epoch, step, loss
+        super().__init__(
+            f"training diverged: loss {loss} at epoch {epoch}, global step {step}; "
+            "try a lower learning_rate or a smaller batch"
+        )

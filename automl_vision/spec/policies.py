@@ -1,0 +1,53 @@
+"""Early-termination policies (spec section 7), with the original SDK's class names.
+
+They are part of the job spec (``sweep.early_termination``) and are used as-is from Python:
+``BanditPolicy(evaluation_interval=2, slack_factor=0.2, delay_evaluation=6)``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Policy(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    evaluation_interval: int = Field(1, ge=1, description="Apply the rule every N reported values.")
+    delay_evaluation: int = Field(0, ge=0, description="Never apply the rule before N reported values.")
+
+
+class BanditPolicy(_Policy):
+    """Stop a trial whose best value falls outside the slack of the best trial at the same interval."""
+
+    type: Literal["bandit"] = "bandit"
+    slack_factor: float | None = Field(None, gt=0)
+    slack_amount: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_slack(self):
+        if (self.slack_factor is None) == (self.slack_amount is None):
+            raise ValueError("bandit needs exactly one of slack_factor or slack_amount")
+        return self
+
+
+class MedianStoppingPolicy(_Policy):
+    """Stop a trial whose best value is worse than the median of the other trials' running averages."""
+
+    type: Literal["median_stopping"] = "median_stopping"
+
+
+class TruncationSelectionPolicy(_Policy):
+    """At each interval, stop the lowest ``truncation_percentage`` percent of the trials."""
+
+    type: Literal["truncation_selection"] = "truncation_selection"
+    truncation_percentage: int = Field(ge=1, le=99)
+    exclude_finished_jobs: bool = False
+
+
+EarlyTerminationPolicy = Annotated[
+    Union[BanditPolicy, MedianStoppingPolicy, TruncationSelectionPolicy], Field(discriminator="type")
+]
+POLICY_TYPES = {"bandit": BanditPolicy, "median_stopping": MedianStoppingPolicy,
+                "truncation_selection": TruncationSelectionPolicy}
