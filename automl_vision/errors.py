@@ -45,9 +45,10 @@ class DataError(_ProblemList):
 class TrainingDiverged(AutoMLError):
     """The loss became NaN or infinite; the trial cannot go on."""
 
-    def __init__(self, epoch: int, step: int, loss: float):
+    def __init__(self, epoch: int, step: int, loss: float, during: str = "training"):
         self.epoch, self.step, self.loss = epoch, step, loss
+        where = f"epoch {epoch}, global step {step}" if during == "training" else \
+            f"validation after epoch {epoch} (global step {step})"
         super().__init__(
-            f"training diverged: loss {loss} at epoch {epoch}, global step {step}; "
-            "try a lower learning_rate or a smaller batch"
+            f"training diverged: {during} loss {loss} at {where}; try a lower learning_rate or a smaller batch"
         )

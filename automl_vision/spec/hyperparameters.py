@@ -100,7 +100,9 @@ class HyperParameter:
 
         Strings are accepted for every type because command lines and Katib pass strings.
         """
-        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
+        # "none" is also a real choice (validation_metric_type), not only a spelling of null.
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")
+                             and value not in (self.choices or ())):
             if self.optional:
                 return None
             raise ValueError(f"{self.name}={_show(value)} is not allowed; expected {self.allowed()}")

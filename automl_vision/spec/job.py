@@ -93,11 +93,23 @@ class JobSpec(BaseModel):
     def _parse_distributions(cls, value: Any) -> Any:
         if not isinstance(value, list):
             return value
-        out = []
-        for entry in value:
+        out, errors = [], []
+        for i, entry in enumerate(value):
             if not isinstance(entry, Mapping):
                 raise ValueError("each search_space entry must be a mapping of hyperparameter -> distribution")
-            out.append({k: _as_distribution(v) for k, v in entry.items()})
+            parsed = {}
+            for k, v in entry.items():
+                # Errors keep their place (search_space[i].name...), so messages say which entry is wrong.
+                try:
+                    parsed[k] = _as_distribution(v)
+                except ValidationError as e:
+                    errors += [{"type": d["type"], "loc": (i, k, v["type"], *d["loc"]), "input": d["input"],
+                                **({"ctx": d["ctx"]} if "ctx" in d else {})} for d in e.errors()]
+                except ValueError as e:
+                    errors.append({"type": "value_error", "loc": (i, k), "input": v, "ctx": {"error": e}})
+            out.append(parsed)
+        if errors:
+            raise ValidationError.from_exception_data("search_space", errors)
         return out
 
     @model_validator(mode="after")

@@ -6,6 +6,7 @@ They are part of the job spec (``sweep.early_termination``) and are used as-is f
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence, Set as AbstractSet
 from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -16,6 +17,24 @@ class _Policy(BaseModel):
 
     evaluation_interval: int = Field(1, ge=1, description="Apply the rule every N reported values.")
     delay_evaluation: int = Field(0, ge=0, description="Never apply the rule before N reported values.")
+
+    def explain(self, trial_id: str, history: Mapping[str, Sequence[float]], *, maximize: bool = True,
+                finished: AbstractSet[str] = frozenset()):
+        """The decision for ``trial_id`` at its latest interval ``n = len(history[trial_id])``, as a
+        ``Decision(terminate, rule)`` (``rule``: a sentence with the numbers, for the log).
+
+        ``history`` maps each trial id to its primary-metric values, one per reported interval
+        (index 0 is interval 1); ``finished`` is the set of trials that have ended (used by
+        ``truncation_selection`` with ``exclude_finished_jobs``).
+        """
+        from automl_vision.sweep.policies import decide  # here: spec must import without sweep
+
+        return decide(self, trial_id, history, maximize=maximize, finished=finished)
+
+    def should_terminate(self, trial_id: str, history: Mapping[str, Sequence[float]], *,
+                         maximize: bool = True, finished: AbstractSet[str] = frozenset()) -> bool:
+        """True when ``trial_id`` should be cancelled now; see :meth:`explain`."""
+        return self.explain(trial_id, history, maximize=maximize, finished=finished).terminate
 
 
 class BanditPolicy(_Policy):

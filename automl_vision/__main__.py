@@ -1,0 +1,5 @@
+import sys
+
+from automl_vision.cli import main
+
+sys.exit(main())

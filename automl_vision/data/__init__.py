@@ -1,0 +1,1 @@
+"""Data: JSONL reading and validation, splitting, storage."""

@@ -1,0 +1,1 @@
+"""Hyperparameter sweeps: sampling, early termination and scheduling (spec section 7)."""

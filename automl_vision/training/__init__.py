@@ -1,0 +1,1 @@
+"""Training: the trial loop, optimizers, schedulers, early stopping and metric reporting."""

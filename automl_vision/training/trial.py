@@ -1,0 +1,89 @@
+"""What every trial shares: its settings, its output folder and its result file."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from automl_vision.spec.tasks import ImageTask
+
+RESULT_FILE = "result.json"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+LOG_FILE = "train.log"
+OUTPUTS_DIR = "outputs"
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """A validated trial: the data, the resolved hyperparameters and where to write."""
+
+    task: ImageTask
+    training_data: str
+    validation_data: str | None
+    hyperparameters: dict[str, Any]
+    output_dir: str
+    device: str = "auto"
+    num_workers: int | None = None  # None: chosen from the machine
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["task"] = self.task.value
+        return d
+
+
+@dataclass
+class TrialResult:
+    status: str  # completed | early_stopped | failed | diverged
+    primary_metric: str
+    best_value: float | None = None
+    best_epoch: int | None = None
+    epochs_completed: int = 0
+    duration_s: float = 0.0
+    message: str = ""
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def write(self, output_dir: str | Path) -> None:
+        path = Path(output_dir) / RESULT_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        os.replace(tmp, path)
+
+    @classmethod
+    def read(cls, output_dir: str | Path) -> "TrialResult | None":
+        path = Path(output_dir) / RESULT_FILE
+        if not path.is_file():
+            return None
+        return cls(**json.loads(path.read_text()))
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def default_num_workers() -> int:
+    """DataLoader workers: the cores left after the training process's own, at most 8.
+
+    On a machine with two cores or fewer, decoding in the main process is as fast as handing
+    batches between processes.
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 0 if cpus <= 2 else min(8, cpus - 1)

@@ -1,0 +1,63 @@
+"""Shared pytest setup: tests marked ``gpu`` are skipped on machines without CUDA."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items:
+        return  # no torch import for CPU-only runs
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in gpu_items:
+        item.add_marker(skip)
+
+
+# --- tiny synthetic datasets ---------------------------------------------------------------------
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220)}
+
+
+def make_classification_dataset(root: Path, *, n_per_class: int = 6, classes=("red", "green"), size: int = 24,
+                                multilabel: bool = False, seed: int = 0, name: str = "train.jsonl") -> Path:
+    """PNG images of noisy colour patches, one class per colour, plus a JSONL file; returns the JSONL path.
+
+    Multi-label images mix two colours side by side and carry both labels.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for ci, cls in enumerate(classes):
+        for i in range(n_per_class):
+            pixels = np.empty((size, size, 3), dtype=np.float32)
+            labels = [cls]
+            pixels[:] = COLOURS[cls]
+            if multilabel and i % 2:
+                other = classes[(ci + 1) % len(classes)]
+                pixels[:, size // 2:] = COLOURS[other]
+                labels.append(other)
+            pixels += rng.normal(0, 20, pixels.shape)
+            image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+            rel = f"images/{cls}_{i:03d}_{seed}.png"
+            image.save(root / rel)
+            lines.append({"image_url": rel, "label": sorted(labels) if multilabel else cls})
+    path = root / name
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
+
+
+@pytest.fixture
+def make_dataset():
+    return make_classification_dataset
