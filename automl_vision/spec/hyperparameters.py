@@ -116,7 +116,7 @@ class HyperParameter:
             hint = _did_you_mean(str(out), [str(c) for c in self.choices])
             raise ValueError(f"{self.name}={_show(value)} is not allowed; expected {self.allowed()}{hint}")
         if self.type in (int, float) and not self._in_range(out):
-            raise ValueError(f"{self.name}={_show(value)} out of range; expected {self.allowed()}")
+            raise ValueError(f"{self.name}={_show(out)} out of range; expected {self.allowed()}")
         if self.check is not None:
             problem = self.check(out, model_name or "")
             if problem:
