@@ -57,24 +57,24 @@ def _timm_classifier(timm_name: str, num_classes: int, pretrained: bool) -> nn.M
 
     if not pretrained:
         return timm.create_model(timm_name, pretrained=False, num_classes=num_classes)
-    # Offline lookup only: with HF_HUB_OFFLINE the hub client reads its cache and fails fast.
-    previous = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        return timm.create_model(timm_name, pretrained=True, num_classes=num_classes)
-    except Exception as e:  # the hub client raises several types for "not in cache"
-        cfg = timm.models.get_pretrained_cfg(timm_name)
-        hub = getattr(cfg, "hf_hub_id", None) or timm_name
-        raise ConfigError(
-            f"pretrained weights for {timm_name} not found in the Hugging Face cache "
-            f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}): expected hub repository {hub!r} "
-            f"({type(e).__name__}); seed the cache with it, or train from scratch with pretrained: 0"
-        ) from None
-    finally:
-        if previous is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = previous
+    # Look in the Hugging Face cache ourselves: asking timm to load would go to the network
+    # (and retry for a long time) when the file is missing.
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = timm.models.get_pretrained_cfg(timm_name)
+    hub = getattr(cfg, "hf_hub_id", None) or f"timm/{timm_name}"
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        path = try_to_load_from_cache(hub, filename)
+        if isinstance(path, str):
+            return timm.create_model(timm_name, pretrained=True, num_classes=num_classes,
+                                     pretrained_cfg_overlay={"file": path})
+    cache = os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub")
+    raise ConfigError(
+        f"pretrained weights for {timm_name} not found: expected model.safetensors of the Hugging Face "
+        f"repository {hub!r} in the cache {cache} (seed it with `huggingface-cli download {hub}` on a "
+        f"machine with access, then copy the cache); or train from scratch with pretrained: 0"
+    )
 
 
 def _register_torchvision(name: str, arch: str, weights_enum: str, groups) -> None:

@@ -52,7 +52,7 @@ class MetricsReporter:
         ts = timestamp or rfc3339_now()
         values: dict[str, str] = {}
         for name, value in metrics.items():
-            if not _NAME_RE.match(name):
+            if not _NAME_RE.fullmatch(name):
                 raise ValueError(f"metric name {name!r} is not one Katib can read")
             if isinstance(value, float) and not math.isfinite(value):
                 continue
