@@ -6,15 +6,18 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast docs install clean
+.PHONY: demo test test-fast docs pipeline-specs install clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
 # Reinstall when the project's dependencies change.
+# kubeflow-katib pins protobuf<5, which kfp and kserve cannot use: it is installed without its
+# dependencies (the katib extra brings the others; see pyproject.toml).
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,katib]'
+	$(BIN)/pip install -q --no-deps kubeflow-katib==0.19.0
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -22,11 +25,23 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/automl-vision demo --output-dir runs/demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/pytest -q
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) browser
 	$(BIN)/pytest -q -m "not slow"
+
+# The page tests drive Debian's chromium (tests/browser_support.py); installed once where apt-get is.
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver) \
+	      || echo "chromium could not be installed: the browser tests will say why they skip"; \
+	  else echo "no apt-get or not root: the browser tests will say why they skip"; fi; fi
+
+# The compiled Kubeflow component specs (components/) and pipeline (pipelines/); a test checks they are current.
+pipeline-specs: $(STAMP)
+	$(BIN)/python -m automl_vision.pipeline.specs
 
 docs: $(STAMP)
 	$(BIN)/python -m automl_vision.spec.docs > docs/hyperparameters.md

@@ -57,6 +57,16 @@ def _add_train(sub) -> None:
     p.add_argument("--output-dir", default="outputs", help="folder for the trial's files (default: ./outputs)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     p.add_argument("--num_workers", type=int, default=None, help="DataLoader workers (default: from the machine)")
+    p.add_argument("--weights", default=None, metavar="DIR_OR_S3",
+                   help="folder or s3://bucket/prefix holding pretrained weights under the libraries' file names "
+                        "(default: $AUTOML_VISION_WEIGHTS, else the torchvision and Hugging Face caches; "
+                        "`automl-vision weights` lists the files)")
+    p.add_argument("--from_model", default=None, metavar="DIR",
+                   help="incremental training: start from an earlier model package (a trial's outputs/ or a "
+                        "run's best_model/) of the same model_name")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint in OUTPUT_DIR/checkpoints/ when there is one "
+                        "(checkpoints are written with --checkpoint_frequency)")
     group = p.add_argument_group("hyperparameters")
     for hp in hps.HYPERPARAMETERS:
         group.add_argument(f"--{hp.name}", default=argparse.SUPPRESS, metavar=hp.type.__name__.upper(),
@@ -80,15 +90,28 @@ def cmd_train(args) -> int:
         values = hps.resolve(task, given)
     except ValueError as e:
         raise ConfigError(str(e).splitlines(), "train") from None
+    import os
+
+    from automl_vision.models.weights import s3_endpoint_from_env
+
+    # torchrun sets these for each process of a data-parallel run.
+    world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     settings = TrialSettings(task=task, training_data=args.training_data, validation_data=args.validation_data,
                              hyperparameters=values, output_dir=str(out), device=args.device,
-                             num_workers=args.num_workers)
-    if not task.is_classification:
-        raise ConfigError(f"training for {task.value} is not available yet; classification tasks are")
-    from automl_vision.training.classification import train_classification
+                             num_workers=args.num_workers,
+                             weights=args.weights or os.environ.get("AUTOML_VISION_WEIGHTS") or None,
+                             s3_endpoint=s3_endpoint_from_env(os.environ),
+                             weights_cache=os.environ.get("AUTOML_VISION_CACHE"),
+                             from_model=args.from_model, resume=args.resume,
+                             progress_bar=sys.stderr.isatty(), rank=rank, world_size=world_size,
+                             local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    if task.is_classification:
+        from automl_vision.training.classification import train_classification as train
+    else:
+        from automl_vision.training.detection import train_detection as train
 
     try:
-        result = train_classification(settings)
+        result = train(settings)
     except TrainingDiverged as e:
         TrialResult(status="diverged", primary_metric=task.primary_metric, message=str(e)).write(out)
         raise
@@ -105,6 +128,19 @@ def _add_run(sub) -> None:
     p.add_argument("job", help="job YAML file")
     p.add_argument("--output-dir", help="run folder (default: runs/<job name or time>)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the sweep a killed run left in RUN_DIR (finished trials are kept)")
+    p.add_argument("--engine", choices=("pipeline", "library"), default="pipeline",
+                   help="pipeline: the Kubeflow pipeline on kfp's local runner (default); library: the sweep "
+                        "alone, called directly (what --resume uses)")
+    p.add_argument("--kubeflow", metavar="URL", help="submit the pipeline to this Kubeflow Pipelines endpoint "
+                                                     "instead of running it here")
+    p.add_argument("--namespace", help="with --kubeflow: the namespace (profile) of a multi-user Kubeflow")
+    p.add_argument("--schedule", metavar="CRON", help="with --kubeflow: a recurring run for scheduled retraining; "
+                                                      "six-field cron, seconds first, e.g. \"0 0 2 * * *\"")
+    p.add_argument("--experiment", default="automl-vision", help="with --kubeflow: the experiment of the run")
+    p.add_argument("--cluster-settings", metavar="FILE", help="with --kubeflow: images, GPU pool, secrets "
+                                                             "(YAML; see docs/kubeflow.md)")
     p.set_defaults(func=cmd_run)
 
 
@@ -112,20 +148,35 @@ def _default_run_dir(job) -> Path:
     return Path("runs") / (job.name or datetime.now().strftime("run-%Y%m%d-%H%M%S"))
 
 
-def run_job(job, run_dir: Path, device: str = "auto") -> int:
+def run_job(job, run_dir: Path, device: str = "auto", resume: bool = False, engine: str = "pipeline") -> int:
     from automl_vision.sweep.local import format_leaderboard, run_sweep
 
     t0 = time.monotonic()
-    result = run_sweep(job, run_dir, device=device, echo=lambda s: print(s, flush=True))
+    pipeline = None
+    if engine == "pipeline" and not resume:
+        from automl_vision.pipeline.local import run_pipeline_locally
+
+        pipeline = run_pipeline_locally(job, run_dir, device=device, echo=lambda s: print(s, flush=True))
+        result = pipeline.sweep_result()
+        if result is None:  # a step before the sweep failed
+            pipeline.raise_for_failure()
+    else:
+        result = run_sweep(job, run_dir, device=device, echo=lambda s: print(s, flush=True), resume=resume)
     print("\nleaderboard:\n" + format_leaderboard(result), flush=True)
+    from automl_vision.report import write_report
+
+    print(f"report: {write_report(run_dir)}", flush=True)
     best = result.best
     if best is None:
         print(f"\nno trial produced a model; see {run_dir}/trials/*/console.log", flush=True)
         return EXIT_INTERNAL
+    if pipeline is not None:
+        pipeline.raise_for_failure()
+        print(pipeline.describe(), flush=True)
     print(f"\nbest trial: {best.trial_id} ({best.parameters.get('model_name', job.task.default_model)}), "
           f"{job.task.primary_metric} {best.best_value:.4f}\n"
           f"best model: {run_dir / 'best_model'}\n"
-          f"run files:  {run_dir} (leaderboard.csv, leaderboard.json, trials/)\n"
+          f"run files:  {run_dir} (leaderboard.csv, leaderboard.json, sweep.json, trials/)\n"
           f"total time: {time.monotonic() - t0:.0f} s", flush=True)
     return EXIT_OK
 
@@ -135,8 +186,49 @@ def cmd_run(args) -> int:
 
     _setup_logging(args.verbose)
     job = load_job(args.job)
+    if args.resume and args.output_dir and Path(args.resume).resolve() != Path(args.output_dir).resolve():
+        raise ConfigError(f"--resume {args.resume} and --output-dir {args.output_dir} name different folders; "
+                          "give one")
+    if args.kubeflow:
+        return submit_job(job, args)
+    if args.schedule or args.namespace:
+        raise ConfigError("--schedule and --namespace go with --kubeflow URL", "run")
+    if args.resume:
+        return run_job(job, Path(args.resume), args.device, resume=True)
     run_dir = Path(args.output_dir) if args.output_dir else _default_run_dir(job)
-    return run_job(job, run_dir, args.device)
+    return run_job(job, run_dir, args.device, engine=args.engine)
+
+
+def submit_job(job, args) -> int:
+    from automl_vision.pipeline.settings import load_cluster_settings
+    from automl_vision.pipeline.submit import submit
+
+    done = submit(job, args.kubeflow, namespace=args.namespace, schedule=args.schedule, experiment=args.experiment,
+                  settings=load_cluster_settings(args.cluster_settings), device=args.device)
+    print(f"{done.kind} created: {done.id} (experiment {done.experiment_id})\n{done.url}", flush=True)
+    return EXIT_OK
+
+
+def _add_compile(sub) -> None:
+    p = sub.add_parser("compile", help="write the Kubeflow pipeline package for upload through the Pipelines UI",
+                       description="Compile the AutoML pipeline to a package for the Pipelines UI; the job's "
+                                   "values become the defaults of the pipeline's parameters.")
+    p.add_argument("job", nargs="?", help="job YAML file (optional: without it every parameter is entered in the UI)")
+    p.add_argument("--out", required=True, help="pipeline package to write (.yaml)")
+    p.add_argument("--cluster-settings", metavar="FILE", help="images, GPU pool, secrets (YAML; see docs/kubeflow.md)")
+    p.set_defaults(func=cmd_compile)
+
+
+def cmd_compile(args) -> int:
+    from automl_vision.pipeline.pipeline import compile_pipeline
+    from automl_vision.pipeline.settings import load_cluster_settings
+    from automl_vision.spec.job import load_job
+
+    _setup_logging(args.verbose)
+    job = load_job(args.job) if args.job else None
+    path = compile_pipeline(args.out, settings=load_cluster_settings(args.cluster_settings), job=job)
+    print(f"pipeline package written to {path}", flush=True)
+    return EXIT_OK
 
 
 def _add_validate(sub) -> None:
@@ -173,6 +265,471 @@ def cmd_demo(args) -> int:
     return run_job(load_job(job_path), out / "run", args.device)
 
 
+def _add_leaderboard(sub) -> None:
+    p = sub.add_parser("leaderboard", help="show the leaderboard of a run folder (also while its sweep runs)")
+    p.add_argument("run_dir", help="run folder of automl-vision run")
+    p.add_argument("--limit", type=int, default=20, help="trials shown (default: 20)")
+    p.set_defaults(func=cmd_leaderboard)
+
+
+def cmd_leaderboard(args) -> int:
+    from automl_vision.sweep.local import format_leaderboard, load_sweep
+
+    _setup_logging(args.verbose)
+    result = load_sweep(args.run_dir)
+    compute = result.compute
+    print(format_leaderboard(result, limit=args.limit))
+    print(f"\nsweep {result.status or 'unknown'}" + (f" ({result.stopped_because})" if result.stopped_because else "")
+          + f"; {compute.get('trial_epochs', 0)} trial-epoch(s) used, "
+          f"{compute.get('trial_epochs_without_early_termination', 0)} without early termination")
+    return EXIT_OK
+
+
+# --- weights -----------------------------------------------------------------------------------
+
+def _add_weights(sub) -> None:
+    p = sub.add_parser("weights", help="list the pretrained-weights files to seed a weights folder or s3:// prefix",
+                       description="For each classification model: the file a weights folder (--weights, "
+                                   "$AUTOML_VISION_WEIGHTS) must hold and where to download it.")
+    p.add_argument("--model_name", action="append", help="only these models (repeatable)")
+    p.set_defaults(func=cmd_weights)
+
+
+def cmd_weights(args) -> int:
+    from automl_vision.models.classification import CLASSIFIERS, weights_file
+
+    _setup_logging(args.verbose)
+    names = args.model_name or list(CLASSIFIERS)
+    unknown = [n for n in names if n not in CLASSIFIERS]
+    if unknown:
+        raise ConfigError(f"no pretrained weights known for {', '.join(unknown)}; "
+                          f"models: {', '.join(CLASSIFIERS)}")
+    for name in names:
+        f = weights_file(name)
+        print(f"{name:12s} {f.relpath}\n{'':12s} {f.url}")
+    return EXIT_OK
+
+
+# --- data --------------------------------------------------------------------------------------
+
+def _add_data(sub) -> None:
+    p = sub.add_parser("data", help="validate, convert, export and split labelled image data",
+                       description="Work with JSON Lines datasets (spec section 2). Exit 2 when the data has problems.")
+    verbs = p.add_subparsers(dest="data_command", required=True, metavar="VERB")
+    tasks = "image_classification | image_classification_multilabel | image_object_detection | " \
+            "image_instance_segmentation"
+
+    v = verbs.add_parser("validate", help="check a JSONL file and summarize it; --output-dir ingests it",
+                         description="Check every line and image, print counts per class, image sizes and every "
+                                     "problem with file:line. With --output-dir, write the ingested dataset "
+                                     "(manifest.parquet, stats.json, report.json) that train/run accept as data.")
+    v.add_argument("data", help="JSONL file")
+    v.add_argument("--task", required=True, help=tasks)
+    v.add_argument("--validation_data", help="validation JSONL file (else split_ratio of the data is held out)")
+    v.add_argument("--output-dir", help="write the ingested dataset here")
+    v.add_argument("--json", action="store_true", help="print the machine-readable report instead of the summary")
+    v.add_argument("--on-invalid", choices=("fail", "skip"), default="fail",
+                   help="fail (default): refuse data with problems; skip: leave out invalid images and objects")
+    v.add_argument("--images", choices=("decode", "header", "none"), default="decode",
+                   help="decode (default): read every image fully; header: size and format only; none: "
+                        "only check that the files exist")
+    v.add_argument("--max-pixels", type=int, default=None, help="refuse larger images (default 89,478,485)")
+    v.add_argument("--classes", help="comma-separated allowed class names; others are reported as unknown")
+    _add_storage_flags(v)
+    v.add_argument("--split_ratio", type=float, default=0.2, help="validation share when ingesting (default 0.2)")
+    v.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    v.set_defaults(func=cmd_data, data_func=_data_validate)
+
+    c = verbs.add_parser("convert", help="convert COCO, Pascal VOC, YOLO, class folders or CSV to JSONL")
+    c.add_argument("--from", dest="source_format", required=True, choices=("coco", "voc", "yolo", "folders", "csv"))
+    c.add_argument("source", help="COCO json | VOC folder | YOLO folder or data yaml | class-folder root | CSV file")
+    c.add_argument("--out", required=True, help="JSONL file to write")
+    c.add_argument("--task", help=f"{tasks} (default: detection for coco/voc/yolo, classification otherwise)")
+    c.add_argument("--images-dir", help="coco, csv: folder the file names are relative to; voc: JPEGImages folder")
+    c.add_argument("--image-set", help="voc: convert only ImageSets/Main/<name>.txt")
+    c.add_argument("--masks-dir", help="voc: instance masks folder (default SegmentationObject/)")
+    c.add_argument("--skip-difficult", action="store_true", help="voc: leave out objects marked <difficult>")
+    c.add_argument("--names", help="yolo: class-name file (txt, one per line, or a data yaml)")
+    c.add_argument("--label-separator", help="csv: separator between labels (default: spaces)")
+    c.set_defaults(func=cmd_data, data_func=_data_convert)
+
+    e = verbs.add_parser("export", help="write a JSONL dataset as COCO json")
+    e.add_argument("data", help="JSONL file")
+    e.add_argument("--to", dest="target_format", required=True, choices=("coco",))
+    e.add_argument("--out", required=True, help="COCO json file to write")
+    e.add_argument("--task", default="image_object_detection",
+                   help="image_object_detection (default) | image_instance_segmentation")
+    e.add_argument("--images-dir", help="make file_name relative to this folder (default: image_url as written)")
+    _add_storage_flags(e)
+    e.set_defaults(func=cmd_data, data_func=_data_export)
+
+    s = verbs.add_parser("split", help="hold out split_ratio of a JSONL file (the split a trial makes)")
+    s.add_argument("data", help="JSONL file")
+    s.add_argument("--task", required=True, help=tasks)
+    s.add_argument("--split_ratio", type=float, default=0.2, help="validation share (default 0.2)")
+    s.add_argument("--seed", type=int, default=0, help="seed (default 0, as trials)")
+    s.add_argument("--output-dir", required=True, help="folder for train.jsonl and validation.jsonl")
+    s.set_defaults(func=cmd_data, data_func=_data_split)
+
+
+def _add_storage_flags(p) -> None:
+    p.add_argument("--data-root", help="relative image_url may not leave this folder (default: the JSONL's folder)")
+    p.add_argument("--store-root", help="folder or s3://bucket/prefix holding azureml:// and AmlDatastore:// "
+                                        "paths as <datastore>/<path> (default: $AUTOML_VISION_STORE_ROOT)")
+    p.add_argument("--cache-dir", help="cache for remote images (default: OUTPUT_DIR/cache or ~/.cache/automl-vision)")
+    p.add_argument("--workers", type=int, default=16, help="parallel downloads (default 16)")
+
+
+def _data_options(args, **changes):
+    import os
+
+    from automl_vision.data.storage import StorageConfig
+    from automl_vision.data.validate import ValidationOptions
+
+    # The environment is read here, once; credentials stay inside StorageConfig (hidden from repr).
+    storage = StorageConfig.from_env(os.environ, store_root=getattr(args, "store_root", None),
+                                     workers=getattr(args, "workers", None))
+    values = dict(storage=storage, data_root=getattr(args, "data_root", None),
+                  cache_dir=getattr(args, "cache_dir", None))
+    values.update(changes)
+    return ValidationOptions(**values)
+
+
+def _task(value: str):
+    from automl_vision.spec.tasks import parse_task
+
+    try:
+        return parse_task(value)
+    except ValueError as e:
+        raise ConfigError(str(e), "--task") from None
+
+
+def cmd_data(args) -> int:
+    _setup_logging(args.verbose)
+    return args.data_func(args)
+
+
+def _data_validate(args) -> int:
+    from automl_vision.data.summary import format_report
+    from automl_vision.data.validate import validate_dataset
+
+    task = _task(args.task)
+    classes = tuple(c.strip() for c in args.classes.split(",") if c.strip()) if args.classes else None
+    extra = {"classes": classes, "on_invalid": args.on_invalid, "check_images": args.images != "none",
+             "decode_images": args.images == "decode"}
+    if args.max_pixels is not None:
+        extra["max_pixels"] = args.max_pixels
+    if args.output_dir and not args.cache_dir:
+        extra["cache_dir"] = str(Path(args.output_dir) / "cache")
+    options = _data_options(args, **extra)
+    result = validate_dataset(args.data, task, validation=args.validation_data, options=options,
+                              split_ratio=args.split_ratio if args.output_dir and not args.validation_data else None,
+                              seed=args.seed)
+    report = result.report
+    manifest = None
+    if args.output_dir and report.ok:
+        from automl_vision.data.manifest import write_ingested
+
+        manifest = write_ingested(result, args.output_dir).manifest
+    if args.json:
+        print(json.dumps({**report.to_json(), "manifest": str(manifest) if manifest else None}, indent=2))
+    else:
+        print(format_report(report))
+        if manifest:
+            print(f"ingested: {manifest} (train and run accept {args.output_dir} as training_data)")
+    return EXIT_OK if report.ok else EXIT_BAD_INPUT
+
+
+def _data_convert(args) -> int:
+    from automl_vision.data.convert import DEFAULT_TASK, convert
+
+    task = _task(args.task) if args.task else DEFAULT_TASK[args.source_format]
+    option_names = {"coco": ("images_dir",), "voc": ("image_set", "images_dir", "masks_dir", "skip_difficult"),
+                    "yolo": ("names",), "folders": (), "csv": ("images_dir", "label_separator")}[args.source_format]
+    given = {"images_dir": args.images_dir, "image_set": args.image_set, "masks_dir": args.masks_dir,
+             "skip_difficult": args.skip_difficult or None, "names": args.names,
+             "label_separator": args.label_separator}
+    unused = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None and k not in option_names]
+    if unused:
+        raise ConfigError(f"{', '.join(unused)} do(es) not apply to --from {args.source_format}")
+    options = {("separator" if k == "label_separator" else k): v for k, v in given.items()
+               if k in option_names and v is not None}
+    conversion = convert(args.source_format, args.source, args.out, task=task, **options)
+    what = f"{len(conversion.lines):,} images"
+    if not task.is_classification:
+        what += f", {conversion.objects:,} objects"
+    print(f"wrote {args.out}: {what}, {len(conversion.classes)} classes ({', '.join(conversion.classes[:20])}"
+          f"{' ...' if len(conversion.classes) > 20 else ''})")
+    for note in conversion.notes:
+        print(f"note: {note}")
+    print(f"next: automl-vision data validate {args.out} --task {task.value}")
+    return EXIT_OK
+
+
+def _data_export(args) -> int:
+    from automl_vision.data.convert import export_coco
+    from automl_vision.data.validate import load_dataset
+
+    task = _task(args.task)
+    dataset = load_dataset(args.data, task, options=_data_options(args, decode_images=False))
+    coco = export_coco(dataset, args.out, images_dir=args.images_dir)
+    print(f"wrote {args.out}: {len(coco['images']):,} images, {len(coco['annotations']):,} annotations, "
+          f"{len(coco['categories'])} categories")
+    return EXIT_OK
+
+
+def _data_split(args) -> int:
+    from automl_vision.data.split import split_jsonl
+
+    files = split_jsonl(args.data, _task(args.task), args.output_dir, ratio=args.split_ratio, seed=args.seed)
+    print(f"wrote {files.train} ({files.train_images:,} images) and {files.validation} "
+          f"({files.validation_images:,} images)")
+    return EXIT_OK
+
+
+# --- preview -----------------------------------------------------------------------------------
+
+def _add_preview(sub) -> None:
+    from automl_vision.spec import hyperparameters as hps
+
+    p = sub.add_parser("preview", help="draw training samples as the model receives them after augmentation",
+                       description="Draw training images through the train-time augmentation of the task and "
+                                   "model (several draws per image) with their labels, boxes and masks, into "
+                                   "OUT/preview.png and OUT/preview.html. Hyperparameter flags (e.g. "
+                                   "--train_crop_size) change the augmentation as they change training.")
+    p.add_argument("data", help="training JSONL file")
+    p.add_argument("--task", required=True, help="image_classification | image_classification_multilabel | "
+                                                 "image_object_detection | image_instance_segmentation")
+    p.add_argument("--out", required=True, help="folder for preview.png, preview.html and preview.json")
+    p.add_argument("--count", type=int, default=16, help="augmented samples in all (default: 16)")
+    p.add_argument("--draws", type=int, default=4, help="augmented samples per image (default: 4)")
+    group = p.add_argument_group("hyperparameters")
+    for hp in hps.HYPERPARAMETERS:
+        group.add_argument(f"--{hp.name}", default=argparse.SUPPRESS, metavar=hp.type.__name__.upper(),
+                           help=f"{hp.help} Allowed: {hp.allowed()}.")
+    p.set_defaults(func=cmd_preview)
+
+
+def cmd_preview(args) -> int:
+    from automl_vision.report import write_preview
+    from automl_vision.spec import hyperparameters as hps
+
+    _setup_logging(args.verbose)
+    given = {hp.name: getattr(args, hp.name) for hp in hps.HYPERPARAMETERS if hasattr(args, hp.name)}
+    result = write_preview(args.data, args.task, args.out, count=args.count, draws=args.draws,
+                           model_name=given.pop("model_name", None), hyperparameters=given)
+    print(f"preview of {result.samples} augmented samples from {result.images} images ({result.task.value}, "
+          f"{result.model_name}):\n  {result.png}\n  {result.html}", flush=True)
+    return EXIT_OK
+
+
+# --- evaluate ----------------------------------------------------------------------------------
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="score predictions (or a model) against labelled data",
+                       description="Score predictions written in the scoring output format (one JSON line per "
+                                   "image: its image_url and the model's response) against a labelled JSONL "
+                                   "file, with the metrics of training. Prints the metrics as JSON.")
+    p.add_argument("--task", help="the task of --predictions (with --model: the package's task); "
+                                  "image_classification | image_classification_multilabel | "
+                                  "image_object_detection | image_instance_segmentation")
+    p.add_argument("--data", required=True, help="labelled JSONL file (the ground truth)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--predictions", help="predictions JSONL file (scoring output format plus image_url)")
+    source.add_argument("--model", help="a model package folder: score --data's images with it, then evaluate")
+    p.add_argument("--output-dir", help="write metrics.json, predictions (with --model), pictures and report.html "
+                                        "here (needed with --model)")
+    p.add_argument("--settings", help="with --model: inference settings JSON file (see docs/serving.md)")
+    p.add_argument("--validation_metric_type", default="coco_voc", choices=("voc", "coco", "coco_voc"),
+                   help="voc: the VOC metric; coco: the 12 COCO statistics; coco_voc: both (default)")
+    p.add_argument("--validation_iou_threshold", type=float, default=0.5,
+                   help="IoU at which a prediction matches an object (VOC metric; default 0.5)")
+    p.add_argument("--output", help="also write the metrics, with per-label figures, to this JSON file")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args) -> int:
+    from automl_vision.spec.tasks import parse_task
+
+    _setup_logging(args.verbose)
+    if args.model is not None:
+        return _evaluate_with_pictures(args, None)
+    if args.task is None:
+        raise ConfigError("--task is needed with --predictions", "evaluate")
+    try:
+        task = parse_task(args.task)
+    except ValueError as e:
+        raise ConfigError(str(e), "--task") from None
+    if not 0.1 <= args.validation_iou_threshold <= 1:
+        raise ConfigError(f"validation_iou_threshold={args.validation_iou_threshold} out of range; "
+                          "expected float in [0.1, 1]", "evaluate")
+    if args.predictions is None:
+        raise ConfigError("give the predictions to score with --predictions", "evaluate")
+    if task.is_classification or args.output_dir:
+        return _evaluate_with_pictures(args, task)
+    from automl_vision.evaluation.detection_metrics import score_predictions
+
+    result = score_predictions(task, args.data, args.predictions, metric_type=args.validation_metric_type,
+                               iou_threshold=args.validation_iou_threshold).to_json()
+    text = json.dumps(result, indent=2)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text + "\n")
+    print(text)
+    return EXIT_OK
+
+
+def _evaluate_with_pictures(args, task) -> int:
+    """evaluate --model (any task), or --predictions of a classification task or with --output-dir."""
+    from automl_vision.evaluation.report import evaluate_model, evaluate_predictions
+
+    if not 0.1 <= args.validation_iou_threshold <= 1:
+        raise ConfigError(f"validation_iou_threshold={args.validation_iou_threshold} out of range; "
+                          "expected float in [0.1, 1]", "evaluate")
+    options = {"metric_type": args.validation_metric_type, "iou_threshold": args.validation_iou_threshold}
+    if args.model is not None:
+        if not args.output_dir:
+            raise ConfigError("--output-dir is needed with --model (for the predictions, metrics and pictures)",
+                              "evaluate")
+        result = evaluate_model(args.model, args.data, args.output_dir, settings_layers=_settings_layers(args),
+                                **options)
+    else:
+        if args.settings:
+            raise ConfigError("--settings goes with --model, not --predictions", "evaluate")
+        result = evaluate_predictions(task, args.data, args.predictions, args.output_dir, **options)
+    scalars = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str)) or v is None}
+    text = json.dumps(scalars, indent=2)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(result.metrics, indent=2) + "\n")
+    print(text)
+    for f in result.files:
+        log.info("wrote %s", f)
+    return EXIT_OK
+
+
+def _settings_layers(args) -> list:
+    """Inference settings over the package's settings.json: the environment, then --settings (wins)."""
+    import os
+
+    from automl_vision.serving.settings import SETTINGS_ENV, parse_settings_text, read_settings_file
+
+    layers = []
+    if os.environ.get(SETTINGS_ENV, "").strip():
+        layers.append((f"${SETTINGS_ENV}", parse_settings_text(os.environ[SETTINGS_ENV], f"${SETTINGS_ENV}")))
+    if getattr(args, "settings", None):
+        layers.append((args.settings, read_settings_file(args.settings)))
+    return layers
+
+
+# --- serve, predict ----------------------------------------------------------------------------
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="serve a model package with the KServe model server",
+                       description="Serve a model package over HTTP: the original product's request "
+                                   '({"input_data": {"columns": ["image"], "data": [<base64>...]}}) on '
+                                   "/v1/models/NAME:predict and /score, raw image bytes, KServe v1 "
+                                   "instances and the Open Inference Protocol v2 (/v2/models/NAME/infer). "
+                                   "Inference settings: the package's settings.json, then the environment "
+                                   "variable AUTOML_VISION_SETTINGS (JSON or a file path), then --settings.")
+    p.add_argument("--model", required=True, help="model package folder (a run's best_model/ or a trial's outputs/)")
+    p.add_argument("--port", type=int, default=8080, help="HTTP port (default: 8080)")
+    p.add_argument("--name", default="model", help="model name in the URLs (default: model)")
+    p.add_argument("--settings", help="inference settings JSON file (flat or as settings.json)")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    import os
+
+    # Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning, leaving the cores to
+    # the threads decoding the next requests (on a busy or CPU-limited machine spinning cost 6x here).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from automl_vision.serving.server import serve
+
+    _setup_logging(args.verbose)
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port {args.port} is not a port number (1-65535)")
+    serve(args.model, port=args.port, name=args.name, settings_layers=_settings_layers(args))
+    return EXIT_OK
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="score a folder of images or a JSONL file with a model package",
+                       description="Batch scoring: one JSON object per image in OUT (image_url plus the task's "
+                                   "fields, as the server answers), ready for evaluate --predictions.")
+    p.add_argument("input", help="a folder of images (searched recursively), one image, or a JSONL file")
+    p.add_argument("--model", required=True, help="model package folder")
+    p.add_argument("--out", required=True, help="predictions JSONL file to write")
+    p.add_argument("--settings", help="inference settings JSON file")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per forward pass (default: max_batch_size when set, else 16 on a GPU, 8 on the CPU)")
+    p.add_argument("--num-workers", type=int, default=None, help="image decoding processes (default: from the machine)")
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_predict(args) -> int:
+    from automl_vision.serving.batch import predict_batch
+
+    _setup_logging(args.verbose)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ConfigError(f"--batch-size {args.batch_size} must be >= 1")
+    result = predict_batch(args.model, args.input, args.out, settings_layers=_settings_layers(args),
+                           batch_size=args.batch_size, num_workers=args.num_workers)
+    print(f"scored {result.images} images in {result.seconds:.1f} s ({result.images_per_second:.1f} images/s): "
+          f"{result.output}", flush=True)
+    return EXIT_OK
+
+
+# --- katib -------------------------------------------------------------------------------------
+
+def _add_katib(sub) -> None:
+    p = sub.add_parser("katib", help="write the job's Katib Experiments (what kubectl apply -f takes)",
+                       description="Write one Katib Experiment per search-space entry, checked offline as Katib's "
+                                   "admission webhook would check it. See docs/katib.md.")
+    p.add_argument("job", help="job YAML file")
+    p.add_argument("--out", help="YAML file to write (default: standard output)")
+    p.add_argument("--name", help="Experiment name (default: the job's name, else automl-vision; -0, -1, ... "
+                                  "are appended when the search space has several entries)")
+    p.add_argument("--namespace", help="namespace in the Experiments' metadata (default: none, kubectl's)")
+    p.add_argument("--training_data", help="training data as the trial pods see it (an s3:// URI, or a path "
+                                           "inside compute.data_volume) instead of the job's")
+    p.add_argument("--validation_data", help="validation data as the trial pods see it, instead of the job's")
+    p.add_argument("--image", help="training image instead of compute.image")
+    p.set_defaults(func=cmd_katib)
+
+
+def cmd_katib(args) -> int:
+    from automl_vision.spec.job import Compute, load_job
+    from automl_vision.sweep.katib import check_experiments, experiments_from_job, to_yaml
+
+    _setup_logging(args.verbose)
+    job = load_job(args.job)
+    updates = {k: getattr(args, k) for k in ("training_data", "validation_data") if getattr(args, k)}
+    if args.image:
+        updates["compute"] = (job.compute or Compute()).model_copy(update={"image": args.image})
+    if updates:
+        job = job.model_copy(update=updates)
+    experiments = experiments_from_job(job, name=args.name, namespace=args.namespace)
+    check_experiments(experiments)
+    text = to_yaml(experiments)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    else:
+        print(text, end="")
+    for e in experiments:
+        spec = e["spec"]
+        stopping = spec.get("earlyStopping", {}).get("algorithmName", "none")
+        print(f"{e['metadata']['name']}: {e['metadata']['annotations']['automl-vision/models']}, "
+              f"{spec['maxTrialCount']} trials ({spec['parallelTrialCount']} at once), "
+              f"algorithm {spec['algorithm']['algorithmName']}, early stopping {stopping}", file=sys.stderr)
+    where = args.out or "-"
+    print(f"{len(experiments)} Experiment(s) passed the offline checks; apply with: kubectl apply -f {where}",
+          file=sys.stderr)
+    return EXIT_OK
+
+
 # --- entry point -------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,7 +737,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"automl-vision {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="more log detail")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_run, _add_train, _add_validate, _add_demo):
+    for add in (_add_run, _add_train, _add_validate, _add_demo, _add_leaderboard, _add_weights, _add_data,
+                _add_preview, _add_evaluate, _add_compile, _add_katib, _add_serve, _add_predict):
         add(sub)
     return parser
 

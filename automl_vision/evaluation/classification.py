@@ -61,3 +61,27 @@ def multilabel_metrics(probs: np.ndarray, targets: np.ndarray, threshold: float 
                     skm.average_precision_score(targets[:, present], probs[:, present], average=avg))
         out["log_loss"] = float(skm.log_loss(targets.ravel(), np.clip(probs.ravel(), 1e-15, 1 - 1e-15), labels=[0, 1]))
     return out
+
+
+def confusion(probs: np.ndarray, targets: np.ndarray, num_classes: int, multilabel: bool,
+              threshold: float = 0.5) -> list:
+    """Multi-class: the confusion matrix, rows the true class and columns the predicted one.
+    Multi-label: one ``[[tn, fp], [fn, tp]]`` matrix per class at ``threshold``."""
+    if multilabel:
+        preds = (probs >= threshold).astype(int)
+        return skm.multilabel_confusion_matrix(targets.astype(int), preds, labels=list(range(num_classes))).tolist()
+    return skm.confusion_matrix(targets, probs.argmax(1), labels=list(range(num_classes))).tolist()
+
+
+def per_class_report(probs: np.ndarray, targets: np.ndarray, classes: list[str], multilabel: bool,
+                     threshold: float = 0.5) -> dict[str, dict[str, float]]:
+    """Precision, recall, F1 and support of each class (scikit-learn's classification report)."""
+    if multilabel:
+        preds, truth = (probs >= threshold).astype(int), targets.astype(int)
+    else:
+        preds, truth = probs.argmax(1), targets
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = skm.classification_report(truth, preds, labels=list(range(len(classes))), target_names=classes,
+                                           output_dict=True, zero_division=0)
+    return {c: {k: float(v) for k, v in report[c].items()} for c in classes}

@@ -1,47 +1,71 @@
 """Classification models (spec section 3) from torchvision and timm, head sized to the classes.
 
-Pretrained weights are read from the libraries' normal caches only (``$TORCH_HOME/hub/checkpoints``
-for torchvision, the Hugging Face cache for timm). When they are asked for and missing, building
-fails at once naming the file expected; nothing is downloaded behind the user's back and random
-weights are never substituted.
+Pretrained weights are read from the libraries' normal caches, or from a folder or ``s3://``
+prefix the user seeded (see ``models/weights.py``). When they are asked for and missing,
+building fails at once naming the file expected; nothing is downloaded behind the user's back
+and random weights are never substituted.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 import torchvision
 from torch import nn
 
-from automl_vision.errors import ConfigError
 from automl_vision.models.registry import register_model
+from automl_vision.models.weights import WeightsFile, WeightsSource, locate
 from automl_vision.spec.tasks import CLASSIFICATION_TASKS
 
 RESNET_GROUPS = [("conv1.", "bn1."), "layer1.", "layer2.", "layer3.", "layer4."]
 MOBILENET_GROUPS = [f"features.{i}." for i in range(19)]
-VIT_GROUPS = ["patch_embed", *[f"blocks.{i}." for i in range(12)]]
+# The position embedding and class token sit beside the patch embedding: they freeze with it.
+VIT_GROUPS = [("patch_embed.", "cls_token", "pos_embed", "reg_token"), *[f"blocks.{i}." for i in range(12)]]
+
+#: model_name -> (library, builder name, torchvision weights enum or None)
+CLASSIFIERS: dict[str, tuple[str, str, str | None]] = {
+    "mobilenetv2": ("torchvision", "mobilenet_v2", "MobileNet_V2_Weights"),
+    **{f"resnet{d}": ("torchvision", f"resnet{d}", f"ResNet{d}_Weights") for d in (18, 34, 50, 101, 152)},
+    "resnest50": ("timm", "resnest50d", None),
+    "resnest101": ("timm", "resnest101e", None),
+    "seresnext": ("timm", "seresnext50_32x4d", None),
+    "vits16r224": ("timm", "vit_small_patch16_224", None),
+    "vitb16r224": ("timm", "vit_base_patch16_224", None),
+    "vitl16r224": ("timm", "vit_large_patch16_224", None),
+}
+#: Models whose input size is fixed when they are built (timm's ``img_size``).
+FIXED_SIZE = frozenset({"vits16r224", "vitb16r224", "vitl16r224"})
 
 
-def _torchvision_weights_file(weights) -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+def weights_file(model_name: str) -> WeightsFile:
+    """The pretrained-weights file of a classification model and where to download it."""
+    library, arch, enum = CLASSIFIERS[model_name]
+    if library == "torchvision":
+        weights = getattr(torchvision.models, enum).DEFAULT
+        return WeightsFile(model_name, os.path.basename(weights.url), weights.url, library)
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(arch)
+    hub = getattr(cfg, "hf_hub_id", None) or f"timm/{arch}"
+    return WeightsFile(model_name, f"{hub}/model.safetensors",
+                       f"https://huggingface.co/{hub}/resolve/main/model.safetensors", library, hub)
 
 
-def _torchvision_classifier(arch: str, weights_enum: str, num_classes: int, pretrained: bool) -> nn.Module:
-    builder = getattr(torchvision.models, arch)
-    if not pretrained:
-        model = builder(weights=None)
-    else:
-        weights = getattr(torchvision.models, weights_enum).DEFAULT
-        path = _torchvision_weights_file(weights)
-        if not path.is_file():
-            raise ConfigError(
-                f"pretrained weights for {arch} not found: expected {path} "
-                f"(download {weights.url} there, or set TORCH_HOME to a folder holding hub/checkpoints/"
-                f"{path.name}); or train from scratch with pretrained: 0"
-            )
-        model = builder(weights=None)
+def classifier_head(model: nn.Module) -> nn.Linear:
+    """The final linear layer (the one sized to the classes)."""
+    if hasattr(model, "get_classifier"):  # timm
+        return model.get_classifier()
+    if isinstance(getattr(model, "fc", None), nn.Linear):  # torchvision resnets
+        return model.fc
+    return model.classifier[-1]  # torchvision mobilenet_v2
+
+
+def _torchvision_classifier(name: str, num_classes: int, pretrained: bool, weights: WeightsSource | None) -> nn.Module:
+    _, arch, _ = CLASSIFIERS[name]
+    model = getattr(torchvision.models, arch)(weights=None)
+    if pretrained:
+        path = locate(weights_file(name), weights)
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     # A new head sized to the classes (random init), whatever the weights.
     if arch.startswith("resnet"):
@@ -52,49 +76,39 @@ def _torchvision_classifier(arch: str, weights_enum: str, num_classes: int, pret
     return model
 
 
-def _timm_classifier(timm_name: str, num_classes: int, pretrained: bool) -> nn.Module:
+def _timm_classifier(name: str, num_classes: int, pretrained: bool, weights: WeightsSource | None,
+                     image_size: int | None) -> nn.Module:
     import timm
 
+    _, arch, _ = CLASSIFIERS[name]
+    kwargs = {"num_classes": num_classes}
+    if name in FIXED_SIZE and image_size is not None:
+        kwargs["img_size"] = image_size  # timm resamples the pretrained position embedding to it
     if not pretrained:
-        return timm.create_model(timm_name, pretrained=False, num_classes=num_classes)
-    # Look in the Hugging Face cache ourselves: asking timm to load would go to the network
-    # (and retry for a long time) when the file is missing.
-    from huggingface_hub import try_to_load_from_cache
-
-    cfg = timm.models.get_pretrained_cfg(timm_name)
-    hub = getattr(cfg, "hf_hub_id", None) or f"timm/{timm_name}"
-    for filename in ("model.safetensors", "pytorch_model.bin"):
-        path = try_to_load_from_cache(hub, filename)
-        if isinstance(path, str):
-            return timm.create_model(timm_name, pretrained=True, num_classes=num_classes,
-                                     pretrained_cfg_overlay={"file": path})
-    cache = os.environ.get("HF_HUB_CACHE") or os.path.join(
-        os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub")
-    raise ConfigError(
-        f"pretrained weights for {timm_name} not found: expected model.safetensors of the Hugging Face "
-        f"repository {hub!r} in the cache {cache} (seed it with `huggingface-cli download {hub}` on a "
-        f"machine with access, then copy the cache); or train from scratch with pretrained: 0"
-    )
+        return timm.create_model(arch, pretrained=False, **kwargs)
+    path = locate(weights_file(name), weights)
+    # The head of the file (1000 classes) is dropped by timm because num_classes differs.
+    return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
 
 
-def _register_torchvision(name: str, arch: str, weights_enum: str, groups) -> None:
+def _register(name: str, groups) -> None:
+    library = CLASSIFIERS[name][0]
+
     @register_model(name, tasks=CLASSIFICATION_TASKS, layer_groups=groups)
-    def build(num_classes: int, *, pretrained: bool) -> nn.Module:
-        return _torchvision_classifier(arch, weights_enum, num_classes, pretrained)
+    def build(num_classes: int, *, pretrained: bool, weights: WeightsSource | None = None,
+              image_size: int | None = None) -> nn.Module:
+        """``image_size`` fixes the input size of the ViT models (others take any size)."""
+        if library == "torchvision":
+            return _torchvision_classifier(name, num_classes, pretrained, weights)
+        return _timm_classifier(name, num_classes, pretrained, weights, image_size)
 
 
-def _register_timm(name: str, timm_name: str, groups) -> None:
-    @register_model(name, tasks=CLASSIFICATION_TASKS, layer_groups=groups)
-    def build(num_classes: int, *, pretrained: bool) -> nn.Module:
-        return _timm_classifier(timm_name, num_classes, pretrained)
-
-
-_register_torchvision("mobilenetv2", "mobilenet_v2", "MobileNet_V2_Weights", MOBILENET_GROUPS)
+_register("mobilenetv2", MOBILENET_GROUPS)
 for _depth in (18, 34, 50, 101, 152):
-    _register_torchvision(f"resnet{_depth}", f"resnet{_depth}", f"ResNet{_depth}_Weights", RESNET_GROUPS)
-_register_timm("resnest50", "resnest50d", RESNET_GROUPS)
-_register_timm("resnest101", "resnest101e", RESNET_GROUPS)
-_register_timm("seresnext", "seresnext50_32x4d", RESNET_GROUPS)
-_register_timm("vits16r224", "vit_small_patch16_224", VIT_GROUPS)
-_register_timm("vitb16r224", "vit_base_patch16_224", VIT_GROUPS)
-_register_timm("vitl16r224", "vit_large_patch16_224", VIT_GROUPS)
+    _register(f"resnet{_depth}", RESNET_GROUPS)
+_register("resnest50", RESNET_GROUPS)
+_register("resnest101", RESNET_GROUPS)
+_register("seresnext", RESNET_GROUPS)
+_register("vits16r224", VIT_GROUPS)
+_register("vitb16r224", VIT_GROUPS)
+_register("vitl16r224", VIT_GROUPS)

@@ -30,7 +30,7 @@ class ModelEntry:
 
 _REGISTRY: dict[str, ModelEntry] = {}
 # Backend adapter modules; imported on first lookup so that importing the registry stays cheap.
-_BACKENDS = ("automl_vision.models.classification",)
+_BACKENDS = ("automl_vision.models.classification", "automl_vision.models.detection", "automl_vision.models.yolo")
 _loaded = False
 
 
@@ -71,9 +71,13 @@ def get_entry(name: str, task: ImageTask) -> ModelEntry:
     return entry
 
 
-def build_model(name: str, task: ImageTask, num_classes: int, *, pretrained: bool) -> nn.Module:
-    """A model with a head for ``num_classes``; pretrained weights must be found locally (no silent fallback)."""
-    return get_entry(name, task).builder(num_classes, pretrained=pretrained)
+def build_model(name: str, task: ImageTask, num_classes: int, *, pretrained: bool, **options) -> nn.Module:
+    """A model with a head for ``num_classes``; pretrained weights must be found locally (no silent fallback).
+
+    ``options`` go to the builder as they are (classification: ``weights``, a WeightsSource, and
+    ``image_size`` for the models whose input size is fixed when built).
+    """
+    return get_entry(name, task).builder(num_classes, pretrained=pretrained, **options)
 
 
 def layer_group_prefixes(name: str, task: ImageTask) -> tuple[tuple[str, ...], ...]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -70,6 +71,73 @@ class Sweep(BaseModel):
     seed: int = Field(0, ge=0, description="Seed of the sampler (ours; the original had none).")
 
 
+#: Kubernetes resource quantities ("4", "500m", "16Gi"), the API server's own pattern.
+_QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+_DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
+
+
+class Toleration(BaseModel):
+    """A Kubernetes toleration, so trials may run on tainted (e.g. GPU) nodes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str | None = None
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(None, ge=0)
+
+
+class DataVolume(BaseModel):
+    """A PersistentVolumeClaim mounted into every trial, e.g. the one holding the dataset."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    claim_name: str = Field(pattern=_DNS_SUBDOMAIN)
+    mount_path: str = Field(pattern=r"^/", description="Absolute path inside the trial container.")
+    read_only: bool = True
+
+
+class Compute(BaseModel):
+    """Where trials run on a cluster (Katib trials): image, resources, placement, storage access.
+
+    Ignored by local runs. Defaults fit one GPU per trial on an untainted node.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    image: str | None = Field(None, description="Training image (default: automl-vision-gpu:<package version>).")
+    image_pull_secrets: list[str] = Field(default_factory=list)
+    gpus: int = Field(1, ge=0, le=16, description="GPUs per trial (0: CPU only).")
+    gpu_resource: str = Field("nvidia.com/gpu", description="Extended resource name of a GPU.")
+    cpu: str = Field("4", description="CPU request and limit of a trial.")
+    memory: str = Field("16Gi", description="Memory request and limit of a trial.")
+    shm_size: str = Field("2Gi", description="Size of /dev/shm (DataLoader workers share it).")
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    service_account: str | None = Field(None, pattern=_DNS_SUBDOMAIN)
+    storage_secret: str | None = Field(
+        None, pattern=_DNS_SUBDOMAIN,
+        description="Secret whose keys become environment variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+                    "AWS_ENDPOINT_URL_S3, ...) so trials can read s3:// data.")
+    data_volume: DataVolume | None = None
+
+    @field_validator("cpu", "memory", "shm_size")
+    @classmethod
+    def _quantity(cls, value: str) -> str:
+        if not re.fullmatch(_QUANTITY, value):
+            raise ValueError("not a Kubernetes quantity (e.g. '4', '500m', '16Gi')")
+        return value
+
+    def image_ref(self) -> str:
+        """The image a trial runs: ``image``, or the default image tagged with the package version."""
+        if self.image:
+            return self.image
+        from automl_vision import __version__
+
+        return f"automl-vision-gpu:{__version__}"
+
+
 SearchSpaceEntry = dict[str, Any]
 
 
@@ -87,6 +155,7 @@ class JobSpec(BaseModel):
     sweep: Sweep = Sweep()
     search_space: list[SearchSpaceEntry] = Field(default_factory=list)
     training_parameters: dict[str, Any] = Field(default_factory=dict)
+    compute: Compute | None = None
 
     @field_validator("search_space", mode="before")
     @classmethod
@@ -257,7 +326,7 @@ def check_job(job: JobSpec) -> list[str]:
                     problems.append(f"{where}: {hps.why_not(hp, task, outside[0])}")
                     continue
             problems += _check_distribution(where, hp, value, job.sweep.sampling_algorithm,
-                                            entry_models[0] if len(entry_models) == 1 else None)
+                                            entry_models[0] if len(entry_models) == 1 else None, entry_models)
 
     # the sampling algorithm's own rules
     algo = job.sweep.sampling_algorithm
@@ -275,7 +344,8 @@ def check_job(job: JobSpec) -> list[str]:
     return problems
 
 
-def _check_distribution(where: str, hp: hps.HyperParameter, value: Any, algo: str, model: str | None) -> list[str]:
+def _check_distribution(where: str, hp: hps.HyperParameter, value: Any, algo: str, model: str | None,
+                        models: list[str] = ()) -> list[str]:
     if not is_distribution(value):
         try:
             hp.coerce(value, model)
@@ -308,6 +378,10 @@ def _check_distribution(where: str, hp: hps.HyperParameter, value: Any, algo: st
         for b in bounds:
             if not hp._in_range(hp.type(b)):
                 out.append(f"{where}: {kind} can draw {b:g}, outside what {hp.name} allows ({hp.allowed()})")
+            elif hp.check is not None:  # model-specific limits (layers_to_freeze: the model's layer groups)
+                problem = next(filter(None, (hp.check(hp.type(b), m) for m in models or [model or ""])), None)
+                if problem:
+                    out.append(f"{where}: {kind} can draw {b:g}: {problem}")
         return out[:1]
     # normal-family draws are unbounded: a draw out of range fails that trial's own validation
     return []
@@ -349,6 +423,9 @@ _SECTION_FIELDS: dict[tuple[str, ...], list[str]] = {
     (): list(JobSpec.model_fields),
     ("limits",): list(Limits.model_fields),
     ("sweep",): list(Sweep.model_fields),
+    ("compute",): list(Compute.model_fields),
+    ("compute", "tolerations", "*"): list(Toleration.model_fields),
+    ("compute", "data_volume"): list(DataVolume.model_fields),
 }
 for _kind, _cls in POLICY_TYPES.items():
     _SECTION_FIELDS[("sweep", "early_termination", _kind)] = list(_cls.model_fields)

@@ -1,13 +1,22 @@
 """Running a sweep on this machine: each trial is the same ``automl-vision train`` command a
-Katib trial pod runs, started as a subprocess, one after another.
+Katib trial pod runs, started as a subprocess, up to ``max_concurrent_trials`` at once.
 
 The run folder:
 
     RUN_DIR/job.yaml              the job as given, every default filled in
     RUN_DIR/resolved_job.json     the same plus each candidate model's full hyperparameter set
-    RUN_DIR/trials/trial-0000/    config.json, metrics.jsonl, train.log, console.log, result.json, outputs/
-    RUN_DIR/leaderboard.csv|json  trials ranked by the primary metric
+    RUN_DIR/sweep.json            every trial: parameters, status, metric history, why it ended;
+                                  the compute used against the compute without early termination
+    RUN_DIR/leaderboard.csv|json  trials ranked by the primary metric (kept current while it runs)
     RUN_DIR/best_model/           the best trial's model package
+    RUN_DIR/trials/trial-0000/    command.json, config.json, metrics.jsonl, train.log, console.log,
+                                  result.json, outputs/
+
+Resources: the CPU cores are divided among the concurrent trials (``OMP_NUM_THREADS`` and the
+DataLoader workers of each trial); where GPUs exist each trial gets one of its own
+(``CUDA_VISIBLE_DEVICES``), and no more trials run at once than there are GPUs.
+A killed sweep continues with ``run_sweep(..., resume=True)``: finished trials are kept, trials
+that were running are run again from the start with the same parameters.
 """
 
 from __future__ import annotations
@@ -17,39 +26,41 @@ import json
 import logging
 import math
 import os
+import queue
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from automl_vision.errors import ConfigError
 from automl_vision.spec import hyperparameters as hps
 from automl_vision.spec.job import JobSpec, resolved
-from automl_vision.sweep.sampling import sample_trials
+from automl_vision.sweep.core import FAILED, FINISHED, RANKED, RERUN, SweepState, TrialRecord, trial_id
+from automl_vision.sweep.sampling import Observation, make_sampler
 from automl_vision.training.reporter import KATIB_METRIC_RE, parse_katib_line
-from automl_vision.training.trial import OUTPUTS_DIR, TrialResult
+from automl_vision.training.trial import OUTPUTS_DIR, RESULT_FILE, TrialResult
 
 log = logging.getLogger(__name__)
 
 EXIT_DIVERGED = 3
+SWEEP_FILE = "sweep.json"
+LOCK_FILE = ".sweep.lock"
+SWEEP_FORMAT = 1
+#: Seconds a terminated trial gets between SIGTERM and SIGKILL.
+KILL_GRACE_S = 5.0
+#: Least seconds between two rewrites of the live files while metrics arrive.
+WRITE_INTERVAL_S = 1.0
+#: Job keys a resumed sweep may change (more trials or time; cluster settings local runs ignore).
+MAY_CHANGE_ON_RESUME = frozenset({"limits", "name", "compute"})
 
-
-@dataclass
-class TrialRecord:
-    trial_id: str
-    parameters: dict[str, Any]
-    status: str = "pending"
-    best_value: float | None = None
-    best_epoch: int | None = None
-    epochs_completed: int = 0
-    duration_s: float = 0.0
-    exit_code: int | None = None
-    message: str = ""
-    history: list[float] = field(default_factory=list)
+__all__ = ["SweepResult", "TrialRecord", "format_leaderboard", "load_sweep", "run_sweep", "trial_arguments"]
 
 
 @dataclass
@@ -58,19 +69,23 @@ class SweepResult:
     primary_metric: str
     maximize: bool
     trials: list[TrialRecord]
+    status: str = "finished"
+    stopped_because: str = ""
+    compute: dict[str, Any] = field(default_factory=dict)
+
+    def _state(self) -> SweepState:
+        return SweepState(self.primary_metric, self.maximize, None, self.trials)
 
     def ranked(self) -> list[TrialRecord]:
         """Trials with a metric, best first (ties: the earlier trial), then the others in order."""
-        scored = [t for t in self.trials if t.best_value is not None]
-        sign = -1 if self.maximize else 1
-        scored.sort(key=lambda t: (sign * t.best_value, t.trial_id))
-        return scored + [t for t in self.trials if t.best_value is None]
+        return self._state().ranked()
 
     @property
     def best(self) -> TrialRecord | None:
-        ranked = self.ranked()
-        return ranked[0] if ranked and ranked[0].best_value is not None else None
+        return self._state().best
 
+
+# --- the trial command ---------------------------------------------------------------------------
 
 def trial_arguments(job: JobSpec, parameters: Mapping[str, Any], output_dir: str) -> list[str]:
     """The arguments of ``automl-vision`` for one trial (the Katib trial template's command)."""
@@ -93,124 +108,510 @@ def format_argument(value: Any) -> str:
     return str(value)
 
 
-def _trial_id(i: int) -> str:
-    return f"trial-{i:04d}"
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def run_sweep(job: JobSpec, run_dir: str | os.PathLike, *, device: str = "auto",
-              echo: Callable[[str], None] = print) -> SweepResult:
-    """Run every trial of ``job`` into ``run_dir`` and write the leaderboard and the best model."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "job.yaml").write_text(job.to_yaml())
-    (run_dir / "resolved_job.json").write_text(json.dumps(resolved(job), indent=2))
-
-    task = job.task
-    result = SweepResult(run_dir, task.primary_metric, task.maximize, [])
-    deadline = time.monotonic() + job.limits.timeout_minutes * 60
-    trial_timeout = job.limits.trial_timeout_minutes * 60 if job.limits.trial_timeout_minutes else None
-    samples = sample_trials(job)
-    echo(f"sweep: {len(samples)} trial(s), {job.sweep.sampling_algorithm} sampling, primary metric "
-         f"{task.primary_metric} ({'max' if task.maximize else 'min'}), run folder {run_dir}")
-    failures = 0
-    for i, params in enumerate(samples):
-        rec = TrialRecord(_trial_id(i), dict(params))
-        result.trials.append(rec)
-        if time.monotonic() >= deadline:
-            rec.status, rec.message = "skipped", "sweep timeout reached before the trial started"
-            continue
-        if job.limits.max_failed_trials is not None and failures > job.limits.max_failed_trials:
-            rec.status, rec.message = "skipped", f"more than max_failed_trials={job.limits.max_failed_trials} failed"
-            continue
-        try:
-            hps.resolve(task, {**job.training_parameters, **params})
-        except ValueError as e:
-            rec.status, rec.message = "failed", f"invalid sample: {e}"
-            failures += 1
-            echo(f"[{rec.trial_id}] failed before start: {e}")
-            continue
-        shown = ", ".join(f"{k} {format_argument(v)}" for k, v in params.items())
-        echo(f"[{rec.trial_id}] {i + 1}/{len(samples)} starting: {shown or 'defaults'}")
-        timeout = min(x for x in (deadline - time.monotonic(), trial_timeout) if x is not None)
-        _run_trial(job, rec, run_dir / "trials" / rec.trial_id, device, timeout, echo)
-        if rec.status in ("failed", "diverged", "timeout"):
-            failures += 1
-        value = "-" if rec.best_value is None else f"{rec.best_value:.4f}"
-        echo(f"[{rec.trial_id}] {rec.status}: best {task.primary_metric} {value} "
-             f"after {rec.epochs_completed} epoch(s), {rec.duration_s:.1f} s"
-             + (f" ({rec.message})" if rec.message else ""))
-        _write_leaderboard(result)  # kept current while the sweep runs
-    _write_leaderboard(result)
-    _write_best_model(result)
-    return result
+def workers_for(threads: int) -> int:
+    """DataLoader workers of a trial given its share of cores (the trial's own rule, on its share)."""
+    return 0 if threads <= 2 else min(8, threads - 1)
 
 
-def _run_trial(job: JobSpec, rec: TrialRecord, trial_dir: Path, device: str, timeout: float,
-               echo: Callable[[str], None]) -> None:
-    trial_dir.mkdir(parents=True, exist_ok=True)
-    args = trial_arguments(job, rec.parameters, str(trial_dir)) + ["--device", device]
-    cmd = [sys.executable, "-m", "automl_vision", *args]
-    (trial_dir / "command.json").write_text(json.dumps(["automl-vision", *args]))
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    t0 = time.monotonic()
-    with (trial_dir / "console.log").open("w") as console:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                bufsize=1)
-        try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                console.write(line)
-                if KATIB_METRIC_RE.search(line) and line[:4].isdigit():
-                    metrics = parse_katib_line(line)
-                    value = metrics.get(job.task.primary_metric)
-                    if value is not None:
-                        rec.history.append(value)
-                    shown = [k for k in ("epoch", job.task.primary_metric, "loss") if k in metrics]
-                    echo(f"[{rec.trial_id}] " + "  ".join(f"{k} {_fmt(metrics[k])}" for k in shown))
-                if time.monotonic() - t0 > timeout:
-                    proc.kill()
-                    rec.status, rec.message = "timeout", f"stopped after {timeout / 60:.1f} min"
-                    break
-            rec.exit_code = proc.wait(timeout=max(1.0, timeout - (time.monotonic() - t0)) + 30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rec.exit_code = proc.wait()
-            rec.status, rec.message = "timeout", f"stopped after {timeout / 60:.1f} min"
-    rec.duration_s = round(time.monotonic() - t0, 2)
-    outcome = TrialResult.read(trial_dir)
-    if outcome is not None:
-        rec.best_value, rec.best_epoch = outcome.best_value, outcome.best_epoch
-        rec.epochs_completed = outcome.epochs_completed
-    if rec.status == "timeout":
-        return
-    if rec.exit_code == 0 and outcome is not None:
-        rec.status = outcome.status
-    else:
-        rec.status = "diverged" if rec.exit_code == EXIT_DIVERGED else "failed"
-        rec.message = _last_error(trial_dir / "console.log")
+def visible_gpus(device: str) -> list[str]:
+    """GPUs to hand out one per trial: none for ``cpu`` or an explicit ``cuda:N`` (every trial uses
+    that one), else those in ``CUDA_VISIBLE_DEVICES`` or all that torch sees."""
+    if device == "cpu" or device.startswith("cuda:"):
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g.strip() for g in visible.split(",") if g.strip() and not g.strip().startswith("-")]
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return []
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _fmt(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else f"{v:.4f}"
 
 
+def _show_params(params: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k} {f'{v:.4g}' if isinstance(v, float) else format_argument(v)}"
+                     for k, v in params.items()) or "defaults"
+
+
 def _last_error(path: Path) -> str:
-    lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    try:
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no output"
     for ln in reversed(lines):
         if "error" in ln.lower() or "diverged" in ln.lower():
             return ln[-300:]
     return lines[-1][-300:] if lines else "no output"
 
 
+# --- a running trial -----------------------------------------------------------------------------
+
+@dataclass
+class _Running:
+    rec: TrialRecord
+    proc: subprocess.Popen
+    console: IO[str]
+    trial_dir: Path
+    started: float
+    eof: bool = False
+    kill_at: float | None = None  # SIGKILL after this time (set when asked to stop)
+    stop_asked: float | None = None
+
+
+def _read_lines(tid: str, stream: IO[str], events: queue.Queue) -> None:
+    for line in stream:
+        events.put((tid, line))
+    events.put((tid, None))
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    """Signal the trial and the processes it started (it leads its own process group)."""
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+# --- the sweep -----------------------------------------------------------------------------------
+
+class _Sweep:
+    def __init__(self, job: JobSpec, run_dir: Path, device: str, echo: Callable[[str], None], resume: bool):
+        self.job, self.run_dir, self.device, self.echo, self.resume = job, run_dir, device, echo, resume
+        self.task = job.task
+        self.primary = job.task.primary_metric
+        self.policy = job.sweep.early_termination
+        self.sampler = make_sampler(job)
+        self.state = SweepState(self.primary, job.task.maximize, self.policy)
+        self.elapsed_before = 0.0
+        self.status = "running"
+        self.stopped_because = ""
+        self.events: queue.Queue = queue.Queue()
+        self.running: dict[str, _Running] = {}
+        self.last_write = 0.0
+        self.best_copied: str | None = None
+        self.rerun: dict[int, dict[str, Any]] = {}  # index -> record of a trial to run again (resume)
+
+        gpus = visible_gpus(device)
+        wanted = job.limits.max_concurrent_trials
+        self.concurrency = min(wanted, len(gpus)) if gpus else wanted
+        self.free_gpus = list(gpus)
+        self.threads = max(1, cpu_count() // self.concurrency)
+        self.resources = (f"{self.concurrency} at once" + (f" (one GPU each, {len(gpus)} GPU(s))" if gpus else "")
+                          + f", {self.threads} CPU thread(s) each")
+        if gpus and wanted > len(gpus):
+            self.resources += f"; max_concurrent_trials={wanted} lowered to the number of GPUs"
+
+    # -- start, resume ---------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        sweep_file = self.run_dir / SWEEP_FILE
+        if self.resume:
+            if not sweep_file.is_file():
+                inner = next(iter(sorted(self.run_dir.glob(f"*/**/{SWEEP_FILE}"))), None)
+                hint = f"; the sweep of this run is in {inner.parent}: resume that folder" if inner else ""
+                raise ConfigError(f"{self.run_dir} holds no {SWEEP_FILE}: there is no sweep to resume there{hint}")
+            self._load(json.loads(sweep_file.read_text()))
+        elif sweep_file.is_file():
+            previous = json.loads(sweep_file.read_text())
+            if previous.get("status") != "finished":
+                done = sum(1 for t in previous.get("trials", []) if t.get("status") in FINISHED)
+                raise ConfigError(
+                    f"{self.run_dir} holds an unfinished sweep ({done} trial(s) finished); continue it with "
+                    f"--resume {self.run_dir}, or choose another --output-dir")
+            self.echo(f"sweep: {self.run_dir} held a finished sweep; starting a new one there")
+            for name in ("trials", "best_model", "leaderboard.csv", "leaderboard.json", SWEEP_FILE):
+                path = self.run_dir / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        (self.run_dir / "job.yaml").write_text(self.job.to_yaml())
+        (self.run_dir / "resolved_job.json").write_text(json.dumps(resolved(self.job), indent=2))
+
+    def _load(self, doc: dict[str, Any]) -> None:
+        before = doc.get("job", {})
+        now = self.job.model_dump(mode="json")
+        differ = sorted(k for k in set(before) | set(now)
+                        if k not in MAY_CHANGE_ON_RESUME and before.get(k) != now.get(k))
+        if differ:
+            raise ConfigError(f"the job differs from the one {self.run_dir} was started with in "
+                              f"{', '.join(differ)}; a resumed sweep may change only "
+                              f"{', '.join(sorted(MAY_CHANGE_ON_RESUME))}")
+        self.elapsed_before = float(doc.get("elapsed_s", 0.0))
+        self.best_copied = doc.get("best_trial")
+        kept = rerun = 0
+        for d in doc.get("trials", []):
+            rec = TrialRecord.from_json(d, self.primary)
+            if rec.status in RERUN:
+                self._stop_orphan(rec)
+                rerun += 1
+                continue  # run again from the start, with the same parameters (below)
+            self.state.add(rec)
+            kept += 1
+        self.rerun = {d["index"]: d for d in doc.get("trials", []) if d.get("status") in RERUN}
+        self.echo(f"sweep: resuming {self.run_dir}: {kept} finished trial(s) kept, {rerun} to run again, "
+                  f"{self.elapsed_before / 60:.1f} min already spent")
+
+    def _stop_orphan(self, rec: TrialRecord) -> None:
+        """A trial still running from the killed sweep would write into the folder we reuse: stop it."""
+        if not rec.pid:
+            return
+        folder = str(self.run_dir / "trials" / rec.trial_id)
+
+        def alive() -> bool:
+            try:
+                return folder in Path(f"/proc/{rec.pid}/cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                return False
+
+        if not alive():
+            return
+        try:
+            os.killpg(rec.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return
+        self.echo(f"sweep: stopped {rec.trial_id}'s process {rec.pid}, left running by the killed sweep")
+        deadline = time.monotonic() + 10
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        job, limits = self.job, self.job.limits
+        total = self.sampler.total
+        policy = "no early termination" if self.policy is None else \
+            f"{self.policy.type} early termination ({_policy_settings(self.policy)})"
+        self.echo(f"sweep: {total} trial(s), {self.sampler.description}, {policy}; {self.resources}; "
+                  f"primary metric {self.primary} ({'max' if self.task.maximize else 'min'}); "
+                  f"run folder {self.run_dir}")
+        self.t0 = time.monotonic()
+        deadline = self.t0 + limits.timeout_minutes * 60 - self.elapsed_before
+        trial_timeout = limits.trial_timeout_minutes * 60 if limits.trial_timeout_minutes else None
+        todo = [i for i in range(total) if trial_id(i) not in self.state.trials]
+        failures = sum(1 for t in self.state.trials.values() if t.status in FAILED)
+        self._write(force=True)
+        try:
+            while True:
+                now = time.monotonic()
+                if now >= deadline and not self.stopped_because:
+                    self.stopped_because = f"timeout_minutes={limits.timeout_minutes} reached"
+                    for r in list(self.running.values()):
+                        self._stop(r, "canceled", f"canceled: the sweep's {self.stopped_because}")
+                if (limits.max_failed_trials is not None and failures > limits.max_failed_trials
+                        and not self.stopped_because):
+                    self.stopped_because = (f"{failures} trial(s) failed, more than "
+                                            f"max_failed_trials={limits.max_failed_trials}")
+                while todo and not self.stopped_because and len(self.running) < self.concurrency:
+                    failures += self._start(todo.pop(0), total)
+                    if limits.max_failed_trials is not None and failures > limits.max_failed_trials:
+                        break
+                if not self.running and (not todo or self.stopped_because):
+                    break
+                self._pump(timeout=0.5)
+                now = time.monotonic()
+                for r in list(self.running.values()):
+                    if r.kill_at is not None and now >= r.kill_at and r.proc.poll() is None:
+                        _signal_group(r.proc, signal.SIGKILL)
+                    if (trial_timeout is not None and r.kill_at is None
+                            and now - r.started > trial_timeout):
+                        self._stop(r, "timeout", f"stopped after its trial_timeout_minutes="
+                                                 f"{limits.trial_timeout_minutes}")
+                    if r.eof and r.proc.poll() is not None:
+                        self._finish(r, total)
+                        failures += r.rec.status in FAILED
+        except BaseException:
+            for r in list(self.running.values()):
+                _signal_group(r.proc, signal.SIGKILL)
+                r.rec.status, r.rec.reason = "interrupted", "the sweep was interrupted; a resumed sweep runs it again"
+                r.proc.wait()
+                self._finish(r, total, quiet=True)
+            self.status = "interrupted"
+            self._write(force=True)
+            self.echo(f"sweep: interrupted; finished trials are kept in {self.run_dir}: continue with "
+                      f"automl-vision run JOB.yaml --resume {self.run_dir}")
+            raise
+        if self.stopped_because and todo:
+            self.echo(f"sweep: stopped, {self.stopped_because}; {len(todo)} trial(s) not started")
+        self.status = "finished"
+        self._write(force=True)
+
+    def _start(self, index: int, total: int) -> int:
+        """Start trial ``index``; returns 1 when it failed before starting (an invalid sample), else 0."""
+        tid = trial_id(index)
+        previous = self.rerun.get(index)
+        if previous is not None:
+            params, sampler_params = previous["parameters"], previous.get("sampler_params", {})
+        else:
+            observations = [self._observation(t) for t in sorted(self.state.trials.values(), key=lambda t: t.index)]
+            suggestion = self.sampler.suggest(index, observations)
+            params, sampler_params = suggestion.parameters, suggestion.sampler_params
+        rec = self.state.add(TrialRecord(tid, index, dict(params), dict(sampler_params)))
+        try:
+            values = hps.resolve(self.task, {**self.job.training_parameters, **params})
+        except ValueError as e:
+            rec.status, rec.reason = "failed", f"invalid sample: {'; '.join(str(e).splitlines())}"
+            rec.started_at = rec.ended_at = _now()
+            self.echo(f"[{tid}] failed before start: {rec.reason}")
+            self._write(force=True)
+            return 1
+        rec.planned_epochs = values["number_of_epochs"]
+        rec.planned_intervals = math.ceil(values["number_of_epochs"] / values["evaluation_frequency"])
+        trial_dir = self.run_dir / "trials" / tid
+        if trial_dir.exists():
+            shutil.rmtree(trial_dir)  # a trial run again after a crash starts from nothing
+        trial_dir.mkdir(parents=True)
+        args = trial_arguments(self.job, params, str(trial_dir)) + ["--device", self.device]
+        (trial_dir / "command.json").write_text(json.dumps(["automl-vision", *args]))
+        env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(self.threads),
+                   MKL_NUM_THREADS=str(self.threads))
+        rec.gpu = self.free_gpus.pop(0) if self.free_gpus else None
+        if rec.gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = rec.gpu
+        rec.threads = self.threads
+        cmd = [sys.executable, "-m", "automl_vision", *args, "--num_workers", str(workers_for(self.threads))]
+        console = (trial_dir / "console.log").open("w")
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                env=env, start_new_session=True)
+        rec.status, rec.pid, rec.started_at = "running", proc.pid, _now()
+        r = _Running(rec, proc, console, trial_dir, time.monotonic())
+        self.running[tid] = r
+        threading.Thread(target=_read_lines, args=(tid, proc.stdout, self.events), daemon=True).start()
+        self.echo(f"[{tid}] {index + 1}/{total} starting: {_show_params(params)}")
+        self._write(force=True)
+        return 0
+
+    def _observation(self, t: TrialRecord) -> Observation:
+        if t.status == "running":
+            return Observation(t.sampler_params, "running")
+        if t.status in RANKED and t.best_value is not None:
+            return Observation(t.sampler_params, "complete", t.best_value)
+        return Observation(t.sampler_params, "failed")
+
+    def _pump(self, timeout: float) -> None:
+        """Handle the lines the trials printed, waiting up to ``timeout`` for the first."""
+        try:
+            item = self.events.get(timeout=timeout)
+        except queue.Empty:
+            return
+        while True:
+            tid, line = item
+            r = self.running.get(tid)
+            if r is not None:
+                if line is None:
+                    r.eof = True
+                else:
+                    self._line(r, line)
+            try:
+                item = self.events.get_nowait()
+            except queue.Empty:
+                break
+        self._write()
+
+    def _line(self, r: _Running, line: str) -> None:
+        r.console.write(line)
+        r.console.flush()
+        if not (line[:4].isdigit() and KATIB_METRIC_RE.search(line)):
+            return
+        metrics = parse_katib_line(line)
+        value = metrics.get(self.primary)
+        if value is None or r.rec.status != "running":
+            return
+        epoch = metrics.get("epoch")
+        decision = self.state.report(r.rec.trial_id, int(epoch) if epoch is not None else None, value,
+                                     metrics.get("loss"))
+        shown = [k for k in ("epoch", self.primary, "loss") if k in metrics]
+        self.echo(f"[{r.rec.trial_id}] " + "  ".join(f"{k} {_fmt(metrics[k])}" for k in shown))
+        if decision is not None and decision.terminate:
+            self.state.terminate(r.rec.trial_id, decision)
+            self.echo(f"[{r.rec.trial_id}] {r.rec.reason}")
+            self._kill(r)
+
+    def _kill(self, r: _Running) -> None:
+        _signal_group(r.proc, signal.SIGTERM)
+        r.stop_asked = time.monotonic()
+        r.kill_at = r.stop_asked + KILL_GRACE_S
+
+    def _stop(self, r: _Running, status: str, reason: str) -> None:
+        r.rec.status, r.rec.reason = status, reason
+        self.echo(f"[{r.rec.trial_id}] {reason}")
+        self._kill(r)
+
+    def _finish(self, r: _Running, total: int, quiet: bool = False) -> None:
+        rec = r.rec
+        r.console.close()
+        self.running.pop(rec.trial_id, None)
+        if rec.gpu is not None:
+            self.free_gpus.append(rec.gpu)
+        rec.exit_code = r.proc.returncode
+        rec.duration_s = round(time.monotonic() - r.started, 2)
+        if r.stop_asked is not None:
+            rec.stop_s = round(time.monotonic() - r.stop_asked, 2)
+        rec.ended_at = _now()
+        outcome = TrialResult.read(r.trial_dir)
+        if outcome is not None and outcome.status in ("completed", "early_stopped"):
+            rec.epochs_completed = outcome.epochs_completed
+            if outcome.best_value is not None:  # the value of the model it saved
+                rec.best_value, rec.best_epoch = outcome.best_value, outcome.best_epoch
+        if rec.status == "running":  # it ended on its own
+            if rec.exit_code == 0 and outcome is not None:
+                rec.status = outcome.status
+                rec.reason = (f"completed its {rec.epochs_completed} epoch(s)" if outcome.status == "completed" else
+                              f"stopped by its own early stopping after {rec.epochs_completed} epoch(s): "
+                              f"{self.primary} stopped improving")
+            else:
+                rec.status = "diverged" if rec.exit_code == EXIT_DIVERGED else "failed"
+                rec.reason = _last_error(r.trial_dir / "console.log")
+        elif not (r.trial_dir / RESULT_FILE).is_file():
+            # stopped by the sweep: the folder says so too
+            TrialResult(status=rec.status, primary_metric=self.primary, best_value=rec.best_value,
+                        best_epoch=rec.best_epoch, epochs_completed=rec.epochs_completed,
+                        duration_s=rec.duration_s, message=rec.reason).write(r.trial_dir)
+        if quiet:
+            return
+        value = "-" if rec.best_value is None else f"{rec.best_value:.4f}"
+        self.echo(f"[{rec.trial_id}] {rec.status}: best {self.primary} {value} after {rec.epochs_completed} "
+                  f"epoch(s), {rec.duration_s:.1f} s" + (f" ({rec.reason})" if rec.status in FAILED else ""))
+        self._write(force=True)
+        done = sum(1 for t in self.state.trials.values() if t.status in FINISHED)
+        best = self.state.best
+        self.echo(f"sweep: {done}/{total} trial(s) done, {len(self.running)} running; best so far "
+                  + (f"{best.trial_id} {self.primary} {best.best_value:.4f}" if best else "none"))
+
+    # -- outputs ---------------------------------------------------------------------------------
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + (time.monotonic() - getattr(self, "t0", time.monotonic()))
+
+    def result(self) -> SweepResult:
+        trials = sorted(self.state.trials.values(), key=lambda t: t.index)
+        return SweepResult(self.run_dir, self.primary, self.task.maximize, trials, self.status,
+                           self.stopped_because, self.state.compute())
+
+    def _write(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last_write < WRITE_INTERVAL_S:
+            return
+        self.last_write = now
+        result = self.result()
+        best = result.best
+        doc = {
+            "format": SWEEP_FORMAT,
+            "status": self.status,
+            "stopped_because": self.stopped_because,
+            "primary_metric": self.primary,
+            "goal": "maximize" if self.task.maximize else "minimize",
+            "sampling": self.sampler.description,
+            "early_termination": None if self.policy is None else self.policy.model_dump(mode="json"),
+            "trials_planned": self.sampler.total,
+            "max_concurrent_trials": self.concurrency,
+            "threads_per_trial": self.threads,
+            "elapsed_s": round(self.elapsed(), 1),
+            "best_trial": best.trial_id if best else None,
+            "counts": self.state.counts(),
+            "compute": result.compute,
+            "job": self.job.model_dump(mode="json"),
+            "trials": [t.to_json(self.primary) for t in result.trials],
+        }
+        _atomic_write(self.run_dir / SWEEP_FILE, json.dumps(doc, indent=1))
+        write_leaderboard(result)
+        if best is not None and best.trial_id != self.best_copied and best.trial_id not in self.running:
+            if _write_best_model(result, best):
+                self.best_copied = best.trial_id
+
+
+def _policy_settings(policy) -> str:
+    return ", ".join(f"{k} {v}" for k, v in policy.model_dump().items() if k != "type" and v is not None)
+
+
+def run_sweep(job: JobSpec, run_dir: str | os.PathLike, *, device: str = "auto",
+              echo: Callable[[str], None] = print, resume: bool = False) -> SweepResult:
+    """Run every trial of ``job`` into ``run_dir`` and write the leaderboard, ``sweep.json`` and the
+    best model; with ``resume``, continue the sweep a killed run left in ``run_dir``."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with _Lock(run_dir / LOCK_FILE):
+        sweep = _Sweep(job, run_dir, device, echo, resume)
+        sweep.prepare()
+        sweep.run()
+        result = sweep.result()
+        compute = result.compute
+        if job.sweep.early_termination is not None:
+            echo(f"sweep: compute {compute['trial_epochs']} trial-epoch(s), {compute['trial_seconds']:.0f} s; "
+                 f"without early termination {compute['trial_epochs_without_early_termination']} trial-epoch(s), "
+                 f"about {compute['trial_seconds_without_early_termination']:.0f} s "
+                 f"({compute['saved_share']:.0%} saved)")
+        return result
+
+
+class _Lock:
+    """One sweep at a time per run folder (released by the OS if the process dies)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        import fcntl
+
+        self.f = self.path.open("a+")
+        try:
+            fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.f.seek(0)
+            holder = self.f.read().strip() or "?"
+            self.f.close()
+            raise ConfigError(f"{self.path.parent} is in use by another sweep (process {holder})") from None
+        self.f.seek(0)
+        self.f.truncate()
+        self.f.write(str(os.getpid()))
+        self.f.flush()
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+        return False
+
+
+# --- reading a run folder ------------------------------------------------------------------------
+
+def load_sweep(run_dir: str | os.PathLike) -> SweepResult:
+    """The sweep recorded in ``run_dir/sweep.json`` (finished, running or killed)."""
+    run_dir = Path(run_dir)
+    path = run_dir / SWEEP_FILE
+    try:
+        doc = json.loads(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    primary = doc["primary_metric"]
+    trials = [TrialRecord.from_json(d, primary) for d in doc["trials"]]
+    return SweepResult(run_dir, primary, doc["goal"] == "maximize", trials, doc.get("status", ""),
+                       doc.get("stopped_because", ""), doc.get("compute", {}))
+
+
+# --- leaderboard and best model ------------------------------------------------------------------
+
 LEADERBOARD_COLUMNS = ("rank", "trial_id", "status", "model_name", "best_value", "best_epoch",
-                       "epochs_completed", "duration_s", "parameters", "message")
+                       "epochs_completed", "duration_s", "parameters", "reason")
 
 
 def _leaderboard_rows(result: SweepResult) -> list[dict[str, Any]]:
     rows = []
-    for rank, t in enumerate(result.ranked(), start=1):
+    rank = 0
+    for t in result.ranked():
+        ranked = t.status in RANKED and t.best_value is not None
+        rank += ranked
         rows.append({
-            "rank": rank if t.best_value is not None else None,
+            "rank": rank if ranked else None,
             "trial_id": t.trial_id,
             "status": t.status,
             "model_name": t.parameters.get("model_name", ""),
@@ -219,15 +620,17 @@ def _leaderboard_rows(result: SweepResult) -> list[dict[str, Any]]:
             "epochs_completed": t.epochs_completed,
             "duration_s": t.duration_s,
             "parameters": t.parameters,
-            "message": t.message,
+            "reason": t.reason,
         })
     return rows
 
 
-def _write_leaderboard(result: SweepResult) -> None:
+def write_leaderboard(result: SweepResult) -> None:
+    """``leaderboard.json`` (with each trial's metric history) and ``leaderboard.csv``."""
     rows = _leaderboard_rows(result)
     doc = {"primary_metric": result.primary_metric, "goal": "maximize" if result.maximize else "minimize",
-           "trials": rows, "history": {t.trial_id: t.history for t in result.trials}}
+           "status": result.status, "compute": result.compute, "trials": rows,
+           "history": {t.trial_id: t.values for t in result.trials}}
     _atomic_write(result.run_dir / "leaderboard.json", json.dumps(doc, indent=2))
     tmp = result.run_dir / "leaderboard.csv.tmp"
     with tmp.open("w", newline="") as f:
@@ -247,26 +650,30 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def _write_best_model(result: SweepResult) -> None:
-    best = result.best
-    target = result.run_dir / "best_model"
-    if best is None:
-        return
+def _write_best_model(result: SweepResult, best: TrialRecord) -> bool:
+    """Copy the best trial's model package to ``best_model/``; False when it left none."""
     source = result.run_dir / "trials" / best.trial_id / OUTPUTS_DIR
-    if not source.is_dir():
-        raise ConfigError(f"{best.trial_id} reported a metric but left no model in {source}")
+    if not (source / "model.safetensors").is_file():
+        log.warning("%s has the best %s but left no model in %s", best.trial_id, result.primary_metric, source)
+        return False
+    target = result.run_dir / "best_model"
     tmp = result.run_dir / "best_model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp)
-    (tmp / "trial.json").write_text(json.dumps(asdict(best), indent=2))
+    from automl_vision.serving.package import package_model  # settings.json, ONNX export, README
+
+    package_model(source, tmp)
+    (tmp / "trial.json").write_text(json.dumps(best.to_json(result.primary_metric), indent=2))
     shutil.rmtree(target, ignore_errors=True)
     tmp.replace(target)
+    return True
 
 
 def format_leaderboard(result: SweepResult, limit: int = 20) -> str:
     """The leaderboard as a text table for the terminal."""
-    rows = _leaderboard_rows(result)[:limit]
-    head = ["rank", "trial", "status", "model", result.primary_metric, "epoch", "time s", "parameters"]
+    rows = _leaderboard_rows(result)
+    hidden = len(rows) - limit
+    rows = rows[:limit]
+    head = ["rank", "trial", "status", "model", result.primary_metric, "epoch", "epochs", "time s", "parameters"]
     body = []
     for r in rows:
         params = ", ".join(f"{k} {format_argument(v) if not isinstance(v, float) else f'{v:.4g}'}"
@@ -274,9 +681,11 @@ def format_leaderboard(result: SweepResult, limit: int = 20) -> str:
         body.append([
             str(r["rank"] or "-"), r["trial_id"], r["status"], r["model_name"] or "-",
             "-" if r["best_value"] is None or math.isnan(r["best_value"]) else f"{r['best_value']:.4f}",
-            str(r["best_epoch"] or "-"), f"{r['duration_s']:.1f}", params,
+            str(r["best_epoch"] or "-"), str(r["epochs_completed"]), f"{r['duration_s']:.1f}", params,
         ])
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in body]
+    if hidden > 0:
+        lines.append(f"... {hidden} more trial(s) in {result.run_dir / 'leaderboard.csv'}")
     return "\n".join(line.rstrip() for line in lines)

@@ -32,6 +32,20 @@ class TrialSettings:
     output_dir: str
     device: str = "auto"
     num_workers: int | None = None  # None: chosen from the machine
+    #: Pretrained weights: a folder or s3:// prefix (None: the libraries' caches); see models/weights.py.
+    weights: str | None = None
+    s3_endpoint: str | None = None
+    weights_cache: str | None = None
+    #: Incremental training: the folder of an earlier model package (model.safetensors, config.json, labels.json).
+    from_model: str | None = None
+    #: Continue from the latest checkpoint in ``output_dir/checkpoints`` when there is one.
+    resume: bool = False
+    #: A progress bar per epoch (a terminal) instead of a log line every N steps (a pod log).
+    progress_bar: bool = False
+    #: Data-parallel training under torchrun: this process's rank, the number of processes, the GPU index.
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -79,11 +93,13 @@ def pick_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def default_num_workers() -> int:
-    """DataLoader workers: the cores left after the training process's own, at most 8.
+def default_num_workers(processes: int = 1) -> int:
+    """DataLoader workers of one training process: its share of the cores less its own, at most 8.
 
-    On a machine with two cores or fewer, decoding in the main process is as fast as handing
-    batches between processes.
+    ``processes``: training processes sharing the machine (torchrun's processes per node). On a
+    machine with two cores or fewer, decoding in the main process is as fast as handing batches
+    between processes (``benchmarks/data_stalls.py`` measures both).
     """
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return 0 if cpus <= 2 else min(8, cpus - 1)
+    share = cpus // max(1, processes)
+    return 0 if share <= 2 else min(8, share - 1)

@@ -1,0 +1,12 @@
+"""Katib early stopping with the product's own policies (spec section 7).
+
+Katib ships only ``medianstop``. This package adds the ``bandit`` and ``truncation-selection``
+early-stopping algorithms, computed with the same policy functions the local sweep uses
+(:mod:`automl_vision.sweep.policies`):
+
+- ``rules``: policy <-> Katib settings, and the frozen stop rule a new trial gets
+- ``collector``: what Katib's metrics collector does with a trial's log (parsing, rule checks)
+- ``service``: the gRPC server implementing Katib's ``EarlyStopping`` API (needs the Katib SDK)
+
+Run the service with ``python -m automl_vision.earlystopping`` (port 6788, as Katib expects).
+"""

@@ -1,0 +1,314 @@
+"""torchvision detectors (spec section 3): Faster R-CNN, RetinaNet and Mask R-CNN on ResNet-FPN
+backbones of every depth, plus the functions a predictor needs to run them.
+
+Pretrained weights are found as for classification (``models/weights.py``: torchvision's cache
+``$TORCH_HOME/hub/checkpoints/``, or a folder or ``s3://`` prefix holding the same file names):
+the COCO checkpoints torchvision ships for the ResNet-50 models, the ImageNet ResNet checkpoints
+for the other depths. When asked for and missing, building fails naming the file; nothing is
+downloaded and random weights are never substituted. Class-specific head layers are always new.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
+from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.ops import misc as misc_nn_ops
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+from automl_vision.errors import ConfigError
+from automl_vision.evaluation.detections import ImagePredictions
+from automl_vision.evaluation.masks import encode_mask, mask_to_polygon
+from automl_vision.evaluation.tiling import merge_tile_predictions, pixel_window, tile_boxes
+from automl_vision.models.registry import register_model
+from automl_vision.models.weights import WeightsFile, WeightsSource, locate
+from automl_vision.spec.hyperparameters import parse_tile_grid_size
+from automl_vision.spec.tasks import ImageTask
+
+FPN_GROUPS = [("backbone.body.conv1.", "backbone.body.bn1."), "backbone.body.layer1.", "backbone.body.layer2.",
+              "backbone.body.layer3.", "backbone.body.layer4."]
+DEPTHS = (18, 34, 50, 101, 152)
+
+_DETECTION = frozenset({ImageTask.IMAGE_OBJECT_DETECTION})
+_SEGMENTATION = frozenset({ImageTask.IMAGE_INSTANCE_SEGMENTATION})
+
+# COCO checkpoints torchvision ships for the ResNet-50 models, and the parameters of their heads
+# that depend on the number of classes (those are never loaded).
+_COCO_WEIGHTS = {
+    "fasterrcnn": ("FasterRCNN_ResNet50_FPN_Weights", ("roi_heads.box_predictor.",)),
+    "retinanet": ("RetinaNet_ResNet50_FPN_Weights", ("head.classification_head.cls_logits.",)),
+    "maskrcnn": ("MaskRCNN_ResNet50_FPN_Weights", ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")),
+}
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """What a torchvision detector's predictions depend on; changeable at load time without retraining."""
+
+    min_size: int = 600
+    max_size: int = 1333
+    box_score_thresh: float = 0.3
+    box_nms_thresh: float = 0.5
+    box_detections_per_img: int = 100
+    tile_grid_size: tuple[int, int] | None = None
+    tile_overlap_ratio: float = 0.25
+    tile_predictions_nms_thresh: float = 0.25
+    mask_pixel_score_threshold: float = 0.5
+    max_number_of_polygon_points: int = 100
+
+    @classmethod
+    def from_hyperparameters(cls, hp: Mapping[str, Any]) -> "InferenceSettings":
+        values = {k: hp[k] for k in cls.__dataclass_fields__ if hp.get(k) is not None}
+        grid = values.get("tile_grid_size")
+        if isinstance(grid, str):
+            values["tile_grid_size"] = parse_tile_grid_size(grid)
+        elif grid is not None:
+            values["tile_grid_size"] = tuple(grid)
+        return cls(**values)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        if self.tile_grid_size is not None:
+            d["tile_grid_size"] = f"{self.tile_grid_size[0]}x{self.tile_grid_size[1]}"
+        return d
+
+
+def weights_file(model_name: str) -> WeightsFile:
+    """The pretrained-weights file of a detector: COCO for ResNet-50 models, ImageNet backbone otherwise."""
+    family, depth = family_of(model_name)
+    if depth == 50:
+        weights = getattr(torchvision.models.detection, _COCO_WEIGHTS[family][0]).DEFAULT
+    else:
+        weights = getattr(torchvision.models, f"ResNet{depth}_Weights").DEFAULT
+    return WeightsFile(model_name, os.path.basename(weights.url), weights.url, "torchvision")
+
+
+def _load(model_name: str, source: WeightsSource | None) -> dict[str, torch.Tensor]:
+    return torch.load(locate(weights_file(model_name), source), map_location="cpu", weights_only=True)
+
+
+def _model_kwargs(family: str, settings: InferenceSettings) -> dict[str, Any]:
+    common = {"min_size": settings.min_size, "max_size": settings.max_size}
+    if family == "retinanet":
+        return {**common, "score_thresh": settings.box_score_thresh, "nms_thresh": settings.box_nms_thresh,
+                "detections_per_img": settings.box_detections_per_img}
+    return {**common, "box_score_thresh": settings.box_score_thresh, "box_nms_thresh": settings.box_nms_thresh,
+            "box_detections_per_img": settings.box_detections_per_img}
+
+
+def build_detector(family: str, depth: int, num_classes: int, *, pretrained: bool,
+                   settings: InferenceSettings | None = None, weights: WeightsSource | None = None) -> nn.Module:
+    """A ``family`` (fasterrcnn, retinanet, maskrcnn) model on a ResNet-``depth``-FPN backbone for
+    ``num_classes`` object classes (the background class is added here)."""
+    settings = settings or InferenceSettings()
+    backbone_state = coco_state = None
+    if pretrained:
+        state = _load(f"{family}_resnet{depth}_fpn", weights)
+        if depth == 50:
+            coco_state = state
+        else:
+            backbone_state = state
+    model = _assemble(family, depth, num_classes, settings, pretrained=pretrained)
+    if backbone_state is not None:
+        body = {k: v for k, v in backbone_state.items() if not k.startswith("fc.")}
+        model.backbone.body.load_state_dict(body)
+    if coco_state is not None:
+        heads = _COCO_WEIGHTS[family][1]
+        state = {k: v for k, v in coco_state.items() if not k.startswith(heads)}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        wrong = [k for k in missing if not k.startswith(heads)] + list(unexpected)
+        if wrong:
+            raise ConfigError(f"pretrained weights for {family}_resnet50_fpn do not fit the model: "
+                              f"{', '.join(wrong[:5])}")
+    return model
+
+
+def _assemble(family: str, depth: int, num_classes: int, settings: InferenceSettings, *, pretrained: bool) -> nn.Module:
+    # As torchvision does: frozen batch norm over pretrained statistics, plain batch norm otherwise.
+    norm_layer = misc_nn_ops.FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
+    resnet = getattr(torchvision.models, f"resnet{depth}")(weights=None, norm_layer=norm_layer)
+    kwargs = _model_kwargs(family, settings)
+    if family == "retinanet":
+        backbone = _resnet_fpn_extractor(resnet, 5, returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256))
+        model: nn.Module = RetinaNet(backbone, num_classes + 1, **kwargs)
+    else:
+        backbone = _resnet_fpn_extractor(resnet, 5)
+        model = (MaskRCNN if family == "maskrcnn" else FasterRCNN)(backbone, num_classes=num_classes + 1, **kwargs)
+    if pretrained and depth == 50:  # torchvision's COCO checkpoints were trained with batch-norm eps 0
+        for m in model.modules():
+            if isinstance(m, misc_nn_ops.FrozenBatchNorm2d):
+                m.eps = 0.0
+    return model
+
+
+def _register(family: str, depth: int, tasks) -> None:
+    @register_model(f"{family}_resnet{depth}_fpn", tasks=tasks, layer_groups=FPN_GROUPS)
+    def build(num_classes: int, *, pretrained: bool, settings: InferenceSettings | None = None,
+              weights: WeightsSource | None = None) -> nn.Module:
+        return build_detector(family, depth, num_classes, pretrained=pretrained, settings=settings, weights=weights)
+
+
+for _depth in DEPTHS:
+    _register("fasterrcnn", _depth, _DETECTION)
+    _register("maskrcnn", _depth, _SEGMENTATION)
+_register("retinanet", 50, _DETECTION)
+
+
+def family_of(model_name: str) -> tuple[str, int]:
+    """``"maskrcnn_resnet34_fpn"`` -> ``("maskrcnn", 34)``."""
+    family, backbone, _ = model_name.split("_")
+    return family, int(backbone.removeprefix("resnet"))
+
+
+def apply_inference_settings(model: nn.Module, settings: InferenceSettings) -> None:
+    """Change a built detector's resizing and post-processing settings in place."""
+    model.transform.min_size = (settings.min_size,)
+    model.transform.max_size = settings.max_size
+    if isinstance(model, RetinaNet):
+        model.score_thresh = settings.box_score_thresh
+        model.nms_thresh = settings.box_nms_thresh
+        model.detections_per_img = settings.box_detections_per_img
+    else:
+        model.roi_heads.score_thresh = settings.box_score_thresh
+        model.roi_heads.nms_thresh = settings.box_nms_thresh
+        model.roi_heads.detections_per_img = settings.box_detections_per_img
+
+
+# --- prediction ----------------------------------------------------------------------------------
+
+def _to_predictions(output: Mapping[str, torch.Tensor], settings: InferenceSettings,
+                    with_masks: bool) -> ImagePredictions:
+    """torchvision's output dict (labels 1..C) -> ImagePredictions (labels 0..C-1).
+
+    Label 0 is the background class; RetinaNet, which has no background output of its own, can
+    still score it (never above the others once trained): such boxes are dropped.
+    """
+    keep = output["labels"] >= 1
+    masks = None
+    if with_masks:
+        binary = (output["masks"][keep][:, 0] > settings.mask_pixel_score_threshold).cpu().numpy()
+        masks = [encode_mask(m) for m in binary]
+    return ImagePredictions(output["boxes"][keep].float().cpu().numpy(), output["labels"][keep].cpu().numpy() - 1,
+                            output["scores"][keep].float().cpu().numpy(), masks)
+
+
+@torch.inference_mode()
+def predict_tensors(model: nn.Module, images: Sequence[torch.Tensor], settings: InferenceSettings,
+                    *, with_masks: bool = False) -> list[ImagePredictions]:
+    """Detections (pixel coordinates) on float CHW images in [0, 1], already on the model's device.
+
+    With a tile grid, each image and each of its tiles goes through the model and the boxes are
+    merged (spec section 9); the model is assumed to be in eval mode.
+    """
+    if settings.tile_grid_size is None:
+        outputs = model(list(images))
+        return [_to_predictions(o, settings, with_masks) for o in outputs]
+    if with_masks:
+        raise ConfigError("tiling (tile_grid_size) is available for object detection only")
+    results = []
+    for image in images:
+        h, w = image.shape[-2:]
+        windows = [pixel_window(t, w, h) for t in tile_boxes(w, h, settings.tile_grid_size, settings.tile_overlap_ratio)]
+        crops = [image] + [image[:, y1:y2, x1:x2] for x1, y1, x2, y2 in windows]
+        outputs = model(crops)
+        sources = [_to_predictions(o, settings, False) for o in outputs]
+        offsets = [(0, 0)] + [(x1, y1) for x1, y1, _, _ in windows]
+        results.append(merge_tile_predictions(sources, offsets, settings.tile_predictions_nms_thresh,
+                                              settings.box_detections_per_img))
+    return results
+
+
+def scoring_output(pred: ImagePredictions, classes: Sequence[str], width: int, height: int,
+                   settings: InferenceSettings | None = None, *, polygons: bool = False) -> dict[str, Any]:
+    """One image's detections in the scoring format of spec section 9 (normalized coordinates)."""
+    from automl_vision.evaluation.masks import decode_rle
+
+    boxes = []
+    for k in range(len(pred.labels)):
+        x1, y1, x2, y2 = (float(v) for v in pred.boxes[k])
+        entry: dict[str, Any] = {
+            "box": {"topX": _norm(x1, width), "topY": _norm(y1, height),
+                    "bottomX": _norm(x2, width), "bottomY": _norm(y2, height)},
+            "label": classes[int(pred.labels[k])],
+            "score": round(float(pred.scores[k]), 6),
+        }
+        if polygons and pred.masks is not None:
+            limit = settings.max_number_of_polygon_points if settings else 100
+            entry["polygon"] = mask_to_polygon(decode_rle(pred.masks[k]), limit)
+        boxes.append(entry)
+    return {"boxes": boxes}
+
+
+def _norm(v: float, size: int) -> float:
+    return round(min(max(v / size, 0.0), 1.0), 6)
+
+
+def image_to_tensor(image: Any) -> torch.Tensor:
+    """A PIL image, HWC uint8 array or CHW tensor as a float CHW RGB tensor in [0, 1]."""
+    if isinstance(image, torch.Tensor):
+        t = image
+    else:
+        if hasattr(image, "convert"):
+            image = image.convert("RGB")
+        t = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+    return t.float() / 255 if t.dtype == torch.uint8 else t.float()
+
+
+def predict_images(model: nn.Module, images: Sequence[Any], settings: InferenceSettings, classes: Sequence[str],
+                   *, task: ImageTask = ImageTask.IMAGE_OBJECT_DETECTION, batch_size: int = 4) -> list[dict[str, Any]]:
+    """Spec section 9 responses (``{"boxes": [...]}``, with polygons for segmentation), one per image.
+
+    ``images``: PIL images, HWC uint8 arrays or CHW tensors. The model must be in eval mode;
+    ``settings`` is applied to it first.
+    """
+    apply_inference_settings(model, settings)
+    device = next(model.parameters()).device
+    segmentation = task is ImageTask.IMAGE_INSTANCE_SEGMENTATION
+    out = []
+    for start in range(0, len(images), batch_size):
+        chunk = [image_to_tensor(im).to(device) for im in images[start:start + batch_size]]
+        preds = predict_tensors(model, chunk, settings, with_masks=segmentation)
+        for t, p in zip(chunk, preds):
+            out.append(scoring_output(p, classes, t.shape[-1], t.shape[-2], settings, polygons=segmentation))
+    return out
+
+
+@dataclass
+class DetectorPackage:
+    """A trained detector loaded from its model package (``outputs/`` of a trial)."""
+
+    model: nn.Module
+    task: ImageTask
+    model_name: str
+    classes: list[str]
+    settings: InferenceSettings
+
+
+def load_detector(model_dir: str | Path, device: str | torch.device = "cpu",
+                  overrides: Mapping[str, Any] | None = None) -> DetectorPackage:
+    """Rebuild a torchvision detector from ``model.safetensors``, ``config.json`` and ``labels.json``;
+    ``overrides`` changes inference settings (spec section 9 model_settings)."""
+    from safetensors.torch import load_file
+
+    model_dir = Path(model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    classes = json.loads((model_dir / "labels.json").read_text())
+    task = ImageTask(config["task"])
+    settings = InferenceSettings.from_hyperparameters({**config.get("model_settings", {}), **(overrides or {})})
+    family, depth = family_of(config["model_name"])
+    # Same structure as in training (frozen batch norm after pretrained weights), random init.
+    model = _assemble(family, depth, len(classes), settings, pretrained=bool(config["hyperparameters"].get("pretrained")))
+    model.load_state_dict(load_file(str(model_dir / "model.safetensors")))
+    model.to(device).eval()
+    return DetectorPackage(model, task, config["model_name"], classes, settings)
+

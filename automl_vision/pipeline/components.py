@@ -1,0 +1,152 @@
+"""The pipeline's steps as lightweight Python components, each a few lines over one library call.
+
+A component's body is its imports, the library call and the writing of its outputs; kfp copies
+the body (and the docstring, shown in the Pipelines UI) into the component spec, so the body
+holds no logic worth testing on its own: the library below it is tested. Call a step directly in
+a test with ``step.python_func(...)`` and real artifacts.
+
+Images: CPU steps run in ``automl-vision-cpu:VERSION``, GPU steps in ``automl-vision-gpu:VERSION``
+(built from images/); the pipeline can point them at a registry (``ClusterSettings.registry``).
+The images already hold kfp, so nothing is pip-installed when a step starts.
+
+No ``from __future__ import annotations`` here: kfp reads the parameter annotations as objects.
+"""
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+
+from automl_vision.pipeline.settings import cpu_image, cuda_image
+
+CPU_IMAGE = cpu_image()
+CUDA_IMAGE = cuda_image()
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def ingest(
+    task: str,
+    training_data: str,
+    dataset: Output[Dataset],
+    validation: Output[Dataset],
+    statistics: Output[Metrics],
+    validation_data: str = "",
+    training_parameters: dict = {},
+):
+    """Validate the labelled data (every problem with file:line), split it and write the Parquet
+    manifest every trial reads (dataset: both splits, stats.json, report.json, remote images cached
+    beside it); without validation data, also the held-out split as JSONL (validation), for evaluate."""
+    from automl_vision.data.manifest import ingest
+    from automl_vision.data.split import split_jsonl
+    from automl_vision.spec.hyperparameters import BY_NAME
+    from automl_vision.spec.tasks import parse_task
+
+    split = {name: BY_NAME[name].coerce(training_parameters.get(name, BY_NAME[name].default))
+             for name in ("split_ratio", "seed")}
+    result = ingest(training_data, parse_task(task), dataset.path, validation=validation_data or None,
+                    split_ratio=split["split_ratio"], seed=split["seed"])
+    if not validation_data:
+        split_jsonl(training_data, parse_task(task), validation.path, ratio=split["split_ratio"], seed=split["seed"])
+    stats = result.report.stats
+    statistics.log_metric("images", stats["images"])
+    for split_name, count in stats["splits"].items():
+        statistics.log_metric(f"{split_name}_images", count)
+    statistics.log_metric("classes", len(stats["classes"]))
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def preview(
+    task: str,
+    training_data: str,
+    preview: Output[HTML],
+    training_parameters: dict = {},
+    count: int = 16,
+):
+    """Show training images exactly as the model receives them: each next to draws of the
+    train-time augmentation (an HTML page with the pictures inline)."""
+    import shutil
+    import tempfile
+
+    from automl_vision.report.preview import write_preview
+
+    with tempfile.TemporaryDirectory() as folder:
+        result = write_preview(training_data, task, folder, count=count,
+                               hyperparameters=training_parameters)
+        shutil.copyfile(result.html, preview.path)
+
+
+@dsl.component(base_image=CUDA_IMAGE, install_kfp_package=False)
+def sweep(
+    task: str,
+    training_data: Input[Dataset],
+    limits: dict,
+    sweep: dict,
+    search_space: list,
+    training_parameters: dict,
+    run: Output[Artifact],
+    leaderboard: Output[Metrics],
+    compute: dict = {},
+    device: str = "auto",
+):
+    """Run the hyperparameter sweep on the ingested data; the run folder holds every trial, the
+    leaderboard and the best trial's model (best_model/)."""
+    import functools
+
+    from automl_vision.errors import AutoMLError
+    from automl_vision.spec.job import parse_job
+    from automl_vision.sweep.local import run_sweep
+
+    job = parse_job({"task": task, "training_data": training_data.path, "limits": limits, "sweep": sweep,
+                     "search_space": search_space, "training_parameters": training_parameters,
+                     "compute": compute or None}, source="sweep")
+    result = run_sweep(job, run.path, device=device, echo=functools.partial(print, flush=True))
+    statuses = [t.status for t in result.trials]
+    leaderboard.log_metric("trials", len(statuses))
+    leaderboard.log_metric("trials_completed", statuses.count("completed") + statuses.count("early_stopped"))
+    if result.best is None:
+        raise AutoMLError("no trial produced a model; see trials/*/console.log in the run folder")
+    leaderboard.log_metric(f"best_{result.primary_metric}", result.best.best_value)
+
+
+@dsl.component(base_image=CUDA_IMAGE, install_kfp_package=False)
+def evaluate(
+    run: Input[Artifact],
+    validation_split: Input[Dataset],
+    metrics: Output[Metrics],
+    classification_metrics: Output[ClassificationMetrics],
+    report: Output[HTML],
+    evaluation: Output[Artifact],
+    validation_data: str = "",
+):
+    """Score the best model on the validation images (validation_data when given, else the held-out
+    split): the metrics of training, per-class figures, the confusion matrix, ROC/PR or AP plots and
+    sample predictions (report), every file (evaluation)."""
+    import math
+    import os
+    import shutil
+
+    from automl_vision.evaluation.report import evaluate_model
+
+    data = validation_data or os.path.join(validation_split.path, "validation.jsonl")
+    result = evaluate_model(os.path.join(run.path, "best_model"), data, evaluation.path)
+    for name, value in result.metrics.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            metrics.log_metric(name, value)
+    if result.task.value == "image_classification":  # multi-label has one 2x2 matrix per class instead
+        classification_metrics.log_confusion_matrix(result.metrics["labels"], result.metrics["confusion_matrix"])
+    shutil.copyfile(os.path.join(evaluation.path, "report.html"), report.path)
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def package(run: Input[Artifact], model: Output[Model]):
+    """Package the best trial's model for serving: weights, labels, inference settings, an ONNX
+    export checked against PyTorch where the model allows, and a README."""
+    import os
+
+    from automl_vision.serving.package import package_model
+
+    result = package_model(os.path.join(run.path, "best_model"), model.path)
+    model.metadata.update({"task": result.settings.task.value, "model_name": result.settings.model_name,
+                           "onnx": result.onnx.file is not None})
+
+
+#: Every step, in pipeline order (components/ holds one spec per entry).
+STEPS = (ingest, preview, sweep, evaluate, package)

@@ -1,0 +1,113 @@
+"""The AutoML pipeline: its parameters are the job's own top-level keys, its steps the components.
+
+    ingest -> preview
+           -> sweep -> evaluate
+                    -> package
+
+The same pipeline runs on kfp's local runner (``automl-vision run``; platform settings are ignored
+there) and on a cluster (``compile``, ``run --kubeflow``), where each step gets the settings of
+``ClusterSettings``: images, the GPU pool of the training steps, a memory-backed ``/dev/shm``, the
+object-store Secret and the data volume.
+"""
+
+# No "from __future__ import annotations": kfp reads the pipeline's parameter annotations as objects.
+from pathlib import Path
+from typing import Any
+
+from kfp import compiler, dsl
+from kfp import kubernetes as k8s
+
+from automl_vision.pipeline import components as C
+from automl_vision.pipeline.settings import ClusterSettings
+from automl_vision.spec.job import JobSpec
+
+PIPELINE_NAME = "automl-vision"
+PIPELINE_DESCRIPTION = ("AutoML for images: validate and split the labelled data, preview the augmentation, "
+                        "sweep hyperparameters, evaluate the best model and package it for serving.")
+#: Steps that train or run a model: on the GPU pool when there is one, with a memory-backed /dev/shm.
+TRAINING_STEPS = ("sweep", "evaluate")
+
+
+def build_pipeline(settings: ClusterSettings | None = None):
+    """The ``@dsl.pipeline`` with ``settings`` applied to every step."""
+    settings = settings or ClusterSettings()
+
+    @dsl.pipeline(name=PIPELINE_NAME, description=PIPELINE_DESCRIPTION)
+    def automl_vision_pipeline(
+        task: str,
+        training_data: str,
+        validation_data: str = "",
+        limits: dict = {},
+        sweep: dict = {},
+        search_space: list = [],
+        training_parameters: dict = {},
+        compute: dict = {},
+        device: str = "auto",
+    ):
+        data = C.ingest(task=task, training_data=training_data, validation_data=validation_data,
+                        training_parameters=training_parameters)
+        # the preview reads the JSONL file itself; after ingest, so that bad data fails with ingest's report
+        shown = C.preview(task=task, training_data=training_data, training_parameters=training_parameters).after(data)
+        swept = C.sweep(task=task, training_data=data.outputs["dataset"], limits=limits, sweep=sweep,
+                        search_space=search_space, training_parameters=training_parameters, compute=compute,
+                        device=device)
+        scored = C.evaluate(run=swept.outputs["run"], validation_split=data.outputs["validation"],
+                            validation_data=validation_data)
+        packaged = C.package(run=swept.outputs["run"])
+        for step in (data, shown, swept, scored, packaged):
+            configure_step(step, settings)
+
+    return automl_vision_pipeline
+
+
+def configure_step(task: dsl.PipelineTask, settings: ClusterSettings) -> None:
+    """Image, resources and Kubernetes settings of one step."""
+    # A scheduled retraining reads the same URIs as the run before: a cached step would skip new data.
+    task.set_caching_options(enable_caching=False)
+    task.set_env_variable("PYTHONUNBUFFERED", "1")  # progress reaches the pod log (and the local runner) at once
+    training = task.name in TRAINING_STEPS
+    gpu = settings.gpu if training else None
+    task.set_container_image(settings.cuda_image if gpu is not None else settings.cpu_image)
+    if training:
+        k8s.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
+                            size_limit=settings.shm_size)
+    if gpu is not None:
+        task.set_accelerator_type(gpu.accelerator_type).set_accelerator_limit(gpu.accelerator_limit)
+        for key, value in sorted(gpu.node_selector.items()):
+            k8s.add_node_selector(task, label_key=key, label_value=value)
+        for t in gpu.tolerations:
+            k8s.add_toleration(task, key=t.key, operator=t.operator, value=t.value, effect=t.effect)
+    if settings.storage_secret is not None:
+        k8s.use_secret_as_env(task, secret_name=settings.storage_secret.name,
+                              secret_key_to_env=dict(sorted(settings.storage_secret.keys.items())), optional=True)
+    if settings.data_volume is not None:
+        k8s.mount_pvc(task, pvc_name=settings.data_volume.claim_name, mount_path=settings.data_volume.mount_path)
+
+
+#: The pipeline with the default cluster settings; what ``pipelines/`` holds and the local runner runs.
+automl_vision_pipeline = build_pipeline()
+
+
+def pipeline_arguments(job: JobSpec, *, device: str = "auto") -> dict[str, Any]:
+    """The pipeline's arguments for ``job``: its top-level keys, under the same names."""
+    d = job.to_dict()
+    return {
+        "task": d["task"],
+        "training_data": d["training_data"],
+        "validation_data": d.get("validation_data", ""),
+        "limits": d["limits"],
+        "sweep": d["sweep"],
+        "search_space": d["search_space"],
+        "training_parameters": d["training_parameters"],
+        "compute": d.get("compute", {}),
+        "device": device,
+    }
+
+
+def compile_pipeline(path: str | Path, *, settings: ClusterSettings | None = None, job: JobSpec | None = None) -> Path:
+    """Write the pipeline package (YAML) for upload; with ``job`` its values become the parameters' defaults."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(settings), str(path),
+                                pipeline_parameters=pipeline_arguments(job) if job is not None else None)
+    return path

@@ -1,0 +1,609 @@
+"""The run report: one self-contained ``report.html`` a person reads to judge a run.
+
+    write_report("runs/my-run")  ->  runs/my-run/report.html
+
+It reads only the run folder (job.yaml, leaderboard.json, trials/*/metrics.jsonl and result.json,
+sweep.json when the sweep wrote one, best_model/) and the data the job names. Sections: summary
+and job, data (class histogram, image sizes, augmented samples), leaderboard (sortable), learning
+curves with early terminations marked and the rule that ended them, hyperparameters against the
+primary metric, the best model's evaluation pictures, and predictions drawn on validation images.
+Images are inline PNG (``data:`` URIs) and the only script is the table sorter: the file opens
+with no network, and in the Kubeflow Pipelines UI's HTML viewer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from automl_vision.errors import AutoMLError, ConfigError
+from automl_vision.report import charts
+from automl_vision.report import html as H
+from automl_vision.report.data_summary import DataSummary, summarize_data
+from automl_vision.spec.tasks import ImageTask, parse_task
+
+log = logging.getLogger(__name__)
+
+REPORT_FILE = "report.html"
+PREDICTION_TILES = 12
+PREVIEW_SAMPLES = 8
+
+#: The status of a trial the sweep's early-termination rule stopped.
+POLICY_STATUSES = frozenset({"terminated"})
+#: The trial's own early stopping (its primary metric stopped improving).
+EARLY_STOPPED = "early_stopped"
+FAILED_STATUSES = frozenset({"failed", "diverged", "timeout"})
+
+
+@dataclass
+class TrialView:
+    """What the report knows about one trial."""
+
+    trial_id: str
+    status: str
+    model_name: str
+    parameters: dict[str, Any]
+    best_value: float | None
+    best_epoch: int | None
+    epochs_completed: int
+    duration_s: float
+    message: str
+    rank: int | None
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    ended_by: str = ""  # the rule that ended the trial, in words ("" when it ran to the end)
+
+    @property
+    def ended(self) -> str:
+        if self.status in POLICY_STATUSES:
+            return "policy"
+        if self.status == EARLY_STOPPED:
+            return "early_stopping"
+        return ""
+
+
+@dataclass
+class RunData:
+    run_dir: Path
+    job: dict[str, Any]
+    task: ImageTask
+    primary: str
+    maximize: bool
+    trials: list[TrialView]
+    sweep_info: dict[str, Any]
+
+    @property
+    def best(self) -> TrialView | None:
+        ranked = [t for t in self.trials if t.rank == 1]
+        return ranked[0] if ranked else None
+
+
+# --- reading the run folder ---------------------------------------------------------------------
+
+def _read_json(path: Path, default: Any = None) -> Any:
+    if not path.is_file():
+        return default
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    from automl_vision.training.reporter import read_metrics
+
+    return read_metrics(path)
+
+
+def _sweep_trials(sweep_info: Any) -> dict[str, dict[str, Any]]:
+    """trial id -> its entry in ``sweep.json`` (status, ``reason``: why it ended, ``history``)."""
+    if not isinstance(sweep_info, dict) or not isinstance(sweep_info.get("trials"), list):
+        return {}
+    return {str(t["trial_id"]): t for t in sweep_info["trials"] if isinstance(t, dict) and t.get("trial_id")}
+
+
+def _own_early_stopping_rule(t: TrialView, primary: str) -> str:
+    hp = t.hyperparameters
+    patience, delay = hp.get("early_stopping_patience"), hp.get("early_stopping_delay")
+    if patience is None:
+        return f"early stopping: {primary} stopped improving"
+    return (f"early stopping: {primary} did not improve for {patience} evaluations "
+            f"(tracked after the first {delay}); best {H.fmt_number(t.best_value)} at epoch {t.best_epoch}")
+
+
+def load_run(run_dir: str | os.PathLike) -> RunData:
+    """Everything the report shows, read from the run folder."""
+    run_dir = Path(run_dir)
+    job_file = run_dir / "job.yaml"
+    if not job_file.is_file():
+        raise ConfigError(f"{run_dir}: no job.yaml; is this a run folder (automl-vision run --output-dir)?")
+    job = yaml.safe_load(job_file.read_text()) or {}
+    try:
+        task = parse_task(job.get("task"))
+    except ValueError as e:
+        raise ConfigError(str(e), str(job_file)) from None
+    board = _read_json(run_dir / "leaderboard.json", {}) or {}
+    sweep_info = _read_json(run_dir / "sweep.json", {}) or {}
+    recorded = _sweep_trials(sweep_info)
+    primary = board.get("primary_metric", task.primary_metric)
+    maximize = board.get("goal", "maximize" if task.maximize else "minimize") == "maximize"
+    trials = []
+    rows = board.get("trials") or []
+    if not rows:  # a run cut short before its first leaderboard: list the trial folders
+        rows = [{"trial_id": p.name, "status": "unknown", "parameters": {}}
+                for p in sorted((run_dir / "trials").glob("*")) if p.is_dir()]
+    for row in rows:
+        tid = row["trial_id"]
+        tdir = run_dir / "trials" / tid
+        result = _read_json(tdir / "result.json", {}) or {}
+        config = _read_json(tdir / "config.json", {}) or {}
+        params = dict(row.get("parameters") or {})
+        t = TrialView(
+            trial_id=tid, status=row.get("status") or result.get("status", "unknown"),
+            model_name=row.get("model_name") or params.get("model_name")
+            or config.get("hyperparameters", {}).get("model_name", ""),
+            parameters=params, best_value=row.get("best_value"), best_epoch=row.get("best_epoch"),
+            epochs_completed=row.get("epochs_completed") or result.get("epochs_completed", 0),
+            duration_s=float(row.get("duration_s") or result.get("duration_s") or 0.0),
+            message=row.get("reason") or row.get("message") or result.get("message", ""), rank=row.get("rank"),
+            evaluations=_read_metrics(tdir / "metrics.jsonl"),
+            hyperparameters=config.get("hyperparameters", {}),
+        )
+        entry = recorded.get(tid, {})
+        if not t.evaluations and entry.get("history"):  # a trial killed before it wrote its metrics file
+            t.evaluations = [dict(h) for h in entry["history"]]
+        if not t.evaluations and board.get("history", {}).get(tid):
+            t.evaluations = [{"epoch": float(i + 1), primary: v} for i, v in enumerate(board["history"][tid])]
+        if t.ended == "early_stopping":
+            t.ended_by = _own_early_stopping_rule(t, primary)
+        elif t.ended == "policy":
+            t.ended_by = entry.get("reason") or t.message or "stopped by the sweep's early-termination rule"
+        trials.append(t)
+    return RunData(run_dir, job, task, primary, maximize, trials, sweep_info if isinstance(sweep_info, dict) else {})
+
+
+# --- sections ------------------------------------------------------------------------------------
+
+def _policy_text(policy: dict[str, Any] | None) -> str:
+    if not policy:
+        return "none (every trial runs to its end)"
+    kind = policy.get("type", "?")
+    rest = ", ".join(f"{k} {v}" for k, v in policy.items() if k != "type" and v is not None)
+    return f"{kind} ({rest})" if rest else kind
+
+
+def _summary(run: RunData) -> H.Section:
+    statuses = Counter(t.status for t in run.trials)
+    best = run.best
+    total = sum(t.duration_s for t in run.trials)
+    cards = [("task", run.task.value), ("primary metric", f"{run.primary} ({'higher' if run.maximize else 'lower'} is better)"),
+             ("best " + run.primary, H.fmt_number(best.best_value) if best else "none"),
+             ("best trial", f"{best.trial_id} ({best.model_name})" if best else "no trial produced a model"),
+             ("trials", ", ".join(f"{n} {s}" for s, n in statuses.most_common()) or "none"),
+             ("training time", f"{total / 60:.1f} min" if total >= 60 else f"{total:.0f} s")]
+    job = run.job
+    sweep = job.get("sweep") or {}
+    limits = job.get("limits") or {}
+    facts = [
+        ("job name", job.get("name") or "-"),
+        ("training data", job.get("training_data", "-")),
+        ("validation data", job.get("validation_data") or "a split of the training data (split_ratio of each trial)"),
+        ("sampling", sweep.get("sampling_algorithm", "random")),
+        ("early termination", _policy_text(sweep.get("early_termination"))),
+        ("limits", ", ".join(f"{k} {v}" for k, v in limits.items() if v is not None)),
+        ("fixed for every trial", ", ".join(f"{k} {v}" for k, v in (job.get("training_parameters") or {}).items()) or "-"),
+        ("run folder", str(run.run_dir.resolve())),
+    ]
+    space = yaml.safe_dump(job.get("search_space") or [], sort_keys=False).strip()
+    body = (H.cards(cards)
+            + "<p>How to read this report: the <b>leaderboard</b> ranks the trials (each trial trains one model "
+              "with one set of hyperparameters); <b>learning curves</b> show how each trial improved epoch by "
+              "epoch and where trials were stopped early; <b>hyperparameters</b> show which settings did well; "
+              "the last two sections show how the best model does on validation images it never trained on.</p>"
+            + "<h3>The job</h3>" + H.key_values(facts)
+            + f"<h3>Search space</h3><pre>{H.esc(space or '[] (every trial uses the defaults)')}</pre>")
+    return H.Section("summary", "Summary", body)
+
+
+def _data_section(run: RunData) -> H.Section:
+    parts = []
+    detection = not run.task.is_classification
+    for what, path in (("training data", run.job.get("training_data")), ("validation data", run.job.get("validation_data"))):
+        if not path:
+            continue
+        try:
+            s = summarize_data(path, run.task)
+        except AutoMLError as e:
+            parts.append(f"<h3>{H.esc(what.capitalize())}</h3>" + H.note(f"cannot read {path}: {e}"))
+            continue
+        parts.append(_data_block(what, s, detection))
+    parts.append(_preview_block(run))
+    return H.Section("data", "Data", "".join(parts))
+
+
+def _data_block(what: str, s: DataSummary, detection: bool) -> str:
+    items = [("images", s.images), ("classes", len(s.class_counts))]
+    if detection:
+        items.append(("objects", s.objects))
+    if s.no_label:
+        items.append(("images with no label", s.no_label))
+    out = f"<h3>{H.esc(what.capitalize())}: {H.esc(s.source)}</h3>" + H.cards(items)
+    if s.unreadable_lines or s.missing_images:
+        out += H.note(f"{s.unreadable_lines} line(s) could not be read and {s.missing_images} image(s) could not "
+                      "be opened; they are left out of the counts below.")
+    if s.class_counts:
+        out += H.img(charts.class_histogram(s.class_counts, what="objects" if detection else "images"),
+                     f"class histogram of the {what}",
+                     H.esc(f"{'Objects' if detection else 'Images'} per class in the {what}. A class much rarer than "
+                           "the others is learnt less well; weighted_loss can compensate."))
+    if s.sizes:
+        distinct = Counter(s.sizes)
+        sampled = " (a sample of the images)" if s.sizes_sampled else ""
+        if len(distinct) == 1:
+            (w, h), = distinct
+            out += f"<p>Image size: all {len(s.sizes)} images{sampled} are {w}x{h} pixels.</p>"
+        else:
+            ws, hs = [x[0] for x in s.sizes], [x[1] for x in s.sizes]
+            out += H.img(charts.image_sizes(s.sizes), f"image sizes of the {what}",
+                         H.esc(f"Image sizes{sampled}: width {min(ws)} to {max(ws)} px, height {min(hs)} to "
+                               f"{max(hs)} px."), width=460)
+    return out
+
+
+def _preview_block(run: RunData) -> str:
+    from automl_vision.report.draw import compose_grid
+    from automl_vision.report.preview import preview_rows, supported
+
+    source = run.best or next((t for t in run.trials if t.hyperparameters), None)
+    head = "<h3>What the model was fed</h3>"
+    if source is None or not run.job.get("training_data"):
+        return head + H.note("No trial recorded its settings, so there is no augmentation to show.")
+    hp = source.hyperparameters
+    model = hp.get("model_name", source.model_name)
+    if model not in supported(run.task):
+        return head + H.note(f"No augmentation preview for {model} ({run.task.value}) yet.")
+    given = {k: v for k, v in hp.items() if k != "model_name"}
+    try:
+        chosen, rows, _, _ = preview_rows(run.job["training_data"], run.task, count=PREVIEW_SAMPLES, draws=4,
+                                          model_name=model, hyperparameters=given)
+    except AutoMLError as e:
+        return head + H.note(f"Cannot draw the augmented samples: {e}")
+    classes = sorted({lab for r in rows for t in r for lab in t.annotations.labels})
+    grid, _ = compose_grid(rows, {c: i for i, c in enumerate(classes)}, size=144,
+                           row_titles=[Path(c.image_path).name for c in chosen])
+    return head + H.img(H.image_png(grid), "augmented training samples",
+                        H.esc(f"Training images of {source.trial_id} ({model}): the original, then draws of the "
+                              "train-time augmentation exactly as the model receives them (any normalization "
+                              "undone for display). automl-vision preview draws more."))
+
+
+def _varied_parameters(trials: list[TrialView]) -> list[str]:
+    names: list[str] = []
+    for t in trials:
+        for k in t.parameters:
+            if k not in names:
+                names.append(k)
+    return [n for n in names if len({json.dumps(t.parameters.get(n), sort_keys=True) for t in trials}) > 1]
+
+
+def _leaderboard(run: RunData) -> H.Section:
+    varied = [n for n in _varied_parameters(run.trials) if n != "model_name"]  # the model column shows it
+    headers: list = [("rank", True), "trial", "status", "model", (run.primary, True), ("best epoch", True),
+                     ("epochs", True), ("time s", True)]
+    headers += [(n, True) if all(isinstance(t.parameters.get(n), (int, float)) and not isinstance(t.parameters.get(n), bool)
+                                 for t in run.trials if t.parameters.get(n) is not None) else n for n in varied]
+    headers.append("why it ended")
+    rows, css = [], []
+    for t in run.trials:
+        cells = [H.Cell(str(t.rank) if t.rank else "-", t.rank, True), H.Cell(t.trial_id, css="nowrap"),
+                 H.Cell(t.status, css="bad" if t.status in FAILED_STATUSES else ""), H.Cell(t.model_name or "-"),
+                 H.Cell(H.fmt_number(t.best_value), t.best_value if _finite(t.best_value) else None, True),
+                 H.Cell(H.fmt_number(t.best_epoch), t.best_epoch, True),
+                 H.Cell(str(t.epochs_completed), t.epochs_completed, True),
+                 H.Cell(f"{t.duration_s:.1f}", t.duration_s, True)]
+        for n in varied:
+            v = t.parameters.get(n)
+            numeric = isinstance(v, (int, float)) and not isinstance(v, bool)
+            cells.append(H.Cell(H.fmt_number(v), v if numeric else None, numeric))
+        cells.append(H.Cell(t.ended_by or t.message, css="why"))
+        rows.append(cells)
+        css.append("best" if t.rank == 1 else "")
+    body = (H.table(headers, rows, sortable=True, row_css=css, table_id="leaderboard-table")
+            + H.note("Click a column title to sort by it. The best trial is highlighted; "
+                     f"ties in {run.primary} go to the earlier trial."))
+    return H.Section("leaderboard", "Leaderboard", body)
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _curves(run: RunData) -> H.Section:
+    curves = []
+    ordered = sorted(run.trials, key=lambda t: (t.rank is None, t.rank or 0, t.trial_id))
+    for t in ordered:
+        if not t.evaluations:
+            continue
+        epochs = [float(e.get("epoch", i + 1)) for i, e in enumerate(t.evaluations)]
+        values = {}
+        for key in (run.primary, "loss", "train_loss"):
+            ys = [e.get(key) for e in t.evaluations]
+            if all(isinstance(y, (int, float)) for y in ys):
+                values[key] = [float(y) for y in ys]
+        curves.append(charts.Curve(t.trial_id, epochs, values, t.ended,
+                                   float(t.best_epoch) if t.best_epoch is not None else None,
+                                   f"{t.trial_id} {t.model_name}".strip()))
+    if not curves:
+        return H.Section("curves", "Learning curves", H.note("No trial reported an evaluation."))
+    body = H.img(charts.learning_curves(curves, run.primary), "learning curves of every trial",
+                 H.esc(f"Validation {run.primary} (left) and the loss (right: validation loss where the trials "
+                       "report it, else training loss) after each evaluation, one line per trial (legend: best "
+                       "trials first). A star marks each trial's best epoch (the one its model was saved from)."))
+    stopped = [t for t in run.trials if t.ended]
+    if stopped:
+        rows = [[H.Cell(t.trial_id), H.Cell("stopped by the sweep's rule" if t.ended == "policy" else "its own early stopping"),
+                 H.Cell(str(t.epochs_completed), t.epochs_completed, True), H.Cell(t.ended_by)] for t in stopped]
+        body += "<h3>Trials that ended early</h3>" + H.table(["trial", "how", ("after epoch", True), "rule"], rows)
+    else:
+        body += H.note("Every trial ran to its last epoch (none was stopped early).")
+    return H.Section("curves", "Learning curves", body)
+
+
+def _hyperparameters(run: RunData) -> H.Section:
+    varied = _varied_parameters(run.trials)
+    title = f"Hyperparameters against {run.primary}"
+    scored = [t for t in run.trials if _finite(t.best_value)]
+    if not varied:
+        return H.Section("hyperparameters", title, H.note("No hyperparameter varied between trials."))
+    if not scored:
+        return H.Section("hyperparameters", title, H.note("No trial produced a metric to compare."))
+    params = [t.parameters for t in run.trials]
+    metric = [t.best_value if _finite(t.best_value) else None for t in run.trials]
+    axes = charts.hyperparameter_axes(params, varied)
+    body = (H.img(charts.parallel_coordinates(axes, metric, run.primary, run.maximize),
+                  "parallel coordinates of hyperparameters and the primary metric",
+                  H.esc(f"One line per trial through its hyperparameter values to its best {run.primary} (last "
+                        "axis); colour follows the metric. Trials without a metric are grey and dashed."))
+            + H.img(charts.metric_scatter(axes, metric, run.primary), "each hyperparameter against the metric",
+                    H.esc(f"Each hyperparameter that varied, against the trial's best {run.primary}.")))
+    return H.Section("hyperparameters", title, body)
+
+
+EVALUATION_DIR = "evaluation"
+#: Validation images the best model is scored on for the report; beyond that, the first ones.
+MAX_EVALUATION_IMAGES = 1000
+#: The evaluation's pictures shown in the report, in this order (those the task produces).
+EVALUATION_PICTURES = (
+    ("confusion_matrix.png", "Confusion matrix: rows are the true class, columns the predicted one; the diagonal is "
+                             "right."),
+    ("roc_pr_curves.png", "ROC and precision-recall curves, each class against the rest, and their micro average."),
+    ("pr_curves.png", "Precision-recall curve of each label (a prediction is right when it overlaps a true box of "
+                      "its label enough)."),
+    ("ap_per_label.png", "Average precision of each label."),
+)
+
+
+@dataclass
+class _Evaluation:
+    folder: Path
+    data: Path  # the validation JSONL scored
+    images: int
+    total: int
+    metrics: dict[str, Any]
+
+
+def _validation_jsonl(run: RunData, best: TrialView, folder: Path) -> tuple[Path, int, int]:
+    """The best trial's validation images as a JSONL file (its own split), at most MAX_EVALUATION_IMAGES."""
+    from automl_vision.data.split import split_jsonl
+
+    hp = best.hyperparameters
+    source = run.job.get("validation_data")
+    if source:
+        path = Path(source)
+    else:
+        training = run.job.get("training_data")
+        if not training or not str(training).endswith(".jsonl"):
+            raise ConfigError(f"the validation split of {training} can only be rebuilt from a JSONL file")
+        path = split_jsonl(training, run.task, folder / "split", ratio=hp.get("split_ratio", 0.2),
+                           seed=hp.get("seed", 0)).validation
+    lines = [ln for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if len(lines) <= MAX_EVALUATION_IMAGES:
+        return Path(path), len(lines), len(lines)
+    capped = folder / "validation_first.jsonl"
+    base = Path(path).resolve().parent
+    out = []
+    for ln in lines[:MAX_EVALUATION_IMAGES]:
+        row = json.loads(ln)
+        url = row.get("image_url", "")
+        if isinstance(url, str) and "://" not in url and not os.path.isabs(url):
+            row["image_url"] = str(base / url)  # the capped copy lives elsewhere
+        out.append(json.dumps(row))
+    capped.write_text("\n".join(out) + "\n", encoding="utf-8")
+    return capped, MAX_EVALUATION_IMAGES, len(lines)
+
+
+def _evaluate_best(run: RunData, best: TrialView) -> _Evaluation:
+    """Score ``best_model/`` on the best trial's validation images with the evaluation the
+    ``evaluate`` command runs (the serving engine's predictions, then the metrics and pictures)."""
+    from automl_vision.evaluation.report import evaluate_model
+
+    folder = run.run_dir / EVALUATION_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    data, n, total = _validation_jsonl(run, best, folder)
+    t0 = time.monotonic()
+    result = evaluate_model(run.run_dir / "best_model", data, folder)
+    log.info("report: best model scored on %d validation images in %.1f s", n, time.monotonic() - t0)
+    return _Evaluation(folder, data, n, total, result.metrics)
+
+
+def _evaluation_and_predictions(run: RunData) -> list[H.Section]:
+    best = run.best
+    title_e, title_p = "Best model evaluation", "Sample predictions"
+    if best is None:
+        msg = H.note("No trial produced a model, so there is nothing to evaluate.")
+        return [H.Section("evaluation", title_e, msg), H.Section("predictions", title_p, msg)]
+    package_dir = run.run_dir / "best_model"
+    intro = H.note(f"The best model is {best.trial_id} ({best.model_name}), saved at epoch {best.best_epoch}; its "
+                   f"package is {package_dir}.")
+    metrics = _read_json(package_dir / "metrics.json", {}) or {}
+    metric_table = ""
+    scalars = {k: v for k, v in metrics.items() if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if scalars:
+        keys = sorted(scalars, key=lambda k: (k != run.primary, k))
+        table = H.table(["metric", ("value", True)],
+                        [[H.Cell(k), H.Cell(H.fmt_number(scalars[k]), scalars[k], True)] for k in keys])
+        metric_table = (f"<h3>Metrics the trial recorded for that epoch</h3><p>{H.esc(run.primary)}: "
+                        f"<b>{H.fmt_number(metrics.get(run.primary))}</b>.</p>"
+                        f"<details><summary>All {len(keys)} metrics</summary>{table}</details>")
+    try:
+        ev = _evaluate_best(run, best)
+    except AutoMLError as e:
+        msg = H.note(f"Cannot score the best model on its validation images: {e}")
+        return [H.Section("evaluation", title_e, intro + msg + metric_table), H.Section("predictions", title_p, msg)]
+    capped = f" (the first {ev.images} of {ev.total})" if ev.images < ev.total else ""
+    body = intro + H.note(f"Scored again for this report on the {ev.images} validation images{capped} of "
+                          f"{best.trial_id}'s own split ({ev.data}); all files are in {ev.folder}.")
+    primary_value = ev.metrics.get(run.primary)
+    if isinstance(primary_value, (int, float)):
+        body += H.cards([(run.primary, H.fmt_number(float(primary_value))), ("validation images", ev.images)])
+    for name, caption in EVALUATION_PICTURES:
+        if name == "confusion_matrix.png" and run.task is ImageTask.IMAGE_CLASSIFICATION_MULTILABEL:
+            caption = "Confusion matrix of each label at the 0.5 threshold (true against predicted, yes or no)."
+        if (ev.folder / name).is_file():
+            body += H.img((ev.folder / name).read_bytes(), name.removesuffix(".png").replace("_", " "), H.esc(caption))
+    body += _per_class_table(ev.folder / "per_class.csv") + metric_table
+    if run.task.is_classification:
+        predictions = _classification_grid(ev, multilabel=run.task is ImageTask.IMAGE_CLASSIFICATION_MULTILABEL)
+    elif (ev.folder / "samples.png").is_file():
+        predictions = H.img((ev.folder / "samples.png").read_bytes(), "predictions on validation images",
+                            "Validation images: the true objects (left) beside the model's predictions (right) with "
+                            "their scores.")
+    else:
+        predictions = H.note("The evaluation drew no sample images.")
+    return [H.Section("evaluation", title_e, body), H.Section("predictions", title_p, predictions)]
+
+
+def _per_class_table(path: Path) -> str:
+    import csv
+
+    if not path.is_file():
+        return ""
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    if len(rows) < 2:
+        return ""
+    head, body = rows[0], rows[1:]
+
+    def cell(x: str) -> H.Cell:
+        try:
+            return H.Cell(x, float(x), True)
+        except ValueError:
+            return H.Cell(x)
+
+    # the first column names the class (even when class names are digits)
+    numeric = [i > 0 and all(_is_number(r[i]) for r in body if i < len(r)) for i in range(len(head))]
+    return ("<h3>Per class</h3>" + H.table([(h, n) if n else h for h, n in zip(head, numeric)],
+                                           [[cell(x) if numeric[i] else H.Cell(x) for i, x in enumerate(r)]
+                                            for r in body], sortable=True))
+
+
+def _is_number(x: str) -> bool:
+    try:
+        float(x)
+        return True
+    except ValueError:
+        return False
+
+
+def _classification_grid(ev: _Evaluation, *, multilabel: bool) -> str:
+    """Validation images with the model's answer and the truth, mistakes first (from predictions.jsonl)."""
+    import numpy as np
+    from PIL import Image
+
+    from automl_vision.report.draw import Annotations, Tile, compose_grid
+
+    def url_key(url: str, base: Path) -> str:
+        return url if "://" in url or os.path.isabs(url) else str((base / url).resolve())
+
+    truth = {}
+    for ln in ev.data.read_text(encoding="utf-8").splitlines():
+        if ln.strip():
+            row = json.loads(ln)
+            label = row.get("label")
+            truth[url_key(row["image_url"], ev.data.resolve().parent)] = [label] if isinstance(label, str) else list(label or [])
+    entries = []
+    pred_file = ev.folder / "predictions.jsonl"
+    for ln in pred_file.read_text(encoding="utf-8").splitlines() if pred_file.is_file() else []:
+        if not ln.strip():
+            continue
+        row = json.loads(ln)
+        key = url_key(row["image_url"], pred_file.parent)
+        probs, labels = row.get("probs") or [], row.get("labels") or []
+        if key not in truth or not probs:
+            continue
+        if not multilabel:
+            best = int(np.argmax(probs))
+            predicted = [(labels[best], probs[best])]
+        else:
+            predicted = [(lab, p) for lab, p in zip(labels, probs) if p >= 0.5]
+        right = sorted(lab for lab, _ in predicted) == sorted(truth[key])
+        entries.append((key, predicted, truth[key], right))
+    if not entries:
+        return H.note("The evaluation wrote no predictions to show.")
+    wrong = [e for e in entries if not e[3]]
+    right = [e for e in entries if e[3]]
+    rng = np.random.default_rng(0)
+    k_wrong = min(len(wrong), PREDICTION_TILES // 2)
+    k_right = min(len(right), PREDICTION_TILES - k_wrong)
+    k_wrong = min(len(wrong), PREDICTION_TILES - k_right)
+    chosen = ([wrong[i] for i in sorted(rng.choice(len(wrong), k_wrong, replace=False))] if k_wrong else []) + \
+             ([right[i] for i in sorted(rng.choice(len(right), k_right, replace=False))] if k_right else [])
+    tiles = []
+    for key, predicted, true, ok in chosen:
+        with Image.open(key) as im:
+            image = im.convert("RGB")
+        shown = ", ".join(f"{lab} {p:.2f}" for lab, p in predicted) or "(no label)"
+        tiles.append(Tile(image, Annotations([]), [("right: " if ok else "wrong: ") + shown,
+                                                   "true: " + (", ".join(true) or "(no label)")],
+                          caption_colour=(27, 127, 59) if ok else (179, 38, 30)))
+    grid, _ = compose_grid([tiles[i:i + 6] for i in range(0, len(tiles), 6)], {}, size=150)
+    caption = (f"{k_wrong} of the {len(wrong)} validation images the model gets wrong, then {k_right} of the "
+               f"{len(right)} it gets right (picked at random). First line: the prediction and its probability; "
+               "second line: the true label.")
+    return H.img(H.image_png(grid), "predictions on validation images", H.esc(caption))
+
+
+# --- the report ----------------------------------------------------------------------------------
+
+def build_report(run_dir: str | os.PathLike) -> str:
+    """The report's HTML text."""
+    run = load_run(run_dir)
+    sections = [_summary(run), _data_section(run), _leaderboard(run), _curves(run), _hyperparameters(run),
+                *_evaluation_and_predictions(run)]
+    name = run.job.get("name") or run.run_dir.name
+    best = run.best
+    subtitle = (f"{run.task.value}, {len(run.trials)} trial(s); best {run.primary} "
+                f"{H.fmt_number(best.best_value) if best else 'none'}; written {time.strftime('%Y-%m-%d %H:%M')}")
+    return H.page(f"AutoML run report: {name}", subtitle, sections, script=True)
+
+
+def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """Write the run's ``report.html`` (default: into the run folder) and return its path."""
+    t0 = time.monotonic()
+    text = build_report(run_dir)
+    path = Path(out) if out is not None else Path(run_dir) / REPORT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    log.info("report written to %s (%.0f KiB, %.1f s)", path, len(text) / 1024, time.monotonic() - t0)
+    return path

@@ -1,0 +1,184 @@
+"""Batch scoring (``automl-vision predict``): a folder of images, one image, or a JSONL file in, one JSON
+object per image out, in input order: ``{"image_url": ..., <the task's fields>}``, the same fields the
+server answers (spec section 9), so the file is ready for ``automl-vision evaluate --predictions``.
+
+``image_url`` is the JSONL line's own value (so it matches the ground truth written the same way),
+or for a folder (or one image) the file's path relative to the output file, the way ``image_url``
+is relative to its JSONL file in labelled data. An image that cannot
+be scored gets ``{"image_url": ..., "error": "..."}``; the run reports every such image at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import DataLoader, Dataset
+
+from automl_vision.data.images import IMAGE_EXTENSIONS
+from automl_vision.errors import DataError
+from automl_vision.serving.engine import Engine, load_engine
+from automl_vision.serving.images import InvalidImage, decode_image
+from automl_vision.serving.package import load_package
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchInput:
+    image_url: str | None  # as written out; None: the path relative to the output file
+    path: str  # the local file
+
+
+@dataclass
+class BatchResult:
+    output: Path
+    images: int
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def list_inputs(source: str | Path) -> list[BatchInput]:
+    """The images of a folder (recursively, sorted), of a JSONL file (``image_url`` of each line),
+    or one image file."""
+    source = Path(source)
+    if source.is_dir():
+        found = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not found:
+            raise DataError(f"{source}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in this folder or below")
+        return [BatchInput(None, str(p)) for p in found]
+    if not source.is_file():
+        raise DataError(f"input not found: {source} (expected a folder of images, an image or a JSONL file)")
+    if source.suffix.lower() in IMAGE_EXTENSIONS:
+        return [BatchInput(None, str(source))]
+    if source.suffix.lower() not in (".jsonl", ".json"):
+        raise DataError(f"{source}: expected a folder of images, an image ({', '.join(IMAGE_EXTENSIONS)}) "
+                        "or a JSONL file")
+    items, problems = [], []
+    with source.open(encoding="utf-8") as f:
+        for number, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            where = f"{source}:{number}"
+            try:
+                row = json.loads(raw)
+            except json.JSONDecodeError as e:
+                problems.append(f"{where}: not valid JSON ({e.msg} at column {e.colno})")
+                continue
+            url = row.get("image_url") if isinstance(row, dict) else None
+            if not isinstance(url, str) or not url:
+                problems.append(f"{where}: field image_url is missing or not a string")
+                continue
+            if "://" in url:
+                problems.append(f"{where}: image_url={url!r}: remote images are not read by predict; "
+                                "fetch them first (automl-vision data) and use local paths")
+                continue
+            path = Path(url) if os.path.isabs(url) else source.parent / url
+            items.append(BatchInput(url, str(path)))
+    if problems:
+        raise DataError(problems, str(source))
+    if not items:
+        raise DataError(f"{source}: no lines with an image_url")
+    return items
+
+
+class _ImageFiles(Dataset):
+    """Decoded and prepared images; an unreadable one yields its error message instead."""
+
+    def __init__(self, items: Sequence[BatchInput], prepare: Callable, max_pixels: int):
+        self.items, self.prepare, self.max_pixels = items, prepare, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[int, Any, str | None]:
+        item = self.items[i]
+        try:
+            with open(item.path, "rb") as f:
+                data = f.read()
+            return i, self.prepare(decode_image(data, self.max_pixels, item.image_url)), None
+        except InvalidImage as e:
+            return i, None, str(e)
+        except OSError as e:
+            return i, None, f"{item.image_url}: cannot read {item.path}: {e.strerror or e}"
+
+
+def _collate(rows):
+    return rows
+
+
+def _default_workers() -> int:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 0 if cpus <= 2 else min(8, cpus - 1)
+
+
+def score_images(engine: Engine, items: Sequence[BatchInput], *, batch_size: int | None = None,
+                 num_workers: int | None = None, progress_every_s: float = 10.0):
+    """Yield ``(item, answer or None, error or None)`` in input order."""
+    dataset = _ImageFiles(items, engine.preparer, engine.settings.max_image_pixels)
+    workers = _default_workers() if num_workers is None else num_workers
+    # Offline, a batch of images per call also spreads the per-call overhead on the CPU.
+    default = engine.settings.max_batch_size or (16 if engine.device.startswith("cuda") else 8)
+    loader = DataLoader(dataset, batch_size=batch_size or default, shuffle=False,
+                        num_workers=workers, collate_fn=_collate)
+    t0 = last = time.monotonic()
+    done = 0
+    for rows in loader:
+        good = [(i, x) for i, x, err in rows if err is None]
+        answers = dict(zip([i for i, _ in good], engine.infer([x for _, x in good]))) if good else {}
+        for i, _, err in rows:
+            yield items[i], answers.get(i), err
+        done += len(rows)
+        now = time.monotonic()
+        if now - last >= progress_every_s or done == len(items):
+            last = now
+            rate = done / max(now - t0, 1e-9)
+            eta = (len(items) - done) / rate if rate > 0 else 0.0
+            log.info("scored %d/%d images (%d%%), %.1f images/s, ETA %d:%02d", done, len(items),
+                     100 * done // len(items), rate, int(eta) // 60, int(eta) % 60)
+
+
+def predict_batch(model_dir: str | Path, source: str | Path, output: str | Path, *,
+                  settings_layers: Sequence[tuple[str, Mapping[str, Any]]] = (), batch_size: int | None = None,
+                  num_workers: int | None = None, progress_every_s: float = 10.0,
+                  engine: Engine | None = None) -> BatchResult:
+    """Score every image of ``source`` with the package in ``model_dir``; write ``output`` (JSONL).
+
+    Raises DataError listing the images that could not be scored, after writing every line."""
+    t0 = time.monotonic()
+    output = Path(output)
+    base = output.resolve().parent
+    items = [i if i.image_url is not None else
+             BatchInput(os.path.relpath(Path(i.path).resolve(), base), i.path) for i in list_inputs(source)]
+    if engine is None:
+        package = load_package(model_dir)
+        engine = load_engine(package, package.settings(*settings_layers))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".tmp")
+    errors: list[str] = []
+    with tmp.open("w", encoding="utf-8") as f:
+        for item, answer, err in score_images(engine, items, batch_size=batch_size, num_workers=num_workers,
+                                              progress_every_s=progress_every_s):
+            if err is not None:
+                errors.append(err)
+                row = {"image_url": item.image_url, "error": err}
+            else:
+                row = {"image_url": item.image_url, **answer}
+            f.write(json.dumps(row, separators=(",", ":")) + "\n")
+    tmp.replace(output)
+    result = BatchResult(output, len(items), errors, time.monotonic() - t0)
+    if errors:
+        raise DataError([f"{len(errors)} of {len(items)} images could not be scored (their lines in {output} "
+                         "hold the error):"] + errors[:50] + ([f"... and {len(errors) - 50} more"] if len(errors) > 50
+                                                           else []))
+    return result

@@ -1,0 +1,141 @@
+"""A loaded model that turns images into the original product's per-image answers (spec section 9).
+
+An engine has two halves so that work can be spread: ``preparer`` (picklable, per image, runs in
+request threads or DataLoader workers) turns a decoded RGB image into the model's input, and
+``infer`` runs one batch of prepared inputs through the network and formats one answer per image:
+
+* classification: ``{"probs": [0.1, 0.9], "labels": ["can", "carton"]}``
+* detection: ``{"boxes": [{"box": {"topX", "topY", "bottomX", "bottomY"}, "label", "score"}]}``
+  (coordinates normalized to the image), segmentation adds ``"polygon": [[x1, y1, ...]]``.
+
+The server, batch scoring and evaluation all go through an engine, so they answer alike.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+
+from automl_vision.errors import ConfigError
+from automl_vision.serving.package import ModelPackage, build_torch_model
+from automl_vision.serving.settings import InferenceSettings
+from automl_vision.spec.tasks import ImageTask
+
+log = logging.getLogger(__name__)
+
+
+class Engine(Protocol):
+    task: ImageTask
+    labels: list[str]
+    settings: InferenceSettings
+    runtime: str  # "pytorch" | "onnx"
+    device: str
+
+    @property
+    def preparer(self): ...  # Callable[[Image.Image], Any], picklable
+
+    def infer(self, prepared: Sequence[Any]) -> list[dict[str, Any]]: ...
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={requested!r} but CUDA is not available on this machine")
+    return device
+
+
+# --- classification --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ClassificationPreparer:
+    """Resize, centre crop, normalize: the validation transform of training, with the settings' sizes."""
+
+    transform: Any
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.transform(image)
+
+
+class ClassificationEngine:
+    def __init__(self, package: ModelPackage, settings: InferenceSettings):
+        from automl_vision.training.classification import valid_transform
+
+        self.task, self.labels, self.settings = package.task, list(package.labels), settings
+        self.multilabel = package.task is ImageTask.IMAGE_CLASSIFICATION_MULTILABEL
+        self._preparer = ClassificationPreparer(valid_transform(dict(settings.model)))
+        device = pick_device(settings.device)
+        self.device = str(device)
+        runtime = settings.runtime
+        if runtime == "onnx" and package.onnx is None:
+            raise ConfigError(f"runtime='onnx' but {package.path} has no model.onnx (see its package.json for why)")
+        if runtime == "auto":
+            runtime = "onnx" if package.onnx is not None and device.type == "cpu" else "pytorch"
+        self.runtime = runtime
+        self._model = None
+        self._session = None
+        if runtime == "onnx":
+            import onnxruntime as ort
+
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.type == "cuda" else \
+                ["CPUExecutionProvider"]
+            options = ort.SessionOptions()
+            # Idle ONNX Runtime threads spin by default, taking the cores that decode the next
+            # requests' images (and any PyTorch work) in this same process.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+            self._session = ort.InferenceSession(str(package.onnx), options, providers=providers)
+        else:
+            self._model = build_torch_model(package).to(device)
+            self._device = device
+
+    @property
+    def preparer(self) -> ClassificationPreparer:
+        return self._preparer
+
+    def logits(self, batch: torch.Tensor) -> np.ndarray:
+        """The raw forward pass: a ``[N, 3, H, W]`` float batch to ``[N, C]`` logits."""
+        if self._session is not None:
+            return self._session.run(None, {"image": batch.numpy()})[0]
+        with torch.inference_mode():
+            return self._model(batch.to(self._device)).float().cpu().numpy()
+
+    def infer(self, prepared: Sequence[torch.Tensor]) -> list[dict[str, Any]]:
+        if not prepared:
+            return []
+        logits = self.logits(torch.stack(list(prepared)))
+        if self.multilabel:
+            probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+        else:
+            z = logits.astype(np.float64)
+            z = np.exp(z - z.max(axis=1, keepdims=True))
+            probs = z / z.sum(axis=1, keepdims=True)
+        return [{"probs": [float(p) for p in row], "labels": self.labels} for row in probs]
+
+
+# --- detection and instance segmentation -----------------------------------------------------------
+
+def _detection_engine(package: ModelPackage, settings: InferenceSettings) -> Engine:
+    from automl_vision.serving.detection import DetectionEngine
+
+    return DetectionEngine(package, settings)
+
+
+def load_engine(package: ModelPackage, settings: InferenceSettings) -> Engine:
+    """The engine for ``package`` with ``settings`` (see :meth:`ModelPackage.settings`)."""
+    if package.task.is_classification:
+        engine: Engine = ClassificationEngine(package, settings)
+    else:
+        engine = _detection_engine(package, settings)
+    changed = {k: settings.sources[k] for k in settings.sources}
+    log.info("loaded %s (%s, %d classes) from %s: %s on %s%s", package.model_name, package.task.value,
+             len(package.labels), package.path, engine.runtime, engine.device,
+             "; settings changed: " + ", ".join(f"{k} from {v}" for k, v in changed.items()) if changed else "")
+    return engine

@@ -1,0 +1,437 @@
+"""The model package: a folder a trial writes (``outputs/``) and a run copies (``best_model/``).
+
+    model.safetensors   the weights (tensors only: loading them runs no code); ``.pt``/``.pth`` files
+                        saved as plain state dicts are read with ``torch.load(weights_only=True)``
+    config.json         task, model_name, hyperparameters, num_classes, epoch
+    labels.json         the class names, in the order of the model's outputs
+    metrics.json        validation metrics of the saved epoch
+    settings.json       inference settings (spec section 9), changeable at load time
+    model.onnx          the ONNX export where the model allows it, checked against PyTorch
+    package.json        what the package holds, the ONNX check's figures or why there is no export
+    README.md           how to serve it
+
+A trial writes the first four; :func:`package_model` adds the rest. The predictor serves any folder
+with the first three (``settings.json`` absent: the trained values).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import shutil
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from automl_vision import __version__
+from automl_vision.errors import ConfigError
+from automl_vision.serving.settings import SETTINGS_FILE, InferenceSettings, flatten, resolve_settings
+from automl_vision.spec.tasks import ImageTask, parse_task
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+LABELS_FILE = "labels.json"
+METRICS_FILE = "metrics.json"
+ONNX_FILE = "model.onnx"
+MANIFEST_FILE = "package.json"
+README_FILE = "README.md"
+WEIGHTS_SUFFIXES = (".safetensors", ".pt", ".pth")
+FORMAT_VERSION = 1
+
+#: ONNX Runtime and PyTorch must agree on the logits within ``atol + rtol * max|logit|``.
+ONNX_ATOL = 1e-3
+ONNX_RTOL = 1e-3
+ONNX_OPSET = 18
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelPackage:
+    """A model package as read from its folder (nothing loaded onto a device yet)."""
+
+    path: Path
+    task: ImageTask
+    model_name: str
+    hyperparameters: dict[str, Any]
+    labels: list[str]
+    weights: Path
+    onnx: Path | None = None
+    #: ``settings.json`` as a flat settings layer ({} when the folder has none).
+    settings_layer: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    epoch: int | None = None
+
+    def settings(self, *layers: tuple[str, Mapping[str, Any]]) -> InferenceSettings:
+        """The inference settings: trained values < settings.json < ``layers`` (lowest first)."""
+        base = [(str(self.path / SETTINGS_FILE), self.settings_layer)] if self.settings_layer else []
+        return resolve_settings(self.task, self.model_name, self.hyperparameters, base + list(layers))
+
+
+def find_weights(folder: str | Path) -> Path:
+    """The one weights file of a package; a clear error for none or several."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"model folder not found: {folder}")
+    found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHTS_SUFFIXES)
+    if not found:
+        present = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
+        raise ConfigError(f"{folder}: no weights file (expected one model.safetensors, or a .pt/.pth state dict); "
+                          f"the folder holds: {present}")
+    if len(found) > 1:
+        raise ConfigError(f"{folder}: {len(found)} weights files ({', '.join(p.name for p in found)}); a package "
+                          "holds exactly one, so which model to serve is never a guess")
+    return found[0]
+
+
+def _read_json(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise ConfigError(f"{path.parent}: {path.name} missing ({what}); is this a model package "
+                          "(a trial's outputs/ or a run's best_model/)?")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+def load_package(folder: str | Path) -> ModelPackage:
+    """Read and check a package folder; raises ConfigError naming every problem."""
+    folder = Path(folder)
+    weights = find_weights(folder)
+    config = _read_json(folder / CONFIG_FILE, "task, model_name and hyperparameters")
+    labels = _read_json(folder / LABELS_FILE, "the class names")
+    problems = []
+    if not isinstance(config, dict):
+        raise ConfigError(f"{folder / CONFIG_FILE}: expected a JSON object")
+    for key in ("task", "model_name", "hyperparameters"):
+        if key not in config:
+            problems.append(f"{CONFIG_FILE}: key {key!r} missing")
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        problems.append(f"{LABELS_FILE}: expected a non-empty list of class names")
+    if problems:
+        raise ConfigError(problems, str(folder))
+    try:
+        task = parse_task(config["task"])
+    except ValueError as e:
+        raise ConfigError(str(e), str(folder / CONFIG_FILE)) from None
+    if config.get("num_classes") not in (None, len(labels)):
+        raise ConfigError(f"config.json says num_classes={config['num_classes']} but labels.json has "
+                          f"{len(labels)} names", str(folder))
+    layer = {}
+    if (folder / SETTINGS_FILE).is_file():
+        layer = flatten(_read_json(folder / SETTINGS_FILE, "inference settings"), str(folder / SETTINGS_FILE))
+    metrics = _read_json(folder / METRICS_FILE, "metrics") if (folder / METRICS_FILE).is_file() else {}
+    onnx = folder / ONNX_FILE
+    return ModelPackage(path=folder, task=task, model_name=config["model_name"],
+                        hyperparameters=dict(config["hyperparameters"]), labels=list(labels), weights=weights,
+                        onnx=onnx if onnx.is_file() else None, settings_layer=layer, metrics=metrics,
+                        epoch=config.get("epoch"))
+
+
+def load_state_dict(path: Path) -> dict:
+    """Tensors of a weights file, without unpickling code."""
+    import torch
+
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # an unpickling refusal names the offending global
+        raise ConfigError(f"{path}: not loadable as plain tensors (torch.load weights_only=True): "
+                          f"{str(e).splitlines()[0]}") from None
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]  # a training checkpoint
+    return state
+
+
+def build_torch_model(package: ModelPackage):
+    """The package's network with its weights, in eval mode, on the CPU."""
+    from automl_vision.models.registry import build_model
+
+    options: dict[str, Any] = {}
+    if package.task.is_classification:
+        from automl_vision.models.classification import FIXED_SIZE
+
+        if package.model_name in FIXED_SIZE and "train_crop_size" in package.hyperparameters:
+            options["image_size"] = package.hyperparameters["train_crop_size"]
+    model = build_model(package.model_name, package.task, len(package.labels), pretrained=False, **options)
+    state = load_state_dict(package.weights)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()
+        raise ConfigError(f"{package.weights}: the weights do not fit {package.model_name} with "
+                          f"{len(package.labels)} classes: {' '.join(x.strip() for x in first[:3])}") from None
+    return model.eval()
+
+
+# --- ONNX ------------------------------------------------------------------------------------------
+
+@dataclass
+class OnnxExport:
+    """What ``package.json`` says about the ONNX file."""
+
+    file: str | None
+    reason: str = ""
+    max_abs_diff: float | None = None
+    tolerance: float | None = None
+    checked_shapes: list[list[int]] = field(default_factory=list)
+    seconds: float = 0.0
+    dynamic_image_size: bool = False
+    #: The manifest entry as an earlier packaging of the same weights wrote it (reused, not re-exported).
+    manifest: dict | None = None
+
+    def to_json(self, package: ModelPackage, settings: InferenceSettings) -> dict[str, Any]:
+        if self.file is None:
+            return {"file": None, "reason": self.reason}
+        crop = settings.model.get("valid_crop_size")
+        hw = ["height", "width"] if self.dynamic_image_size else [crop, crop]
+        multilabel = package.task is ImageTask.IMAGE_CLASSIFICATION_MULTILABEL
+        return {
+            "file": self.file, "opset": ONNX_OPSET,
+            "input": {"name": "image", "dtype": "float32", "shape": ["batch", 3, *hw],
+                      "preprocessing": {"resize_shorter_side": settings.model.get("valid_resize_size"),
+                                        "center_crop": crop, "scale": "1/255", "mean": list(IMAGENET_MEAN),
+                                        "std": list(IMAGENET_STD), "channels": "RGB"}},
+            "output": {"name": "logits", "shape": ["batch", len(package.labels)],
+                       "activation": "sigmoid" if multilabel else "softmax"},
+            "checked_against_pytorch": {"max_abs_diff": self.max_abs_diff, "tolerance": self.tolerance,
+                                        "input_shapes": self.checked_shapes},
+            "export_seconds": round(self.seconds, 1),
+        }
+
+
+def export_classifier_onnx(model, path: Path, crop: int, dynamic_image_size: bool) -> OnnxExport:
+    """Export ``model`` (eval mode, CPU) to ``path`` with a dynamic batch (and image size where the
+    architecture takes any), then check ONNX Runtime against PyTorch on random images."""
+    import onnxruntime as ort
+    import torch
+
+    t0 = time.monotonic()
+    sample = torch.randn(2, 3, crop, crop)
+    axes = {0: "batch", 2: "height", 3: "width"} if dynamic_image_size else {0: "batch"}
+    tmp = path.with_name(path.name + ".tmp")
+    # The exporter prints its progress on stdout; a run's output keeps only its own lines.
+    with contextlib.redirect_stdout(io.StringIO()) as printed, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (sample,), str(tmp), input_names=["image"], output_names=["logits"],
+                          dynamic_shapes=(axes,), dynamo=True, external_data=False, opset_version=ONNX_OPSET)
+    log.debug("torch.onnx.export: %s", printed.getvalue().strip())
+    session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+    shapes = [(1, 3, crop, crop), (3, 3, crop, crop)]
+    if dynamic_image_size:
+        shapes.append((2, 3, crop + 32, crop + 16))
+    worst, tolerance = 0.0, 0.0
+    generator = torch.Generator().manual_seed(0)
+    for shape in shapes:
+        x = torch.randn(*shape, generator=generator)
+        with torch.inference_mode():
+            ref = model(x).numpy()
+        got = session.run(None, {"image": x.numpy()})[0]
+        diff = float(np.abs(got - ref).max())
+        allowed = ONNX_ATOL + ONNX_RTOL * float(np.abs(ref).max())
+        worst, tolerance = max(worst, diff), max(tolerance, allowed)
+        if not diff <= allowed:
+            tmp.unlink(missing_ok=True)
+            return OnnxExport(None, reason=f"ONNX Runtime and PyTorch disagree on input {list(shape)}: max "
+                              f"|difference| of the logits {diff:.3g} > tolerance {allowed:.3g}",
+                              max_abs_diff=diff, tolerance=allowed)
+    tmp.replace(path)
+    return OnnxExport(path.name, max_abs_diff=worst, tolerance=tolerance, checked_shapes=[list(s) for s in shapes],
+                      seconds=time.monotonic() - t0, dynamic_image_size=dynamic_image_size)
+
+
+def _export_onnx(package: ModelPackage, settings: InferenceSettings, dest: Path) -> OnnxExport:
+    if not package.task.is_classification:
+        return OnnxExport(None, reason=f"ONNX export is offered for classification models; {package.model_name} "
+                                       f"({package.task.value}) is served with PyTorch")
+    from automl_vision.models.classification import FIXED_SIZE
+
+    model = build_torch_model(package)
+    try:
+        return export_classifier_onnx(model, dest / ONNX_FILE, settings["valid_crop_size"],
+                                      dynamic_image_size=package.model_name not in FIXED_SIZE)
+    except Exception as e:  # the exporter's failures are many and untyped; the package says which
+        (dest / (ONNX_FILE + ".tmp")).unlink(missing_ok=True)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return OnnxExport(None, reason=f"torch.onnx.export failed for {package.model_name}: "
+                                       f"{type(e).__name__}: {first[:300]}")
+
+
+# --- packaging -------------------------------------------------------------------------------------
+
+@dataclass
+class PackageResult:
+    path: Path
+    onnx: OnnxExport
+    settings: InferenceSettings
+
+
+def package_model(trial_outputs_dir: str | Path, dest_dir: str | Path, *, onnx: bool = True) -> PackageResult:
+    """Turn a trial's ``outputs/`` into a full package in ``dest_dir``: the trial's files plus
+    ``settings.json``, ``model.onnx`` (where the model allows; checked against PyTorch),
+    ``package.json`` and ``README.md``. ``dest_dir`` may be the trial's folder itself."""
+    src, dest = Path(trial_outputs_dir), Path(dest_dir)
+    package = load_package(src)
+    if dest.resolve() != src.resolve():
+        dest.mkdir(parents=True, exist_ok=True)
+        for item in src.iterdir():
+            if item.is_file():
+                shutil.copy2(item, dest / item.name)
+        package = load_package(dest)
+    settings = package.settings()
+    (dest / SETTINGS_FILE).write_text(json.dumps(settings.to_json(), indent=2) + "\n")
+    digest = _sha256(package.weights)
+    previous = _previous_onnx(dest, digest) if onnx else None
+    if previous is not None:
+        export = previous  # the same weights were exported and checked when this package was made
+    elif onnx:
+        export = _export_onnx(package, settings, dest)
+    else:
+        export = OnnxExport(None, reason="not requested")
+    if export.file is None:
+        (dest / ONNX_FILE).unlink(missing_ok=True)
+        log.info("no ONNX export: %s", export.reason)
+    elif previous is not None:
+        log.info("ONNX export of these weights already checked against PyTorch; kept")
+    else:
+        log.info("ONNX export checked against PyTorch: max |difference| %.2g (tolerance %.2g), %.1f s",
+                 export.max_abs_diff, export.tolerance, export.seconds)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "created_by": f"automl-vision {__version__}",
+        "task": package.task.value,
+        "model_name": package.model_name,
+        "num_classes": len(package.labels),
+        "epoch": package.epoch,
+        "weights_sha256": digest,
+        "files": {"weights": package.weights.name, "config": CONFIG_FILE, "labels": LABELS_FILE,
+                  "settings": SETTINGS_FILE, "metrics": METRICS_FILE if (dest / METRICS_FILE).is_file() else None,
+                  "onnx": export.file, "readme": README_FILE},
+        "onnx": export.manifest if export.manifest is not None else export.to_json(package, settings),
+    }
+    (dest / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    (dest / README_FILE).write_text(readme(package, settings, export))
+    return PackageResult(dest, export, settings)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _previous_onnx(folder: Path, digest: str) -> OnnxExport | None:
+    """The ONNX export already in ``folder`` (packaged before, e.g. by the sweep), if it is of these weights."""
+    try:
+        manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    entry = manifest.get("onnx") or {}
+    if manifest.get("weights_sha256") != digest or not entry.get("file") or not (folder / ONNX_FILE).is_file():
+        return None
+    check = entry.get("checked_against_pytorch") or {}
+    return OnnxExport(entry["file"], max_abs_diff=check.get("max_abs_diff"), tolerance=check.get("tolerance"),
+                      checked_shapes=check.get("input_shapes") or [], manifest=entry)
+
+
+def readme(package: ModelPackage, settings: InferenceSettings, export: OnnxExport) -> str:
+    """The package's README: what it holds and how to serve it."""
+    task = package.task
+    primary = task.primary_metric
+    value = package.metrics.get(primary)
+    metric = f"{primary} {value:.4f} on the validation data (epoch {package.epoch})" if isinstance(
+        value, (int, float)) else "metrics: see metrics.json"
+    if task.is_classification:
+        answer = '[{"probs": [0.1, 0.9], "labels": ["%s", "%s"]}]' % (
+            package.labels[0], package.labels[min(1, len(package.labels) - 1)])
+    elif task is ImageTask.IMAGE_OBJECT_DETECTION:
+        answer = ('[{"boxes": [{"box": {"topX": 0.1, "topY": 0.2, "bottomX": 0.5, "bottomY": 0.9}, '
+                  '"label": "%s", "score": 0.93}]}]' % package.labels[0])
+    else:
+        answer = ('[{"boxes": [{"box": {"topX": 0.1, "topY": 0.2, "bottomX": 0.5, "bottomY": 0.9}, '
+                  '"label": "%s", "score": 0.93, "polygon": [[0.1, 0.2, 0.5, 0.2, 0.5, 0.9]]}]}]' % package.labels[0])
+    settings_lines = "\n".join(f"| `{k}` | `{json.dumps(v)}` |" for k, v in settings.to_json()["model_settings"].items())
+    serving_lines = "\n".join(f"| `{k}` | `{json.dumps(v)}` |" for k, v in settings.serving().items())
+    if export.file:
+        onnx_text = (f"`{ONNX_FILE}` takes `image` (float32, `[batch, 3, H, W]`, RGB scaled to [0, 1] then "
+                     f"normalized with mean {list(IMAGENET_MEAN)} and std {list(IMAGENET_STD)}, after resizing "
+                     f"the shorter side to {settings.get('valid_resize_size')} and centre-cropping "
+                     f"{settings.get('valid_crop_size')}) and returns `logits` (`[batch, {len(package.labels)}]`; "
+                     f"apply {'a sigmoid' if task is ImageTask.IMAGE_CLASSIFICATION_MULTILABEL else 'a softmax'}). "
+                     f"Checked against PyTorch: max |difference| {export.max_abs_diff:.2g} "
+                     f"(tolerance {export.tolerance:.2g}).")
+    else:
+        onnx_text = f"No ONNX export: {export.reason}."
+    return f"""# {package.model_name} for {task.value}
+
+{len(package.labels)} classes: {', '.join(package.labels[:20])}{' ...' if len(package.labels) > 20 else ''}.
+{metric[0].upper() + metric[1:]}.
+
+| file | what |
+|---|---|
+| `{package.weights.name}` | the weights (safetensors: loading runs no code) |
+| `config.json` | task, model_name, hyperparameters of the trial |
+| `labels.json` | class names in the order of the model's outputs |
+| `settings.json` | inference settings, changeable when the model is loaded |
+| `metrics.json` | validation metrics of the saved epoch |
+| `{ONNX_FILE}` | {'the ONNX export' if export.file else 'absent (see below)'} |
+| `package.json` | the package's contents and the ONNX check |
+
+## Serve it
+
+```bash
+automl-vision serve --model . --port 8080
+curl -s localhost:8080/v1/models/model:predict -H 'Content-Type: application/json' \\
+  -d '{{"input_data": {{"columns": ["image"], "data": ["'"$(base64 -w0 image.jpg)"'"]}}}}'
+```
+
+The answer has one entry per image: `{answer}`. The same body is accepted on `POST /score`.
+Also accepted: the raw image bytes (`Content-Type: image/jpeg`), KServe v1
+`{{"instances": [{{"image": {{"b64": "..."}}}}]}}`, and the Open Inference Protocol v2 on
+`/v2/models/model/infer` (one `BYTES` input of base64 images, or `UINT8` pixels `[N, H, W, 3]`).
+Concurrent requests are batched. Bad input gets a 400 with a message.
+
+## Settings
+
+Change them without retraining: `--settings FILE` (a JSON object) or the environment variable
+`AUTOML_VISION_SETTINGS` (a JSON object or a file path); `--settings` wins.
+
+| model setting | value |
+|---|---|
+{settings_lines}
+
+| serving setting | value |
+|---|---|
+{serving_lines}
+
+## Batch scoring and evaluation
+
+```bash
+automl-vision predict --model . images/ --out predictions.jsonl
+automl-vision evaluate --model . --data test.jsonl --output-dir evaluation/
+```
+
+## ONNX
+
+{onnx_text}
+
+## KServe
+
+Run the image with `automl-vision serve --model /mnt/models --port 8080` as the predictor
+container of an InferenceService, with this folder as its storage URI.
+"""

@@ -1,0 +1,138 @@
+"""The request forms the server accepts, read into a list of images to score.
+
+* the original product's: ``{"input_data": {"columns": ["image"], "data": ["<base64>", ...]}}``
+  (rows may also be lists, pandas "split" style: ``"data": [["<base64>"], ...]``); answered
+  with a JSON list, one entry per image;
+* raw image bytes (any non-JSON ``Content-Type``): one image, answered like the original (a list of one);
+* KServe v1: ``{"instances": ["<base64>" | {"b64": ...} | {"image": {"b64": ...}}, ...]}``,
+  answered with ``{"predictions": [...]}``;
+* the Open Inference Protocol v2 (read in ``predictor.py``, where KServe's types live).
+
+Any other shape is a :class:`BadRequest` whose message shows the expected one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from automl_vision.errors import DataError
+from automl_vision.serving.images import b64decode
+
+ORIGINAL = "original"
+RAW = "raw"
+INSTANCES = "instances"
+V2 = "v2"
+
+EXPECTED = '{"input_data": {"columns": ["image"], "data": ["<base64 image>", ...]}}'
+
+
+class BadRequest(DataError):
+    """The request is not one of the accepted forms, or holds no image."""
+
+
+@dataclass
+class ParsedRequest:
+    form: str
+    #: Encoded image bytes, or for v2 UINT8 inputs decoded ``[H, W, 3]`` pixel arrays.
+    images: list[Any]
+    #: Where each image came from, for messages (``input_data.data[2]``).
+    where: list[str]
+    #: v2 only: the request id and the outputs asked for.
+    request_id: str | None = None
+    outputs: list[str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _empty(where: str) -> BadRequest:
+    return BadRequest(f"empty batch: {where} holds no image; send at least one, e.g. {EXPECTED}")
+
+
+def parse_json_request(body: Any) -> ParsedRequest:
+    """The original's or KServe v1's JSON body (already parsed)."""
+    if not isinstance(body, Mapping):
+        raise BadRequest(f"expected a JSON object like {EXPECTED}, got a JSON {_kind(body)}")
+    if "input_data" in body:
+        return _parse_original(body["input_data"])
+    if "instances" in body:
+        return _parse_instances(body["instances"])
+    keys = ", ".join(sorted(map(str, body))) or "none"
+    raise BadRequest(f"expected {EXPECTED} (or KServe's {{\"instances\": [...]}}); the body's keys: {keys}")
+
+
+def _parse_original(data: Any) -> ParsedRequest:
+    if not isinstance(data, Mapping):
+        raise BadRequest('input_data must be an object like {"columns": ["image"], "data": ["<base64 image>", ...]}, '
+                         f"got a JSON {_kind(data)}")
+    columns = data.get("columns", ["image"])
+    if not isinstance(columns, list) or "image" not in columns:
+        raise BadRequest(f"input_data.columns must be a list naming the column \"image\", got {_show(columns)}")
+    col = columns.index("image")
+    if "data" not in data:
+        raise BadRequest(f"input_data.data missing: expected {EXPECTED}")
+    rows = data["data"]
+    if not isinstance(rows, list):
+        raise BadRequest(f"input_data.data must be a list of base64 images, got a JSON {_kind(rows)}")
+    if not rows:
+        raise _empty("input_data.data")
+    images, where = [], []
+    for i, row in enumerate(rows):
+        at = f"input_data.data[{i}]"
+        if isinstance(row, list):
+            if len(row) != len(columns):
+                raise BadRequest(f"{at}: a row of {len(row)} values for {len(columns)} columns {_show(columns)}")
+            row = row[col]
+        images.append(b64decode(row, at))
+        where.append(at)
+    return ParsedRequest(ORIGINAL, images, where)
+
+
+def _parse_instances(instances: Any) -> ParsedRequest:
+    if not isinstance(instances, list):
+        raise BadRequest(f"instances must be a list, got a JSON {_kind(instances)}")
+    if not instances:
+        raise _empty("instances")
+    images, where = [], []
+    for i, inst in enumerate(instances):
+        at = f"instances[{i}]"
+        value = inst
+        if isinstance(value, Mapping):
+            for key in ("image", "image_bytes", "data"):
+                if key in value:
+                    value = value[key]
+                    break
+            if isinstance(value, Mapping):
+                if "b64" not in value:
+                    raise BadRequest(f"{at}: expected a base64 string, {{\"b64\": ...}} or {{\"image\": {{\"b64\": ...}}}}; "
+                                     f"got keys {', '.join(map(str, value))}")
+                value = value["b64"]
+        images.append(b64decode(value, at))
+        where.append(at)
+    return ParsedRequest(INSTANCES, images, where)
+
+
+def parse_bytes_request(body: bytes, content_type: str | None) -> ParsedRequest:
+    """A body KServe passed through undecoded: JSON with a parameterized content type, or raw image bytes."""
+    ctype = (content_type or "").split(";")[0].strip().lower()
+    if ctype.endswith("json") or (not ctype and body[:1] in (b"{", b"[")):
+        try:
+            return parse_json_request(json.loads(body))
+        except json.JSONDecodeError as e:
+            raise BadRequest(f"the body is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+        except UnicodeDecodeError:
+            raise BadRequest("the body is declared JSON but is not UTF-8 text") from None
+    if not body:
+        raise _empty("the request body")
+    return ParsedRequest(RAW, [body], ["request body"])
+
+
+def _kind(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+            type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else text[:limit] + "..."

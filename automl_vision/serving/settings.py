@@ -1,0 +1,215 @@
+"""Inference settings of a model package (spec section 9), changeable at load time without retraining.
+
+Two groups, one flat namespace:
+
+* model settings, the product's own names: classification ``valid_resize_size``,
+  ``valid_crop_size``; detection and segmentation ``min_size``, ``max_size``, ``box_score_thresh``,
+  ``box_nms_thresh``, ``box_detections_per_img``, the tiling settings; yolov5 ``img_size``,
+  ``model_size``, ``box_score_thresh``, ``box_iou_thresh``; segmentation adds
+  ``mask_pixel_score_threshold`` and ``max_number_of_polygon_points``. They are rows of the
+  hyperparameter table, checked by the same rules as in training.
+* serving settings, ours: ``max_batch_size``, ``max_batch_latency_ms``, ``max_image_pixels``,
+  ``runtime``, ``device``.
+
+Precedence, lowest first: the trained values (the package's ``config.json``) < the package's
+``settings.json`` < the ``AUTOML_VISION_SETTINGS`` environment variable (read by the CLI) <
+``--settings FILE``. Every layer is a JSON object, flat or nested as ``settings.json`` writes it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from automl_vision.data.images import DEFAULT_MAX_PIXELS
+from automl_vision.errors import ConfigError
+from automl_vision.spec import hyperparameters as hps
+from automl_vision.spec.tasks import ImageTask
+
+SETTINGS_FILE = "settings.json"
+SETTINGS_ENV = "AUTOML_VISION_SETTINGS"
+
+#: Hyperparameters that are inference settings (spec section 9); which apply depends on task and model.
+MODEL_SETTING_NAMES = (
+    "valid_resize_size",
+    "valid_crop_size",
+    "min_size",
+    "max_size",
+    "box_score_thresh",
+    "box_nms_thresh",
+    "box_detections_per_img",
+    "tile_grid_size",
+    "tile_overlap_ratio",
+    "tile_predictions_nms_thresh",
+    "img_size",
+    "model_size",
+    "box_iou_thresh",
+    "mask_pixel_score_threshold",
+    "max_number_of_polygon_points",
+)
+#: Settings fixed by the trained weights: shown in settings.json, never changeable.
+FIXED_BY_WEIGHTS = ("model_size",)
+
+_RUNTIMES = ("auto", "pytorch", "onnx")
+#: max_batch_size when unset. On the CPU the time of a forward pass grows about in proportion to the
+#: batch (benchmarks/serve_latency.py), so waiting for companions only adds latency; GPUs batch well.
+CPU_BATCH, GPU_BATCH = 1, 16
+
+SERVING_SETTINGS: tuple[hps.HyperParameter, ...] = (
+    hps.HyperParameter("max_batch_size", int, "Most images one forward pass takes; concurrent requests are "
+                       "batched up to this. Unset: 16 on a GPU, 1 on the CPU (where a batch costs about as much "
+                       "per image as single images, so batching only delays answers).", None, minimum=1,
+                       maximum=1024, optional=True, origin="extension"),
+    hps.HyperParameter("max_batch_latency_ms", float, "How long the first request of a batch waits for others "
+                       "to join it.", 5.0, minimum=0.0, maximum=10_000.0, origin="extension"),
+    hps.HyperParameter("max_image_pixels", int, "Images with more pixels (width x height) are refused.",
+                       DEFAULT_MAX_PIXELS, minimum=1, origin="extension"),
+    hps.HyperParameter("runtime", str, "auto (ONNX Runtime where the package has model.onnx and the device "
+                       "is the CPU, else PyTorch), pytorch or onnx.", "auto", choices=_RUNTIMES,
+                       origin="extension"),
+    hps.HyperParameter("device", str, "auto, cpu, cuda or cuda:N.", "auto", origin="extension",
+                       check=lambda v, _m: None if v in ("auto", "cpu", "cuda") or
+                       (v.startswith("cuda:") and v[5:].isdigit()) else "expected auto, cpu, cuda or cuda:N"),
+)
+_SERVING = {hp.name: hp for hp in SERVING_SETTINGS}
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """Resolved, checked settings of one loaded model."""
+
+    task: ImageTask
+    model_name: str
+    model: Mapping[str, Any]  # the applicable model settings, every one present
+    max_batch_size: int | None = None  # None: batch_size_for(device)
+    max_batch_latency_ms: float = 5.0
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    runtime: str = "auto"
+    device: str = "auto"
+    #: Where each value that differs from training came from, for the log.
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.model[name]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.model.get(name, default)
+
+    def serving(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _SERVING}
+
+    def batch_size_for(self, device: str) -> int:
+        """``max_batch_size``, or when unset the default for the device the model runs on."""
+        if self.max_batch_size is not None:
+            return self.max_batch_size
+        return GPU_BATCH if device.startswith("cuda") else CPU_BATCH
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``settings.json`` layout."""
+        return {"task": self.task.value, "model_name": self.model_name, "model_settings": dict(self.model),
+                "serving": self.serving()}
+
+
+def applicable_model_settings(task: ImageTask, model_name: str) -> list[str]:
+    return [n for n in MODEL_SETTING_NAMES if hps.get(n).applies_to(task, model_name)]
+
+
+def flatten(layer: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """A settings layer as one flat mapping; ``settings.json``'s nesting is accepted."""
+    if not isinstance(layer, Mapping):
+        raise ConfigError(f"settings must be a JSON object, got {type(layer).__name__}", source)
+    flat: dict[str, Any] = {}
+    for key, value in layer.items():
+        if key in ("model_settings", "serving"):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{key} must be a JSON object, got {type(value).__name__}", source)
+            flat.update(value)
+        else:
+            flat[key] = value
+    return flat
+
+
+def read_settings_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"settings file not found: {path}")
+    try:
+        return flatten(json.loads(path.read_text()), str(path))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})", str(path)) from None
+
+
+def parse_settings_text(text: str, source: str) -> dict[str, Any]:
+    """A layer given as text (an environment variable): a JSON object, or the path of a JSON file."""
+    text = text.strip()
+    if not text:
+        return {}
+    if text.startswith("{"):
+        try:
+            return flatten(json.loads(text), source)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"not valid JSON ({e.msg} at column {e.colno})", source) from None
+    return read_settings_file(text)
+
+
+def resolve_settings(task: ImageTask, model_name: str, trained: Mapping[str, Any],
+                     layers: list[tuple[str, Mapping[str, Any]]]) -> InferenceSettings:
+    """The settings for a model trained with hyperparameters ``trained``, overlaid by ``layers``
+    (``(source, flat mapping)`` pairs, lowest precedence first). Every problem is collected."""
+    names = applicable_model_settings(task, model_name)
+    model: dict[str, Any] = {}
+    for n in names:
+        model[n] = trained[n] if n in trained else hps.get(n).default_for(task, model_name)
+    serving = {hp.name: hp.default for hp in SERVING_SETTINGS}
+    sources: dict[str, str] = {}
+    problems: list[str] = []
+    valid = names + list(_SERVING) + ["task", "model_name"]
+    for source, layer in layers:
+        for key, raw in layer.items():
+            where = f"{source}: " if source else ""
+            if key in ("task", "model_name"):
+                expected = task.value if key == "task" else model_name
+                if raw != expected:
+                    problems.append(f"{where}{key}={raw!r} but the model is {expected!r}")
+                continue
+            if key in _SERVING:
+                try:
+                    value = _SERVING[key].coerce(raw)
+                except ValueError as e:
+                    problems.append(f"{where}{e}")
+                    continue
+                if value != serving[key]:
+                    serving[key] = value
+                    sources[key] = source
+                continue
+            if key not in names:
+                if key in hps.BY_NAME and key in MODEL_SETTING_NAMES:
+                    problems.append(f"{where}{hps.why_not(hps.get(key), task, model_name)}")
+                elif key in hps.BY_NAME:
+                    problems.append(f"{where}{key} is a training hyperparameter, not an inference setting; "
+                                    f"inference settings here: {', '.join(names + list(_SERVING))}")
+                else:
+                    problems.append(f"{where}unknown setting {key!r}{hps.did_you_mean(key, valid)}; "
+                                    f"allowed: {', '.join(names + list(_SERVING))}")
+                continue
+            try:
+                value = hps.get(key).coerce(raw, model_name)
+            except ValueError as e:
+                problems.append(f"{where}{e}")
+                continue
+            if key in FIXED_BY_WEIGHTS and value != model[key]:
+                problems.append(f"{where}{key}={value!r}: fixed by the trained weights ({model[key]!r})")
+                continue
+            if value != model[key]:
+                model[key] = value
+                sources[key] = source
+    if not problems:
+        for problem in hps.cross_checks(task, {"model_name": model_name, **trained, **model}):
+            named = [f"{k} from {v}" for k, v in sources.items() if k in problem]
+            problems.append(problem + (f" ({', '.join(named)})" if named else ""))
+    if problems:
+        raise ConfigError(problems, "inference settings")
+    return InferenceSettings(task=task, model_name=model_name, model=model, sources=sources, **serving)

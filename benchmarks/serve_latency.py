@@ -1,0 +1,265 @@
+"""Serving speed, measured side by side in one run on this machine:
+
+1. the raw model forward in-process (engine, no HTTP, batch 1 and batch 32): the floor;
+2. ``automl-vision serve`` answering the original product's JSON request (one fridge photo per
+   request) with 1, 8 and 32 concurrent clients: latency p50/p99, throughput, and their ratios
+   to the raw forward;
+3. the batching gain: the same server with micro-batching on (max_batch_size 32) and off (1);
+4. ONNX Runtime against eager PyTorch on the same package, in-process, batch 1 and batch 8
+   (goal: ONNX latency at most 0.8x PyTorch's).
+
+    python benchmarks/serve_latency.py [--model-name resnet18] [--rounds 3] [--requests 32] [--clients 1,8,32]
+
+A random-init model of the real architecture is packaged (what is timed does not depend on the
+weights' values); requests are the fridge_small150 photos, base64 in the original's request body.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+FRIDGE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fridge_small150"
+
+
+# `automl-vision serve` sleeps idle OpenMP threads (see cmd_serve); the in-process figures use the
+# same policy, set before torch is imported, so both sides are measured alike.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def build_package(root: Path, model_name: str, crop: int) -> Path:
+    import torch
+
+    from automl_vision.models.registry import build_model
+    from automl_vision.serving.package import package_model
+    from automl_vision.spec import hyperparameters as hps
+    from automl_vision.spec.tasks import ImageTask
+    from automl_vision.training.classification import save_model
+    from automl_vision.training.trial import TrialSettings
+
+    task = ImageTask.IMAGE_CLASSIFICATION
+    hp = hps.resolve(task, {"model_name": model_name, "pretrained": False, "train_crop_size": crop,
+                            "valid_crop_size": crop, "valid_resize_size": max(crop, round(crop * 256 / 224))})
+    classes = ["can", "carton", "milk_bottle", "water_bottle"]
+    torch.manual_seed(0)
+    model = build_model(model_name, task, len(classes), pretrained=False, image_size=crop).eval()
+    settings = TrialSettings(task=task, training_data="-", validation_data=None, hyperparameters=hp,
+                             output_dir=str(root / "trial"))
+    save_model(model, root / "trial" / "outputs", settings, classes, {"accuracy": 0.0}, 1)
+    return package_model(root / "trial" / "outputs", root / "package").path
+
+
+def percentile(values, q):
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+# --- in-process ------------------------------------------------------------------------------------
+
+def time_forward(engine, batch, repeats: int) -> float:
+    """Median latency of ``repeats`` forward passes (after one warm-up)."""
+    engine.logits(batch)
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        engine.logits(batch)
+        out.append(time.perf_counter() - t0)
+    return statistics.median(out)
+
+
+# --- the server ------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, package: Path, settings: dict, log: Path):
+        self.port = free_port()
+        env = {**os.environ, "AUTOML_VISION_SETTINGS": json.dumps(settings)}
+        self.log = log.open("w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "automl_vision", "serve", "--model", str(package),
+                                      "--port", str(self.port)], stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.url = f"http://127.0.0.1:{self.port}"
+        import httpx
+
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"server exited; see {log}")
+            try:
+                if httpx.get(self.url + "/v1/models/model", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise SystemExit(f"server not ready; see {log}")
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def load(url: str, bodies: list[bytes], clients: int, requests: int) -> dict:
+    """``clients`` threads sending ``requests`` requests in all, each client back to back
+    (after one warm-up request each, not counted)."""
+    import httpx
+
+    per_client = max(2, -(-requests // clients))
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    start = threading.Barrier(clients + 1)
+
+    def client(k: int):
+        with httpx.Client(timeout=600) as c:
+            c.post(url, content=bodies[k % len(bodies)], headers={"Content-Type": "application/json"})
+            start.wait()
+            mine = []
+            for j in range(per_client):
+                body = bodies[(k + j * clients) % len(bodies)]
+                t0 = time.perf_counter()
+                r = c.post(url, content=body, headers={"Content-Type": "application/json"})
+                mine.append(time.perf_counter() - t0)
+                if r.status_code != 200:
+                    with lock:
+                        errors[0] += 1
+            with lock:
+                latencies.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.monotonic()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - t0
+    return {"clients": clients, "requests": len(latencies), "errors": errors[0], "latencies": latencies,
+            "throughput": len(latencies) / elapsed}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model-name", default="resnet18")
+    ap.add_argument("--crop", type=int, default=224)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="every measurement is repeated this many times, the configurations taking turns")
+    ap.add_argument("--requests", type=int, default=32, help="requests per server measurement (all clients)")
+    ap.add_argument("--clients", default="1,8,32")
+    ap.add_argument("--json", help="also write the figures to this file")
+    args = ap.parse_args()
+    clients = [int(x) for x in args.clients.split(",")]
+
+    import torch
+    from PIL import Image
+
+    from automl_vision.serving.engine import load_engine
+    from automl_vision.serving.package import load_package
+
+    photos = sorted(FRIDGE.glob("*.jpg"))[:32]
+    if not photos:
+        raise SystemExit(f"no photos in {FRIDGE}")
+    bodies = [json.dumps({"input_data": {"columns": ["image"], "data": [base64.b64encode(p.read_bytes()).decode()]}}
+                         ).encode() for p in photos]
+    cores = len(os.sched_getaffinity(0))
+    print(f"machine: {cores} CPU cores, load average {os.getloadavg()[0]:.1f}, OMP_WAIT_POLICY "
+          f"{os.environ['OMP_WAIT_POLICY']}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+          f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}")
+    figures: dict = {"model": args.model_name, "crop": args.crop, "cores": cores, "rounds": args.rounds}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        t0 = time.monotonic()
+        package = build_package(tmp, args.model_name, args.crop)
+        manifest = json.loads((package / "package.json").read_text())["onnx"]
+        print(f"packaged {args.model_name} (crop {args.crop}) in {time.monotonic() - t0:.1f} s; ONNX: "
+              f"{manifest.get('file') or manifest.get('reason')}")
+        runtimes = ["pytorch", "onnx"] if manifest.get("file") else ["pytorch"]
+        pkg = load_package(package)
+        engines = {rt: load_engine(pkg, pkg.settings(("bench", {"runtime": rt}))) for rt in runtimes}
+        images = [engines["pytorch"].preparer(Image.open(p).convert("RGB")) for p in photos]
+        batches = {bs: torch.stack(images[:bs]) for bs in (1, 8, 32)}
+        configs = [("pytorch", 32), ("pytorch", 1)] + ([("onnx", 32)] if "onnx" in runtimes else [])
+        servers = {}
+        try:
+            for runtime, mbs in configs:
+                servers[(runtime, mbs)] = Server(package, {"runtime": runtime, "max_batch_size": mbs,
+                                                           "max_batch_latency_ms": 5},
+                                                 tmp / f"server-{runtime}-{mbs}.log")
+            forward: dict = {}
+            runs: dict = {}
+            for r in range(args.rounds):
+                # The raw forward and every server configuration take turns, round after round, so a
+                # change of load on this shared machine hits them alike; medians over the rounds.
+                for bs, repeats in ((1, 10), (8, 4), (32, 2)):
+                    for rt in runtimes:
+                        forward.setdefault((rt, bs), []).append(time_forward(engines[rt], batches[bs], repeats))
+                for n in clients:
+                    for cfg in configs:
+                        runs.setdefault((cfg, n), []).append(
+                            load(servers[cfg].url + "/v1/models/model:predict", bodies, n, args.requests))
+                print(f"round {r + 1}/{args.rounds} done, load average {os.getloadavg()[0]:.1f}", flush=True)
+        finally:
+            for server in servers.values():
+                server.stop()
+    med = {k: statistics.median(v) for k, v in forward.items()}
+    print("\nraw forward in-process (median latency per batch)")
+    print(f"{'runtime':<9}{'batch 1 ms':>12}{'batch 8 ms':>12}{'batch 32 ms':>13}{'images/s @32':>14}")
+    for rt in runtimes:
+        print(f"{rt:<9}{med[(rt, 1)] * 1e3:>12.1f}{med[(rt, 8)] * 1e3:>12.1f}{med[(rt, 32)] * 1e3:>13.1f}"
+              f"{32 / med[(rt, 32)]:>14.1f}")
+    if "onnx" in runtimes:
+        print("ONNX Runtime / eager PyTorch latency: " + ", ".join(
+            f"batch {bs} {med[('onnx', bs)] / med[('pytorch', bs)]:.2f}x" for bs in (1, 8, 32)) + "  (goal <= 0.8x)")
+    figures["forward_ms"] = {f"{rt}_b{bs}": v * 1e3 for (rt, bs), v in med.items()}
+    raw_ms = med[("pytorch", 1)] * 1e3
+    raw_tput = max(bs / med[("pytorch", bs)] for bs in (1, 8, 32))
+    print(f"\nserver, original JSON request, one fridge photo per request ({args.requests} requests x "
+          f"{args.rounds} rounds per row); ratios to the raw PyTorch forward: batch-1 latency {raw_ms:.1f} ms, "
+          f"best throughput {raw_tput:.1f} images/s")
+    print(f"{'runtime':<9}{'batch':>6}{'clients':>8}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>8}{'errors':>7}"
+          f"{'p50/raw':>9}{'p99/raw':>9}{'req/s / raw':>12}")
+    rows = []
+    for (cfg, n), rs in runs.items():
+        lat = [x for r in rs for x in r["latencies"]]
+        row = {"runtime": cfg[0], "max_batch_size": cfg[1], "clients": n, "p50_ms": percentile(lat, 50) * 1e3,
+               "p99_ms": percentile(lat, 99) * 1e3, "throughput": statistics.median(r["throughput"] for r in rs),
+               "errors": sum(r["errors"] for r in rs)}
+        rows.append(row)
+    rows.sort(key=lambda r: (configs.index((r["runtime"], r["max_batch_size"])), r["clients"]))
+    for r in rows:
+        print(f"{r['runtime']:<9}{r['max_batch_size']:>6}{r['clients']:>8}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
+              f"{r['throughput']:>8.1f}{r['errors']:>7}{r['p50_ms'] / raw_ms:>9.2f}{r['p99_ms'] / raw_ms:>9.2f}"
+              f"{r['throughput'] / raw_tput:>12.2f}")
+    print("\nbatching gain (server throughput, max_batch_size 32 / 1, PyTorch):")
+    for n in clients:
+        on = next(r for r in rows if (r["runtime"], r["max_batch_size"], r["clients"]) == ("pytorch", 32, n))
+        off = next(r for r in rows if (r["runtime"], r["max_batch_size"], r["clients"]) == ("pytorch", 1, n))
+        print(f"  {n:>2} clients: {on['throughput'] / off['throughput']:.2f}x  "
+              f"(p50 {on['p50_ms']:.0f} vs {off['p50_ms']:.0f} ms, p99 {on['p99_ms']:.0f} vs {off['p99_ms']:.0f} ms)")
+    figures["server"] = rows
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""Detection and segmentation trials from the CLI on tiny data and on real BCCD images; the trained
+package served by the predictor functions; ``evaluate`` scoring prediction files."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from det_testdata import bccd_jsonl, make_detection_dataset
+
+from automl_vision.training.reporter import KATIB_METRIC_RE
+
+pytestmark = pytest.mark.slow
+
+TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ")
+TORCHVISION_SMALL = ["--pretrained", "0", "--min_size", "64", "--max_size", "96", "--number_of_epochs", "1",
+                     "--box_score_thresh", "0.01"]
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    # One thread per process: the test machine has two small cores.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "automl_vision", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=900, env=env)
+
+
+def check_trial(p: subprocess.CompletedProcess, out: Path, extra_metrics: set[str]) -> list[dict]:
+    assert p.returncode == 0, p.stderr[-3000:]
+    # Katib reads stdout and stderr: only the reporter's timestamped lines may hold name=value
+    # (ultralytics' own argument dump "epochs=1, batch=4" must not get through).
+    metric_lines = [ln for ln in (p.stdout + p.stderr).splitlines() if KATIB_METRIC_RE.search(ln)]
+    assert metric_lines and all(TIMESTAMP.match(ln) for ln in metric_lines), metric_lines
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == len(metric_lines)
+    for row in rows:
+        assert {"epoch", "mean_average_precision", "precision", "recall", "train_loss"} | extra_metrics <= set(row)
+        assert all(isinstance(v, str) for v in row.values())
+        assert math.isfinite(float(row["train_loss"]))
+        assert all(re.fullmatch(r"[\w|-]+", k) for k in row)
+    per_label = [json.loads(x) for x in (out / "per_label_metrics.jsonl").read_text().splitlines()]
+    assert len(per_label) == len(rows) and set(per_label[0]["per_label"]) == {"blue", "red"}
+    for name in ("model.safetensors", "labels.json", "config.json", "metrics.json"):
+        assert (out / "outputs" / name).is_file(), name
+    metrics = json.loads((out / "outputs" / "metrics.json").read_text())
+    assert "per_label" in metrics and "mean_average_precision" in metrics
+    result = json.loads((out / "result.json").read_text())
+    assert result["status"] == "completed"
+    return rows
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("det")
+    return {"train": make_detection_dataset(root / "train", n=6, seed=0),
+            "train3": make_detection_dataset(root / "train3", n=3, seed=4),
+            "val": make_detection_dataset(root / "val", n=3, seed=1),
+            "seg_train": make_detection_dataset(root / "seg_train", n=6, seed=2, segmentation=True, strings=True),
+            "seg_val": make_detection_dataset(root / "seg_val", n=3, seed=3, segmentation=True)}
+
+
+def _images(jsonl: Path):
+    from PIL import Image
+
+    rows = [json.loads(x) for x in jsonl.read_text().splitlines()]
+    return rows, [Image.open(jsonl.parent / r["image_url"]).convert("RGB") for r in rows]
+
+
+def _write_predictions(path: Path, rows, responses) -> Path:
+    path.write_text("".join(json.dumps({"image_url": r["image_url"], **resp}) + "\n"
+                            for r, resp in zip(rows, responses)))
+    return path
+
+
+def test_fasterrcnn_with_tiling_trains_serves_and_evaluates(tiny, tmp_path):
+    out = tmp_path / "trial"
+    p = cli("train", "--task", "image_object_detection", "--training_data", str(tiny["train3"]),
+            "--validation_data", str(tiny["val"]), "--model_name", "fasterrcnn_resnet18_fpn", *TORCHVISION_SMALL,
+            "--validation_metric_type", "coco_voc", "--tile_grid_size", "2x1", "--output-dir", str(out))
+    rows = check_trial(p, out, {"coco_map", "coco_map_50", "coco_mar_100"})
+    config = json.loads((out / "outputs" / "config.json").read_text())
+    assert config["model_settings"]["tile_grid_size"] == "2x1" and config["model_settings"]["min_size"] == 64
+
+    from automl_vision.models.detection import load_detector, predict_images
+
+    package = load_detector(out / "outputs")
+    assert package.classes == ["blue", "red"]
+    val_rows, images = _images(tiny["val"])
+    responses = predict_images(package.model, images, package.settings, package.classes)
+    assert len(responses) == 3
+    for resp in responses:
+        for det in resp["boxes"]:
+            assert det["label"] in ("blue", "red") and 0 <= det["score"] <= 1
+            assert 0 <= det["box"]["topX"] <= det["box"]["bottomX"] <= 1
+    # Scoring the package's own predictions gives the trial's figure (same model, same settings).
+    preds = _write_predictions(tmp_path / "pred.jsonl", val_rows, responses)
+    e = cli("evaluate", "--task", "image_object_detection", "--data", str(tiny["val"]), "--predictions", str(preds),
+            "--output", str(tmp_path / "scores.json"))
+    assert e.returncode == 0, e.stderr
+    scores = json.loads(e.stdout)
+    assert scores == json.loads((tmp_path / "scores.json").read_text())
+    assert scores["mean_average_precision"] == pytest.approx(float(rows[-1]["mean_average_precision"]), abs=1e-5)
+    assert scores["coco_map"] == pytest.approx(float(rows[-1]["coco_map"]), abs=1e-4)
+
+
+def test_maskrcnn_trains_and_serves_polygons(tiny, tmp_path):
+    out = tmp_path / "trial"
+    p = cli("train", "--task", "image_instance_segmentation", "--training_data", str(tiny["seg_train"]),
+            "--validation_data", str(tiny["seg_val"]), "--model_name", "maskrcnn_resnet18_fpn", *TORCHVISION_SMALL,
+            "--validation_metric_type", "coco_voc", "--output-dir", str(out))
+    check_trial(p, out, {"box_mean_average_precision", "coco_mask_map", "coco_map"})
+    from automl_vision.models.detection import load_detector, predict_images
+    from automl_vision.spec.tasks import ImageTask
+
+    package = load_detector(out / "outputs")
+    assert package.task is ImageTask.IMAGE_INSTANCE_SEGMENTATION
+    _, images = _images(tiny["seg_val"])
+    responses = predict_images(package.model, images, package.settings, package.classes, task=package.task)
+    dets = [d for r in responses for d in r["boxes"]]
+    assert dets, "a score threshold of 0.01 leaves some detections"
+    assert all("polygon" in d and all(len(ring) % 2 == 0 for ring in d["polygon"]) for d in dets)
+    assert all(sum(len(ring) for ring in d["polygon"]) // 2 <= 100 for d in dets)
+
+
+def test_retinanet_trains(tiny, tmp_path):
+    out = tmp_path / "trial"
+    p = cli("train", "--task", "image_object_detection", "--training_data", str(tiny["train"]),
+            "--validation_data", str(tiny["val"]), "--model_name", "retinanet_resnet50_fpn", *TORCHVISION_SMALL,
+            "--optimizer", "adamw", "--learning_rate", "0.0001", "--layers_to_freeze", "2", "--output-dir", str(out))
+    check_trial(p, out, set())
+
+
+def test_yolov5_trains_through_ultralytics_and_reports_through_ours(tiny, tmp_path):
+    out = tmp_path / "trial"
+    p = cli("train", "--task", "image_object_detection", "--training_data", str(tiny["train"]),
+            "--validation_data", str(tiny["val"]), "--model_name", "yolov5", "--model_size", "small",
+            "--pretrained", "0", "--img_size", "64", "--number_of_epochs", "2", "--training_batch_size", "3",
+            "--validation_batch_size", "3", "--validation_metric_type", "coco_voc", "--output-dir", str(out))
+    rows = check_trial(p, out, {"coco_map"})
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    # ultralytics wrote only inside the trial folder, and no pickled checkpoint
+    assert (out / "ultralytics_config" / "Ultralytics" / "settings.json").is_file()
+    assert not list(out.rglob("*.pt"))
+    config = json.loads((out / "outputs" / "config.json").read_text())
+    assert config["model_settings"] == {"img_size": 64, "model_size": "small", "box_score_thresh": 0.1,
+                                        "box_iou_thresh": 0.5, "max_detections": 300}
+
+    from automl_vision.models.yolo import load_yolo, predict_images
+
+    package = load_yolo(out / "outputs", overrides={"box_score_thresh": 0.0})
+    _, images = _images(tiny["val"])
+    responses = predict_images(package.model, images, package.settings, package.classes)
+    assert len(responses) == 3 and all(d["label"] in ("blue", "red") for r in responses for d in r["boxes"])
+
+
+def test_bccd_short_run_gives_finite_loss_and_a_metric(tmp_path):
+    train = bccd_jsonl(tmp_path, "train", limit=6)
+    val = bccd_jsonl(tmp_path, "val", limit=3)
+    out = tmp_path / "trial"
+    p = cli("train", "--task", "image_object_detection", "--training_data", str(train), "--validation_data",
+            str(val), "--model_name", "fasterrcnn_resnet18_fpn", "--pretrained", "0", "--min_size", "160",
+            "--max_size", "214", "--number_of_epochs", "1", "--box_score_thresh", "0.01", "--output-dir", str(out))
+    assert p.returncode == 0, p.stderr[-3000:]
+    (row,) = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert math.isfinite(float(row["train_loss"])) and 0 <= float(row["mean_average_precision"]) <= 1
+    assert json.loads((out / "outputs" / "labels.json").read_text()) == ["Platelets", "RBC", "WBC"]
+
+
+# --- evaluate --------------------------------------------------------------------------------------
+
+def _perfect(jsonl: Path, segmentation: bool) -> list[dict]:
+    out = []
+    for row in (json.loads(x) for x in jsonl.read_text().splitlines()):
+        boxes = []
+        for o in row["label"]:
+            det = {"box": {k: float(o[k]) for k in ("topX", "topY", "bottomX", "bottomY")}, "label": o["label"],
+                   "score": 0.9}
+            if segmentation:
+                det["polygon"] = o["polygon"]
+            boxes.append(det)
+        out.append({"image_url": row["image_url"], "boxes": boxes})
+    return out
+
+
+@pytest.mark.parametrize("task, key", [("image_object_detection", "train"), ("image_instance_segmentation", "seg_train")])
+def test_evaluate_perfect_predictions_score_one(tiny, tmp_path, task, key):
+    data = tiny[key]
+    preds = tmp_path / "pred.jsonl"
+    preds.write_text("".join(json.dumps(x) + "\n" for x in _perfect(data, "seg" in key)))
+    p = cli("evaluate", "--task", task, "--data", str(data), "--predictions", str(preds))
+    assert p.returncode == 0, p.stderr
+    scores = json.loads(p.stdout)
+    assert scores["mean_average_precision"] == 1.0 and scores["precision"] == 1.0 and scores["recall"] == 1.0
+    assert scores["coco_map_50"] == pytest.approx(1.0)
+    if "seg" in key:
+        assert scores["coco_mask_map_50"] == pytest.approx(1.0) and scores["box_mean_average_precision"] == 1.0
+    assert set(scores["per_label"]) == {"blue", "red"}
+
+
+def test_evaluate_hand_made_case(tmp_path):
+    # one image, two cells; a duplicate and a miss -> VOC AP (1 + 2/3) / 2 as in the unit tests
+    from PIL import Image
+
+    Image.new("RGB", (100, 100)).save(tmp_path / "a.png")
+    cell = lambda x1, y1, x2, y2: {"label": "cell", "topX": x1, "topY": y1, "bottomX": x2, "bottomY": y2}  # noqa: E731
+    (tmp_path / "gt.jsonl").write_text(json.dumps({"image_url": "a.png", "label": [cell(0, 0, .1, .1),
+                                                                                     cell(.2, .2, .3, .3)]}) + "\n")
+    det = lambda box, s: {"box": dict(zip(("topX", "topY", "bottomX", "bottomY"), box)), "label": "cell",  # noqa: E731
+                          "score": s}
+    (tmp_path / "p.jsonl").write_text(json.dumps({"image_url": "a.png", "boxes": [
+        det((0, 0, .1, .1), .9), det((0, 0, .1, .09), .8), det((.2, .2, .3, .3), .7)]}) + "\n")
+    p = cli("evaluate", "--task", "image_object_detection", "--data", "gt.jsonl", "--predictions", "p.jsonl",
+            "--validation_metric_type", "voc", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    scores = json.loads(p.stdout)
+    assert scores["mean_average_precision"] == pytest.approx(0.5 + 0.5 * 2 / 3)
+    assert "coco_map" not in scores
+    assert scores["per_label"]["cell"]["false_positives"] == 1
+
+
+@pytest.mark.parametrize("lines, fragments", [
+    (['{"image_url": "images/img_0_000.png", "boxes": []}'],
+     ["no predictions for 5 labelled image(s)", "an image without detections needs a line"]),
+    (['{"image_url": "nowhere.png", "boxes": []}'], ["pred.jsonl:1: image_url='nowhere.png' is not an image of"]),
+    (['not json'], ["pred.jsonl:1: not valid JSON"]),
+    (['{"image_url": "images/img_0_000.png", "boxes": [{"box": {"topX": 0.1}, "label": "red", "score": 1}]}'],
+     ["pred.jsonl:1: boxes[0]: missing or non-numeric"]),
+    (['{"image_url": "images/img_0_000.png", "boxes": []}', '{"image_url": "images/img_0_000.png", "boxes": []}'],
+     ["pred.jsonl:2: image_url='images/img_0_000.png' repeats line 1"]),
+])
+def test_evaluate_errors_name_the_line(tiny, tmp_path, lines, fragments):
+    data = tiny["train"]
+    preds = data.parent / "pred.jsonl"
+    preds.write_text("\n".join(lines) + "\n")
+    p = cli("evaluate", "--task", "image_object_detection", "--data", str(data), "--predictions", str(preds))
+    assert p.returncode == 2, p.stderr
+    for fragment in fragments:
+        assert fragment in p.stderr
+
+
+def test_evaluate_segmentation_needs_polygons(tiny, tmp_path):
+    rows = _perfect(tiny["seg_val"], segmentation=False)
+    preds = tmp_path / "pred.jsonl"
+    preds.write_text("".join(json.dumps(x) + "\n" for x in rows))
+    p = cli("evaluate", "--task", "image_instance_segmentation", "--data", str(tiny["seg_val"]),
+            "--predictions", str(preds))
+    assert p.returncode == 2 and "instance segmentation predictions need a 'polygon'" in p.stderr
+

@@ -1,0 +1,351 @@
+"""The pipeline's Katib backend (run_katib_sweep) with the real Katib SDK client, against a local HTTP
+server on 127.0.0.1 that speaks the Kubernetes API endpoints KatibClient calls (custom objects:
+create, get, list, delete, status patch). The server stores what it is sent; a scripted stand-in for
+Katib's controller moves each Experiment to Running, then Succeeded with an optimal trial. There is
+no Katib controller, webhook or trial here: what runs on a cluster past the API calls is not tested."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import threading
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import yaml
+
+pytest.importorskip("kubeflow.katib", reason="the Katib SDK (make test installs it)")
+
+from kubernetes import client as k8s  # noqa: E402
+
+from automl_vision.errors import AutoMLError, ConfigError  # noqa: E402
+from automl_vision.spec.job import parse_job  # noqa: E402
+from automl_vision.sweep import katib  # noqa: E402
+
+PATH = re.compile(r"^/apis/kubeflow\.org/v1beta1/namespaces/([^/]+)/([a-z]+)(?:/([^/?]+))?(?:/(status))?/?(?:\?.*)?$")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class FakeKubernetes:
+    """Custom objects in memory, and a scripted controller: an Experiment runs for ``polls`` GETs, then
+    succeeds with the optimal trial ``optimal[name]`` = (trial, objective value, assignments)."""
+
+    def __init__(self, optimal=None, polls: int = 2):
+        self.objects: dict[tuple[str, str, str], dict] = {}
+        self.requests: list[tuple[str, str]] = []
+        self.optimal = optimal or {}
+        self.polls = polls
+        self.gets: dict[str, int] = {}
+        self.created: list[tuple[str, list[str]]] = []  # (name, Experiments succeeded at that time)
+        self.lock = threading.Lock()
+
+    def succeeded(self) -> list[str]:
+        return [name for (_, plural, name), o in self.objects.items() if plural == "experiments" and any(
+            c["type"] == "Succeeded" and c["status"] == "True" for c in o.get("status", {}).get("conditions", []))]
+
+    def advance(self, exp: dict) -> None:
+        name = exp["metadata"]["name"]
+        n = self.gets[name] = self.gets.get(name, 0) + 1
+        status = exp.setdefault("status", {})
+        conditions = status.setdefault("conditions", [])
+        if any(c["type"] in ("Succeeded", "Failed") for c in conditions):
+            return
+        if n == 1:
+            conditions.append({"type": "Running", "status": "True", "reason": "ExperimentRunning",
+                               "message": "Experiment is running", "lastUpdateTime": _now()})
+            status.update(trials=1, trialsRunning=1)
+        if n >= self.polls and name in self.optimal:
+            trial, value, assignments = self.optimal[name]
+            for c in conditions:
+                c["status"] = "False"
+            conditions.append({"type": "Succeeded", "status": "True", "reason": "ExperimentMaxTrialsReached",
+                               "message": "Experiment has succeeded", "lastUpdateTime": _now()})
+            total = exp["spec"]["maxTrialCount"]
+            status.update(trials=total, trialsRunning=0, trialsSucceeded=total, currentOptimalTrial={
+                "bestTrialName": trial,
+                "parameterAssignments": [{"name": k, "value": v} for k, v in assignments.items()],
+                "observation": {"metrics": [
+                    {"name": exp["spec"]["objective"]["objectiveMetricName"], "latest": str(value - 0.01), "max": str(value),
+                     "min": "0.1"},
+                    {"name": "loss", "latest": "0.42", "max": "1.3", "min": "0.40"}]}})
+
+    def handler(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, code: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _status(self, code: int, reason: str, message: str) -> None:
+                self._send(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason,
+                                  "message": message, "code": code})
+
+            def _body(self) -> dict:
+                return json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+
+            def _route(self, method: str):
+                m = PATH.match(self.path)
+                with fake.lock:
+                    fake.requests.append((method, self.path.split("?")[0]))
+                if not m:
+                    return self._status(404, "NotFound", f"no route {self.path}")
+                ns, plural, name, sub = m.groups()
+                with fake.lock:
+                    return self._handle(method, ns, plural, name, sub)
+
+            def _handle(self, method, ns, plural, name, sub):
+                key = (ns, plural, name)
+                if method == "GET" and name is None:
+                    items = [copy.deepcopy(o) for (n, p, _), o in fake.objects.items() if (n, p) == (ns, plural)]
+                    return self._send(200, {"apiVersion": "kubeflow.org/v1beta1", "kind": "List",
+                                            "metadata": {}, "items": items})
+                if method == "POST":
+                    body = self._body()
+                    key = (ns, plural, body["metadata"]["name"])
+                    if key in fake.objects:
+                        return self._status(409, "AlreadyExists", f"{plural} {key[2]} already exists")
+                    body["metadata"].update(namespace=ns, uid=f"uid-{len(fake.objects)}", creationTimestamp=_now())
+                    fake.created.append((body["metadata"]["name"], sorted(fake.succeeded())))
+                    fake.objects[key] = body
+                    return self._send(201, body)
+                if key not in fake.objects:
+                    return self._status(404, "NotFound", f"{plural} {name} not found")
+                if method == "GET":
+                    if plural == "experiments":
+                        fake.advance(fake.objects[key])
+                    return self._send(200, fake.objects[key])
+                if method == "DELETE":
+                    del fake.objects[key]
+                    return self._send(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"})
+                if method == "PATCH" and sub == "status":
+                    fake.objects[key]["status"] = self._body().get("status", {})
+                    return self._send(200, fake.objects[key])
+                return self._status(405, "MethodNotAllowed", method)
+
+            def do_GET(self):  # noqa: N802
+                self._route("GET")
+
+            def do_POST(self):  # noqa: N802
+                self._route("POST")
+
+            def do_DELETE(self):  # noqa: N802
+                self._route("DELETE")
+
+            def do_PATCH(self):  # noqa: N802
+                self._route("PATCH")
+
+        return Handler
+
+
+@pytest.fixture
+def cluster():
+    servers = []
+
+    def start(fake: FakeKubernetes):
+        server = ThreadingHTTPServer(("127.0.0.1", 0), fake.handler())
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        config = k8s.Configuration()
+        config.host = f"http://127.0.0.1:{server.server_address[1]}"
+        return katib.katib_client("team-a", client_configuration=config), config
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+SPEC_10 = """\
+task: image_object_detection
+training_data: s3://automl/bccd/train.jsonl
+validation_data: s3://automl/bccd/val.jsonl
+limits: {timeout_minutes: 60, max_trials: 10, max_concurrent_trials: 2}
+training_parameters: {early_stopping: true, evaluation_frequency: 1}
+sweep:
+  sampling_algorithm: random
+  early_termination: {type: bandit, evaluation_interval: 2, slack_factor: 0.2, delay_evaluation: 6}
+search_space:
+  - model_name: {type: choice, values: [yolov5]}
+    learning_rate: {type: uniform, min_value: 0.0001, max_value: 0.01}
+    model_size: {type: choice, values: [small, medium]}
+  - model_name: {type: choice, values: [fasterrcnn_resnet50_fpn]}
+    learning_rate: {type: uniform, min_value: 0.0001, max_value: 0.001}
+    optimizer: {type: choice, values: [sgd, adam, adamw]}
+    min_size: {type: choice, values: [600, 800]}
+"""
+OPTIMAL = {
+    "bccd-0": ("bccd-0-k2j4h6g8", 0.61, {"learning_rate": "0.0042", "model_size": "small"}),
+    "bccd-1": ("bccd-1-x7k2m9q4", 0.72, {"learning_rate": "0.00031", "optimizer": "adamw", "min_size": "800"}),
+}
+
+
+def job(**limits):
+    data = yaml.safe_load(SPEC_10)
+    data["limits"].update(limits)
+    return parse_job(data)
+
+
+def test_creates_waits_and_hands_on_the_best_trial(cluster):
+    fake = FakeKubernetes(OPTIMAL, polls=3)
+    client, _ = cluster(fake)
+    lines: list[str] = []
+    result = katib.run_katib_sweep(job(), name="bccd", client=client, poll_interval_s=0.01, echo=lines.append)
+    assert (result.best_experiment, result.best_trial, result.best_value) == ("bccd-1", "bccd-1-x7k2m9q4", 0.72)
+    assert result.parameters == {"model_name": "fasterrcnn_resnet50_fpn", "learning_rate": 0.00031,
+                                 "optimizer": "adamw", "min_size": 800}
+    assert result.metrics == {"mean_average_precision": 0.72, "loss": 0.42}
+    assert not result.timed_out and not result.deleted and result.namespace == "team-a"
+    # What reached the API server is what `automl-vision katib` writes, in the client's namespace.
+    expected = katib.experiments_from_job(job(), name="bccd", namespace="team-a")
+    for exp in expected:
+        stored = fake.objects[("team-a", "experiments", exp["metadata"]["name"])]
+        assert stored["spec"] == exp["spec"] and stored["metadata"]["annotations"] == exp["metadata"]["annotations"]
+    posts = [p for m, p in fake.requests if m == "POST"]
+    assert posts == ["/apis/kubeflow.org/v1beta1/namespaces/team-a/experiments"] * 2
+    assert "bccd-0: created (5 trials, 1 at once, random)" in lines
+    assert any(line.startswith("bccd-1: 5/5 succeeded, 0 running, best mean_average_precision 0.7200") for line in lines)
+    assert json.loads(json.dumps(result.to_json()))["parameters"]["min_size"] == 800
+
+
+def test_a_retried_step_reattaches(cluster):
+    fake = FakeKubernetes(OPTIMAL, polls=1)
+    client, _ = cluster(fake)
+    first = katib.run_katib_sweep(job(), name="bccd", client=client, poll_interval_s=0.01, echo=lambda s: None)
+    posts = sum(1 for m, _ in fake.requests if m == "POST")
+    lines: list[str] = []
+    again = katib.run_katib_sweep(job(), name="bccd", client=client, poll_interval_s=0.01, echo=lines.append)
+    assert sum(1 for m, _ in fake.requests if m == "POST") == posts == 2  # nothing created the second time
+    assert "bccd-0: re-attaching to the existing Experiment" in lines
+    assert again.to_json() == first.to_json()
+
+
+def test_an_experiment_of_another_job_is_not_taken_over(cluster):
+    fake = FakeKubernetes(OPTIMAL)
+    client, _ = cluster(fake)
+    other = katib.experiments_from_job(job(max_trials=4), name="bccd", namespace="team-a")[0]
+    client.create_experiment(other, "team-a")
+    with pytest.raises(ConfigError) as e:
+        katib.run_katib_sweep(job(), name="bccd", client=client, poll_interval_s=0.01, echo=lambda s: None)
+    assert ("an Experiment team-a/bccd-0 exists and is not this job's (its spec differs); delete it "
+            "(kubectl delete experiment -n team-a bccd-0) or choose another name") in str(e.value)
+
+
+def test_time_limit_keeps_the_best_so_far_and_stops_spending(cluster):
+    fake = FakeKubernetes({}, polls=1)  # never succeeds on its own
+    client, _ = cluster(fake)
+    single = job(timeout_minutes=1)
+    for exp in katib.experiments_from_job(single, name="bccd", namespace="team-a"):
+        client.create_experiment(exp, "team-a")
+    # As if a previous attempt created them two minutes ago, and one trial has finished since.
+    for key, obj in fake.objects.items():
+        obj["metadata"]["creationTimestamp"] = (datetime.now(timezone.utc) - timedelta(minutes=2)).strftime(
+            "%Y-%m-%dT%H:%M:%SZ")
+    fake.objects[("team-a", "experiments", "bccd-0")]["status"] = {
+        "conditions": [{"type": "Running", "status": "True"}],
+        "currentOptimalTrial": {"bestTrialName": "bccd-0-aaaa1111",
+                                "parameterAssignments": [{"name": "learning_rate", "value": "0.001"},
+                                                         {"name": "model_size", "value": "medium"}],
+                                "observation": {"metrics": [{"name": "mean_average_precision", "max": "0.5",
+                                                             "min": "0.2", "latest": "0.5"}]}}}
+    lines: list[str] = []
+    result = katib.run_katib_sweep(single, name="bccd", client=client, poll_interval_s=0.01, echo=lines.append)
+    assert result.timed_out and result.deleted
+    assert (result.best_trial, result.best_value) == ("bccd-0-aaaa1111", 0.5)
+    assert result.parameters == {"model_name": "yolov5", "learning_rate": 0.001, "model_size": "medium"}
+    assert fake.objects == {}  # deleted: no more trials start
+    assert "sweep time limit of 1 min reached; keeping the best trial so far" in lines
+
+
+def test_fewer_concurrent_trials_than_experiments_runs_them_in_turn(cluster):
+    fake = FakeKubernetes(OPTIMAL, polls=2)
+    client, _ = cluster(fake)
+    result = katib.run_katib_sweep(job(max_concurrent_trials=1), name="bccd", client=client, poll_interval_s=0.01,
+                                   cleanup=True, echo=lambda s: None)
+    assert fake.created == [("bccd-0", []), ("bccd-1", ["bccd-0"])]  # bccd-1 only once bccd-0 succeeded
+    assert result.best_trial == "bccd-1-x7k2m9q4" and result.deleted and fake.objects == {}
+
+
+def test_no_trial_with_a_metric_is_an_error(cluster):
+    fake = FakeKubernetes({}, polls=1)
+    client, _ = cluster(fake)
+    for exp in katib.experiments_from_job(job(), name="bccd", namespace="team-a"):
+        exp["status"] = {"conditions": [{"type": "Failed", "status": "True", "message": "max failed trials reached"}]}
+        client.create_experiment(exp, "team-a")
+    for obj in fake.objects.values():
+        obj["status"] = {"conditions": [{"type": "Failed", "status": "True", "message": "max failed trials reached"}]}
+    lines: list[str] = []
+    with pytest.raises(AutoMLError) as e:
+        katib.run_katib_sweep(job(), name="bccd", client=client, poll_interval_s=0.01, echo=lines.append)
+    assert "no trial of bccd-0, bccd-1 reported mean_average_precision" in str(e.value)
+    assert "bccd-0: failed: max failed trials reached" in lines
+
+
+def test_early_stopping_service_marks_the_trial_over_grpc(cluster):
+    """SetTrialStatus (what the metrics collector calls after stopping a trial) against the same API server."""
+    import grpc
+    from kubeflow.katib import katib_api_pb2 as pb2
+    from kubeflow.katib import katib_api_pb2_grpc as pb2_grpc
+
+    from automl_vision.earlystopping.service import EarlyStoppingService, serve
+
+    fake = FakeKubernetes()
+    _, config = cluster(fake)
+    fake.objects[("team-a", "trials", "bccd-0-k2j4h6g8")] = {
+        "apiVersion": "kubeflow.org/v1beta1", "kind": "Trial", "metadata": {"name": "bccd-0-k2j4h6g8"},
+        "status": {"conditions": [{"type": "Running", "status": "True"}]}}
+    service = EarlyStoppingService(namespace="team-a",
+                                   custom_api=k8s.CustomObjectsApi(k8s.ApiClient(config)))
+    server, port = serve(service, port=0, host="127.0.0.1")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb2_grpc.EarlyStoppingStub(channel)
+            stub.SetTrialStatus(pb2.SetTrialStatusRequest(trial_name="bccd-0-k2j4h6g8"), timeout=10)
+            with pytest.raises(grpc.RpcError) as e:
+                stub.SetTrialStatus(pb2.SetTrialStatusRequest(trial_name="missing"), timeout=10)
+    finally:
+        server.stop(None)
+    conditions = fake.objects[("team-a", "trials", "bccd-0-k2j4h6g8")]["status"]["conditions"]
+    assert [c["type"] for c in conditions] == ["Running", "EarlyStopped"]
+    assert conditions[-1]["reason"] == "TrialEarlyStopped" and conditions[-1]["status"] == "True"
+    assert ("PATCH", "/apis/kubeflow.org/v1beta1/namespaces/team-a/trials/bccd-0-k2j4h6g8/status") in fake.requests
+    assert e.value.code() == grpc.StatusCode.INTERNAL
+    assert "cannot mark trial team-a/missing early stopped" in e.value.details()
+
+
+@pytest.mark.slow
+def test_pipeline_step_trains_the_best_trial_once_more(cluster, tmp_path, make_dataset):
+    """run_katib_backend: the Katib sweep (trial pods read s3://), then the best settings trained here on
+    this step's copy of the data, giving the local sweep's run folder for evaluate and package."""
+    train = make_dataset(tmp_path / "data", n_per_class=3, classes=("red", "green"), size=16)
+    base = {"task": "image_classification", "limits": {"max_trials": 4, "max_concurrent_trials": 2},
+            "search_space": [{"model_name": {"type": "choice", "values": ["resnet18"]},
+                              "learning_rate": {"type": "uniform", "min_value": 0.001, "max_value": 0.1},
+                              "optimizer": {"type": "choice", "values": ["sgd", "adam"]}}],
+            "training_parameters": {"number_of_epochs": 1, "pretrained": False, "training_batch_size": 2,
+                                    "train_crop_size": 16, "valid_resize_size": 16, "valid_crop_size": 16}}
+    katib_job = parse_job({**base, "training_data": "s3://automl/colours/train.jsonl"})
+    local_job = parse_job({**base, "training_data": str(train)})
+    name = katib.experiment_base_name("9f1c2d3e-run-id")
+    fake = FakeKubernetes({name: ("t-1", 0.9, {"learning_rate": "0.02", "optimizer": "adam"})}, polls=1)
+    client, _ = cluster(fake)
+    result = katib.run_katib_backend(katib_job, local_job, tmp_path / "run", name=name, client=client,
+                                     device="cpu", poll_interval_s=0.01, echo=lambda s: None)
+    saved = json.loads((tmp_path / "run" / "katib.json").read_text())
+    assert saved["best_trial"] == "t-1" and saved["parameters"]["learning_rate"] == 0.02
+    [trial] = result.trials
+    assert trial.parameters == {"model_name": "resnet18", "learning_rate": 0.02, "optimizer": "adam"}
+    assert (tmp_path / "run" / "best_model" / "model.safetensors").exists()
+    assert name == katib.experiment_base_name("9f1c2d3e-run-id") and len(name) <= katib.MAX_NAME_LENGTH

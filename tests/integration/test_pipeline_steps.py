@@ -1,0 +1,88 @@
+"""The training-side components called directly (``component.python_func``) with real artifacts on
+tiny data: sweep (one real trial), then evaluate, package and preview on what it left."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Metrics, Model
+
+from automl_vision.pipeline.components import evaluate, ingest, package, preview, sweep
+
+pytestmark = pytest.mark.slow
+
+SMALL = {"number_of_epochs": 1, "pretrained": False, "train_crop_size": 24, "valid_resize_size": 24,
+         "valid_crop_size": 24, "training_batch_size": 4, "validation_batch_size": 8}
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    from conftest import make_classification_dataset
+
+    root = tmp_path_factory.mktemp("steps")
+    data = make_classification_dataset(root / "data", n_per_class=6)
+    out = root / "outputs"
+    dataset, validation = Dataset(uri=str(out / "dataset")), Dataset(uri=str(out / "validation"))
+    ingest.python_func(task="image_classification", training_data=str(data), dataset=dataset,
+                       validation=validation, statistics=Metrics(uri=str(out / "statistics")),
+                       training_parameters=SMALL)
+    run, leaderboard = Artifact(uri=str(out / "run")), Metrics(uri=str(out / "leaderboard"))
+    sweep.python_func(task="image_classification", training_data=dataset, limits={"max_trials": 1.0},
+                      sweep={"sampling_algorithm": "grid"},
+                      search_space=[{"model_name": {"type": "choice", "values": ["resnet18"]}}],
+                      training_parameters=SMALL, run=run, leaderboard=leaderboard, device="cpu")
+    return {"root": root, "data": data, "dataset": dataset, "validation": validation, "run": run,
+            "leaderboard": leaderboard}
+
+
+def test_sweep_leaves_the_run_folder_and_its_metrics(swept):
+    run = Path(swept["run"].path)
+    for name in ("job.yaml", "leaderboard.json", "sweep.json", "best_model/model.safetensors",
+                 "trials/trial-0000/metrics.jsonl"):
+        assert (run / name).exists(), name
+    meta = swept["leaderboard"].metadata
+    assert meta["trials"] == 1 and meta["trials_completed"] == 1
+    assert 0.0 <= meta["best_accuracy"] <= 1.0
+    board = json.loads((run / "leaderboard.json").read_text())
+    assert board["trials"][0]["best_value"] == meta["best_accuracy"]
+    # the trial trained on the ingested manifest, not on the JSONL file
+    command = json.loads((run / "trials" / "trial-0000" / "command.json").read_text())
+    assert command[command.index("--training_data") + 1] == swept["dataset"].path
+
+
+def test_evaluate_writes_metrics_the_confusion_matrix_and_the_report(swept, tmp_path):
+    out = {"metrics": Metrics(uri=str(tmp_path / "metrics")),
+           "classification_metrics": ClassificationMetrics(uri=str(tmp_path / "cm")),
+           "report": HTML(uri=str(tmp_path / "report")), "evaluation": Artifact(uri=str(tmp_path / "evaluation"))}
+    evaluate.python_func(run=swept["run"], validation_split=swept["validation"], **out)
+    metrics = out["metrics"].metadata
+    assert metrics["images"] == 2  # the held-out 20% of 12 images, stratified
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and "f1_score_macro" in metrics
+    matrix = out["classification_metrics"].metadata["confusionMatrix"]
+    assert [a["displayName"] for a in matrix["annotationSpecs"]] == ["green", "red"]
+    assert sum(sum(r["row"]) for r in matrix["rows"]) == 2
+    page = Path(out["report"].path).read_text()
+    assert page.startswith("<!doctype html>") or page.lower().startswith("<!doctype html")
+    assert "data:image/png;base64," in page  # the plots are inline: the Pipelines UI shows the page alone
+    assert (Path(out["evaluation"].path) / "confusion_matrix.png").is_file()
+
+
+def test_package_writes_a_servable_model(swept, tmp_path):
+    model = Model(uri=str(tmp_path / "model"))
+    package.python_func(run=swept["run"], model=model)
+    folder = Path(model.path)
+    manifest = json.loads((folder / "package.json").read_text())
+    assert manifest["task"] == "image_classification" and manifest["model_name"] == "resnet18"
+    assert (folder / "model.safetensors").is_file() and (folder / "labels.json").is_file()
+    assert model.metadata == {"task": "image_classification", "model_name": "resnet18",
+                              "onnx": manifest["files"]["onnx"] is not None}
+
+
+def test_preview_writes_a_self_contained_page(swept, tmp_path):
+    page = HTML(uri=str(tmp_path / "preview"))
+    preview.python_func(task="image_classification", training_data=str(swept["data"]), preview=page,
+                        training_parameters=SMALL, count=4)
+    text = Path(page.path).read_text()
+    assert "data:image/png;base64," in text and "Augmentation preview" in text

@@ -1,0 +1,191 @@
+"""predict, evaluate and run close the loop: a run ends with a packaged best model, predict scores
+with it, evaluate scores the model or its predictions file; the ONNX export agrees with PyTorch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from serve_testdata import make_package
+
+from automl_vision.serving.engine import load_engine
+from automl_vision.serving.package import load_package
+from automl_vision.spec.tasks import ImageTask
+
+pytestmark = pytest.mark.slow
+
+MC, OD = ImageTask.IMAGE_CLASSIFICATION, ImageTask.IMAGE_OBJECT_DETECTION
+IS = ImageTask.IMAGE_INSTANCE_SEGMENTATION
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "automl_vision", *args], capture_output=True, text=True,
+                          timeout=600, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
+    return make_package(tmp_path_factory.mktemp("pkg"), MC, "resnet18", onnx=True)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    import conftest
+
+    return conftest.make_classification_dataset(tmp_path_factory.mktemp("data"), n_per_class=4,
+                                                classes=("blue", "red"), size=36)
+
+
+def test_onnx_export_agrees_with_pytorch(package, data):
+    manifest = json.loads((package / "package.json").read_text())["onnx"]
+    assert manifest["file"] == "model.onnx"
+    assert manifest["checked_against_pytorch"]["max_abs_diff"] <= manifest["checked_against_pytorch"]["tolerance"]
+    pkg = load_package(package)
+    images = [Image.open(p).convert("RGB") for p in sorted((data.parent / "images").glob("*.png"))]
+    answers = {}
+    for runtime in ("onnx", "pytorch"):
+        engine = load_engine(pkg, pkg.settings(("test", {"runtime": runtime})))
+        assert engine.runtime == runtime
+        answers[runtime] = np.array([a["probs"] for a in engine.infer([engine.preparer(im) for im in images])])
+    assert np.abs(answers["onnx"] - answers["pytorch"]).max() < 1e-4
+
+
+def test_packaging_a_package_again_keeps_its_checked_export(package, tmp_path):
+    import time
+
+    from automl_vision.serving.package import package_model
+
+    t0 = time.monotonic()
+    again = package_model(package, tmp_path / "again")
+    assert time.monotonic() - t0 < 10  # no second export
+    old, new = (json.loads((p / "package.json").read_text()) for p in (package, again.path))
+    assert new["onnx"] == old["onnx"] and new["weights_sha256"] == old["weights_sha256"]
+    assert (again.path / "model.onnx").read_bytes() == (package / "model.onnx").read_bytes()
+
+
+def test_predict_scores_a_folder_and_a_jsonl_file(package, data, tmp_path):
+    p = cli("predict", str(data.parent / "images"), "--model", str(package), "--out", str(tmp_path / "f.jsonl"))
+    assert p.returncode == 0, p.stderr
+    assert "scored 8/8 images (100%)" in p.stderr and "scored 8 images" in p.stdout
+    rows = [json.loads(x) for x in (tmp_path / "f.jsonl").read_text().splitlines()]
+    names = sorted(q.name for q in (data.parent / "images").iterdir())
+    assert [Path(r["image_url"]).name for r in rows] == names
+    assert all((tmp_path / r["image_url"]).resolve().is_file() for r in rows)  # relative to the output file
+    assert all(set(r) == {"image_url", "probs", "labels"} for r in rows)
+    p = cli("predict", str(data), "--model", str(package), "--out", str(tmp_path / "j.jsonl"), "--batch-size", "3")
+    assert p.returncode == 0, p.stderr
+    urls = [json.loads(x)["image_url"] for x in (tmp_path / "j.jsonl").read_text().splitlines()]
+    assert urls == [json.loads(x)["image_url"] for x in data.read_text().splitlines()]
+
+
+def test_predict_reports_every_unreadable_image(package, data, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    good = sorted((data.parent / "images").glob("*.png"))[:2]
+    for g in good:
+        (folder / g.name).write_bytes(g.read_bytes())
+    (folder / "broken.png").write_bytes(good[0].read_bytes()[:100])
+    (folder / "text.jpg").write_bytes(b"not a jpeg")
+    p = cli("predict", str(folder), "--model", str(package), "--out", str(tmp_path / "p.jsonl"))
+    assert p.returncode == 2
+    assert "2 of 4 images could not be scored" in p.stderr
+    assert "broken.png: the png image is truncated" in p.stderr and "text.jpg: not an image" in p.stderr
+    rows = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert sum("error" in r for r in rows) == 2 and sum("probs" in r for r in rows) == 2
+
+
+def test_evaluate_the_model_then_its_predictions(package, data, tmp_path):
+    out = tmp_path / "eval"
+    p = cli("evaluate", "--model", str(package), "--data", str(data), "--output-dir", str(out))
+    assert p.returncode == 0, p.stderr
+    for name in ("metrics.json", "predictions.jsonl", "per_class.csv", "per_class.png", "confusion_matrix.png",
+                 "roc_pr_curves.png", "samples.png", "report.html"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["images"] == 8 and 0 <= metrics["accuracy"] <= 1
+    assert set(metrics["per_class"]) == {"blue", "red"} and np.asarray(metrics["confusion_matrix"]).sum() == 8
+    printed = json.loads(p.stdout)
+    assert printed["accuracy"] == metrics["accuracy"]
+    again = cli("evaluate", "--task", "image_classification", "--data", str(data), "--predictions",
+                str(out / "predictions.jsonl"))
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["accuracy"] == metrics["accuracy"]
+    html = (out / "report.html").read_text()
+    assert "Confusion matrix" in html and "data:image/png;base64," in html
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "{pkg}", "--data", "{data}"], "--output-dir is needed with --model"),
+    (["--predictions", "p.jsonl", "--data", "{data}"], "--task is needed with --predictions"),
+    (["--model", "{tmp}/none", "--data", "{data}", "--output-dir", "{tmp}/o"], "model folder not found"),
+    (["--task", "image_classification", "--predictions", "{tmp}/partial.jsonl", "--data", "{data}"],
+     "no predictions for 7 labelled image(s)"),
+    (["--model", "{pkg}", "--data", "{tmp}/green.jsonl", "--output-dir", "{tmp}/o"],
+     "classes the model does not know: green"),
+])
+def test_evaluate_errors(package, data, tmp_path, args, message):
+    line = json.loads(data.read_text().splitlines()[0])
+    (tmp_path / "partial.jsonl").write_text(json.dumps({**line, "probs": [0.5, 0.5], "labels": ["blue", "red"]})
+                                            + "\n")
+    (tmp_path / "green.jsonl").write_text(json.dumps({"image_url": str(data.parent / line["image_url"]),
+                                                      "label": "green"}) + "\n")
+    subs = {"{pkg}": str(package), "{data}": str(data), "{tmp}": str(tmp_path)}
+    p = cli("evaluate", *[_sub(a, subs) for a in args])
+    assert p.returncode == 2, p.stderr
+    assert message in p.stderr
+
+
+def _sub(text: str, subs: dict) -> str:
+    for k, v in subs.items():
+        text = text.replace(k, v)
+    return text
+
+
+@pytest.mark.parametrize("task, model_name", [(OD, "fasterrcnn_resnet18_fpn"), (IS, "maskrcnn_resnet18_fpn")])
+def test_evaluate_a_detection_model_draws_pr_curves_and_samples(tmp_path, task, model_name):
+    from det_testdata import make_detection_dataset
+
+    data = make_detection_dataset(tmp_path / "data", n=4, segmentation=task is IS)
+    package = make_package(tmp_path, task, model_name)
+    (tmp_path / "low.json").write_text(json.dumps({"box_score_thresh": 0.0}))
+    p = cli("evaluate", "--model", str(package), "--data", str(data), "--output-dir", str(tmp_path / "eval"),
+            "--settings", str(tmp_path / "low.json"), "--validation_metric_type", "voc")
+    assert p.returncode == 0, p.stderr
+    for name in ("metrics.json", "predictions.jsonl", "per_class.csv", "pr_curves.png", "ap_per_label.png",
+                 "samples.png", "report.html"):
+        assert (tmp_path / "eval" / name).is_file(), name
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert 0 <= metrics["mean_average_precision"] <= 1 and set(metrics["per_label"]) == {"blue", "red"}
+    if task is IS:
+        assert "box_mean_average_precision" in metrics  # masks scored, boxes too
+        assert all("polygon" in d for x in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()
+                   for d in json.loads(x)["boxes"])
+
+
+def test_run_ends_with_a_packaged_best_model(tmp_path, data):
+    job = {
+        "task": "image_classification", "training_data": str(data), "limits": {"max_trials": 1},
+        "search_space": [{"model_name": {"type": "choice", "values": ["mobilenetv2"]}}],
+        "training_parameters": {"number_of_epochs": 1, "pretrained": False, "train_crop_size": 32,
+                                "valid_resize_size": 32, "valid_crop_size": 32, "training_batch_size": 4},
+    }
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    p = cli("run", str(tmp_path / "job.yaml"), "--output-dir", str(tmp_path / "run"), "--engine", "library")
+    assert p.returncode == 0, p.stdout + p.stderr
+    best = tmp_path / "run" / "best_model"
+    for name in ("model.safetensors", "config.json", "labels.json", "metrics.json", "settings.json", "package.json",
+                 "README.md", "trial.json"):
+        assert (best / name).is_file(), name
+    assert (best / "model.onnx").is_file(), json.loads((best / "package.json").read_text())["onnx"]
+    assert "torch.onnx" not in p.stdout  # the exporter's chatter stays out of the run's output
+    pkg = load_package(best)
+    engine = load_engine(pkg, pkg.settings())
+    assert engine.runtime == "onnx"
+    (answer,) = engine.infer([engine.preparer(Image.new("RGB", (40, 40), "red"))])
+    assert answer["labels"] == ["blue", "red"]
