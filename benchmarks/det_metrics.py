@@ -84,12 +84,14 @@ def main() -> None:
     t_voc, voc = best_of(lambda: voc_evaluate(gts, preds, classes, 0.5), args.repeat)
     t_direct, stats = best_of(lambda: direct_pycocotools(dataset, results), args.repeat)
     t_ours_coco, ours = best_of(lambda: coco_evaluate(gts, preds, classes, "bbox"), args.repeat)
+    t_convert, _ = best_of(lambda: to_coco(gts, preds, classes, "bbox"), args.repeat)
     assert np.allclose(list(ours.values()), stats)
 
     print(f"{len(gts)} images, {n_gt} objects, {n_pred} predicted boxes, {len(classes)} classes")
     print(f"our VOC metric (mAP@0.5 {voc.mean_average_precision:.4f}):   {t_voc * 1000:8.1f} ms")
     print(f"pycocotools directly (AP {stats[0]:.4f}):          {t_direct * 1000:8.1f} ms")
-    print(f"our COCO wrapper (same 12 figures):           {t_ours_coco * 1000:8.1f} ms")
+    print(f"our COCO wrapper (same 12 figures):           {t_ours_coco * 1000:8.1f} ms"
+          f"   (of which conversion to COCO dicts {t_convert * 1000:.1f} ms)")
     print(f"ratio VOC / pycocotools:            {t_voc / t_direct:.3f}")
     print(f"ratio COCO wrapper / pycocotools:   {t_ours_coco / t_direct:.3f}")
 

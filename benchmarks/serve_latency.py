@@ -68,15 +68,19 @@ def percentile(values, q):
 
 # --- in-process ------------------------------------------------------------------------------------
 
-def time_forward(engine, batch, repeats: int) -> float:
-    """Median latency of ``repeats`` forward passes (after one warm-up)."""
-    engine.logits(batch)
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def time_forward(engines: dict, batch, repeats: int) -> dict:
+    """Median latency of ``repeats`` forward passes of each engine, the engines alternating call by
+    call (after one warm-up each), so that both see the same load."""
+    for engine in engines.values():
         engine.logits(batch)
-        out.append(time.perf_counter() - t0)
-    return statistics.median(out)
+    out: dict = {rt: [] for rt in engines}
+    names = list(engines)
+    for i in range(repeats):
+        for rt in (names if i % 2 == 0 else names[::-1]):
+            t0 = time.perf_counter()
+            engines[rt].logits(batch)
+            out[rt].append(time.perf_counter() - t0)
+    return {rt: statistics.median(v) for rt, v in out.items()}
 
 
 # --- the server ------------------------------------------------------------------------------------
@@ -209,9 +213,9 @@ def main() -> None:
             for r in range(args.rounds):
                 # The raw forward and every server configuration take turns, round after round, so a
                 # change of load on this shared machine hits them alike; medians over the rounds.
-                for bs, repeats in ((1, 10), (8, 4), (32, 2)):
-                    for rt in runtimes:
-                        forward.setdefault((rt, bs), []).append(time_forward(engines[rt], batches[bs], repeats))
+                for bs, repeats in ((1, 20), (8, 4), (32, 2)):
+                    for rt, value in time_forward(engines, batches[bs], repeats).items():
+                        forward.setdefault((rt, bs), []).append(value)
                 for n in clients:
                     for cfg in configs:
                         runs.setdefault((cfg, n), []).append(

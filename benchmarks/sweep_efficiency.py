@@ -42,8 +42,10 @@ POLICIES = [
     ("bandit slack_factor 0.2, delay 1", BanditPolicy(slack_factor=0.2, delay_evaluation=1)),
     ("bandit slack_factor 0.2, delay 3", BanditPolicy(slack_factor=0.2, delay_evaluation=3)),
     ("bandit slack_factor 0.2, delay 5", BanditPolicy(slack_factor=0.2, delay_evaluation=5)),
+    ("bandit slack_factor 0.5, delay 3", BanditPolicy(slack_factor=0.5, delay_evaluation=3)),
     ("bandit slack_amount 0.1, delay 3", BanditPolicy(slack_amount=0.1, delay_evaluation=3)),
     ("median_stopping delay 1", MedianStoppingPolicy(delay_evaluation=1)),
+    ("median_stopping delay 3", MedianStoppingPolicy(delay_evaluation=3)),
     ("median_stopping delay 5 (spec's advice)", MedianStoppingPolicy(delay_evaluation=5)),
     ("truncation_selection 25%, delay 3", TruncationSelectionPolicy(truncation_percentage=25, delay_evaluation=3)),
     ("truncation_selection 50%, delay 3", TruncationSelectionPolicy(truncation_percentage=50, delay_evaluation=3)),
@@ -67,7 +69,7 @@ def replay_table(curves: list[Curve], maximize: bool, orders: int, concurrency: 
     print(f"\n{len(curves)} recorded trials, {full_epochs} trial-epochs without early termination; "
           f"{concurrency} at once; recorded order + {orders} random orders")
     head = f"{'policy':42s} {'epochs used':>11s} {'time used':>9s} {'loss recorded':>13s} " \
-           f"{'loss mean':>9s} {'loss max':>8s} {'orders lost':>11s}  goal"
+           f"{'loss mean':>9s} {'loss max':>8s} {'orders lost':>11s}  goal met"
     print(head)
     print("-" * len(head))
     for name, policy in POLICIES:
@@ -81,10 +83,11 @@ def replay_table(curves: list[Curve], maximize: bool, orders: int, concurrency: 
             loss = (base - got.best_value) if maximize else (got.best_value - base)
             losses.append(100 * loss)
         share = float(np.mean(used))
-        meets = (1 - share) >= GOAL_SAVED and max(losses) <= GOAL_LOSS_POINTS
+        on_average = (1 - share) >= GOAL_SAVED and np.mean(losses) <= GOAL_LOSS_POINTS
+        always = on_average and max(losses) <= GOAL_LOSS_POINTS
         print(f"{name:42s} {share:11.1%} {np.mean(seconds):9.1%} {losses[0]:13.2f} {np.mean(losses):9.2f} "
               f"{max(losses):8.2f} {sum(x > 0 for x in losses):6d}/{len(losses):<4d}  "
-              f"{'yes' if meets else 'no'}")
+              f"{'in every order' if always else 'on average' if on_average else 'no'}")
 
 
 def real_sweeps(trials: int, epochs: int, seed: int) -> None:
@@ -138,8 +141,11 @@ def main() -> None:
               f"{doc['primary_metric']} {best:.4f}; {doc['dataset']}")
         for concurrency in (1, 4):
             replay_table(curves, doc["maximize"], args.orders, concurrency)
-    print(f"\ngoal: at least {GOAL_SAVED:.0%} of trial-epochs saved with at most {GOAL_LOSS_POINTS} points lost "
-          f"in every order replayed")
+    print(f"\ngoal: at least {GOAL_SAVED:.0%} of trial-epochs saved with at most {GOAL_LOSS_POINTS} points of best "
+          f"metric lost, on average over the orders replayed or in every one of them. epochs used / time used: "
+          f"share of the trial-epochs / trial-seconds a sweep without early termination uses (time counts each "
+          f"trial's start-up); loss: best metric without early termination minus with it, in points, in the "
+          f"recorded order, on average, at worst; orders lost: orders where the policy lost anything")
     if not args.replay_only:
         real_sweeps(args.trials, args.epochs, args.seed)
 

@@ -34,6 +34,8 @@ def ingest(
     """Validate the labelled data (every problem with file:line), split it and write the Parquet
     manifest every trial reads (dataset: both splits, stats.json, report.json, remote images cached
     beside it); without validation data, also the held-out split as JSONL (validation), for evaluate."""
+    import os
+
     from automl_vision.data.manifest import ingest
     from automl_vision.data.split import split_jsonl
     from automl_vision.spec.hyperparameters import BY_NAME
@@ -43,6 +45,7 @@ def ingest(
              for name in ("split_ratio", "seed")}
     result = ingest(training_data, parse_task(task), dataset.path, validation=validation_data or None,
                     split_ratio=split["split_ratio"], seed=split["seed"])
+    os.makedirs(validation.path, exist_ok=True)  # on a cluster an output that was never written fails the step
     if not validation_data:
         split_jsonl(training_data, parse_task(task), validation.path, ratio=split["split_ratio"], seed=split["seed"])
     stats = result.report.stats

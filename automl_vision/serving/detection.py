@@ -65,8 +65,19 @@ class DetectionEngine:
             return predict_arrays(self._model, list(prepared), self._settings)
         from automl_vision.models.detection import predict_tensors
 
-        return predict_tensors(self._model, [t.to(self._device) for t in prepared], self._settings,
-                               with_masks=self.segmentation)
+        # torchvision pads a batch to its largest image, which changes what the others' borders look
+        # like to the network: only images of one size go through together, so an image gets the
+        # same answer whatever else shares its batch (server, batch scoring and evaluation agree).
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, t in enumerate(prepared):
+            groups.setdefault(tuple(t.shape), []).append(i)
+        out: list = [None] * len(prepared)
+        for indices in groups.values():
+            preds = predict_tensors(self._model, [prepared[i].to(self._device) for i in indices], self._settings,
+                                    with_masks=self.segmentation)
+            for i, p in zip(indices, preds):
+                out[i] = p
+        return out
 
     def infer(self, prepared: Sequence[Any]) -> list[dict[str, Any]]:
         from automl_vision.models.detection import scoring_output

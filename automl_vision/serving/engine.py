@@ -76,8 +76,6 @@ class ClassificationEngine:
         runtime = settings.runtime
         if runtime == "onnx" and package.onnx is None:
             raise ConfigError(f"runtime='onnx' but {package.path} has no model.onnx (see its package.json for why)")
-        if runtime == "auto":
-            runtime = "onnx" if package.onnx is not None and device.type == "cpu" else "pytorch"
         self.runtime = runtime
         self._model = None
         self._session = None

@@ -57,12 +57,11 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     h = torch.where(eqc, torch.zeros_like(h), h)  # in sixths of a turn, (-1, 5)
     h6 = torch.remainder(h + 6.0 * shift.view(-1, 1, 1), 6.0).unsqueeze(1)
     # back to RGB: channel c = v - v * s * clamp(min(k, 4 - k), 0, 1) with k = (n_c + h6) mod 6, n = 5, 3, 1
-    k = torch.remainder(_HSV_N.to(x.device) + h6, 6.0)
+    n = torch.arange(5.0, 0.0, -2.0, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)  # made on the device: no copy
+    k = torch.remainder(n + h6, 6.0)
     vs = (maxc * s).unsqueeze(1)
     return (maxc.unsqueeze(1) - vs * torch.minimum(k, 4.0 - k).clamp_(0, 1)).clamp_(0, 1)
 
-
-_HSV_N = torch.tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1)
 
 
 class BatchPreparer:

@@ -369,9 +369,12 @@ class Training:
 
 
 def _device_for(settings: TrialSettings) -> torch.device:
+    """The training device, with its index on CUDA (torchrun: the process's GPU)."""
     device = pick_device(settings.device)
-    if settings.world_size > 1 and device.type == "cuda":
-        return torch.device("cuda", settings.local_rank)
+    if device.type == "cuda":
+        if settings.world_size > 1:
+            return torch.device("cuda", settings.local_rank)
+        return torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
     return device
 
 

@@ -96,10 +96,10 @@ def pick_device(requested: str) -> torch.device:
 def default_num_workers(processes: int = 1) -> int:
     """DataLoader workers of one training process: its share of the cores less its own, at most 8.
 
-    ``processes``: training processes sharing the machine (torchrun's processes per node). On a
-    machine with two cores or fewer, decoding in the main process is as fast as handing batches
-    between processes (``benchmarks/data_stalls.py`` measures both).
+    ``processes``: training processes sharing the machine (torchrun's processes per node). With
+    two cores, one worker decodes and augments while the model computes (``benchmarks/data_stalls.py``
+    compares worker counts); with one core, workers would only take turns with the training.
     """
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     share = cpus // max(1, processes)
-    return 0 if share <= 2 else min(8, share - 1)
+    return max(0, min(8, share - 1))

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import httpx
+import numpy as np
 import pytest
 from serve_testdata import make_package, original_request, png_bytes, running_server
 
@@ -113,3 +114,17 @@ def test_yolov5_package_scores_a_folder(tmp_path):
     assert len(rows) == 3
     for row in rows:
         assert_detection_answer({"boxes": row["boxes"]}, polygons=False)
+
+
+def test_an_image_gets_the_same_boxes_whatever_shares_its_batch(detection_package):
+    from PIL import Image
+
+    package = load_package(detection_package)
+    engine = load_engine(package, package.settings(("test", {"box_score_thresh": 0.0})))
+    small, large = Image.new("RGB", (64, 48), (200, 40, 40)), Image.new("RGB", (96, 80), (40, 40, 200))
+    alone = engine.infer([engine.preparer(small)])[0]["boxes"]
+    together = engine.infer([engine.preparer(large), engine.preparer(small), engine.preparer(small)])
+    for other in (together[1]["boxes"], together[2]["boxes"]):  # equal but for float rounding
+        assert [d["label"] for d in other] == [d["label"] for d in alone]
+        assert np.allclose([[*d["box"].values(), d["score"]] for d in other],
+                           [[*d["box"].values(), d["score"]] for d in alone], atol=1e-5)

@@ -26,7 +26,7 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     package = make_package(root, ImageTask.IMAGE_CLASSIFICATION, "resnet18", onnx=True)
     env = {"AUTOML_VISION_SETTINGS": json.dumps({"max_image_pixels": PIXEL_LIMIT, "max_batch_size": 8,
-                                                 "max_batch_latency_ms": 20})}
+                                                 "max_batch_latency_ms": 20, "runtime": "onnx"})}
     with running_server(package, root, env=env) as s:
         yield s
         assert s.alive(), s.log.read_text()[-2000:]

@@ -60,6 +60,7 @@ def _targets(masks: bool):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [m for m in DETECTION_MODELS + SEGMENTATION_MODELS if m != "yolov5"])
 def test_builds_and_trains_one_step(name, one_thread):
     torch.manual_seed(0)
@@ -149,6 +150,7 @@ def test_pretrained_backbone_loaded_from_local_file(tmp_path, monkeypatch):
     assert model.roi_heads.box_predictor.cls_score.out_features == 3  # 2 classes + background
 
 
+@pytest.mark.slow
 def test_pretrained_coco_checkpoint_loaded_except_class_heads(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     folder = tmp_path / "hub" / "checkpoints"
@@ -163,6 +165,7 @@ def test_pretrained_coco_checkpoint_loaded_except_class_heads(tmp_path, monkeypa
     assert model.roi_heads.box_predictor.cls_score.out_features == 5
 
 
+@pytest.mark.slow
 def test_yolov5_pretrained_transfers_matching_weights(tmp_path, monkeypatch):
     from automl_vision.models.yolo import build_yolo
 

@@ -46,7 +46,7 @@ def test_ingest_with_validation_data_keeps_the_files_split(tmp_path, make_datase
     ingest.python_func(task="image_classification", training_data=str(train), validation_data=str(val),
                        dataset=dataset, validation=validation, statistics=statistics)
     assert statistics.metadata == {"images": 12, "train_images": 8, "validation_images": 4, "classes": 2}
-    assert not (tmp_path / "out" / "validation").exists()  # evaluate reads val.jsonl itself
+    assert list((tmp_path / "out" / "validation").iterdir()) == []  # evaluate reads val.jsonl itself
 
 
 @pytest.mark.parametrize("append, messages", [

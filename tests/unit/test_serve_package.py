@@ -87,7 +87,7 @@ def test_engine_answers_in_the_original_format(tmp_path, task):
     outputs = save_random_trial(tmp_path, task, "mobilenetv2", classes=("a", "b", "c"))
     package = load_package(outputs)
     engine = load_engine(package, package.settings())
-    assert engine.runtime == "pytorch"  # no model.onnx in a trial's outputs
+    assert engine.runtime == "pytorch"  # the default
     images = [Image.new("RGB", (50, 30), c) for c in ("red", "blue")]
     answers = engine.infer([engine.preparer(im) for im in images])
     assert [set(a) for a in answers] == [{"probs", "labels"}] * 2
@@ -95,3 +95,9 @@ def test_engine_answers_in_the_original_format(tmp_path, task):
     if task is MC:
         assert all(abs(sum(a["probs"]) - 1) < 1e-6 for a in answers)
     assert all(0 <= p <= 1 for a in answers for p in a["probs"])
+
+
+def test_onnx_runtime_needs_the_export(trial_outputs):
+    package = load_package(trial_outputs)
+    with pytest.raises(ConfigError, match="runtime='onnx' but .* has no model.onnx"):
+        load_engine(package, package.settings(("--settings", {"runtime": "onnx"})))
