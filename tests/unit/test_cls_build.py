@@ -56,9 +56,9 @@ def test_loaders(tmp_path, data):
     assert x.shape == (3, 20, 20) and x.dtype == torch.float32  # train_crop_size
     x, y = vl.dataset[0]
     assert x.shape == (3, 16, 16)  # valid_crop_size
-    crop = tl.dataset.transform.transforms[0].transforms[1]
+    crop = tl.dataset.transform.transform.transforms[0].transforms[1]
     assert tuple(crop.size) == (20, 20)
-    resize = vl.dataset.transform.transforms[0].transforms[1]
+    resize = vl.dataset.transform.transform.transforms[0].transforms[1]
     assert list(resize.size) == [30]  # valid_resize_size
     assert vl.dataset.draft == 30
     batch_x, batch_y = next(iter(vl))
@@ -223,3 +223,13 @@ def test_from_model_must_exist(tmp_path, data):
     settings = TrialSettings(**{**settings.__dict__, "from_model": str(tmp_path / "nowhere")})
     with pytest.raises(ConfigError, match="is not a model package: missing model.safetensors, config.json, labels.json"):
         build_training(settings)
+
+
+def test_per_image_transforms_run_on_one_thread():
+    from automl_vision.training.classification import OneThread
+
+    seen = []
+    transform = OneThread(lambda x: seen.append(torch.get_num_threads()) or x + 1)
+    torch.set_num_threads(2)
+    assert transform(1) == 2
+    assert seen == [1] and torch.get_num_threads() == 2  # restored after the image
