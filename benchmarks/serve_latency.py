@@ -4,7 +4,7 @@
 2. ``automl-vision serve`` answering the original product's JSON request (one fridge photo per
    request) with 1, 8 and 32 concurrent clients: latency p50/p99, throughput, and their ratios
    to the raw forward;
-3. the batching gain: the same server with micro-batching on (max_batch_size 32) and off (1);
+3. the batching gain: the same server with micro-batching on (max_batch_size 8 or 32) and off (1);
 4. ONNX Runtime against eager PyTorch on the same package, in-process, batch 1 and batch 8
    (goal: ONNX latency at most 0.8x PyTorch's).
 
@@ -201,7 +201,8 @@ def main() -> None:
         engines = {rt: load_engine(pkg, pkg.settings(("bench", {"runtime": rt}))) for rt in runtimes}
         images = [engines["pytorch"].preparer(Image.open(p).convert("RGB")) for p in photos]
         batches = {bs: torch.stack(images[:bs]) for bs in (1, 8, 32)}
-        configs = [("pytorch", 32), ("pytorch", 1)] + ([("onnx", 32)] if "onnx" in runtimes else [])
+        configs = [("pytorch", 32), ("pytorch", 8), ("pytorch", 1)]
+        configs += [("onnx", 8), ("onnx", 1)] if "onnx" in runtimes else []
         servers = {}
         try:
             for runtime, mbs in configs:
@@ -253,12 +254,18 @@ def main() -> None:
         print(f"{r['runtime']:<9}{r['max_batch_size']:>6}{r['clients']:>8}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
               f"{r['throughput']:>8.1f}{r['errors']:>7}{r['p50_ms'] / raw_ms:>9.2f}{r['p99_ms'] / raw_ms:>9.2f}"
               f"{r['throughput'] / raw_tput:>12.2f}")
-    print("\nbatching gain (server throughput, max_batch_size 32 / 1, PyTorch):")
-    for n in clients:
-        on = next(r for r in rows if (r["runtime"], r["max_batch_size"], r["clients"]) == ("pytorch", 32, n))
-        off = next(r for r in rows if (r["runtime"], r["max_batch_size"], r["clients"]) == ("pytorch", 1, n))
-        print(f"  {n:>2} clients: {on['throughput'] / off['throughput']:.2f}x  "
-              f"(p50 {on['p50_ms']:.0f} vs {off['p50_ms']:.0f} ms, p99 {on['p99_ms']:.0f} vs {off['p99_ms']:.0f} ms)")
+    def row(runtime, mbs, n):
+        return next((r for r in rows if (r["runtime"], r["max_batch_size"], r["clients"]) == (runtime, mbs, n)), None)
+
+    for runtime, sizes in (("pytorch", (8, 32)), ("onnx", (8,))):
+        for mbs in sizes:
+            if row(runtime, mbs, clients[0]) is None:
+                continue
+            print(f"\nbatching gain (server throughput, max_batch_size {mbs} / 1, {runtime}):")
+            for n in clients:
+                on, off = row(runtime, mbs, n), row(runtime, 1, n)
+                print(f"  {n:>2} clients: {on['throughput'] / off['throughput']:.2f}x  (p50 {on['p50_ms']:.0f} vs "
+                      f"{off['p50_ms']:.0f} ms, p99 {on['p99_ms']:.0f} vs {off['p99_ms']:.0f} ms)")
     figures["server"] = rows
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
     if args.json:

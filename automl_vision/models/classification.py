@@ -63,11 +63,7 @@ def classifier_head(model: nn.Module) -> nn.Linear:
 
 def _torchvision_classifier(name: str, num_classes: int, pretrained: bool, weights: WeightsSource | None) -> nn.Module:
     _, arch, _ = CLASSIFIERS[name]
-    # Residual branches start as the identity (their last batch norm's scale is 0, as timm's resnets
-    # do): a network trained from scratch stays finite in evaluation after its first few steps.
-    # Pretrained weights overwrite it.
-    options = {"zero_init_residual": True} if arch.startswith("resnet") else {}
-    model = getattr(torchvision.models, arch)(weights=None, **options)
+    model = getattr(torchvision.models, arch)(weights=None)
     if pretrained:
         path = locate(weights_file(name), weights)
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))

@@ -64,6 +64,14 @@ class ClassificationPreparer:
         return self.transform(image)
 
 
+def _have_onnxruntime() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 class ClassificationEngine:
     def __init__(self, package: ModelPackage, settings: InferenceSettings):
         from automl_vision.training.classification import valid_transform
@@ -74,6 +82,8 @@ class ClassificationEngine:
         device = pick_device(settings.device)
         self.device = str(device)
         runtime = settings.runtime
+        if runtime == "auto":
+            runtime = "onnx" if device.type == "cpu" and package.onnx is not None and _have_onnxruntime() else "pytorch"
         if runtime == "onnx" and package.onnx is None:
             raise ConfigError(f"runtime='onnx' but {package.path} has no model.onnx (see its package.json for why)")
         self.runtime = runtime

@@ -53,7 +53,7 @@ MODEL_SETTING_NAMES = (
 #: Settings fixed by the trained weights: shown in settings.json, never changeable.
 FIXED_BY_WEIGHTS = ("model_size",)
 
-_RUNTIMES = ("pytorch", "onnx")
+_RUNTIMES = ("auto", "pytorch", "onnx")
 #: max_batch_size when unset. On the CPU the time of a forward pass grows about in proportion to the
 #: batch (benchmarks/serve_latency.py), so waiting for companions only adds latency; GPUs batch well.
 CPU_BATCH, GPU_BATCH = 1, 16
@@ -67,9 +67,9 @@ SERVING_SETTINGS: tuple[hps.HyperParameter, ...] = (
                        "to join it.", 5.0, minimum=0.0, maximum=10_000.0, origin="extension"),
     hps.HyperParameter("max_image_pixels", int, "Images with more pixels (width x height) are refused.",
                        DEFAULT_MAX_PIXELS, minimum=1, origin="extension"),
-    hps.HyperParameter("runtime", str, "pytorch, or onnx (ONNX Runtime on the package's model.onnx; faster "
-                       "than PyTorch on the CPU for large batches only, see benchmarks/serve_latency.py).",
-                       "pytorch", choices=_RUNTIMES,
+    hps.HyperParameter("runtime", str, "auto, pytorch, or onnx (ONNX Runtime on the package's model.onnx). "
+                       "auto: ONNX Runtime on the CPU when the package has model.onnx (0.56-0.68x PyTorch's "
+                       "latency, benchmarks/serve_latency.py), else PyTorch.", "auto", choices=_RUNTIMES,
                        origin="extension"),
     hps.HyperParameter("device", str, "auto, cpu, cuda or cuda:N.", "auto", origin="extension",
                        check=lambda v, _m: None if v in ("auto", "cpu", "cuda") or
@@ -88,7 +88,7 @@ class InferenceSettings:
     max_batch_size: int | None = None  # None: batch_size_for(device)
     max_batch_latency_ms: float = 5.0
     max_image_pixels: int = DEFAULT_MAX_PIXELS
-    runtime: str = "pytorch"
+    runtime: str = "auto"
     device: str = "auto"
     #: Where each value that differs from training came from, for the log.
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)

@@ -186,6 +186,6 @@ def test_run_ends_with_a_packaged_best_model(tmp_path, data):
     assert "torch.onnx" not in p.stdout  # the exporter's chatter stays out of the run's output
     pkg = load_package(best)
     engine = load_engine(pkg, pkg.settings())
-    assert engine.runtime == "pytorch"
+    assert engine.runtime == "onnx"  # runtime auto on the CPU with model.onnx in the package
     (answer,) = engine.infer([engine.preparer(Image.new("RGB", (40, 40), "red"))])
     assert answer["labels"] == ["blue", "red"]

@@ -87,7 +87,7 @@ def test_engine_answers_in_the_original_format(tmp_path, task):
     outputs = save_random_trial(tmp_path, task, "mobilenetv2", classes=("a", "b", "c"))
     package = load_package(outputs)
     engine = load_engine(package, package.settings())
-    assert engine.runtime == "pytorch"  # the default
+    assert engine.runtime == "pytorch"  # runtime auto, and a trial's outputs have no model.onnx
     images = [Image.new("RGB", (50, 30), c) for c in ("red", "blue")]
     answers = engine.infer([engine.preparer(im) for im in images])
     assert [set(a) for a in answers] == [{"probs", "labels"}] * 2
