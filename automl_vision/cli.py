@@ -141,7 +141,17 @@ def _add_run(sub) -> None:
     p.add_argument("--experiment", default="automl-vision", help="with --kubeflow: the experiment of the run")
     p.add_argument("--cluster-settings", metavar="FILE", help="with --kubeflow: images, GPU pool, secrets "
                                                              "(YAML; see docs/kubeflow.md)")
+    _add_pipeline_options(p, "with --kubeflow: ")
     p.set_defaults(func=cmd_run)
+
+
+def _add_pipeline_options(p, prefix: str = "") -> None:
+    """The pipeline's run parameters a user chooses on the command line (run --kubeflow, compile)."""
+    p.add_argument("--backend", choices=("local", "katib"), default="local",
+                   help=prefix + "where the sweep's trials run: local, one after another in the sweep step's pod "
+                                 "(default); katib, as Katib Experiments, one trial pod each (docs/katib.md)")
+    p.add_argument("--deploy", metavar="NAME", help=prefix + "serve the packaged model as the KServe "
+                                                             "InferenceService NAME (created, or updated)")
 
 
 def _default_run_dir(job) -> Path:
@@ -193,6 +203,9 @@ def cmd_run(args) -> int:
         return submit_job(job, args)
     if args.schedule or args.namespace:
         raise ConfigError("--schedule and --namespace go with --kubeflow URL", "run")
+    if args.backend != "local" or args.deploy:
+        raise ConfigError("--backend katib and --deploy go with --kubeflow URL (or compile): they need a cluster",
+                          "run")
     if args.resume:
         return run_job(job, Path(args.resume), args.device, resume=True)
     run_dir = Path(args.output_dir) if args.output_dir else _default_run_dir(job)
@@ -204,7 +217,8 @@ def submit_job(job, args) -> int:
     from automl_vision.pipeline.submit import submit
 
     done = submit(job, args.kubeflow, namespace=args.namespace, schedule=args.schedule, experiment=args.experiment,
-                  settings=load_cluster_settings(args.cluster_settings), device=args.device)
+                  settings=load_cluster_settings(args.cluster_settings), device=args.device, backend=args.backend,
+                  inference_service=args.deploy)
     print(f"{done.kind} created: {done.id} (experiment {done.experiment_id})\n{done.url}", flush=True)
     return EXIT_OK
 
@@ -216,6 +230,7 @@ def _add_compile(sub) -> None:
     p.add_argument("job", nargs="?", help="job YAML file (optional: without it every parameter is entered in the UI)")
     p.add_argument("--out", required=True, help="pipeline package to write (.yaml)")
     p.add_argument("--cluster-settings", metavar="FILE", help="images, GPU pool, secrets (YAML; see docs/kubeflow.md)")
+    _add_pipeline_options(p, "default of the run: ")
     p.set_defaults(func=cmd_compile)
 
 
@@ -226,7 +241,8 @@ def cmd_compile(args) -> int:
 
     _setup_logging(args.verbose)
     job = load_job(args.job) if args.job else None
-    path = compile_pipeline(args.out, settings=load_cluster_settings(args.cluster_settings), job=job)
+    path = compile_pipeline(args.out, settings=load_cluster_settings(args.cluster_settings), job=job,
+                            backend=args.backend, inference_service=args.deploy)
     print(f"pipeline package written to {path}", flush=True)
     return EXIT_OK
 
@@ -730,6 +746,57 @@ def cmd_katib(args) -> int:
     return EXIT_OK
 
 
+# --- deploy ------------------------------------------------------------------------------------
+
+def _add_deploy(sub) -> None:
+    p = sub.add_parser("deploy", help="serve a model package on KServe: create or update an InferenceService",
+                       description="Create the KServe InferenceService that serves the model package at MODEL_URI "
+                                   "(automl-vision serve in the project's image), or update the one of that "
+                                   "name. Credentials: the pod's service account in a cluster, else the "
+                                   "kubeconfig. See docs/serving.md.")
+    p.add_argument("--model-uri", required=True, help="the package: s3://, gs://, pvc://claim/path, or an "
+                                                      "http(s) URL of a .zip/.tar.gz of it")
+    p.add_argument("--name", required=True, help="InferenceService name (a DNS-1035 label); also the model name "
+                                                 "in the URLs")
+    p.add_argument("--namespace", help="default: the pod's namespace, else the kubeconfig context's, else default "
+                                       "(with --dry-run: none, kubectl's)")
+    p.add_argument("--image", help="predictor image (default: automl-vision-cpu, or -gpu with --gpu, of this version)")
+    p.add_argument("--cpu", default="1", help="CPU request (default: 1)")
+    p.add_argument("--memory", default="2Gi", help="memory request (default: 2Gi)")
+    p.add_argument("--cpu-limit", default="2", help="CPU limit (default: 2)")
+    p.add_argument("--memory-limit", default="4Gi", help="memory limit (default: 4Gi)")
+    p.add_argument("--gpu", type=int, default=0, help="nvidia.com/gpu limit (default: 0)")
+    p.add_argument("--service-account", help="the predictor's ServiceAccount, whose Secrets the storage initializer "
+                                             "downloads with (manifests/: automl-vision-serving)")
+    p.add_argument("--min-replicas", type=int, default=1, help="default: 1 (0: scale to zero)")
+    p.add_argument("--max-replicas", type=int, default=2, help="default: 2")
+    p.add_argument("--settings", help="inference settings JSON file (flat or as settings.json), passed to the "
+                                      "server as AUTOML_VISION_SETTINGS")
+    p.add_argument("--wait", action="store_true", help="wait until the InferenceService is ready")
+    p.add_argument("--timeout", type=float, default=600.0, help="with --wait: seconds (default: 600)")
+    p.add_argument("--dry-run", action="store_true", help="print the manifest YAML and exit (no cluster needed)")
+    p.set_defaults(func=cmd_deploy)
+
+
+def cmd_deploy(args) -> int:
+    from automl_vision.serving.deploy import deploy_model, inference_service_manifest, to_yaml
+    from automl_vision.serving.settings import read_settings_file
+
+    _setup_logging(args.verbose)
+    options = dict(image=args.image, cpu=args.cpu, memory=args.memory, cpu_limit=args.cpu_limit,
+                   memory_limit=args.memory_limit, gpu=args.gpu, service_account=args.service_account,
+                   min_replicas=args.min_replicas, max_replicas=args.max_replicas,
+                   settings=read_settings_file(args.settings) if args.settings else None)
+    if args.dry_run:
+        print(to_yaml(inference_service_manifest(args.model_uri, args.name, args.namespace, **options)), end="")
+        return EXIT_OK
+    result = deploy_model(args.model_uri, args.name, args.namespace, wait=args.wait, timeout_s=args.timeout,
+                          **options)
+    print(f"InferenceService {result['namespace']}/{result['name']} {result['action']}"
+          + (f": {result['url']}" if result["url"] else ""), flush=True)
+    return EXIT_OK
+
+
 # --- entry point -------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -738,7 +805,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="more log detail")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_run, _add_train, _add_validate, _add_demo, _add_leaderboard, _add_weights, _add_data,
-                _add_preview, _add_evaluate, _add_compile, _add_katib, _add_serve, _add_predict):
+                _add_preview, _add_evaluate, _add_compile, _add_katib, _add_serve, _add_predict, _add_deploy):
         add(sub)
     return parser
 

@@ -88,19 +88,29 @@ def sweep(
     leaderboard: Output[Metrics],
     compute: dict = {},
     device: str = "auto",
+    backend: str = "local",
+    katib_training_data: str = "",
+    katib_validation_data: str = "",
+    experiment_name: str = "",
+    katib_namespace: str = "",
+    run_id: str = "",
 ):
     """Run the hyperparameter sweep on the ingested data; the run folder holds every trial, the
-    leaderboard and the best trial's model (best_model/)."""
+    leaderboard and the best trial's model (best_model/). backend local: the trials one after another
+    in this step; katib: as Katib Experiments (named experiment_name, default derived from run_id, in
+    katib_namespace, default this pod's) whose trial pods read katib_training_data/katib_validation_data,
+    then the best settings trained once more here (katib.json holds Katib's best trial)."""
     import functools
 
     from automl_vision.errors import AutoMLError
-    from automl_vision.spec.job import parse_job
-    from automl_vision.sweep.local import run_sweep
+    from automl_vision.pipeline.steps import run_sweep_step
 
-    job = parse_job({"task": task, "training_data": training_data.path, "limits": limits, "sweep": sweep,
-                     "search_space": search_space, "training_parameters": training_parameters,
-                     "compute": compute or None}, source="sweep")
-    result = run_sweep(job, run.path, device=device, echo=functools.partial(print, flush=True))
+    job = {"task": task, "training_data": training_data.path, "limits": limits, "sweep": sweep,
+           "search_space": search_space, "training_parameters": training_parameters, "compute": compute or None}
+    result = run_sweep_step(job, run.path, backend=backend, katib_training_data=katib_training_data,
+                            katib_validation_data=katib_validation_data, experiment_name=experiment_name,
+                            katib_namespace=katib_namespace, run_id=run_id, device=device,
+                            echo=functools.partial(print, flush=True))
     statuses = [t.status for t in result.trials]
     leaderboard.log_metric("trials", len(statuses))
     leaderboard.log_metric("trials_completed", statuses.count("completed") + statuses.count("early_stopped"))
@@ -120,13 +130,15 @@ def evaluate(
     validation_data: str = "",
 ):
     """Score the best model on the validation images (validation_data when given, else the held-out
-    split): the metrics of training, per-class figures, the confusion matrix, ROC/PR or AP plots and
-    sample predictions (report), every file (evaluation)."""
+    split): the metrics of training, per-class figures, the confusion matrix and the micro-averaged
+    one-vs-rest ROC curve (classification_metrics), ROC/PR or AP plots and sample predictions (report),
+    every file (evaluation)."""
     import math
     import os
     import shutil
 
-    from automl_vision.evaluation.report import evaluate_model
+    from automl_vision.evaluation.report import PREDICTIONS_FILE, evaluate_model
+    from automl_vision.pipeline.steps import classification_roc
 
     data = validation_data or os.path.join(validation_split.path, "validation.jsonl")
     result = evaluate_model(os.path.join(run.path, "best_model"), data, evaluation.path)
@@ -135,6 +147,9 @@ def evaluate(
             metrics.log_metric(name, value)
     if result.task.value == "image_classification":  # multi-label has one 2x2 matrix per class instead
         classification_metrics.log_confusion_matrix(result.metrics["labels"], result.metrics["confusion_matrix"])
+    roc = classification_roc(result.task, data, os.path.join(evaluation.path, PREDICTIONS_FILE))
+    if roc is not None:
+        classification_metrics.log_roc_curve(*roc)
     shutil.copyfile(os.path.join(evaluation.path, "report.html"), report.path)
 
 
@@ -151,5 +166,36 @@ def package(run: Input[Artifact], model: Output[Model]):
                            "onnx": result.onnx.file is not None})
 
 
-#: Every step, in pipeline order (components/ holds one spec per entry).
-STEPS = (ingest, preview, sweep, evaluate, package)
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def deploy(
+    model: Input[Model],
+    inference_service_name: str,
+    inference_service: Output[Artifact],
+    namespace: str = "",
+    image: str = "",
+    service_account: str = "automl-vision-serving",
+    settings: dict = {},
+    wait: bool = True,
+    timeout_minutes: float = 15.0,
+):
+    """Serve the package as a KServe InferenceService: create it, or update the one of that name (a
+    retraining updates the same endpoint); with wait, until it is Ready. namespace: default this pod's;
+    image: default automl-vision-cpu of this version; service_account: the identity KServe downloads the
+    package with. inference_service: the manifest sent, with name, namespace, action and URL."""
+    import json
+
+    from automl_vision.pipeline.steps import storage_uri
+    from automl_vision.serving.deploy import deploy_model
+
+    done = deploy_model(storage_uri(model.uri), inference_service_name, namespace or None, image=image or None,
+                        service_account=service_account or None, settings=settings, wait=wait,
+                        timeout_s=timeout_minutes * 60)
+    with open(inference_service.path, "w") as f:
+        json.dump(done["manifest"], f, indent=2)
+    inference_service.metadata.update({k: done[k] or "" for k in ("name", "namespace", "action", "url")})
+    print(f"InferenceService {done['namespace']}/{done['name']} {done['action']}" +
+          (f": {done['url']}" if done["url"] else ""), flush=True)
+
+
+#: Every step, in pipeline order (components/ holds one spec per entry); deploy only runs when asked.
+STEPS = (ingest, preview, sweep, evaluate, package, deploy)

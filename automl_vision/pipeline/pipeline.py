@@ -2,7 +2,7 @@
 
     ingest -> preview
            -> sweep -> evaluate
-                    -> package
+                    -> package -> deploy (only with deploy=True)
 
 The same pipeline runs on kfp's local runner (``automl-vision run``; platform settings are ignored
 there) and on a cluster (``compile``, ``run --kubeflow``), where each step gets the settings of
@@ -23,9 +23,14 @@ from automl_vision.spec.job import JobSpec
 
 PIPELINE_NAME = "automl-vision"
 PIPELINE_DESCRIPTION = ("AutoML for images: validate and split the labelled data, preview the augmentation, "
-                        "sweep hyperparameters, evaluate the best model and package it for serving.")
+                        "sweep hyperparameters, evaluate the best model and package it for serving; "
+                        "optionally deploy it on KServe.")
 #: Steps that train or run a model: on the GPU pool when there is one, with a memory-backed /dev/shm.
 TRAINING_STEPS = ("sweep", "evaluate")
+#: The pipeline's parameters that are not keys of the job: how and where the job runs.
+RUN_PARAMETERS = ("device", "backend", "deploy", "inference_service_name", "serving_namespace")
+#: The deploy step's InferenceService unless another name is given (as in manifests/kserve/inferenceservice.yaml).
+DEFAULT_INFERENCE_SERVICE = "automl-vision-model"
 
 
 def build_pipeline(settings: ClusterSettings | None = None):
@@ -43,19 +48,30 @@ def build_pipeline(settings: ClusterSettings | None = None):
         training_parameters: dict = {},
         compute: dict = {},
         device: str = "auto",
+        backend: str = "local",
+        deploy: bool = False,
+        inference_service_name: str = DEFAULT_INFERENCE_SERVICE,
+        serving_namespace: str = "",
     ):
         data = C.ingest(task=task, training_data=training_data, validation_data=validation_data,
                         training_parameters=training_parameters)
         # the preview reads the JSONL file itself; after ingest, so that bad data fails with ingest's report
         shown = C.preview(task=task, training_data=training_data, training_parameters=training_parameters).after(data)
+        # backend katib: the trial pods read the job's own URIs; the Experiments are named after the run,
+        # so a retried step re-attaches to them
         swept = C.sweep(task=task, training_data=data.outputs["dataset"], limits=limits, sweep=sweep,
                         search_space=search_space, training_parameters=training_parameters, compute=compute,
-                        device=device)
+                        device=device, backend=backend, katib_training_data=training_data,
+                        katib_validation_data=validation_data, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         scored = C.evaluate(run=swept.outputs["run"], validation_split=data.outputs["validation"],
                             validation_data=validation_data)
         packaged = C.package(run=swept.outputs["run"])
         for step in (data, shown, swept, scored, packaged):
             configure_step(step, settings)
+        with dsl.If(deploy == True, name="deploy-requested"):  # noqa: E712 (a pipeline condition, not a bool)
+            served = C.deploy(model=packaged.outputs["model"], inference_service_name=inference_service_name,
+                              namespace=serving_namespace, image=settings.cpu_image).after(scored)
+            configure_step(served, settings)
 
     return automl_vision_pipeline
 
@@ -88,8 +104,29 @@ def configure_step(task: dsl.PipelineTask, settings: ClusterSettings) -> None:
 automl_vision_pipeline = build_pipeline()
 
 
-def pipeline_arguments(job: JobSpec, *, device: str = "auto") -> dict[str, Any]:
-    """The pipeline's arguments for ``job``: its top-level keys, under the same names."""
+def run_arguments(*, device: str = "auto", backend: str = "local", inference_service: str | None = None,
+                  serving_namespace: str = "") -> dict[str, Any]:
+    """The pipeline's run parameters (``RUN_PARAMETERS``): ``inference_service`` a name deploys the
+    package as that InferenceService (in ``serving_namespace``, default the pipeline's); None: no deploy."""
+    from automl_vision.pipeline.steps import check_sweep_backend
+
+    check_sweep_backend(backend)
+    return {"device": device, "backend": backend, "deploy": inference_service is not None,
+            "inference_service_name": inference_service or DEFAULT_INFERENCE_SERVICE,
+            "serving_namespace": serving_namespace}
+
+
+def pipeline_arguments(job: JobSpec, *, device: str = "auto", backend: str = "local",
+                       inference_service: str | None = None, serving_namespace: str = "") -> dict[str, Any]:
+    """The pipeline's arguments for ``job``: its top-level keys, under the same names, and the run
+    parameters (:func:`run_arguments`). With backend katib, the job is translated into its Katib
+    Experiments here, so that what Katib cannot run (data on this machine, ...) fails before a run starts."""
+    arguments = run_arguments(device=device, backend=backend, inference_service=inference_service,
+                              serving_namespace=serving_namespace)
+    if backend == "katib":
+        from automl_vision.sweep.katib import experiments_from_job
+
+        experiments_from_job(job)
     d = job.to_dict()
     return {
         "task": d["task"],
@@ -100,14 +137,16 @@ def pipeline_arguments(job: JobSpec, *, device: str = "auto") -> dict[str, Any]:
         "search_space": d["search_space"],
         "training_parameters": d["training_parameters"],
         "compute": d.get("compute", {}),
-        "device": device,
+        **arguments,
     }
 
 
-def compile_pipeline(path: str | Path, *, settings: ClusterSettings | None = None, job: JobSpec | None = None) -> Path:
-    """Write the pipeline package (YAML) for upload; with ``job`` its values become the parameters' defaults."""
+def compile_pipeline(path: str | Path, *, settings: ClusterSettings | None = None, job: JobSpec | None = None,
+                     **run: Any) -> Path:
+    """Write the pipeline package (YAML) for upload; with ``job`` its values, with ``run`` (the keywords
+    of :func:`run_arguments`) the run parameters become the parameters' defaults."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(settings), str(path),
-                                pipeline_parameters=pipeline_arguments(job) if job is not None else None)
+    defaults = pipeline_arguments(job, **run) if job is not None else run_arguments(**run) if run else None
+    compiler.Compiler().compile(build_pipeline(settings), str(path), pipeline_parameters=defaults)
     return path

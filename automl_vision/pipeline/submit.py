@@ -61,8 +61,11 @@ def run_name(job: JobSpec) -> str:
 
 def submit(job: JobSpec, host: str, *, namespace: str | None = None, schedule: str | None = None,
            experiment: str = DEFAULT_EXPERIMENT, settings: ClusterSettings | None = None,
-           service_account: str | None = None, device: str = "auto") -> Submitted:
-    """Compile the pipeline and start it on ``host`` (a run, or with ``schedule`` a recurring run)."""
+           service_account: str | None = None, device: str = "auto", backend: str = "local",
+           inference_service: str | None = None) -> Submitted:
+    """Compile the pipeline and start it on ``host`` (a run, or with ``schedule`` a recurring run);
+    ``backend`` runs the sweep's trials in its pod (local) or as Katib Experiments (katib),
+    ``inference_service`` deploys the packaged model as that KServe InferenceService."""
     from automl_vision.pipeline.pipeline import compile_pipeline, pipeline_arguments
 
     cron = check_cron(schedule) if schedule is not None else None
@@ -71,7 +74,7 @@ def submit(job: JobSpec, host: str, *, namespace: str | None = None, schedule: s
         if value and "://" not in value:
             log.warning("%s is a path on this machine (%s): the pipeline's pods read it as it is, so it must be "
                         "on the data volume of the cluster settings or in the image", key, value)
-    arguments = pipeline_arguments(job, device=device)
+    arguments = pipeline_arguments(job, device=device, backend=backend, inference_service=inference_service)
     with tempfile.TemporaryDirectory(prefix="automl-vision-") as folder:
         package = str(compile_pipeline(Path(folder) / "pipeline.yaml", settings=settings))
         # kfp.Client prints links and warns about server versions; we say what happened ourselves.

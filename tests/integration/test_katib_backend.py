@@ -6,12 +6,9 @@ no Katib controller, webhook or trial here: what runs on a cluster past the API 
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import json
-import re
-import threading
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import yaml
@@ -19,153 +16,22 @@ import yaml
 pytest.importorskip("kubeflow.katib", reason="the Katib SDK (make test installs it)")
 
 from kubernetes import client as k8s  # noqa: E402
+from kube_testserver import FakeKubernetes, serve  # noqa: E402
 
 from automl_vision.errors import AutoMLError, ConfigError  # noqa: E402
 from automl_vision.spec.job import parse_job  # noqa: E402
 from automl_vision.sweep import katib  # noqa: E402
 
-PATH = re.compile(r"^/apis/kubeflow\.org/v1beta1/namespaces/([^/]+)/([a-z]+)(?:/([^/?]+))?(?:/(status))?/?(?:\?.*)?$")
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-class FakeKubernetes:
-    """Custom objects in memory, and a scripted controller: an Experiment runs for ``polls`` GETs, then
-    succeeds with the optimal trial ``optimal[name]`` = (trial, objective value, assignments)."""
-
-    def __init__(self, optimal=None, polls: int = 2):
-        self.objects: dict[tuple[str, str, str], dict] = {}
-        self.requests: list[tuple[str, str]] = []
-        self.optimal = optimal or {}
-        self.polls = polls
-        self.gets: dict[str, int] = {}
-        self.created: list[tuple[str, list[str]]] = []  # (name, Experiments succeeded at that time)
-        self.lock = threading.Lock()
-
-    def succeeded(self) -> list[str]:
-        return [name for (_, plural, name), o in self.objects.items() if plural == "experiments" and any(
-            c["type"] == "Succeeded" and c["status"] == "True" for c in o.get("status", {}).get("conditions", []))]
-
-    def advance(self, exp: dict) -> None:
-        name = exp["metadata"]["name"]
-        n = self.gets[name] = self.gets.get(name, 0) + 1
-        status = exp.setdefault("status", {})
-        conditions = status.setdefault("conditions", [])
-        if any(c["type"] in ("Succeeded", "Failed") for c in conditions):
-            return
-        if n == 1:
-            conditions.append({"type": "Running", "status": "True", "reason": "ExperimentRunning",
-                               "message": "Experiment is running", "lastUpdateTime": _now()})
-            status.update(trials=1, trialsRunning=1)
-        if n >= self.polls and name in self.optimal:
-            trial, value, assignments = self.optimal[name]
-            for c in conditions:
-                c["status"] = "False"
-            conditions.append({"type": "Succeeded", "status": "True", "reason": "ExperimentMaxTrialsReached",
-                               "message": "Experiment has succeeded", "lastUpdateTime": _now()})
-            total = exp["spec"]["maxTrialCount"]
-            status.update(trials=total, trialsRunning=0, trialsSucceeded=total, currentOptimalTrial={
-                "bestTrialName": trial,
-                "parameterAssignments": [{"name": k, "value": v} for k, v in assignments.items()],
-                "observation": {"metrics": [
-                    {"name": exp["spec"]["objective"]["objectiveMetricName"], "latest": str(value - 0.01), "max": str(value),
-                     "min": "0.1"},
-                    {"name": "loss", "latest": "0.42", "max": "1.3", "min": "0.40"}]}})
-
-    def handler(self):
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, code: int, body: dict) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _status(self, code: int, reason: str, message: str) -> None:
-                self._send(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason,
-                                  "message": message, "code": code})
-
-            def _body(self) -> dict:
-                return json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-
-            def _route(self, method: str):
-                m = PATH.match(self.path)
-                with fake.lock:
-                    fake.requests.append((method, self.path.split("?")[0]))
-                if not m:
-                    return self._status(404, "NotFound", f"no route {self.path}")
-                ns, plural, name, sub = m.groups()
-                with fake.lock:
-                    return self._handle(method, ns, plural, name, sub)
-
-            def _handle(self, method, ns, plural, name, sub):
-                key = (ns, plural, name)
-                if method == "GET" and name is None:
-                    items = [copy.deepcopy(o) for (n, p, _), o in fake.objects.items() if (n, p) == (ns, plural)]
-                    return self._send(200, {"apiVersion": "kubeflow.org/v1beta1", "kind": "List",
-                                            "metadata": {}, "items": items})
-                if method == "POST":
-                    body = self._body()
-                    key = (ns, plural, body["metadata"]["name"])
-                    if key in fake.objects:
-                        return self._status(409, "AlreadyExists", f"{plural} {key[2]} already exists")
-                    body["metadata"].update(namespace=ns, uid=f"uid-{len(fake.objects)}", creationTimestamp=_now())
-                    fake.created.append((body["metadata"]["name"], sorted(fake.succeeded())))
-                    fake.objects[key] = body
-                    return self._send(201, body)
-                if key not in fake.objects:
-                    return self._status(404, "NotFound", f"{plural} {name} not found")
-                if method == "GET":
-                    if plural == "experiments":
-                        fake.advance(fake.objects[key])
-                    return self._send(200, fake.objects[key])
-                if method == "DELETE":
-                    del fake.objects[key]
-                    return self._send(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"})
-                if method == "PATCH" and sub == "status":
-                    fake.objects[key]["status"] = self._body().get("status", {})
-                    return self._send(200, fake.objects[key])
-                return self._status(405, "MethodNotAllowed", method)
-
-            def do_GET(self):  # noqa: N802
-                self._route("GET")
-
-            def do_POST(self):  # noqa: N802
-                self._route("POST")
-
-            def do_DELETE(self):  # noqa: N802
-                self._route("DELETE")
-
-            def do_PATCH(self):  # noqa: N802
-                self._route("PATCH")
-
-        return Handler
-
 
 @pytest.fixture
 def cluster():
-    servers = []
+    with contextlib.ExitStack() as servers:
+        def start(fake: FakeKubernetes):
+            config = k8s.Configuration()
+            config.host = servers.enter_context(serve(fake))
+            return katib.katib_client("team-a", client_configuration=config), config
 
-    def start(fake: FakeKubernetes):
-        server = ThreadingHTTPServer(("127.0.0.1", 0), fake.handler())
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        config = k8s.Configuration()
-        config.host = f"http://127.0.0.1:{server.server_address[1]}"
-        return katib.katib_client("team-a", client_configuration=config), config
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+        yield start
 
 
 SPEC_10 = """\

@@ -141,7 +141,9 @@ def test_run_on_kubeflow_sends_the_compiled_pipeline_and_the_job(api_server, job
     assert run["pipeline_spec"] == {"pipeline_spec": spec, "platform_spec": platform}
     # what the API server does first: parse into its message types (unknown fields are refused)
     parsed = json_format.ParseDict(run["pipeline_spec"]["pipeline_spec"], pipeline_spec_pb2.PipelineSpec())
-    assert set(parsed.root.dag.tasks) == {"ingest", "preview", "sweep", "evaluate", "package"}
+    assert set(parsed.root.dag.tasks) == {"ingest", "preview", "sweep", "evaluate", "package", "condition-1"}
+    assert run["runtime_config"]["parameters"]["backend"] == "local"
+    assert run["runtime_config"]["parameters"]["deploy"] is False
     json_format.ParseDict(run["pipeline_spec"]["platform_spec"], pipeline_spec_pb2.PlatformSpec())
     for config in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values():
         json_format.ParseDict(config, k8s_pb2.KubernetesExecutorConfig())
@@ -183,6 +185,46 @@ def test_bad_submissions_send_nothing(api_server, job_file, tmp_path, args, mess
 def test_schedule_without_kubeflow_is_refused(job_file, tmp_path):
     p = cli("run", str(job_file), "--schedule", "0 0 2 * * *", home=tmp_path)
     assert p.returncode == 2 and "--schedule and --namespace go with --kubeflow URL" in p.stderr
+
+
+def test_katib_backend_and_deploy_are_run_parameters(api_server, job_file, tmp_path):
+    p = cli("run", str(job_file), "--kubeflow", api_server.url, "--backend", "katib", "--deploy", "flowers",
+            home=tmp_path)
+    assert p.returncode == 0, p.stderr
+    (run,) = _posts(api_server, "runs")
+    parameters = run["runtime_config"]["parameters"]
+    assert (parameters["backend"], parameters["deploy"], parameters["inference_service_name"]) == \
+        ("katib", True, "flowers")
+    assert parameters["training_data"] == "s3://images/flowers/train.jsonl"  # what the trial pods read
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--backend", "katib"], "--backend katib and --deploy go with --kubeflow URL (or compile)"),
+    (["--deploy", "flowers"], "--backend katib and --deploy go with --kubeflow URL (or compile)"),
+    (["--backend", "slurm"], "argument --backend: invalid choice: 'slurm' (choose from"),
+])
+def test_katib_and_deploy_need_a_cluster(job_file, tmp_path, args, message):
+    p = cli("run", str(job_file), *args, home=tmp_path)
+    assert p.returncode == 2 and message in p.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_katib_backend_with_data_on_this_machine_sends_nothing(api_server, job_file, tmp_path):
+    job = yaml.safe_load(job_file.read_text())
+    job_file.write_text(yaml.safe_dump({**job, "training_data": str(tmp_path / "train.jsonl")}))
+    p = cli("run", str(job_file), "--kubeflow", api_server.url, "--backend", "katib", home=tmp_path)
+    assert p.returncode == 2, p.stderr
+    assert "is a path on this machine, which a trial pod cannot read" in p.stderr
+    assert api_server.requests == []
+
+
+def test_compile_sets_the_backend_and_deploy_defaults(tmp_path):
+    out = tmp_path / "katib.yaml"
+    p = cli("compile", "--out", str(out), "--backend", "katib", "--deploy", "flowers", home=tmp_path)
+    assert p.returncode == 0, p.stderr
+    inputs = next(yaml.safe_load_all(out.read_text()))["root"]["inputDefinitions"]["parameters"]
+    assert inputs["backend"]["defaultValue"] == "katib" and inputs["deploy"]["defaultValue"] is True
+    assert inputs["inference_service_name"]["defaultValue"] == "flowers"
 
 
 def test_compile_with_a_job_sets_its_values_as_defaults(job_file, tmp_path):

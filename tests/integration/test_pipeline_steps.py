@@ -63,6 +63,13 @@ def test_evaluate_writes_metrics_the_confusion_matrix_and_the_report(swept, tmp_
     matrix = out["classification_metrics"].metadata["confusionMatrix"]
     assert [a["displayName"] for a in matrix["annotationSpecs"]] == ["green", "red"]
     assert sum(sum(r["row"]) for r in matrix["rows"]) == 2
+    # the ROC curve the Pipelines UI draws: micro-averaged one-vs-rest over 2 images x 2 classes
+    roc = out["classification_metrics"].metadata["confidenceMetrics"]
+    assert 2 <= len(roc) <= 5
+    fpr, tpr = [p["falsePositiveRate"] for p in roc], [p["recall"] for p in roc]
+    assert fpr == sorted(fpr) and tpr == sorted(tpr) and (fpr[0], tpr[0]) == (0.0, 0.0) and (fpr[-1], tpr[-1]) == (1, 1)
+    assert all(0.0 <= p["confidenceThreshold"] <= 1.0 for p in roc)
+    json.dumps(out["classification_metrics"].metadata, allow_nan=False)  # what the executor writes
     page = Path(out["report"].path).read_text()
     assert page.startswith("<!doctype html>") or page.lower().startswith("<!doctype html")
     assert "data:image/png;base64," in page  # the plots are inline: the Pipelines UI shows the page alone

@@ -14,12 +14,15 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 
 from automl_vision import __version__
 from automl_vision.errors import ConfigError
-from automl_vision.pipeline.pipeline import TRAINING_STEPS, compile_pipeline, pipeline_arguments
+from automl_vision.pipeline.pipeline import (DEFAULT_INFERENCE_SERVICE, RUN_PARAMETERS, TRAINING_STEPS,
+                                             compile_pipeline, pipeline_arguments)
 from automl_vision.pipeline.settings import ClusterSettings, load_cluster_settings
 from automl_vision.pipeline.submit import check_cron
 from automl_vision.spec.job import JobSpec, parse_job
 
 STEPS = {"ingest", "preview", "sweep", "evaluate", "package"}
+#: deploy runs inside the condition on the pipeline's `deploy` parameter
+ALL_STEPS = STEPS | {"deploy"}
 
 
 def _job(**changes) -> JobSpec:
@@ -51,10 +54,10 @@ def test_the_pipeline_is_a_valid_pipeline_spec_with_a_valid_platform_spec(tmp_pa
     _, spec, executors = _compile(tmp_path)
     parsed = json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec())
     assert parsed.pipeline_info.name == "automl-vision"
-    assert set(parsed.root.dag.tasks) == STEPS
+    assert set(parsed.root.dag.tasks) == STEPS | {"condition-1"}
     for name, config in executors.items():
         json_format.ParseDict(config, k8s_pb2.KubernetesExecutorConfig())  # raises on an unknown field
-    assert set(executors) == {f"exec-{s}" for s in STEPS}
+    assert set(executors) == {f"exec-{s}" for s in ALL_STEPS}
 
 
 def test_parameters_are_the_job_keys(tmp_path):
@@ -63,7 +66,10 @@ def test_parameters_are_the_job_keys(tmp_path):
     args = pipeline_arguments(_job())
     assert set(inputs) == set(args)
     job_keys = set(JobSpec.model_fields) - {"name", "primary_metric"}
-    assert set(args) - {"device"} == job_keys
+    assert set(args) - set(RUN_PARAMETERS) == job_keys
+    assert {k: args[k] for k in RUN_PARAMETERS} == {"device": "auto", "backend": "local", "deploy": False,
+                                                   "inference_service_name": DEFAULT_INFERENCE_SERVICE,
+                                                   "serving_namespace": ""}
     assert {k for k, v in inputs.items() if not v.get("isOptional")} == {"task", "training_data"}
 
 
@@ -82,13 +88,14 @@ def test_a_job_becomes_the_defaults(tmp_path):
 def test_gpu_steps_get_the_pool_shm_and_every_step_the_secret(tmp_path):
     _, spec, executors = _compile(tmp_path)
     containers = {k.removeprefix("exec-"): v["container"] for k, v in spec["deploymentSpec"]["executors"].items()}
-    for step in STEPS:
+    tasks = {**spec["root"]["dag"]["tasks"], **spec["components"]["comp-condition-1"]["dag"]["tasks"]}
+    for step in ALL_STEPS:
         config, container = executors[f"exec-{step}"], containers[step]
         assert config["secretAsEnv"][0]["secretName"] == "automl-vision-storage"
         assert {e["envVar"] for e in config["secretAsEnv"][0]["keyToEnv"]} >= {"AWS_ACCESS_KEY_ID",
                                                                             "AWS_SECRET_ACCESS_KEY"}
         assert {"name": "PYTHONUNBUFFERED", "value": "1"} in container["env"]
-        assert not spec["root"]["dag"]["tasks"][step]["cachingOptions"].get("enableCache")
+        assert not tasks[step]["cachingOptions"].get("enableCache")
         if step in TRAINING_STEPS:
             assert container["image"] == f"automl-vision-gpu:{__version__}"
             assert container["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
@@ -120,7 +127,9 @@ def test_cluster_settings_change_images_pool_and_volumes(tmp_path):
     assert executors["exec-sweep"]["nodeSelector"]["labels"] == {"agentpool": "gpunc"}
     assert "tolerations" not in executors["exec-sweep"]
     assert executors["exec-evaluate"]["emptyDirMounts"][0]["sizeLimit"] == "16Gi"
-    for step in STEPS:
+    deploy = spec["components"]["comp-condition-1"]["dag"]["tasks"]["deploy"]
+    assert deploy["inputs"]["parameters"]["image"]["runtimeValue"]["constant"] == containers["ingest"]["image"]
+    for step in ALL_STEPS:
         assert "secretAsEnv" not in executors[f"exec-{step}"]
         assert executors[f"exec-{step}"]["pvcMount"][0]["mountPath"] == "/data"
 
@@ -131,6 +140,51 @@ def test_without_a_gpu_pool_every_step_runs_on_cpu(tmp_path):
         assert executor["container"]["image"] == f"automl-vision-cpu:{__version__}"
         assert "resources" not in executor["container"]
     assert executors["exec-sweep"]["emptyDirMounts"][0]["mountPath"] == "/dev/shm"
+
+
+def test_deploy_runs_only_when_asked_after_evaluate_on_the_package(tmp_path):
+    _, spec, _ = _compile(tmp_path)
+    condition = spec["root"]["dag"]["tasks"]["condition-1"]
+    assert condition["taskInfo"]["name"] == "deploy-requested"
+    assert condition["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--deploy'] == true"
+    assert set(condition["dependentTasks"]) == {"evaluate", "package"}  # a model that failed evaluation is not served
+    deploy = spec["components"]["comp-condition-1"]["dag"]["tasks"]["deploy"]
+    assert deploy["inputs"]["artifacts"]["model"] == {"componentInputArtifact": "pipelinechannel--package-model"}
+    assert deploy["inputs"]["parameters"]["inference_service_name"] == {
+        "componentInputParameter": "pipelinechannel--inference_service_name"}
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    assert inputs["deploy"]["defaultValue"] is False and inputs["backend"]["defaultValue"] == "local"
+
+
+def test_the_sweep_step_gets_the_backend_the_job_uris_and_the_run_id(tmp_path):
+    _, spec, _ = _compile(tmp_path)
+    params = spec["root"]["dag"]["tasks"]["sweep"]["inputs"]["parameters"]
+    assert params["backend"] == {"componentInputParameter": "backend"}
+    assert params["katib_training_data"] == {"componentInputParameter": "training_data"}
+    assert params["katib_validation_data"] == {"componentInputParameter": "validation_data"}
+    assert params["run_id"] == {"runtimeValue": {"constant": "{{$.pipeline_job_uuid}}"}}
+
+
+def test_run_parameters_become_defaults(tmp_path):
+    _, spec, _ = _compile(tmp_path, backend="katib", inference_service="flowers")
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    assert inputs["backend"]["defaultValue"] == "katib" and inputs["deploy"]["defaultValue"] is True
+    assert inputs["inference_service_name"]["defaultValue"] == "flowers"
+    assert "defaultValue" not in inputs["training_data"]  # no job: the UI asks for it
+    _, spec, _ = _compile(tmp_path, "job.yaml", job=_job(), backend="katib")
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    assert inputs["backend"]["defaultValue"] == "katib" and inputs["deploy"]["defaultValue"] is False
+
+
+@pytest.mark.parametrize("changes, backend, message", [
+    ({}, "slurm", "sweep: backend='slurm' is not a sweep backend; use one of: local, katib"),
+    ({"training_data": "/home/me/train.jsonl"}, "katib",
+     "training_data='/home/me/train.jsonl' is a path on this machine, which a trial pod cannot read"),
+])
+def test_bad_run_parameters_fail_before_a_run(changes, backend, message):
+    with pytest.raises(ConfigError) as err:
+        pipeline_arguments(_job(**changes), backend=backend)
+    assert message in str(err.value)
 
 
 @pytest.mark.parametrize("text, messages", [

@@ -65,3 +65,32 @@ def test_ingest_refuses_bad_data_naming_the_line(tmp_path, make_dataset, append,
     for message in messages:
         assert message in str(err.value)
     assert not (tmp_path / "out" / "dataset" / "manifest.parquet").exists()
+
+
+@pytest.mark.parametrize("backend_inputs, messages", [
+    ({"backend": "slurm"}, ["sweep: backend='slurm' is not a sweep backend; use one of: local, katib"]),
+    ({"backend": "Katib"}, ["backend='Katib' is not a sweep backend"]),
+    ({"backend": "katib", "run_id": "run-1"}, ["backend='katib' needs katib_training_data: a URI of the training "
+                                               "JSONL the trial pods can read"]),
+    ({"backend": "katib", "katib_training_data": "s3://b/train.jsonl"},
+     ["backend='katib' needs experiment_name, or run_id to derive it from"]),
+    ({"backend": "katib", "katib_training_data": "/home/me/train.jsonl", "experiment_name": "flowers"},
+     ["training_data='/home/me/train.jsonl' is a path on this machine, which a trial pod cannot read"]),
+])
+def test_sweep_refuses_bad_backend_inputs_before_any_trial(tmp_path, backend_inputs, messages):
+    """Checked before anything runs: no trial, no cluster call (there is no cluster here)."""
+    from kfp.dsl import Artifact
+
+    from automl_vision.errors import ConfigError
+    from automl_vision.pipeline.components import sweep
+
+    run = Artifact(uri=str(tmp_path / "run"))
+    with pytest.raises(ConfigError) as err:
+        sweep.python_func(task="image_classification", training_data=Dataset(uri=str(tmp_path / "dataset")),
+                          limits={"max_trials": 1.0}, sweep={"sampling_algorithm": "grid"},
+                          search_space=[{"model_name": {"type": "choice", "values": ["resnet18"]}}],
+                          training_parameters={}, run=run, leaderboard=Metrics(uri=str(tmp_path / "lb")),
+                          **backend_inputs)
+    for message in messages:
+        assert message in str(err.value)
+    assert not (tmp_path / "run" / "trials").exists()

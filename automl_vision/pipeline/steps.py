@@ -1,0 +1,119 @@
+"""What the components call beyond one library function: the sweep step's choice of backend, the ROC
+points of the evaluate step's ClassificationMetrics artifact, the deploy step's storage URI.
+
+Plain functions without kfp, so that a test calls them as they are; the components in
+``components.py`` stay an import, this call and the writing of their outputs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from automl_vision.errors import ConfigError
+
+#: The sweep step's backends: ``local`` runs the trials one after another in the step's own pod;
+#: ``katib`` runs them as Katib Experiments (one trial pod each) and trains the best settings once more.
+SWEEP_BACKENDS = ("local", "katib")
+#: At most this many points of an ROC curve go into the ClassificationMetrics artifact: the Pipelines
+#: UI draws every point it is given, and the artifact's metadata is stored with the run.
+ROC_POINTS = 200
+
+
+def check_sweep_backend(backend: str) -> str:
+    """``backend`` if it is one of ``SWEEP_BACKENDS``; raises ConfigError otherwise."""
+    if backend not in SWEEP_BACKENDS:
+        raise ConfigError(f"backend={backend!r} is not a sweep backend; use one of: {', '.join(SWEEP_BACKENDS)}",
+                          "sweep")
+    return backend
+
+
+def _check_katib_inputs(katib_training_data: str, experiment_name: str, run_id: str) -> None:
+    problems = []
+    if not katib_training_data:
+        problems.append("backend='katib' needs katib_training_data: a URI of the training JSONL the trial pods "
+                        "can read (the pipeline passes its training_data)")
+    if not experiment_name and not run_id:
+        problems.append("backend='katib' needs experiment_name, or run_id to derive it from "
+                        "(the pipeline passes its run's id)")
+    if problems:
+        raise ConfigError(problems, "sweep")
+
+
+def run_sweep_step(job: Mapping[str, Any], run_dir: str | os.PathLike, *, backend: str = "local",
+                   katib_training_data: str = "", katib_validation_data: str = "", experiment_name: str = "",
+                   katib_namespace: str = "", run_id: str = "", device: str = "auto",
+                   poll_interval_s: float = 30.0, echo: Callable[[str], None] = print):
+    """The sweep step: ``job`` (the job's keys, ``training_data`` the ingested manifest) swept with
+    ``backend`` into ``run_dir``; returns the local ``SweepResult`` (leaderboard, ``best_model/``).
+
+    With ``katib``, the Experiments read ``katib_training_data`` / ``katib_validation_data`` (URIs the
+    trial pods can read), are named ``experiment_name`` (default: derived from ``run_id``, so a retried
+    step re-attaches to them) in ``katib_namespace`` (default: the Katib client's, in a pod its own
+    namespace), and the best trial's settings are trained once more here on the manifest.
+    """
+    from automl_vision.spec.job import parse_job
+
+    if check_sweep_backend(backend) == "katib":
+        _check_katib_inputs(katib_training_data, experiment_name, run_id)
+    local_job = parse_job(job, source="sweep")
+    if backend == "local":
+        from automl_vision.sweep.local import run_sweep
+
+        return run_sweep(local_job, run_dir, device=device, echo=echo)
+    from automl_vision.sweep.katib import experiment_base_name, run_katib_backend
+
+    katib_job = parse_job({**job, "training_data": katib_training_data,
+                           "validation_data": katib_validation_data or None}, source="sweep (katib)")
+    return run_katib_backend(katib_job, local_job, run_dir, name=experiment_name or experiment_base_name(run_id),
+                             namespace=katib_namespace or None, device=device, poll_interval_s=poll_interval_s,
+                             echo=echo)
+
+
+def storage_uri(artifact_uri: str) -> str:
+    """Where KServe's storage initializer can fetch an artifact: Kubeflow Pipelines names artifacts in
+    its bundled MinIO ``minio://bucket/key``, a scheme the initializer does not know; MinIO speaks S3, so
+    that is ``s3://bucket/key`` (the serving account's Secret gives the endpoint). Other URIs pass as they are."""
+    return "s3://" + artifact_uri[len("minio://"):] if artifact_uri.startswith("minio://") else artifact_uri
+
+
+def roc_curve_points(targets: np.ndarray, probs: np.ndarray, max_points: int = ROC_POINTS
+                     ) -> tuple[list[float], list[float], list[float]] | None:
+    """The micro-averaged one-vs-rest ROC curve of (N, C) 0/1 ``targets`` and ``probs``: every
+    (image, class) pair is one binary decision. Returns (fpr, tpr, threshold), at most ``max_points``
+    points from (0, 0) to (1, 1), or None when the curve is undefined (no positive or no negative pair).
+
+    The points are scikit-learn's ``roc_curve`` (collinear points already dropped), thinned evenly
+    along the curve's length; the first threshold (above every score: infinite) is written as 1.0,
+    since the artifact's metadata is JSON and the UI needs a number.
+    """
+    from sklearn.metrics import roc_curve
+
+    y = np.asarray(targets, dtype=np.float64).ravel() > 0.5
+    scores = np.asarray(probs, dtype=np.float64).ravel()
+    if y.size == 0 or y.all() or not y.any():
+        return None
+    fpr, tpr, thresholds = roc_curve(y, scores)
+    if len(fpr) > max_points:
+        # fpr + tpr grows along the curve from 0 to 2: equal steps of it spread the kept points evenly
+        along = fpr + tpr
+        keep = np.unique(np.searchsorted(along, np.linspace(0.0, along[-1], max_points), side="left"))
+        keep[-1] = len(fpr) - 1
+        fpr, tpr, thresholds = fpr[keep], tpr[keep], thresholds[keep]
+    thresholds = np.minimum(thresholds, 1.0)
+    return [float(x) for x in fpr], [float(x) for x in tpr], [float(x) for x in thresholds]
+
+
+def classification_roc(task, data: str | os.PathLike, predictions: str | os.PathLike, max_points: int = ROC_POINTS
+                       ) -> tuple[list[float], list[float], list[float]] | None:
+    """:func:`roc_curve_points` of a classification predictions file (the evaluate step's
+    ``predictions.jsonl``) against the labelled ``data``; None for other tasks."""
+    from automl_vision.evaluation.report import score_classification
+
+    if not task.is_classification:
+        return None
+    _, scores = score_classification(task, data, predictions)
+    return roc_curve_points(scores.targets, scores.probs, max_points)

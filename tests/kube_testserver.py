@@ -1,0 +1,83 @@
+"""Stand-ins for a cluster in tests: Katib's controller scripted over the local Kubernetes API server
+of ``kube_api_fake`` (which the real Katib SDK client and the ``kubernetes`` client talk to), and a
+kubeconfig pointing at it for code that builds its own client the way a pod or a laptop does
+(``KatibClient()`` and ``deploy_model`` read ``$KUBECONFIG``). Imported by the tests (``tests/`` is
+on ``sys.path`` through its conftest)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import yaml
+from kube_api_fake import FakeKubernetesAPI, now, serving
+
+
+class FakeKubernetes(FakeKubernetesAPI):
+    """The API server, and Katib's controller as a script: an Experiment runs for ``polls`` GETs, then
+    succeeds with the optimal trial ``optimal[name]`` = (trial, objective value, assignments)."""
+
+    def __init__(self, optimal=None, polls: int = 2):
+        super().__init__()
+        self.optimal = optimal or {}
+        self.polls = polls
+        self.gets: dict[str, int] = {}
+        self.created: list[tuple[str, list[str]]] = []  # (name, Experiments succeeded at that time)
+
+    def on_create(self, plural: str, obj: dict) -> None:
+        if plural == "experiments":
+            self.created.append((obj["metadata"]["name"], sorted(self.succeeded())))
+
+    def on_get(self, plural: str, obj: dict) -> None:
+        if plural == "experiments":
+            self.advance(obj)
+
+    def succeeded(self) -> list[str]:
+        return [name for (_, plural, name), o in self.objects.items() if plural == "experiments" and any(
+            c["type"] == "Succeeded" and c["status"] == "True" for c in o.get("status", {}).get("conditions", []))]
+
+    def advance(self, exp: dict) -> None:
+        name = exp["metadata"]["name"]
+        n = self.gets[name] = self.gets.get(name, 0) + 1
+        status = exp.setdefault("status", {})
+        conditions = status.setdefault("conditions", [])
+        if any(c["type"] in ("Succeeded", "Failed") for c in conditions):
+            return
+        if n == 1:
+            conditions.append({"type": "Running", "status": "True", "reason": "ExperimentRunning",
+                               "message": "Experiment is running", "lastUpdateTime": now()})
+            status.update(trials=1, trialsRunning=1)
+        if n >= self.polls and name in self.optimal:
+            trial, value, assignments = self.optimal[name]
+            for c in conditions:
+                c["status"] = "False"
+            conditions.append({"type": "Succeeded", "status": "True", "reason": "ExperimentMaxTrialsReached",
+                               "message": "Experiment has succeeded", "lastUpdateTime": now()})
+            total = exp["spec"]["maxTrialCount"]
+            status.update(trials=total, trialsRunning=0, trialsSucceeded=total, currentOptimalTrial={
+                "bestTrialName": trial,
+                "parameterAssignments": [{"name": k, "value": v} for k, v in assignments.items()],
+                "observation": {"metrics": [
+                    {"name": exp["spec"]["objective"]["objectiveMetricName"], "latest": str(value - 0.01), "max": str(value),
+                     "min": "0.1"},
+                    {"name": "loss", "latest": "0.42", "max": "1.3", "min": "0.40"}]}})
+
+
+@contextlib.contextmanager
+def serve(fake: FakeKubernetesAPI) -> Iterator[str]:
+    """Serve ``fake`` on 127.0.0.1 for the duration of the block; yields its URL."""
+    with serving(fake) as config:
+        yield config.host
+
+
+def write_kubeconfig(path: Path, host: str, namespace: str | None = None) -> Path:
+    """A kubeconfig whose current context is the server at ``host`` (no credentials)."""
+    context = {"cluster": "stand-in", "user": "stand-in", **({"namespace": namespace} if namespace else {})}
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "stand-in",
+        "clusters": [{"name": "stand-in", "cluster": {"server": host}}],
+        "users": [{"name": "stand-in", "user": {}}],
+        "contexts": [{"name": "stand-in", "context": context}],
+    }))
+    return path
