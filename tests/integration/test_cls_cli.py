@@ -1,5 +1,5 @@
-"""Classification trials for real: real photos from the command line, every model name through the
-trial, and a two-process data-parallel run under torchrun (gloo on the CPU)."""
+"""Classification trials for real: real photos from the command line, every model name for both
+tasks through `train`, and a two-process data-parallel run under torchrun (gloo on the CPU)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from automl_vision.spec.hyperparameters import resolve
+from automl_vision.cli import main
 from automl_vision.spec.tasks import CLASSIFICATION_MODELS, ImageTask
-from automl_vision.training.classification import train_classification
 from automl_vision.training.reporter import KATIB_METRIC_RE, read_metrics
-from automl_vision.training.trial import TrialSettings
 
 pytestmark = pytest.mark.slow
 
@@ -79,25 +77,28 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-# vitl16r224 (300M parameters, 15 s to build here) has its training step checked in test_cls_models.py.
-@pytest.mark.parametrize("index, model_name", list(enumerate(m for m in CLASSIFICATION_MODELS if m != "vitl16r224")))
-def test_every_model_trains(tmp_path, make_dataset, index, model_name):
-    """Each model through a whole one-epoch trial at 32x32; multi-class and multi-label in turn."""
-    task = ImageTask.IMAGE_CLASSIFICATION if index % 2 == 0 else ImageTask.IMAGE_CLASSIFICATION_MULTILABEL
-    data = make_dataset(tmp_path / "data", n_per_class=3, size=32,
-                        multilabel=task is ImageTask.IMAGE_CLASSIFICATION_MULTILABEL)
-    hp = resolve(task, {"model_name": model_name, "pretrained": False, "number_of_epochs": 1,
-                        "train_crop_size": 32, "valid_resize_size": 32, "valid_crop_size": 32,
-                        "training_batch_size": 4, "validation_batch_size": 4, "learning_rate": 0.001})
+@pytest.mark.parametrize("task", [ImageTask.IMAGE_CLASSIFICATION, ImageTask.IMAGE_CLASSIFICATION_MULTILABEL],
+                         ids=["multiclass", "multilabel"])
+@pytest.mark.parametrize("model_name", CLASSIFICATION_MODELS)
+def test_every_model_trains_from_the_cli(tmp_path, make_dataset, capsys, task, model_name):
+    """Each model name, for both classification tasks, through a whole one-epoch ``train`` at 32x32
+    (the command a trial pod runs, called in this process)."""
+    multilabel = task is ImageTask.IMAGE_CLASSIFICATION_MULTILABEL
+    data = make_dataset(tmp_path / "data", n_per_class=3, size=32, multilabel=multilabel)
     out = tmp_path / "out"
-    result = train_classification(TrialSettings(task=task, training_data=str(data), validation_data=None,
-                                                hyperparameters=hp, output_dir=str(out), device="cpu",
-                                                num_workers=0))
-    assert result.status == "completed" and result.best_value is not None
+    code = main(["train", "--task", task.value, "--training_data", str(data), "--model_name", model_name,
+                 "--pretrained", "0", "--number_of_epochs", "1", "--train_crop_size", "32",
+                 "--valid_resize_size", "32", "--valid_crop_size", "32", "--training_batch_size", "4",
+                 "--validation_batch_size", "4", "--learning_rate", "0.001", "--device", "cpu",
+                 "--num_workers", "0", "--output-dir", str(out)])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    metric_lines = [ln for ln in capsys.readouterr().out.splitlines() if KATIB_METRIC_RE.search(ln)]
+    assert len(metric_lines) == 1 and f"{task.primary_metric}=" in metric_lines[0]
     row = read_metrics(out / "metrics.jsonl")[0]
     assert 0 <= row[task.primary_metric] <= 1 and row["loss"] >= 0
+    assert json.loads((out / "result.json").read_text())["status"] == "completed"
     config = json.loads((out / "outputs" / "config.json").read_text())
-    assert config["model_name"] == model_name and config["num_classes"] == 2
+    assert config["model_name"] == model_name and config["num_classes"] == 2 and config["task"] == task.value
 
 
 def test_data_parallel_under_torchrun(tmp_path, make_dataset):
