@@ -173,9 +173,14 @@ def run_job(job, run_dir: Path, device: str = "auto", resume: bool = False, engi
     else:
         result = run_sweep(job, run_dir, device=device, echo=lambda s: print(s, flush=True), resume=resume)
     print("\nleaderboard:\n" + format_leaderboard(result), flush=True)
-    from automl_vision.report import write_report
+    if pipeline is None or pipeline.step("report") is None:
+        # the library engine and --resume; and a pipeline run that stopped before its report step (a sweep
+        # without a model fails the sweep step), so that every local run still has its report
+        from automl_vision.report import write_report
 
-    print(f"report: {write_report(run_dir)}", flush=True)
+        print(f"report: {write_report(run_dir)}", flush=True)
+    elif pipeline.report_file is not None:  # the report step's page (None: the step failed; raised below)
+        print(f"report: {pipeline.report_file}", flush=True)
     best = result.best
     if best is None:
         print(f"\nno trial produced a model; see {run_dir}/trials/*/console.log", flush=True)

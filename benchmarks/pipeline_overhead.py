@@ -40,6 +40,7 @@ def run_direct(args: dict, out: Path) -> dict[str, float]:
     """Each step's component function in this process, in the pipeline's order; seconds per step."""
     a = lambda kind, name: kind(uri=str(out / name))  # noqa: E731
     dataset, validation, run = a(Dataset, "dataset"), a(Dataset, "validation"), a(Artifact, "run")
+    evaluation = a(Artifact, "evaluation")
     steps = {
         "ingest": lambda: C.ingest.python_func(task=args["task"], training_data=args["training_data"],
                                                dataset=dataset, validation=validation,
@@ -54,7 +55,9 @@ def run_direct(args: dict, out: Path) -> dict[str, float]:
                                              leaderboard=a(Metrics, "leaderboard"), device=args["device"]),
         "evaluate": lambda: C.evaluate.python_func(run=run, validation_split=validation, metrics=a(Metrics, "m"),
                                                    classification_metrics=a(ClassificationMetrics, "cm"),
-                                                   report=a(HTML, "report"), evaluation=a(Artifact, "evaluation")),
+                                                   report=a(HTML, "report"), evaluation=evaluation),
+        "report": lambda: C.report.python_func(run=run, dataset=dataset, evaluation=evaluation,
+                                               validation_split=validation, report=a(HTML, "run_report")),
         "package": lambda: C.package.python_func(run=run, model=a(Model, "model")),
     }
     times = {}

@@ -138,9 +138,9 @@ def evaluate(
     import shutil
 
     from automl_vision.evaluation.report import PREDICTIONS_FILE, evaluate_model
-    from automl_vision.pipeline.steps import classification_roc
+    from automl_vision.pipeline.steps import classification_roc, validation_jsonl
 
-    data = validation_data or os.path.join(validation_split.path, "validation.jsonl")
+    data = validation_jsonl(validation_data, validation_split.path)
     result = evaluate_model(os.path.join(run.path, "best_model"), data, evaluation.path)
     for name, value in result.metrics.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
@@ -151,6 +151,26 @@ def evaluate(
     if roc is not None:
         classification_metrics.log_roc_curve(*roc)
     shutil.copyfile(os.path.join(evaluation.path, "report.html"), report.path)
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def report(
+    run: Input[Artifact],
+    dataset: Input[Dataset],
+    evaluation: Input[Artifact],
+    validation_split: Input[Dataset],
+    report: Output[HTML],
+    validation_data: str = "",
+):
+    """The run report: summary, the ingested data, the sortable leaderboard, every trial's learning curve
+    with the early terminations and the rule that ended each, hyperparameters against the metric, and
+    the evaluate step's pictures and sample predictions (evaluation, of the validation data it scored):
+    an HTML page with the pictures inline."""
+    from automl_vision.pipeline.steps import validation_jsonl
+    from automl_vision.report.report import Evaluation, write_report
+
+    write_report(run.path, report.path, training_data=dataset.path,
+                 evaluation=Evaluation(evaluation.path, validation_jsonl(validation_data, validation_split.path)))
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
@@ -198,4 +218,4 @@ def deploy(
 
 
 #: Every step, in pipeline order (components/ holds one spec per entry); deploy only runs when asked.
-STEPS = (ingest, preview, sweep, evaluate, package, deploy)
+STEPS = (ingest, preview, sweep, evaluate, report, package, deploy)

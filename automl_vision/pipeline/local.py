@@ -6,15 +6,17 @@ the step's output. Here that stream goes to ``RUN_DIR/pipeline.log`` in full; th
 our own progress (step n/N, its duration, the numbers of its Metrics outputs) and what the steps
 themselves print (the sweep's trial progress), never the executor JSON.
 
-After the run, the sweep step's run folder is moved up into ``RUN_DIR``, so a pipeline run leaves
-the same folder as the library path (see README, "The run folder"); every other step's outputs
-stay in kfp's layout under ``RUN_DIR/pipeline/``, listed in ``RUN_DIR/pipeline_run.json``.
+After the run, the sweep step's run folder is moved up into ``RUN_DIR`` and the report step's page
+copied to ``RUN_DIR/report.html`` (its paths into the sweep's folder pointing where it is now), so a
+pipeline run leaves the same folder as the library path (see README, "The run folder"); every step's
+other outputs stay in kfp's layout under ``RUN_DIR/pipeline/``, listed in ``RUN_DIR/pipeline_run.json``.
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
+import html
 import importlib
 import io
 import json
@@ -38,6 +40,9 @@ PIPELINE_ROOT = "pipeline"  # RUN_DIR/pipeline: kfp's local pipeline root
 LOG_FILE = "pipeline.log"
 SUMMARY_FILE = "pipeline_run.json"
 SWEEP_STEP, SWEEP_RUN_OUTPUT = "sweep", "run"
+REPORT_STEP, REPORT_OUTPUT, REPORT_FILE = "report", "report", "report.html"
+#: (step, output, file in RUN_DIR): the steps' HTML pages copied into the run folder after the run
+RUN_FOLDER_OUTPUTS = ((REPORT_STEP, REPORT_OUTPUT, REPORT_FILE),)
 #: (step, output, what it is) printed at the end of a run
 SHOWN_OUTPUTS = (("ingest", "dataset", "data"), ("preview", "preview", "preview"),
                  ("evaluate", "report", "evaluation"), ("package", "model", "package"))
@@ -88,6 +93,12 @@ class LocalRun:
         record = self.step(step)
         art = record.outputs.get(output) if record else None
         return Path(art["uri"]) if isinstance(art, dict) and "uri" in art else None
+
+    @property
+    def report_file(self) -> Path | None:
+        """``RUN_DIR/report.html`` when the report step wrote it in this run (None when it failed or never ran)."""
+        record, path = self.step(REPORT_STEP), self.run_dir / REPORT_FILE
+        return path if record is not None and record.status == "succeeded" and path.is_file() else None
 
     def sweep_result(self):
         """The sweep's result read back from the run folder (None when the sweep left none)."""
@@ -184,9 +195,11 @@ def _outside(echo: Callable[[str], None]) -> Callable[[str], None]:
 
 
 def _collect(run: LocalRun, job: JobSpec) -> None:
-    """Move the sweep's run folder up into RUN_DIR and write the summary of the pipeline run."""
+    """Move the sweep's run folder up into RUN_DIR, copy RUN_FOLDER_OUTPUTS there and write the summary
+    of the pipeline run."""
     sweep_dir = run.artifact_path(SWEEP_STEP, SWEEP_RUN_OUTPUT)
-    if sweep_dir is not None and sweep_dir.is_dir():
+    moved = sweep_dir is not None and sweep_dir.is_dir()
+    if moved:
         for entry in sorted(sweep_dir.iterdir()):
             target = run.run_dir / entry.name
             if target.is_dir() and not target.is_symlink():
@@ -199,6 +212,13 @@ def _collect(run: LocalRun, job: JobSpec) -> None:
         # the sweep ran on the ingest step's split; job.yaml keeps the job as the user gave it
         (run.run_dir / "job.yaml").write_text(job.to_yaml())
         (run.run_dir / "resolved_job.json").write_text(json.dumps(resolved(job), indent=2))
+    for step, output, name in RUN_FOLDER_OUTPUTS:
+        record, path = run.step(step), run.artifact_path(step, output)
+        if record is not None and record.status == "succeeded" and path is not None and path.is_file():
+            text = path.read_text(encoding="utf-8")
+            if moved:  # the page was written before the sweep's folder moved up: show where it is now
+                text = text.replace(html.escape(str(sweep_dir)), html.escape(str(run.run_dir)))
+            (run.run_dir / name).write_text(text, encoding="utf-8")
     (run.run_dir / SUMMARY_FILE).write_text(json.dumps(run.summary(), indent=2))
 
 

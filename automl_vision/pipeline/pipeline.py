@@ -1,7 +1,7 @@
 """The AutoML pipeline: its parameters are the job's own top-level keys, its steps the components.
 
     ingest -> preview
-           -> sweep -> evaluate
+           -> sweep -> evaluate -> report (also reads ingest's data and sweep's run)
                     -> package -> deploy (only with deploy=True)
 
 The same pipeline runs on kfp's local runner (``automl-vision run``; platform settings are ignored
@@ -23,8 +23,8 @@ from automl_vision.spec.job import JobSpec
 
 PIPELINE_NAME = "automl-vision"
 PIPELINE_DESCRIPTION = ("AutoML for images: validate and split the labelled data, preview the augmentation, "
-                        "sweep hyperparameters, evaluate the best model and package it for serving; "
-                        "optionally deploy it on KServe.")
+                        "sweep hyperparameters, evaluate the best model, report the run and package the model "
+                        "for serving; optionally deploy it on KServe.")
 #: Steps that train or run a model: on the GPU pool when there is one, with a memory-backed /dev/shm.
 TRAINING_STEPS = ("sweep", "evaluate")
 #: The pipeline's parameters that are not keys of the job: how and where the job runs.
@@ -65,8 +65,12 @@ def build_pipeline(settings: ClusterSettings | None = None):
                         katib_validation_data=validation_data, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         scored = C.evaluate(run=swept.outputs["run"], validation_split=data.outputs["validation"],
                             validation_data=validation_data)
+        # the report shows the evaluate step's pictures rather than scoring the model again
+        reported = C.report(run=swept.outputs["run"], dataset=data.outputs["dataset"],
+                            evaluation=scored.outputs["evaluation"], validation_split=data.outputs["validation"],
+                            validation_data=validation_data)
         packaged = C.package(run=swept.outputs["run"])
-        for step in (data, shown, swept, scored, packaged):
+        for step in (data, shown, swept, scored, reported, packaged):
             configure_step(step, settings)
         with dsl.If(deploy == True, name="deploy-requested"):  # noqa: E712 (a pipeline condition, not a bool)
             served = C.deploy(model=packaged.outputs["model"], inference_service_name=inference_service_name,

@@ -1,5 +1,6 @@
 """What the components call beyond one library function: the sweep step's choice of backend, the ROC
-points of the evaluate step's ClassificationMetrics artifact, the deploy step's storage URI.
+points of the evaluate step's ClassificationMetrics artifact, the validation data evaluate scores (and
+the report step reads back), the deploy step's storage URI.
 
 Plain functions without kfp, so that a test calls them as they are; the components in
 ``components.py`` stay an import, this call and the writing of their outputs.
@@ -71,6 +72,16 @@ def run_sweep_step(job: Mapping[str, Any], run_dir: str | os.PathLike, *, backen
     return run_katib_backend(katib_job, local_job, run_dir, name=experiment_name or experiment_base_name(run_id),
                              namespace=katib_namespace or None, device=device, poll_interval_s=poll_interval_s,
                              echo=echo)
+
+
+#: The held-out split in the ingest step's ``validation`` output (written when no validation data is given).
+VALIDATION_SPLIT_FILE = "validation.jsonl"
+
+
+def validation_jsonl(validation_data: str, validation_split: str | os.PathLike) -> str:
+    """The labelled JSONL the evaluate step scores: the job's ``validation_data`` when given, else the
+    held-out split in the ingest step's ``validation`` output folder."""
+    return validation_data or os.path.join(validation_split, VALIDATION_SPLIT_FILE)
 
 
 def storage_uri(artifact_uri: str) -> str:

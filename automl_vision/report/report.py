@@ -3,16 +3,21 @@
     write_report("runs/my-run")  ->  runs/my-run/report.html
 
 It reads only the run folder (job.yaml, leaderboard.json, trials/*/metrics.jsonl and result.json,
-sweep.json when the sweep wrote one, best_model/) and the data the job names. Sections: summary
-and job, data (class histogram, image sizes, augmented samples), leaderboard (sortable), learning
-curves with early terminations marked and the rule that ended them, hyperparameters against the
-primary metric, the best model's evaluation pictures, and predictions drawn on validation images.
-Images are inline PNG (``data:`` URIs) and the only script is the table sorter: the file opens
-with no network, and in the Kubeflow Pipelines UI's HTML viewer.
+sweep.json when the sweep wrote one, best_model/) and the data the job names. Where those live
+elsewhere (the pipeline's report step: the ingested dataset and the evaluate step's output are
+artifacts of their own), ``training_data`` and ``evaluation`` say where, and the best model is not
+scored a second time.
+
+Sections: summary and job, data (class histogram, image sizes, augmented samples), leaderboard
+(sortable), learning curves with early terminations marked and the rule that ended them,
+hyperparameters against the primary metric, the best model's evaluation pictures, and predictions
+drawn on validation images. Images are inline PNG (``data:`` URIs) and the only script is the
+table sorter: the file opens with no network, and in the Kubeflow Pipelines UI's HTML viewer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -196,7 +201,7 @@ def _summary(run: RunData) -> H.Section:
     facts = [
         ("job name", job.get("name") or "-"),
         ("training data", job.get("training_data", "-")),
-        ("validation data", job.get("validation_data") or "a split of the training data (split_ratio of each trial)"),
+        ("validation data", job.get("validation_data") or _validation_text(job.get("training_data"))),
         ("sampling", sweep.get("sampling_algorithm", "random")),
         ("early termination", _policy_text(sweep.get("early_termination"))),
         ("limits", ", ".join(f"{k} {v}" for k, v in limits.items() if v is not None)),
@@ -212,6 +217,14 @@ def _summary(run: RunData) -> H.Section:
             + "<h3>The job</h3>" + H.key_values(facts)
             + f"<h3>Search space</h3><pre>{H.esc(space or '[] (every trial uses the defaults)')}</pre>")
     return H.Section("summary", "Summary", body)
+
+
+def _validation_text(training_data: str | None) -> str:
+    from automl_vision.data.validate import is_manifest
+
+    if training_data and is_manifest(training_data):
+        return "the validation split of the ingested dataset"
+    return "a split of the training data (split_ratio of each trial)"
 
 
 def _data_section(run: RunData) -> H.Section:
@@ -399,6 +412,17 @@ class _Evaluation:
     images: int
     total: int
     metrics: dict[str, Any]
+    scored_by: str = ""  # who scored the best model, when not this report
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The best model's evaluation written before the report (the pipeline's evaluate step):
+    ``folder`` holds ``evaluate_model``'s files, ``data`` is the labelled JSONL it scored."""
+
+    folder: str | os.PathLike
+    data: str | os.PathLike
+    scored_by: str = "the pipeline's evaluate step"
 
 
 def _validation_jsonl(run: RunData, best: TrialView, folder: Path) -> tuple[Path, int, int]:
@@ -445,7 +469,23 @@ def _evaluate_best(run: RunData, best: TrialView) -> _Evaluation:
     return _Evaluation(folder, data, n, total, result.metrics)
 
 
-def _evaluation_and_predictions(run: RunData) -> list[H.Section]:
+def _given_evaluation(given: Evaluation) -> _Evaluation:
+    """An evaluation written before the report, read back (its metrics.json, the data it scored)."""
+    from automl_vision.evaluation.report import METRICS_FILE
+
+    folder, data = Path(given.folder), Path(given.data)
+    metrics = _read_json(folder / METRICS_FILE)
+    if not isinstance(metrics, dict):
+        raise ConfigError(f"{folder}: no {METRICS_FILE}; it is not the output of an evaluation")
+    if not data.is_file():
+        raise ConfigError(f"{data}: file not found (the validation data the evaluation scored)")
+    n = metrics.get("images")
+    if not isinstance(n, int) or isinstance(n, bool):
+        n = sum(1 for ln in data.read_text(encoding="utf-8").splitlines() if ln.strip())
+    return _Evaluation(folder, data, n, n, metrics, given.scored_by)
+
+
+def _evaluation_and_predictions(run: RunData, given: Evaluation | None = None) -> list[H.Section]:
     best = run.best
     title_e, title_p = "Best model evaluation", "Sample predictions"
     if best is None:
@@ -465,13 +505,17 @@ def _evaluation_and_predictions(run: RunData) -> list[H.Section]:
                         f"<b>{H.fmt_number(metrics.get(run.primary))}</b>.</p>"
                         f"<details><summary>All {len(keys)} metrics</summary>{table}</details>")
     try:
-        ev = _evaluate_best(run, best)
+        ev = _given_evaluation(given) if given is not None else _evaluate_best(run, best)
     except AutoMLError as e:
         msg = H.note(f"Cannot score the best model on its validation images: {e}")
         return [H.Section("evaluation", title_e, intro + msg + metric_table), H.Section("predictions", title_p, msg)]
-    capped = f" (the first {ev.images} of {ev.total})" if ev.images < ev.total else ""
-    body = intro + H.note(f"Scored again for this report on the {ev.images} validation images{capped} of "
-                          f"{best.trial_id}'s own split ({ev.data}); all files are in {ev.folder}.")
+    if ev.scored_by:
+        body = intro + H.note(f"Scored by {ev.scored_by} on the {ev.images} validation images of {ev.data}; "
+                              f"all files are in {ev.folder}.")
+    else:
+        capped = f" (the first {ev.images} of {ev.total})" if ev.images < ev.total else ""
+        body = intro + H.note(f"Scored again for this report on the {ev.images} validation images{capped} of "
+                              f"{best.trial_id}'s own split ({ev.data}); all files are in {ev.folder}.")
     primary_value = ev.metrics.get(run.primary)
     if isinstance(primary_value, (int, float)):
         body += H.cards([(run.primary, H.fmt_number(float(primary_value))), ("validation images", ev.images)])
@@ -481,13 +525,16 @@ def _evaluation_and_predictions(run: RunData) -> list[H.Section]:
         if (ev.folder / name).is_file():
             body += H.img((ev.folder / name).read_bytes(), name.removesuffix(".png").replace("_", " "), H.esc(caption))
     body += _per_class_table(ev.folder / "per_class.csv") + metric_table
+    predictions = ""
     if run.task.is_classification:
+        # "" when none of the images opens here (remote images): then the evaluation's own samples.png
         predictions = _classification_grid(ev, multilabel=run.task is ImageTask.IMAGE_CLASSIFICATION_MULTILABEL)
-    elif (ev.folder / "samples.png").is_file():
+    if not predictions and (ev.folder / "samples.png").is_file():
+        what = "labels" if run.task.is_classification else "objects"
         predictions = H.img((ev.folder / "samples.png").read_bytes(), "predictions on validation images",
-                            "Validation images: the true objects (left) beside the model's predictions (right) with "
+                            f"Validation images: the true {what} (left) beside the model's predictions (right) with "
                             "their scores.")
-    else:
+    if not predictions:
         predictions = H.note("The evaluation drew no sample images.")
     return [H.Section("evaluation", title_e, body), H.Section("predictions", title_p, predictions)]
 
@@ -525,7 +572,8 @@ def _is_number(x: str) -> bool:
 
 
 def _classification_grid(ev: _Evaluation, *, multilabel: bool) -> str:
-    """Validation images with the model's answer and the truth, mistakes first (from predictions.jsonl)."""
+    """Validation images with the model's answer and the truth, mistakes first (from predictions.jsonl);
+    "" when none of the chosen images can be opened on this machine."""
     import numpy as np
     from PIL import Image
 
@@ -568,13 +616,20 @@ def _classification_grid(ev: _Evaluation, *, multilabel: bool) -> str:
     chosen = ([wrong[i] for i in sorted(rng.choice(len(wrong), k_wrong, replace=False))] if k_wrong else []) + \
              ([right[i] for i in sorted(rng.choice(len(right), k_right, replace=False))] if k_right else [])
     tiles = []
+    k_wrong = k_right = 0
     for key, predicted, true, ok in chosen:
-        with Image.open(key) as im:
-            image = im.convert("RGB")
+        try:
+            with Image.open(key) as im:
+                image = im.convert("RGB")
+        except OSError:  # an s3:// URI, or a file this machine does not have
+            continue
+        k_right, k_wrong = k_right + ok, k_wrong + (not ok)
         shown = ", ".join(f"{lab} {p:.2f}" for lab, p in predicted) or "(no label)"
         tiles.append(Tile(image, Annotations([]), [("right: " if ok else "wrong: ") + shown,
                                                    "true: " + (", ".join(true) or "(no label)")],
                           caption_colour=(27, 127, 59) if ok else (179, 38, 30)))
+    if not tiles:
+        return ""
     grid, _ = compose_grid([tiles[i:i + 6] for i in range(0, len(tiles), 6)], {}, size=150)
     caption = (f"{k_wrong} of the {len(wrong)} validation images the model gets wrong, then {k_right} of the "
                f"{len(right)} it gets right (picked at random). First line: the prediction and its probability; "
@@ -584,11 +639,15 @@ def _classification_grid(ev: _Evaluation, *, multilabel: bool) -> str:
 
 # --- the report ----------------------------------------------------------------------------------
 
-def build_report(run_dir: str | os.PathLike) -> str:
-    """The report's HTML text."""
+def build_report(run_dir: str | os.PathLike, *, training_data: str | os.PathLike | None = None,
+                 evaluation: Evaluation | None = None) -> str:
+    """The report's HTML text. ``training_data``: where the data the sweep trained on is now, when not
+    where job.yaml says; ``evaluation``: the best model's evaluation already written (not scored again)."""
     run = load_run(run_dir)
+    if training_data is not None:
+        run = dataclasses.replace(run, job={**run.job, "training_data": str(training_data)})
     sections = [_summary(run), _data_section(run), _leaderboard(run), _curves(run), _hyperparameters(run),
-                *_evaluation_and_predictions(run)]
+                *_evaluation_and_predictions(run, evaluation)]
     name = run.job.get("name") or run.run_dir.name
     best = run.best
     subtitle = (f"{run.task.value}, {len(run.trials)} trial(s); best {run.primary} "
@@ -596,10 +655,12 @@ def build_report(run_dir: str | os.PathLike) -> str:
     return H.page(f"AutoML run report: {name}", subtitle, sections, script=True)
 
 
-def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
-    """Write the run's ``report.html`` (default: into the run folder) and return its path."""
+def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,
+                 training_data: str | os.PathLike | None = None, evaluation: Evaluation | None = None) -> Path:
+    """Write the run's ``report.html`` (default: into the run folder) and return its path; the keywords
+    are :func:`build_report`'s."""
     t0 = time.monotonic()
-    text = build_report(run_dir)
+    text = build_report(run_dir, training_data=training_data, evaluation=evaluation)
     path = Path(out) if out is not None else Path(run_dir) / REPORT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -1,10 +1,12 @@
 """``automl-vision run`` runs the Kubeflow pipeline on kfp's local runner by default: every step on tiny
-data, our progress on the terminal (never the runner's executor JSON), the usual run folder, and a bad
-input still exits 2 naming the line; ``--engine library`` keeps the direct path with the same folder."""
+data, our progress on the terminal (never the runner's executor JSON), the usual run folder (its
+report.html the report step's page), and a bad input still exits 2 naming the line; ``--engine library``
+keeps the direct path with the same folder."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +16,7 @@ import yaml
 
 pytestmark = pytest.mark.slow
 
+STEPS = ("ingest", "preview", "sweep", "evaluate", "report", "package")
 RUN_FILES = {"job.yaml", "resolved_job.json", "leaderboard.csv", "leaderboard.json", "sweep.json", "best_model",
              "trials", "report.html"}
 
@@ -42,9 +45,9 @@ def test_run_goes_through_every_pipeline_step(tmp_path, make_dataset):
     assert p.returncode == 0, p.stdout + p.stderr
 
     out = p.stdout
-    for step in ("ingest", "preview", "sweep", "evaluate", "package"):
+    for step in STEPS:
         assert f": {step} started" in out and f": {step} succeeded in " in out, step
-    assert "[pipeline] step 5/5:" in out
+    assert "[pipeline] step 6/6:" in out
     assert "[trial-0000] epoch 1" in out  # the sweep's own progress comes through
     for noise in ("executor_input", "KFP Executor", '"outputFile"', "Streamed logs", "DockerRunner"):
         assert noise not in out + p.stderr, noise
@@ -55,13 +58,20 @@ def test_run_goes_through_every_pipeline_step(tmp_path, make_dataset):
     assert yaml.safe_load((run / "job.yaml").read_text())["training_data"] == str(data)  # the job as given
     summary = json.loads((run / "pipeline_run.json").read_text())
     steps = {s["name"]: s for s in summary["steps"]}
-    assert {name: s["status"] for name, s in steps.items()} == dict.fromkeys(
-        ["ingest", "preview", "sweep", "evaluate", "package"], "succeeded")
+    assert {name: s["status"] for name, s in steps.items()} == dict.fromkeys(STEPS, "succeeded")
     assert steps["sweep"]["outputs"]["run"]["uri"] == str(run)  # moved up into the run folder
     assert steps["ingest"]["outputs"]["statistics"]["metadata"]["images"] == 12
     assert steps["evaluate"]["outputs"]["metrics"]["metadata"]["images"] == 2
     report = Path(steps["evaluate"]["outputs"]["report"]["uri"])
     assert "data:image/png;base64," in report.read_text()
+    # the run folder's report is the report step's page, which shows the evaluate step's files
+    assert f"report: {run / 'report.html'}\n" in out
+    page, written = (run / "report.html").read_text(), Path(steps["report"]["outputs"]["report"]["uri"]).read_text()
+    moved_from = re.search(r"its package is (\S+)/best_model\.", written).group(1)
+    assert moved_from.endswith("/sweep/run") and page == written.replace(moved_from, str(run))  # where it is now
+    assert 'id="leaderboard-table"' in page and "learning curves of every trial" in page
+    assert str(Path(steps["evaluate"]["outputs"]["evaluation"]["uri"])) in page
+    assert not (run / "evaluation").exists()  # the best model was not scored a second time
     model = Path(steps["package"]["outputs"]["model"]["uri"])
     assert json.loads((model / "package.json").read_text())["model_name"] == "resnet18"
     assert "Got executor_input" in (run / "pipeline.log").read_text()
@@ -90,3 +100,23 @@ def test_the_library_engine_leaves_the_same_run_folder(tmp_path, make_dataset):
     assert "[pipeline]" not in p.stdout and "best model:" in p.stdout
     assert RUN_FILES <= {x.name for x in run.iterdir()}
     assert not (run / "pipeline").exists()
+
+
+def test_a_sweep_without_a_model_stops_the_pipeline_and_still_leaves_a_report(tmp_path, make_dataset):
+    data = make_dataset(tmp_path / "data", n_per_class=6)
+    job = _job(data)
+    # the one trial diverges (adam, learning rate 1, beta2 0): the sweep step fails, so the report step never runs
+    job["search_space"] = [{"model_name": {"type": "choice", "values": ["resnet18"]},
+                            "optimizer": {"type": "choice", "values": ["adam"]},
+                            "learning_rate": {"type": "choice", "values": [1.0]},
+                            "beta2": {"type": "choice", "values": [0.0]}}]
+    job["training_parameters"]["number_of_epochs"] = 2
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(job))
+    run = tmp_path / "run"
+    p = cli("run", str(job_file), "--output-dir", str(run), "--device", "cpu")
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert ": sweep failed in " in p.stdout and ": report started" not in p.stdout
+    assert f"report: {run / 'report.html'}\n" in p.stdout and "no trial produced a model" in p.stdout
+    page = (run / "report.html").read_text()
+    assert "No trial produced a model, so there is nothing to evaluate." in page and "diverged" in page

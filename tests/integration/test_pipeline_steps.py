@@ -1,15 +1,19 @@
 """The training-side components called directly (``component.python_func``) with real artifacts on
-tiny data: sweep (one real trial), then evaluate, package and preview on what it left."""
+tiny data: sweep (one real trial), then evaluate, report, package and preview on what it left."""
 
 from __future__ import annotations
 
+import html
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Metrics, Model
 
-from automl_vision.pipeline.components import evaluate, ingest, package, preview, sweep
+from automl_vision.errors import AutoMLError
+from automl_vision.pipeline.components import evaluate, ingest, package, preview, report, sweep
 
 pytestmark = pytest.mark.slow
 
@@ -52,11 +56,26 @@ def test_sweep_leaves_the_run_folder_and_its_metrics(swept):
     assert command[command.index("--training_data") + 1] == swept["dataset"].path
 
 
-def test_evaluate_writes_metrics_the_confusion_matrix_and_the_report(swept, tmp_path):
-    out = {"metrics": Metrics(uri=str(tmp_path / "metrics")),
-           "classification_metrics": ClassificationMetrics(uri=str(tmp_path / "cm")),
-           "report": HTML(uri=str(tmp_path / "report")), "evaluation": Artifact(uri=str(tmp_path / "evaluation"))}
+def _evaluated(swept, folder: Path) -> dict:
+    out = {"metrics": Metrics(uri=str(folder / "metrics")),
+           "classification_metrics": ClassificationMetrics(uri=str(folder / "cm")),
+           "report": HTML(uri=str(folder / "report")), "evaluation": Artifact(uri=str(folder / "evaluation"))}
     evaluate.python_func(run=swept["run"], validation_split=swept["validation"], **out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def evaluated(swept):
+    return _evaluated(swept, swept["root"] / "evaluated")
+
+
+def _sections(page: str) -> dict[str, str]:
+    parts = re.split(r'<section id="([\w-]+)" data-section="[\w-]+">', page)
+    return {parts[i]: parts[i + 1] for i in range(1, len(parts), 2)}
+
+
+def test_evaluate_writes_metrics_the_confusion_matrix_and_the_report(swept, tmp_path):
+    out = _evaluated(swept, tmp_path)
     metrics = out["metrics"].metadata
     assert metrics["images"] == 2  # the held-out 20% of 12 images, stratified
     assert 0.0 <= metrics["accuracy"] <= 1.0 and "f1_score_macro" in metrics
@@ -74,6 +93,58 @@ def test_evaluate_writes_metrics_the_confusion_matrix_and_the_report(swept, tmp_
     assert page.startswith("<!doctype html>") or page.lower().startswith("<!doctype html")
     assert "data:image/png;base64," in page  # the plots are inline: the Pipelines UI shows the page alone
     assert (Path(out["evaluation"].path) / "confusion_matrix.png").is_file()
+
+
+def test_report_shows_the_leaderboard_the_curves_and_the_evaluate_steps_pictures(swept, evaluated, tmp_path):
+    page = HTML(uri=str(tmp_path / "report"))
+    report.python_func(run=swept["run"], dataset=swept["dataset"], evaluation=evaluated["evaluation"],
+                       validation_split=swept["validation"], report=page)
+    text = Path(page.path).read_text()
+    sections = _sections(text)
+    assert tuple(sections) == ("summary", "data", "leaderboard", "curves", "hyperparameters", "evaluation",
+                               "predictions")
+    assert not re.search(r'(src|href)="(?!data:|#)', text)  # self-contained: the Pipelines UI shows it alone
+    board = json.loads((Path(swept["run"].path) / "leaderboard.json").read_text())
+    (row,) = board["trials"]
+    shown = re.findall(r'<tr class="best"><td class="num" data-v="1">1</td><td class="nowrap">(trial-\d+)</td>'
+                       r'<td[^>]*>(\w+)</td><td[^>]*>(\w+)</td>', sections["leaderboard"])
+    assert shown == [(row["trial_id"], row["status"], "resnet18")]
+    assert 'id="leaderboard-table"' in sections["leaderboard"]
+    assert "learning curves of every trial" in sections["curves"] and "data:image/png;base64," in sections["curves"]
+    assert "Every trial ran to its last epoch" in sections["curves"]
+    # the data is the ingested dataset (both splits), the evaluation the evaluate step's: not scored again
+    assert '<div class="k">images</div><div class="v">12</div>' in sections["data"]
+    assert swept["dataset"].path in sections["data"]
+    evaluation = Path(evaluated["evaluation"].path)
+    assert (f"Scored by the pipeline's evaluate step on the 2 validation images of {swept['validation'].path}/"
+            f"validation.jsonl; all files are in {evaluation}.") in html.unescape(sections["evaluation"])
+    assert "confusion matrix" in sections["evaluation"] and "Per class" in sections["evaluation"]
+    assert re.search(r"\d of the \d validation images the model gets wrong", sections["predictions"])
+    assert not (Path(swept["run"].path) / "evaluation").exists()
+
+
+def test_report_of_a_sweep_without_a_model_says_so(tmp_path, make_dataset):
+    # a real sweep whose one trial fails: its images are gone after ingest
+    data = make_dataset(tmp_path / "data", n_per_class=4)
+    dataset, validation = Dataset(uri=str(tmp_path / "dataset")), Dataset(uri=str(tmp_path / "validation"))
+    ingest.python_func(task="image_classification", training_data=str(data), dataset=dataset,
+                       validation=validation, statistics=Metrics(uri=str(tmp_path / "statistics")),
+                       training_parameters=SMALL)
+    shutil.rmtree(tmp_path / "data" / "images")
+    run = Artifact(uri=str(tmp_path / "run"))
+    with pytest.raises(AutoMLError, match="no trial produced a model"):
+        sweep.python_func(task="image_classification", training_data=dataset, limits={"max_trials": 1.0},
+                          sweep={"sampling_algorithm": "grid"},
+                          search_space=[{"model_name": {"type": "choice", "values": ["resnet18"]}}],
+                          training_parameters=SMALL, run=run, leaderboard=Metrics(uri=str(tmp_path / "lb")),
+                          device="cpu")
+    page = HTML(uri=str(tmp_path / "report"))
+    report.python_func(run=run, dataset=dataset, evaluation=Artifact(uri=str(tmp_path / "never-evaluated")),
+                       validation_split=validation, report=page)
+    sections = _sections(Path(page.path).read_text())
+    assert "no trial produced a model" in sections["summary"]
+    assert re.search(r'<td class="nowrap">trial-0000</td><td class="bad">failed</td>', sections["leaderboard"])
+    assert "No trial produced a model, so there is nothing to evaluate." in sections["evaluation"]
 
 
 def test_package_writes_a_servable_model(swept, tmp_path):

@@ -288,6 +288,8 @@ VOC_ERRORS = [
                 "<object><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>2</xmax><ymax>2</ymax></bndbox></object></annotation>",
      "object 1 has no <name>"),
     ("no-image", _voc_xml("002.jpg", 10, 10, []), "no image named 002.jpg in"),
+    ("inverted-box", _voc_xml("001.jpg", 10, 10, [("car", 0, 6, 1, 2, 9)]),
+     "object 1 (car): <bndbox> xmin 6, ymin 1, xmax 2, ymax 9: xmax must be >= xmin and ymax >= ymin"),
 ]
 
 
@@ -300,6 +302,21 @@ def test_voc_errors(tmp_path, xml, message):
     with pytest.raises(DataError) as info:
         convert("voc", root, tmp_path / "o.jsonl")
     assert f"{root / 'Annotations' / '001.xml'}: {message}" in str(info.value)
+
+
+def test_voc_empty_boxes_are_left_out_with_a_note(tmp_path):
+    root = tmp_path / "voc"
+    (root / "Annotations").mkdir(parents=True)
+    _img(root / "JPEGImages" / "001.jpg", 10, 10)
+    (root / "Annotations" / "001.xml").write_text(
+        _voc_xml("001.jpg", 10, 10, [("car", 0, 1, 1, 5, 5), ("car", 0, 3, 2, 3, 8), ("dog", 0, 2, 4, 9, 4)]))
+    out = tmp_path / "o.jsonl"
+    conv = convert("voc", root, out)
+    assert [o["label"] for o in conv.lines[0]["label"]] == ["car"]
+    xml = root / "Annotations" / "001.xml"
+    assert conv.notes == [f"2 object(s) with an empty box (xmax == xmin or ymax == ymin) left out: {xml} object 2 "
+                          f"(car); {xml} object 3 (dog)"]
+    assert validate_dataset(out, OD).report.ok
 
 
 def test_voc_segmentation_without_masks(tmp_path, voc_dir):

@@ -20,7 +20,7 @@ from automl_vision.pipeline.settings import ClusterSettings, load_cluster_settin
 from automl_vision.pipeline.submit import check_cron
 from automl_vision.spec.job import JobSpec, parse_job
 
-STEPS = {"ingest", "preview", "sweep", "evaluate", "package"}
+STEPS = {"ingest", "preview", "sweep", "evaluate", "report", "package"}
 #: deploy runs inside the condition on the pipeline's `deploy` parameter
 ALL_STEPS = STEPS | {"deploy"}
 
@@ -154,6 +154,22 @@ def test_deploy_runs_only_when_asked_after_evaluate_on_the_package(tmp_path):
         "componentInputParameter": "pipelinechannel--inference_service_name"}
     inputs = spec["root"]["inputDefinitions"]["parameters"]
     assert inputs["deploy"]["defaultValue"] is False and inputs["backend"]["defaultValue"] == "local"
+
+
+def test_the_report_step_reads_the_run_the_data_and_the_evaluation(tmp_path):
+    _, spec, _ = _compile(tmp_path)
+    task = spec["root"]["dag"]["tasks"]["report"]
+    artifacts = {name: (a["taskOutputArtifact"]["producerTask"], a["taskOutputArtifact"]["outputArtifactKey"])
+                 for name, a in task["inputs"]["artifacts"].items()}
+    assert artifacts == {"run": ("sweep", "run"), "dataset": ("ingest", "dataset"),
+                         "evaluation": ("evaluate", "evaluation"), "validation_split": ("ingest", "validation")}
+    assert task["inputs"]["parameters"]["validation_data"] == {"componentInputParameter": "validation_data"}
+    assert set(task["dependentTasks"]) == {"ingest", "sweep", "evaluate"}
+    outputs = spec["components"]["comp-report"]["outputDefinitions"]["artifacts"]
+    assert outputs == {"report": {"artifactType": {"schemaTitle": "system.HTML", "schemaVersion": "0.0.1"}}}
+    container = spec["deploymentSpec"]["executors"]["exec-report"]["container"]
+    assert container["image"] == f"automl-vision-cpu:{__version__}" and "resources" not in container  # no GPU
+    assert "report" not in spec["components"]["comp-condition-1"]["dag"]["tasks"]
 
 
 def test_the_sweep_step_gets_the_backend_the_job_uris_and_the_run_id(tmp_path):

@@ -80,6 +80,33 @@ def test_evaluation_scores_the_best_model_on_its_own_validation_split(run_folder
     assert re.search(r"\d of the \d validation images the model gets wrong", sections["predictions"])
 
 
+def test_a_given_evaluation_is_shown_not_scored_again(run_folder, tmp_path):
+    from automl_vision.report.report import Evaluation
+
+    # the evaluate step's files as a cluster leaves them: its images remote URIs, which this machine cannot open
+    given, scored = tmp_path / "evaluation", tmp_path / "validation.jsonl"
+    given.mkdir()
+    images = str(run_folder.parent / "data" / "images")
+    for name in ("metrics.json", "per_class.csv", "confusion_matrix.png", "roc_pr_curves.png", "samples.png",
+                 "predictions.jsonl"):
+        shutil.copyfile(run_folder / "evaluation" / name, given / name)
+    for source, target in ((run_folder / "evaluation" / "split" / "validation.jsonl", scored),
+                           (run_folder / "evaluation" / "predictions.jsonl", given / "predictions.jsonl")):
+        target.write_text(source.read_text().replace(images, "s3://bucket/images"))
+    sections = _sections(write_report(run_folder, tmp_path / "report.html",
+                                      evaluation=Evaluation(given, scored, "the evaluate step")).read_text())
+    assert f"Scored by the evaluate step on the 3 validation images of {scored}; all files are in {given}." \
+        in sections["evaluation"]
+    assert "Confusion matrix" in sections["evaluation"] and "Per class" in sections["evaluation"]
+    assert "the true labels (left) beside the model's predictions (right)" in sections["predictions"]
+    assert sections["predictions"].count('src="data:image/png;base64,') == 1
+
+    (given / "metrics.json").unlink()
+    sections = _sections(write_report(run_folder, tmp_path / "report.html",
+                                      evaluation=Evaluation(given, scored)).read_text())
+    assert f"Cannot score the best model on its validation images: {given}: no metrics.json" in sections["evaluation"]
+
+
 def test_hyperparameters_against_the_metric(run_folder):
     run = load_run(run_folder)
     assert [t.trial_id for t in run.trials if t.rank] == ["trial-0000", "trial-0002", "trial-0001"]

@@ -92,6 +92,7 @@ def voc_to_jsonl(source: str | os.PathLike, out_dir: str | os.PathLike, *,
     out_dir = Path(out_dir)
     conv = Conversion()
     difficult_kept = 0
+    empty: list[str] = []
     for xml in xmls:
         where = str(xml)
         try:
@@ -143,6 +144,13 @@ def voc_to_jsonl(source: str | os.PathLike, out_dir: str | os.PathLike, *,
                 conv.problems.append(f"{where}: object {k} ({name}): <bndbox> needs numeric xmin, ymin, xmax, ymax")
                 continue
             x1, y1, x2, y2 = coords
+            if x2 < x1 or y2 < y1:
+                conv.problems.append(f"{where}: object {k} ({name}): <bndbox> xmin {x1:g}, ymin {y1:g}, xmax {x2:g}, "
+                                     f"ymax {y2:g}: xmax must be >= xmin and ymax >= ymin")
+                continue
+            if x2 == x1 or y2 == y1:  # a box of no area: nothing to learn from, and the JSONL schema refuses it
+                empty.append(f"{where} object {k} ({name})")
+                continue
             polygons = None
             if segmentation and instance_mask is not None:
                 rings = mask_to_polygons(instance_mask == k)
@@ -153,6 +161,9 @@ def voc_to_jsonl(source: str | os.PathLike, out_dir: str | os.PathLike, *,
             objects.append(box_line(name, x1 / width, y1 / height, x2 / width, y2 / height, False, polygons))
         conv.lines.append({"image_url": image_url(image, out_dir), "image_details": details(image, width, height),
                            "label": objects})
+    if empty:
+        shown = "; ".join(empty[:5]) + (f"; and {len(empty) - 5} more" if len(empty) > 5 else "")
+        conv.notes.append(f"{len(empty)} object(s) with an empty box (xmax == xmin or ymax == ymin) left out: {shown}")
     if difficult_kept:
         conv.notes.append(f"{difficult_kept} objects marked <difficult> kept as ordinary objects (not crowd); "
                           "--skip-difficult leaves them out")
