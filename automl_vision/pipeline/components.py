@@ -161,15 +161,17 @@ def report(
     validation_split: Input[Dataset],
     report: Output[HTML],
     validation_data: str = "",
+    job_name: str = "",
+    training_data: str = "",
 ):
-    """The run report: summary, the ingested data, the sortable leaderboard, every trial's learning curve
+    """The run report (job_name, and training_data as the user gave it, shown in its summary): summary, the ingested data, the sortable leaderboard, every trial's learning curve
     with the early terminations and the rule that ended each, hyperparameters against the metric, and
     the evaluate step's pictures and sample predictions (evaluation, of the validation data it scored):
     an HTML page with the pictures inline."""
     from automl_vision.pipeline.steps import validation_jsonl
     from automl_vision.report.report import Evaluation, write_report
 
-    write_report(run.path, report.path, training_data=dataset.path,
+    write_report(run.path, report.path, training_data=dataset.path, name=job_name, source_data=training_data,
                  evaluation=Evaluation(evaluation.path, validation_jsonl(validation_data, validation_split.path)))
 
 

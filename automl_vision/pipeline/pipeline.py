@@ -52,6 +52,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
         deploy: bool = False,
         inference_service_name: str = DEFAULT_INFERENCE_SERVICE,
         serving_namespace: str = "",
+        name: str = "",
     ):
         data = C.ingest(task=task, training_data=training_data, validation_data=validation_data,
                         training_parameters=training_parameters)
@@ -68,7 +69,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
         # the report shows the evaluate step's pictures rather than scoring the model again
         reported = C.report(run=swept.outputs["run"], dataset=data.outputs["dataset"],
                             evaluation=scored.outputs["evaluation"], validation_split=data.outputs["validation"],
-                            validation_data=validation_data)
+                            validation_data=validation_data, job_name=name, training_data=training_data)
         packaged = C.package(run=swept.outputs["run"])
         for step in (data, shown, swept, scored, reported, packaged):
             configure_step(step, settings)
@@ -141,6 +142,7 @@ def pipeline_arguments(job: JobSpec, *, device: str = "auto", backend: str = "lo
         "search_space": d["search_space"],
         "training_parameters": d["training_parameters"],
         "compute": d.get("compute", {}),
+        "name": d.get("name") or "",
         **arguments,
     }
 

@@ -39,6 +39,8 @@ from automl_vision.spec.tasks import ImageTask, parse_task
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "report.html"
+#: Key added to the job shown: the training data as the user gave it, when the run read an ingested copy.
+SOURCE_KEY = "source_training_data"
 PREDICTION_TILES = 12
 PREVIEW_SAMPLES = 8
 
@@ -200,7 +202,7 @@ def _summary(run: RunData) -> H.Section:
     limits = job.get("limits") or {}
     facts = [
         ("job name", job.get("name") or "-"),
-        ("training data", job.get("training_data", "-")),
+        ("training data", _training_data_text(job)),
         ("validation data", job.get("validation_data") or _validation_text(job.get("training_data"))),
         ("sampling", sweep.get("sampling_algorithm", "random")),
         ("early termination", _policy_text(sweep.get("early_termination"))),
@@ -217,6 +219,11 @@ def _summary(run: RunData) -> H.Section:
             + "<h3>The job</h3>" + H.key_values(facts)
             + f"<h3>Search space</h3><pre>{H.esc(space or '[] (every trial uses the defaults)')}</pre>")
     return H.Section("summary", "Summary", body)
+
+
+def _training_data_text(job: dict) -> str:
+    given, read = job.get(SOURCE_KEY), job.get("training_data", "-")
+    return f"{given} (ingested into {read})" if given and given != read else read
 
 
 def _validation_text(training_data: str | None) -> str:
@@ -238,6 +245,8 @@ def _data_section(run: RunData) -> H.Section:
         except AutoMLError as e:
             parts.append(f"<h3>{H.esc(what.capitalize())}</h3>" + H.note(f"cannot read {path}: {e}"))
             continue
+        if what == "training data" and run.job.get(SOURCE_KEY):
+            s = dataclasses.replace(s, source=run.job[SOURCE_KEY])
         parts.append(_data_block(what, s, detection))
     parts.append(_preview_block(run))
     return H.Section("data", "Data", "".join(parts))
@@ -640,12 +649,21 @@ def _classification_grid(ev: _Evaluation, *, multilabel: bool) -> str:
 # --- the report ----------------------------------------------------------------------------------
 
 def build_report(run_dir: str | os.PathLike, *, training_data: str | os.PathLike | None = None,
-                 evaluation: Evaluation | None = None) -> str:
+                 evaluation: Evaluation | None = None, name: str | None = None,
+                 source_data: str | None = None) -> str:
     """The report's HTML text. ``training_data``: where the data the sweep trained on is now, when not
-    where job.yaml says; ``evaluation``: the best model's evaluation already written (not scored again)."""
+    where job.yaml says; ``evaluation``: the best model's evaluation already written (not scored again);
+    ``name`` and ``source_data``: the job's name and the training data as the user gave it, when the
+    run folder's job.yaml does not hold them (a pipeline's sweep step sees the ingested data only)."""
     run = load_run(run_dir)
+    job = dict(run.job)
     if training_data is not None:
-        run = dataclasses.replace(run, job={**run.job, "training_data": str(training_data)})
+        job["training_data"] = str(training_data)
+    if name:
+        job["name"] = name
+    if source_data:
+        job[SOURCE_KEY] = str(source_data)
+    run = dataclasses.replace(run, job=job)
     sections = [_summary(run), _data_section(run), _leaderboard(run), _curves(run), _hyperparameters(run),
                 *_evaluation_and_predictions(run, evaluation)]
     name = run.job.get("name") or run.run_dir.name
@@ -656,11 +674,13 @@ def build_report(run_dir: str | os.PathLike, *, training_data: str | os.PathLike
 
 
 def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,
-                 training_data: str | os.PathLike | None = None, evaluation: Evaluation | None = None) -> Path:
+                 training_data: str | os.PathLike | None = None, evaluation: Evaluation | None = None,
+                 name: str | None = None, source_data: str | None = None) -> Path:
     """Write the run's ``report.html`` (default: into the run folder) and return its path; the keywords
     are :func:`build_report`'s."""
     t0 = time.monotonic()
-    text = build_report(run_dir, training_data=training_data, evaluation=evaluation)
+    text = build_report(run_dir, training_data=training_data, evaluation=evaluation, name=name,
+                        source_data=source_data)
     path = Path(out) if out is not None else Path(run_dir) / REPORT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

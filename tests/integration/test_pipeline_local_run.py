@@ -28,7 +28,7 @@ def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 def _job(data: Path) -> dict:
     return {
-        "task": "image_classification", "training_data": str(data), "limits": {"max_trials": 1},
+        "task": "image_classification", "name": "shapes", "training_data": str(data), "limits": {"max_trials": 1},
         "sweep": {"sampling_algorithm": "grid"},
         "search_space": [{"model_name": {"type": "choice", "values": ["resnet18"]}}],
         "training_parameters": {"number_of_epochs": 1, "pretrained": False, "train_crop_size": 24,
@@ -70,6 +70,8 @@ def test_run_goes_through_every_pipeline_step(tmp_path, make_dataset):
     moved_from = re.search(r"its package is (\S+)/best_model\.", written).group(1)
     assert moved_from.endswith("/sweep/run") and page == written.replace(moved_from, str(run))  # where it is now
     assert 'id="leaderboard-table"' in page and "learning curves of every trial" in page
+    assert "<title>AutoML run report: shapes</title>" in page  # the job's name, and its data as the user gave it
+    assert f"Training data: {data}</h3>" in page and f"{data} (ingested into " in page
     assert str(Path(steps["evaluate"]["outputs"]["evaluation"]["uri"])) in page
     assert not (run / "evaluation").exists()  # the best model was not scored a second time
     model = Path(steps["package"]["outputs"]["model"]["uri"])

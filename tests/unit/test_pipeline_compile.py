@@ -65,7 +65,7 @@ def test_parameters_are_the_job_keys(tmp_path):
     inputs = spec["root"]["inputDefinitions"]["parameters"]
     args = pipeline_arguments(_job())
     assert set(inputs) == set(args)
-    job_keys = set(JobSpec.model_fields) - {"name", "primary_metric"}
+    job_keys = set(JobSpec.model_fields) - {"primary_metric"}  # primary_metric is fixed by the task
     assert set(args) - set(RUN_PARAMETERS) == job_keys
     assert {k: args[k] for k in RUN_PARAMETERS} == {"device": "auto", "backend": "local", "deploy": False,
                                                    "inference_service_name": DEFAULT_INFERENCE_SERVICE,
