@@ -792,6 +792,9 @@ def cmd_deploy(args) -> int:
                    memory_limit=args.memory_limit, gpu=args.gpu, service_account=args.service_account,
                    min_replicas=args.min_replicas, max_replicas=args.max_replicas,
                    settings=read_settings_file(args.settings) if args.settings else None)
+    if args.model_uri.startswith("s3://") and not args.service_account:
+        print("note: no --service-account: KServe's storage initializer downloads s3:// without credentials "
+              "(manifests/ define automl-vision-serving, whose Secret holds them)", file=sys.stderr)
     if args.dry_run:
         print(to_yaml(inference_service_manifest(args.model_uri, args.name, args.namespace, **options)), end="")
         return EXIT_OK

@@ -256,6 +256,14 @@ def test_cli_dry_run_prints_the_manifest(tmp_path):
                                                   service_account="automl-vision-serving",
                                                   settings={"max_batch_size": 4, "box_score_thresh": 0.3})
     assert check_inference_service(manifest) == []
+    assert "no --service-account" not in done.stderr
+
+
+def test_cli_says_when_s3_has_no_service_account(tmp_path):
+    done = run_cli("deploy", "--model-uri", "s3://models/fridge/best_model", "--name", "fridge", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert "note: no --service-account: KServe's storage initializer downloads s3:// without credentials" in done.stderr
+    assert "serviceAccountName" not in done.stdout
 
 
 @pytest.mark.parametrize("args, message", [
