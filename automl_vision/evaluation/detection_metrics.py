@@ -143,6 +143,34 @@ def read_scoring_file(path: str | os.PathLike) -> list[tuple[int, dict]]:
     return rows
 
 
+def match_scoring_rows(records: Sequence, rows: Sequence[tuple[int, dict]], pred_path: Path, data: str | os.PathLike,
+                       *, missing_hint: str = "") -> tuple[dict[int, tuple[int, dict]], list[str]]:
+    """Each predictions line ``(line number, row)`` matched to its labelled record by ``image_url``, as
+    written or else by the file it points to (each relative to its own JSONL file): ``{record index:
+    (line number, row)}`` and the problems (unknown or repeated images, labelled images without a line)."""
+    by_url = {r.image_url: k for k, r in enumerate(records)}
+    by_path = {os.path.realpath(r.path): k for k, r in enumerate(records)}
+    found: dict[int, tuple[int, dict]] = {}
+    problems = []
+    for number, row in rows:
+        url = row["image_url"]
+        k = by_url.get(url)
+        if k is None:
+            local = Path(url) if Path(url).is_absolute() else pred_path.parent / url
+            k = by_path.get(os.path.realpath(local))
+        if k is None:
+            problems.append(f"{pred_path}:{number}: image_url={url!r} is not an image of {data}")
+        elif k in found:
+            problems.append(f"{pred_path}:{number}: image_url={url!r} repeats line {found[k][0]}")
+        else:
+            found[k] = (number, row)
+    missing = [records[k].image_url for k in range(len(records)) if k not in found]
+    if missing:
+        shown = ", ".join(repr(u) for u in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        problems.append(f"{pred_path}: no predictions for {len(missing)} labelled image(s): {shown}{missing_hint}")
+    return found, problems
+
+
 def ground_truth_of(record: Any, class_index: dict[str, int], *, masks: bool) -> ImageGroundTruth:
     """An image record of the data layer (``objects`` with normalized boxes, crowd flags and polygons;
     ``width`` and ``height``) as pixel ground truth; masks are rasterized polygons (XOR of rings)."""
@@ -167,28 +195,9 @@ def score_predictions(task: ImageTask, data: str | os.PathLike, predictions: str
     dataset = load_dataset(data, task)
     records = list(dataset.records)
     classes = list(dataset.classes)
-    by_url = {r.image_url: k for k, r in enumerate(records)}
-    by_path = {os.path.realpath(r.path): k for k, r in enumerate(records)}
     pred_path = Path(predictions)
-    found: dict[int, tuple[int, dict]] = {}
-    problems = []
-    for number, row in read_scoring_file(pred_path):
-        url = row["image_url"]
-        k = by_url.get(url)
-        if k is None:
-            local = Path(url) if Path(url).is_absolute() else pred_path.parent / url
-            k = by_path.get(os.path.realpath(local))
-        if k is None:
-            problems.append(f"{pred_path}:{number}: image_url={url!r} is not an image of {data}")
-        elif k in found:
-            problems.append(f"{pred_path}:{number}: image_url={url!r} repeats line {found[k][0]}")
-        else:
-            found[k] = (number, row)
-    missing = [records[k].image_url for k in range(len(records)) if k not in found]
-    if missing:
-        shown = ", ".join(repr(u) for u in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        problems.append(f"{pred_path}: no predictions for {len(missing)} labelled image(s): {shown} "
-                        "(an image without detections needs a line with \"boxes\": [])")
+    found, problems = match_scoring_rows(records, read_scoring_file(pred_path), pred_path, data,
+                                         missing_hint=" (an image without detections needs a line with \"boxes\": [])")
     # Labels predicted but absent from the labelled data are classes without ground truth: their
     # detections are false positives, reported per label, outside the averages.
     predicted = {d.get("label") for _, row in found.values() if isinstance(row.get("boxes"), list)

@@ -87,26 +87,9 @@ def _read_predictions(path: Path) -> list[tuple[int, dict]]:
 
 def match_predictions(records: Sequence, predictions: Path, data: str | os.PathLike) -> list[tuple[int, dict]]:
     """``(line, row)`` of the predictions file for each labelled record, in record order."""
-    by_url = {r.image_url: k for k, r in enumerate(records)}
-    by_path = {os.path.realpath(r.path): k for k, r in enumerate(records)}
-    found: dict[int, tuple[int, dict]] = {}
-    problems = []
-    for number, row in _read_predictions(predictions):
-        url = row["image_url"]
-        k = by_url.get(url)
-        if k is None:
-            local = Path(url) if Path(url).is_absolute() else predictions.parent / url
-            k = by_path.get(os.path.realpath(local))
-        if k is None:
-            problems.append(f"{predictions}:{number}: image_url={url!r} is not an image of {data}")
-        elif k in found:
-            problems.append(f"{predictions}:{number}: image_url={url!r} repeats line {found[k][0]}")
-        else:
-            found[k] = (number, row)
-    missing = [records[k].image_url for k in range(len(records)) if k not in found]
-    if missing:
-        shown = ", ".join(repr(u) for u in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        problems.append(f"{predictions}: no predictions for {len(missing)} labelled image(s): {shown}")
+    from automl_vision.evaluation.detection_metrics import match_scoring_rows
+
+    found, problems = match_scoring_rows(records, _read_predictions(predictions), predictions, data)
     if problems:
         raise DataError(problems)
     return [found[k] for k in range(len(records))]
