@@ -21,6 +21,7 @@ from kube_testserver import FakeKubernetes, serve  # noqa: E402
 from automl_vision.errors import AutoMLError, ConfigError  # noqa: E402
 from automl_vision.spec.job import parse_job  # noqa: E402
 from automl_vision.sweep import katib  # noqa: E402
+from spec_example import SPEC_10  # noqa: E402
 
 
 @pytest.fixture
@@ -34,24 +35,6 @@ def cluster():
         yield start
 
 
-SPEC_10 = """\
-task: image_object_detection
-training_data: s3://automl/bccd/train.jsonl
-validation_data: s3://automl/bccd/val.jsonl
-limits: {timeout_minutes: 60, max_trials: 10, max_concurrent_trials: 2}
-training_parameters: {early_stopping: true, evaluation_frequency: 1}
-sweep:
-  sampling_algorithm: random
-  early_termination: {type: bandit, evaluation_interval: 2, slack_factor: 0.2, delay_evaluation: 6}
-search_space:
-  - model_name: {type: choice, values: [yolov5]}
-    learning_rate: {type: uniform, min_value: 0.0001, max_value: 0.01}
-    model_size: {type: choice, values: [small, medium]}
-  - model_name: {type: choice, values: [fasterrcnn_resnet50_fpn]}
-    learning_rate: {type: uniform, min_value: 0.0001, max_value: 0.001}
-    optimizer: {type: choice, values: [sgd, adam, adamw]}
-    min_size: {type: choice, values: [600, 800]}
-"""
 OPTIMAL = {
     "bccd-0": ("bccd-0-k2j4h6g8", 0.61, {"learning_rate": "0.0042", "model_size": "small"}),
     "bccd-1": ("bccd-1-x7k2m9q4", 0.72, {"learning_rate": "0.00031", "optimizer": "adamw", "min_size": "800"}),

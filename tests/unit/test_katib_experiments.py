@@ -14,26 +14,7 @@ from automl_vision.cli import main
 from automl_vision.errors import ConfigError
 from automl_vision.spec.job import parse_job
 from automl_vision.sweep import katib
-
-# The spec's section 10 example, with its data as the trial pods see it.
-SPEC_10 = """\
-task: image_object_detection
-training_data: s3://automl/bccd/train.jsonl
-validation_data: s3://automl/bccd/val.jsonl
-limits: {timeout_minutes: 60, max_trials: 10, max_concurrent_trials: 2}
-training_parameters: {early_stopping: true, evaluation_frequency: 1}
-sweep:
-  sampling_algorithm: random
-  early_termination: {type: bandit, evaluation_interval: 2, slack_factor: 0.2, delay_evaluation: 6}
-search_space:
-  - model_name: {type: choice, values: [yolov5]}
-    learning_rate: {type: uniform, min_value: 0.0001, max_value: 0.01}
-    model_size: {type: choice, values: [small, medium]}
-  - model_name: {type: choice, values: [fasterrcnn_resnet50_fpn]}
-    learning_rate: {type: uniform, min_value: 0.0001, max_value: 0.001}
-    optimizer: {type: choice, values: [sgd, adam, adamw]}
-    min_size: {type: choice, values: [600, 800]}
-"""
+from spec_example import SPEC_10  # the spec's section 10 example, with its data as the trial pods see it
 
 
 def spec10(**changes):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import textwrap
 
 import numpy as np
 import pytest
@@ -33,6 +32,7 @@ from automl_vision.spec import (
     uniform,
 )
 from automl_vision.spec.distributions import DISTRIBUTION_TYPES
+from spec_example import section_10_job
 
 
 def roundtrip(job: JobSpec) -> None:
@@ -150,24 +150,7 @@ def test_conditional_key_must_hold_dicts():
 
 # --- the spec section 10 example ---------------------------------------------------------------------
 
-SPEC_EXAMPLE = textwrap.dedent("""\
-    task: image_object_detection
-    training_data: data/train.jsonl
-    validation_data: data/val.jsonl
-    limits: {timeout_minutes: 60, max_trials: 10, max_concurrent_trials: 2}
-    training_parameters: {early_stopping: true, evaluation_frequency: 1}
-    sweep:
-      sampling_algorithm: random
-      early_termination: {type: bandit, evaluation_interval: 2, slack_factor: 0.2, delay_evaluation: 6}
-    search_space:
-      - model_name: {type: choice, values: [yolov5]}
-        learning_rate: {type: uniform, min_value: 0.0001, max_value: 0.01}
-        model_size: {type: choice, values: [small, medium]}
-      - model_name: {type: choice, values: [fasterrcnn_resnet50_fpn]}
-        learning_rate: {type: uniform, min_value: 0.0001, max_value: 0.001}
-        optimizer: {type: choice, values: [sgd, adam, adamw]}
-        min_size: {type: choice, values: [600, 800]}
-    """)
+SPEC_EXAMPLE = section_10_job("data/train.jsonl", "data/val.jsonl")
 
 
 def test_spec_example_parses_and_roundtrips():
