@@ -61,3 +61,15 @@ def make_classification_dataset(root: Path, *, n_per_class: int = 6, classes=("r
 @pytest.fixture
 def make_dataset():
     return make_classification_dataset
+
+
+@pytest.fixture
+def one_thread():
+    """One torch intra-op thread for the test: on a busy 2-core machine, spinning threads make tiny
+    models many times slower. Modules of small-model tests use it through ``pytestmark``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

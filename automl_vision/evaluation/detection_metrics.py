@@ -119,8 +119,11 @@ def parse_scoring_line(row: Any, classes: dict[str, int], width: int, height: in
                             np.asarray(scores, dtype=np.float64), masks if segmentation else None)
 
 
-def read_scoring_file(path: str | os.PathLike) -> list[tuple[int, dict]]:
-    """The lines of a predictions file: ``(line number, object)``; raises DataError listing bad lines."""
+def read_scoring_file(path: str | os.PathLike, *, fields: str = "'image_url' and 'boxes'",
+                      refuse_errors: bool = False) -> list[tuple[int, dict]]:
+    """The lines of a predictions file: ``(line number, object)``; raises DataError listing bad lines
+    (``fields``: what a line must hold, for the message; ``refuse_errors``: a line of an image that
+    ``predict`` could not score, with its ``error``, is a bad line)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"file not found: {path}")
@@ -135,7 +138,10 @@ def read_scoring_file(path: str | os.PathLike) -> list[tuple[int, dict]]:
                 problems.append(f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno})")
                 continue
             if not isinstance(row, dict) or not isinstance(row.get("image_url"), str):
-                problems.append(f"{path}:{number}: a line must be an object with 'image_url' and 'boxes'")
+                problems.append(f"{path}:{number}: a line must be an object with {fields}")
+                continue
+            if refuse_errors and "error" in row:
+                problems.append(f"{path}:{number}: the image was not scored: {row['error']}")
                 continue
             rows.append((number, row))
     if problems:

@@ -60,36 +60,12 @@ class EvaluationResult:
 
 # --- reading predictions -----------------------------------------------------------------------------
 
-def _read_predictions(path: Path) -> list[tuple[int, dict]]:
-    if not path.is_file():
-        raise DataError(f"file not found: {path}")
-    rows, problems = [], []
-    with path.open(encoding="utf-8") as f:
-        for number, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except json.JSONDecodeError as e:
-                problems.append(f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno})")
-                continue
-            if not isinstance(row, dict) or not isinstance(row.get("image_url"), str):
-                problems.append(f"{path}:{number}: a line must be an object with 'image_url'")
-                continue
-            if "error" in row:
-                problems.append(f"{path}:{number}: the image was not scored: {row['error']}")
-                continue
-            rows.append((number, row))
-    if problems:
-        raise DataError(problems)
-    return rows
-
-
 def match_predictions(records: Sequence, predictions: Path, data: str | os.PathLike) -> list[tuple[int, dict]]:
     """``(line, row)`` of the predictions file for each labelled record, in record order."""
-    from automl_vision.evaluation.detection_metrics import match_scoring_rows
+    from automl_vision.evaluation.detection_metrics import match_scoring_rows, read_scoring_file
 
-    found, problems = match_scoring_rows(records, _read_predictions(predictions), predictions, data)
+    rows = read_scoring_file(predictions, fields="'image_url'", refuse_errors=True)
+    found, problems = match_scoring_rows(records, rows, predictions, data)
     if problems:
         raise DataError(problems)
     return [found[k] for k in range(len(records))]

@@ -17,7 +17,7 @@ from automl_vision.cli import main
 from automl_vision.spec.tasks import CLASSIFICATION_MODELS, ImageTask
 from automl_vision.training.reporter import KATIB_METRIC_RE, read_metrics
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 FRIDGE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "fridge_small150"
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ")
@@ -67,14 +67,6 @@ def test_fridge_photos_from_the_command_line(tmp_path):
     result = json.loads((out / "result.json").read_text())
     assert result["status"] == "completed"
     assert result["best_value"] == pytest.approx(max(r["accuracy"] for r in rows), abs=1e-6)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("task", [ImageTask.IMAGE_CLASSIFICATION, ImageTask.IMAGE_CLASSIFICATION_MULTILABEL],

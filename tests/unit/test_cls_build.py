@@ -21,12 +21,7 @@ SMALL = {"pretrained": False, "train_crop_size": 24, "valid_resize_size": 28, "v
          "model_name": "resnet18"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def settings_for(data, tmp_path, task=MC, num_workers=0, **hp) -> TrialSettings:

@@ -26,12 +26,7 @@ SMALL = {"pretrained": False, "train_crop_size": 24, "valid_resize_size": 24, "v
          "early_stopping": False}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def settings_for(data, out, task=MC, **hp) -> TrialSettings:

@@ -19,13 +19,7 @@ MC = ImageTask.IMAGE_CLASSIFICATION
 ML = ImageTask.IMAGE_CLASSIFICATION_MULTILABEL
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine, two spinning threads make tiny models 50x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("name", CLASSIFICATION_MODELS)
