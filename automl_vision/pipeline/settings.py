@@ -15,20 +15,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from automl_vision import __version__
 from automl_vision.errors import ConfigError
+# One declaration of each Kubernetes shape: the job's compute (Katib trials) and the pipeline's steps share them.
+from automl_vision.spec.job import DataVolume, Toleration
 
 #: The images built from images/ carry the package version in their tag, so a step never runs
 #: other library code than the one that compiled the pipeline. The GPU image is the one Katib
 #: trials run too (``Compute.image_ref``).
 CPU_IMAGE_NAME, GPU_IMAGE_NAME = "automl-vision-cpu", "automl-vision-gpu"
-
-
-class Toleration(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    key: str | None = None
-    operator: Literal["Equal", "Exists"] = "Equal"
-    value: str | None = None
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+#: The weights location every step and trial reads (the ``--weights`` default of ``train``).
+WEIGHTS_ENV = "AUTOML_VISION_WEIGHTS"
 
 
 class GpuPool(BaseModel):
@@ -45,6 +40,19 @@ class GpuPool(BaseModel):
         Toleration(key="sku", operator="Equal", value="gpu", effect="NoSchedule"),
         Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule"),
     ])
+    # Requests of every GPU step and Katib trial (Guaranteed/Burstable QoS, never BestEffort); the
+    # defaults fit the allocatable capacity of the smallest GPU VM size of docs/kubeflow.md.
+    cpu: str = Field("3", description="CPU request of each GPU step and trial.")
+    memory: str = Field("16Gi", description="Memory request of each GPU step and trial.")
+
+
+class StepResources(BaseModel):
+    """Requests of the CPU steps (ingest, preview, report, package, deploy, and a Katib sweep's launcher)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cpu: str = "1"
+    memory: str = "4Gi"
 
 
 class StorageSecret(BaseModel):
@@ -61,15 +69,6 @@ class StorageSecret(BaseModel):
     })
 
 
-class DataVolume(BaseModel):
-    """A PersistentVolumeClaim holding the JSONL files (and local images), mounted into every step."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    claim_name: str
-    mount_path: str = Field("/data", pattern=r"^/")
-
-
 class ClusterSettings(BaseModel):
     """Everything about the cluster the compiled pipeline bakes in."""
 
@@ -82,9 +81,24 @@ class ClusterSettings(BaseModel):
                                                  description="null: the steps get no object-store credentials.")
     data_volume: DataVolume | None = Field(None, description="null: training_data is read from object storage "
                                                              "or a path the image already has.")
+    cpu_steps: StepResources = Field(default_factory=StepResources)
+    weights: str | None = Field(None, description="Where pretrained weights come from (s3://bucket/prefix, https://... "
+                                               "or a folder on the data volume); every step and Katib trial gets it "
+                                               "as AUTOML_VISION_WEIGHTS. null: the libraries' own sources.")
+    trial_outputs: str | None = Field(None, pattern=r"^s3://[^/]+(/.*)?$",
+                                      description="s3://bucket/prefix under which Katib trials upload their outputs "
+                                                  "(model, metrics, curves); the sweep step takes the best trial's "
+                                                  "model from there.")
     shm_size: str = Field("8Gi", pattern=r"^\d+(Ki|Mi|Gi|Ti)?$",
                           description="Memory-backed /dev/shm of the training steps (DataLoader workers pass "
                                       "batches through it; the container default of 64Mi is too small).")
+
+    def env(self) -> dict[str, str]:
+        """Environment variables of every pipeline step and every Katib trial (besides the Secret's keys)."""
+        out = {"PYTHONUNBUFFERED": "1"}  # progress reaches the pod log (and the local runner) at once
+        if self.weights:
+            out[WEIGHTS_ENV] = self.weights
+        return out
 
     @property
     def cpu_image(self) -> str:
