@@ -24,6 +24,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILES = {"cpu": ROOT / "images" / "cpu" / "Dockerfile", "gpu": ROOT / "images" / "gpu" / "Dockerfile"}
 BIN = Path(sys.executable).parent
+PIN_FILES = {"cpu": "requirements.txt", "gpu": "requirements-gpu.txt"}
 
 
 def instructions(path: Path) -> list[tuple[str, str]]:
@@ -93,7 +94,9 @@ def test_pinned_base_non_root_user_and_group_writable_folders(kind):
     assert users and users[-1].split(":")[0] not in ("0", "root")
     text = DOCKERFILES[kind].read_text()
     assert "chmod -R g+rwX" in text and "--gid 0" in text
-    assert "--constraint /tmp/requirements.txt" in text
+    # the pinned dependencies, then the package without dependencies (tests/unit/test_images.py checks the order)
+    assert f"--requirement /tmp/pins/{PIN_FILES[kind]}" in text
+    assert "pip install --no-deps /wheels/automl_vision-*.whl" in text
 
 
 def test_image_tags_are_the_ones_the_components_use():
@@ -101,17 +104,21 @@ def test_image_tags_are_the_ones_the_components_use():
     assert f"-t {cuda_image()} ." in DOCKERFILES["gpu"].read_text()
 
 
-def test_every_dependency_is_pinned_within_its_range():
+@pytest.mark.parametrize("kind", list(PIN_FILES))
+def test_every_dependency_is_pinned_within_its_range(kind):
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     pins = {}
-    for line in (ROOT / "images" / "requirements.txt").read_text().splitlines():
-        if line and not line.startswith("#"):
-            name, _, version = line.partition("==")
-            assert version, f"not pinned: {line}"
-            pins[canonicalize_name(name)] = version
+    for line in (ROOT / "images" / PIN_FILES[kind]).read_text().splitlines():
+        line = line.split(" #")[0].strip()
+        if line and not line.startswith(("#", "-")):
+            req = Requirement(line.rstrip(" \\"))
+            (spec,) = req.specifier
+            assert spec.operator == "==", f"not pinned: {line}"
+            pins[canonicalize_name(req.name)] = spec.version
     for text in project["dependencies"] + project["optional-dependencies"]["katib"]:
         req = Requirement(text)
         name = canonicalize_name(req.name)
-        assert name in pins, f"{req.name} is not pinned in images/requirements.txt"
+        assert name in pins, f"{req.name} is not pinned in images/{PIN_FILES[kind]}"
         assert req.specifier.contains(pins[name], prereleases=True), f"{req.name}=={pins[name]} outside {req.specifier}"
-    assert "kubeflow-katib" in pins  # installed without its dependencies, pinned all the same
+    # installed without its dependencies, pinned all the same
+    assert "kubeflow-katib==" in (ROOT / "images" / "requirements-katib.txt").read_text()
