@@ -1,24 +1,28 @@
 """The gRPC early-stopping service: Katib's ``EarlyStopping`` API with bandit and truncation selection.
 
 Katib runs it next to an Experiment's suggestion service (port 6788) when the Experiment's
-``earlyStopping.algorithmName`` is ``bandit`` or ``truncation-selection`` (registered in katib-config,
-see ``manifests/katib/``). Calls:
+``earlyStopping.algorithmName`` is ``bandit`` or ``truncation-selection`` (registered in Katib's
+KatibConfig by ``automl-vision katib-config``, :mod:`automl_vision.earlystopping.katib_config`). Calls:
 
 - ``ValidateEarlyStoppingSettings``: the settings parse into the policy (else INVALID_ARGUMENT).
 - ``GetEarlyStoppingRules``: before a trial is created. Reads the earlier trials' objective values
   from Katib's DB manager (``GetObservationLog``) and answers one frozen rule
   (:func:`automl_vision.earlystopping.rules.stop_rule`), or none while nothing can be compared.
-- ``SetTrialStatus``: the metrics collector stopped a trial; mark it ``EarlyStopped`` (needs get and
-  patch on ``trials`` and ``trials/status``).
+- ``SetTrialStatus``: the metrics collector stopped a trial; mark it ``EarlyStopped`` (needs get on
+  ``trials`` and patch on ``trials/status``): :func:`mark_early_stopped`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
+import random
 import signal
 import threading
+import time
+from collections.abc import Callable
 from concurrent import futures
 from datetime import datetime, timezone
 from typing import Any
@@ -34,6 +38,125 @@ KATIB_GROUP, KATIB_VERSION, TRIALS = "kubeflow.org", "v1beta1", "trials"
 NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 #: Trials whose observation log can no longer change.
 _FINISHED = ("SUCCEEDED", "KILLED", "FAILED", "METRICSUNAVAILABLE", "EARLYSTOPPED")
+EARLY_STOPPED = "EarlyStopped"
+JSON_PATCH = "application/json-patch+json"
+
+
+class TrialStatusError(Exception):
+    """Marking a trial EarlyStopped failed; ``code`` is the gRPC status the collector gets."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def early_stopped_condition(now: datetime | None = None) -> dict[str, str]:
+    """The condition Katib's own medianstop service appends (same type, reason and message)."""
+    stamp = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"type": EARLY_STOPPED, "status": "True", "reason": "TrialEarlyStopped",
+            "message": "Trial is early stopped", "lastUpdateTime": stamp, "lastTransitionTime": stamp}
+
+
+def is_early_stopped(trial: dict) -> bool:
+    conditions = (trial.get("status") or {}).get("conditions") or []
+    return any(isinstance(c, dict) and c.get("type") == EARLY_STOPPED and c.get("status") == "True"
+               for c in conditions)
+
+
+def status_patch(trial: dict, condition: dict) -> list[dict]:
+    """A JSON patch (RFC 6902) of the trial's status subresource that appends ``condition``.
+
+    It only adds: whatever else the controller writes to the status in the meantime is kept. Its first
+    operation sets ``metadata.resourceVersion`` to the version that was read, a precondition: the API
+    server refuses the write with 409 Conflict when the trial changed since (its update compares the
+    patched object's resourceVersion with the stored one), and the caller reads the trial again. A
+    ``test`` of the resourceVersion would refuse too, but with a 422 that cannot be told apart from a
+    malformed patch. ``conditions`` (or ``status``) is created when the trial has none yet.
+    """
+    ops: list[dict] = []
+    version = (trial.get("metadata") or {}).get("resourceVersion")
+    if version:
+        ops.append({"op": "replace", "path": "/metadata/resourceVersion", "value": version})
+    status = trial.get("status")
+    if not isinstance(status, dict):
+        ops.append({"op": "add", "path": "/status", "value": {"conditions": [condition]}})
+    elif not isinstance(status.get("conditions"), list):
+        ops.append({"op": "add", "path": "/status/conditions", "value": [condition]})
+    else:
+        ops.append({"op": "add", "path": "/status/conditions/-", "value": condition})
+    return ops
+
+
+def _api_message(e: Any) -> str:
+    """``404 Not Found: trials "x" not found`` (code, reason, the Status' message) from an ApiException."""
+    text = f"{e.status} {e.reason}"
+    try:
+        body = json.loads(e.body or "{}")
+    except (TypeError, ValueError):
+        body = {}
+    if isinstance(body, dict) and body.get("message"):
+        text += f": {body['message']}"
+    return text
+
+
+def mark_early_stopped(api: Any, namespace: str, name: str, *, attempts: int = 5, backoff_s: float = 0.2,
+                       sleep: Callable[[float], None] = time.sleep) -> str:
+    """Append the EarlyStopped condition to the trial ``namespace/name`` through ``api`` (a kubernetes
+    ``CustomObjectsApi``); returns what was done. Nothing is written when the trial already has
+    EarlyStopped True. A write refused with 409 Conflict (the controller updated the trial in between) is
+    retried on a fresh read, up to ``attempts`` writes, waiting ``backoff_s`` doubling (with jitter).
+    Raises TrialStatusError: NOT_FOUND (no such trial), PERMISSION_DENIED, ABORTED (still conflicting
+    after every attempt), UNAVAILABLE (API server unreachable) or INTERNAL."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    if attempts < 1:
+        raise ValueError("attempts must be at least 1")
+    path = f"/apis/{KATIB_GROUP}/{KATIB_VERSION}/namespaces/{namespace}/{TRIALS}/{name}"
+
+    def refused(e: ApiException, doing: str) -> TrialStatusError:
+        if e.status == 404:
+            return TrialStatusError(grpc.StatusCode.NOT_FOUND, f"no trial {name} in namespace {namespace} "
+                                                               f"({doing}: {_api_message(e)})")
+        if e.status in (401, 403):
+            return TrialStatusError(grpc.StatusCode.PERMISSION_DENIED,
+                                    f"{doing}: {_api_message(e)}; the suggestion pod's service account needs get "
+                                    "on trials and patch on trials/status (manifests/katib/rbac.yaml)")
+        return TrialStatusError(grpc.StatusCode.INTERNAL, f"{doing}: {_api_message(e)}")
+
+    def unreachable(e: HTTPError) -> TrialStatusError:
+        return TrialStatusError(grpc.StatusCode.UNAVAILABLE, f"cannot reach the Kubernetes API server: {e}")
+
+    for attempt in range(1, attempts + 1):
+        try:
+            trial = api.get_namespaced_custom_object(KATIB_GROUP, KATIB_VERSION, namespace, TRIALS, name)
+        except ApiException as e:
+            raise refused(e, "reading the trial") from None
+        except HTTPError as e:
+            raise unreachable(e) from None
+        if is_early_stopped(trial):
+            return "was already marked EarlyStopped"
+        ops = status_patch(trial, early_stopped_condition())
+        try:
+            api.api_client.call_api(
+                path + "/status", "PATCH", header_params={"Accept": "application/json", "Content-Type": JSON_PATCH},
+                body=ops, response_type="object", auth_settings=["BearerToken"], _return_http_data_only=True)
+        except ApiException as e:
+            if e.status != 409:
+                raise refused(e, "patching the trial's status") from None
+            if attempt == attempts:
+                raise TrialStatusError(grpc.StatusCode.ABORTED,
+                                       f"the trial changed during each of {attempts} attempts "
+                                       f"(409 Conflict: {_api_message(e)})") from None
+            wait = backoff_s * 2 ** (attempt - 1)
+            log.info("trial %s/%s changed since it was read (409 Conflict); reading it again in %.2f s",
+                     namespace, name, wait)
+            sleep(wait * random.uniform(0.5, 1.0))
+            continue
+        except HTTPError as e:
+            raise unreachable(e) from None
+        return "marked EarlyStopped" + (f" (attempt {attempt})" if attempt > 1 else "")
+    raise AssertionError("unreachable")
 
 
 def _timestamp_key(text: str) -> datetime:
@@ -47,8 +170,10 @@ class EarlyStoppingService:
     """Katib's ``EarlyStopping`` servicer. ``custom_api``: a kubernetes ``CustomObjectsApi`` (default:
     the in-cluster one, made on first use); ``namespace``: the trials' namespace (default: the pod's)."""
 
-    def __init__(self, *, namespace: str | None = None, custom_api: Any = None, rpc_timeout_s: float = 60.0):
+    def __init__(self, *, namespace: str | None = None, custom_api: Any = None, rpc_timeout_s: float = 60.0,
+                 status_attempts: int = 5, status_backoff_s: float = 0.2):
         self.pb2, self.pb2_grpc = import_katib_api()
+        self._status_attempts, self._status_backoff_s = status_attempts, status_backoff_s
         self._namespace = namespace
         self._custom_api = custom_api
         self._timeout = rpc_timeout_s
@@ -98,18 +223,14 @@ class EarlyStoppingService:
     def SetTrialStatus(self, request, context):  # noqa: N802
         name, namespace = request.trial_name, self.namespace()
         try:
-            api = self.custom_api()
-            trial = api.get_namespaced_custom_object(KATIB_GROUP, KATIB_VERSION, namespace, TRIALS, name)
-            now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-            status = trial.setdefault("status", {})
-            status.setdefault("conditions", []).append({
-                "type": "EarlyStopped", "status": "True", "reason": "TrialEarlyStopped",
-                "message": "Trial is early stopped", "lastUpdateTime": now, "lastTransitionTime": now,
-            })
-            api.patch_namespaced_custom_object_status(KATIB_GROUP, KATIB_VERSION, namespace, TRIALS, name, trial)
-        except Exception as e:  # any failure goes back to the collector, which fails loudly
-            context.abort(grpc.StatusCode.INTERNAL, f"cannot mark trial {namespace}/{name} early stopped: {e}")
-        log.info("trial %s/%s marked EarlyStopped", namespace, name)
+            action = mark_early_stopped(self.custom_api(), namespace, name, attempts=self._status_attempts,
+                                        backoff_s=self._status_backoff_s)
+        except TrialStatusError as e:
+            context.abort(e.code, f"cannot mark trial {namespace}/{name} early stopped: {e}")
+        except Exception as e:  # anything else goes back to the collector too, which fails the trial loudly
+            context.abort(grpc.StatusCode.INTERNAL, f"cannot mark trial {namespace}/{name} early stopped: "
+                                                    f"{type(e).__name__}: {e}")
+        log.info("trial %s/%s %s", namespace, name, action)
         return self.pb2.SetTrialStatusReply()
 
     # -- helpers -------------------------------------------------------------------------------

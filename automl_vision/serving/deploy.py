@@ -3,6 +3,8 @@
 The predictor is the project's own image running ``automl-vision serve --model /mnt/models``, as in
 ``manifests/kserve/inferenceservice.yaml``; KServe's storage initializer downloads the package named
 by the container's ``STORAGE_URI`` into ``/mnt/models`` (a ``pvc://`` claim is mounted instead).
+KServe injects that initializer only in namespaces without a ``control-plane`` label, which a full
+Kubeflow puts on ``kubeflow``: the default namespace is a dedicated one, ``automl-vision-serving``.
 
 The API calls go through the official ``kubernetes`` client's ``CustomObjectsApi``, not kserve's
 ``KServeClient``: KServeClient turns every API error into a bare ``RuntimeError`` (a 403 and a 404
@@ -19,7 +21,6 @@ import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -39,7 +40,12 @@ GPU_RESOURCE = "nvidia.com/gpu"
 PART_OF = {"app.kubernetes.io/part-of": "automl-vision"}
 #: A digest of what deploy_model sent; an object carrying the same one (and the same fields) is left alone.
 HASH_ANNOTATION = "automl-vision/manifest-hash"
-POD_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+#: Where an InferenceService goes unless a namespace is given: the one manifests/pipeline creates, with the
+#: serving ServiceAccount, the object-store Secret and the pipeline's rights on InferenceServices.
+DEFAULT_SERVING_NAMESPACE = "automl-vision-serving"
+#: KServe's pod-mutating webhook (which injects the storage initializer) skips namespaces carrying this label
+#: (its namespaceSelector: control-plane DoesNotExist); a full Kubeflow puts it on `kubeflow`.
+CONTROL_PLANE_LABEL = "control-plane"
 PROGRESS_EVERY_S = 30.0
 URI_SCHEMES = ("s3", "gs", "pvc", "http", "https")
 #: The storage initializer downloads an http(s) URI as one file and unpacks it only if it is an archive.
@@ -54,7 +60,7 @@ _SERVING = {hp.name: hp for hp in SERVING_SETTINGS}
 _MANAGED_PREDICTOR_KEYS = ("serviceAccountName", "minReplicas", "maxReplicas", "nodeSelector", "tolerations",
                            "containers")
 _RBAC_HINT = ("the identity needs get, create and patch on inferenceservices (group serving.kserve.io) in that "
-              "namespace; manifests/pipeline/rbac.yaml grants them to pipeline-runner")
+              f"namespace; manifests/pipeline/rbac.yaml grants them to pipeline-runner in {DEFAULT_SERVING_NAMESPACE}")
 
 
 class DeployError(AutoMLError):
@@ -225,25 +231,6 @@ def to_yaml(manifest: Mapping[str, Any]) -> str:
 
 # --- the cluster --------------------------------------------------------------------------------
 
-def default_namespace(pod_namespace_file: str | Path = POD_NAMESPACE_FILE, kubeconfig: str | None = None) -> str:
-    """The pod's own namespace in a cluster, else the kubeconfig's current context's, else ``default``."""
-    path = Path(pod_namespace_file)
-    if path.is_file():
-        text = path.read_text().strip()
-        if text:
-            return text
-    try:
-        from kubernetes import config
-
-        _, active = config.list_kube_config_contexts(config_file=kubeconfig or os.environ.get("KUBECONFIG") or None)
-        namespace = (active or {}).get("context", {}).get("namespace")
-        if namespace:
-            return namespace
-    except Exception:  # no kubeconfig, or one without contexts: fall through to "default"
-        pass
-    return "default"
-
-
 def custom_objects_api(client: Any = None):
     """A ``kubernetes.client.CustomObjectsApi``: from ``client`` (an ApiClient, a Configuration or the API
     itself), else the pod's service account in a cluster, else the kubeconfig."""
@@ -278,6 +265,39 @@ def custom_objects_api(client: Any = None):
                           f"({os.environ.get('KUBECONFIG') or '~/.kube/config'}: {e}); run inside the cluster, point "
                           "KUBECONFIG at a config, or print the manifest with --dry-run", "deploy") from None
     return k8s.CustomObjectsApi(k8s.ApiClient(configuration))
+
+
+def check_serving_namespace(namespace: str, client: Any = None) -> None:
+    """Refuse a namespace that does not exist, or one KServe never injects its storage initializer into
+    (labelled ``control-plane``): there the predictor would start without its model. Reading a namespace
+    is a cluster-wide permission the pipeline's identity may lack: a 403 is logged as a warning and the
+    deploy goes on unchecked."""
+    from kubernetes import client as k8s
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    core = k8s.CoreV1Api(custom_objects_api(client).api_client)
+    what = f"reading Namespace {namespace}"
+    try:
+        labels = core.read_namespace(namespace).metadata.labels or {}
+    except ApiException as e:
+        if e.status == 403:
+            log.warning("%s: forbidden (403: %s); not checking its %r label (KServe's storage initializer is "
+                        "not injected into a namespace that has it); manifests/pipeline/rbac.yaml grants get on "
+                        "namespaces to pipeline-runner", what, _api_message(e), CONTROL_PLANE_LABEL)
+            return
+        if e.status == 404:
+            raise ConfigError(f"namespace {namespace!r} does not exist: kubectl apply -k manifests/ creates "
+                              f"{DEFAULT_SERVING_NAMESPACE!r}, or give an existing namespace", "deploy") from None
+        raise _api_error(e, what, namespace) from None
+    except HTTPError as e:
+        raise DeployError(f"{what}: cannot reach the Kubernetes API server: {e}") from None
+    if CONTROL_PLANE_LABEL in labels:
+        raise ConfigError(
+            f"namespace {namespace!r} is labelled {CONTROL_PLANE_LABEL}={labels[CONTROL_PLANE_LABEL]}: KServe's "
+            "pod webhook skips such namespaces, so its storage initializer would never download the model and the "
+            f"predictor would start without it; deploy to a namespace without that label, such as "
+            f"{DEFAULT_SERVING_NAMESPACE!r} (kubectl apply -k manifests/ creates it)", "deploy")
 
 
 def _api_message(e: Any) -> str:
@@ -381,15 +401,18 @@ def deploy_model(model_uri: str, name: str, namespace: str | None = None, *,
                  wait: bool = False, timeout_s: float = 600.0, poll_interval_s: float = 5.0,
                  client: Any = None) -> dict[str, Any]:
     """Create the InferenceService serving the package at ``model_uri``, or update the one named ``name``
-    (a retried step or a retraining updates the same endpoint). ``wait``: poll until it is Ready for
-    this spec, at most ``timeout_s``. Returns name, namespace, action (created | updated | unchanged),
-    url (``status.url`` when known, else None) and the manifest sent."""
-    namespace = namespace or default_namespace()
+    (a retried step or a retraining updates the same endpoint), in ``namespace`` (default
+    ``DEFAULT_SERVING_NAMESPACE``; refused when labelled ``control-plane``, see
+    :func:`check_serving_namespace`). ``wait``: poll until it is Ready for this spec, at most
+    ``timeout_s``. Returns name, namespace, action (created | updated | unchanged), url (``status.url``
+    when known, else None) and the manifest sent."""
+    namespace = namespace or DEFAULT_SERVING_NAMESPACE
     manifest = inference_service_manifest(
         model_uri, name, namespace, image=image, port=port, cpu=cpu, memory=memory, cpu_limit=cpu_limit,
         memory_limit=memory_limit, gpu=gpu, service_account=service_account, min_replicas=min_replicas,
         max_replicas=max_replicas, settings=settings, node_selector=node_selector, tolerations=tolerations)
     api = custom_objects_api(client)
+    check_serving_namespace(namespace, api)
     where = f"InferenceService {namespace}/{name}"
     obj, action = _apply(api, manifest, name, namespace, where)
     log.info("%s %s (model %s)", where, action, model_uri)

@@ -1,5 +1,7 @@
 """The early-stopping service over gRPC on 127.0.0.1, with recorded observations served by a Katib
-DBManager gRPC server (Katib's own stubs): its rules decide as the local sweep's policy functions."""
+DBManager gRPC server (Katib's own stubs): its rules decide as the local sweep's policy functions.
+Its SetTrialStatus against the stand-in Kubernetes API server (tests/kube_api_fake.py), with Katib's
+controller writing the trial between the service's read and its write."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ pytest.importorskip("kubeflow.katib", reason="the Katib SDK (make test installs 
 
 from kubeflow.katib import katib_api_pb2 as pb2  # noqa: E402
 from kubeflow.katib import katib_api_pb2_grpc as pb2_grpc  # noqa: E402
+from kube_api_fake import FakeKubernetesAPI, JSONPatchError, json_patch, serving  # noqa: E402
 
 from automl_vision.earlystopping import rules as es  # noqa: E402
 from automl_vision.earlystopping.collector import RuleSet  # noqa: E402
@@ -181,3 +184,188 @@ def test_db_manager_unreachable_is_an_error(servers):
             experiment=experiment, trials=_trials(), db_manager_address=dead), timeout=20)
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
     assert f"cannot read observation logs from the Katib DB manager at {dead}" in e.value.details()
+
+
+# --- SetTrialStatus: marking the trial EarlyStopped on the API server --------------------------------
+
+TRIAL = ("test", "trials", "exp-4k2j9xqw")
+TRIAL_PATH = "/apis/kubeflow.org/v1beta1/namespaces/test/trials/exp-4k2j9xqw"
+
+
+class RacingController(FakeKubernetesAPI):
+    """The API server, with Katib's trial controller writing the trial's status between the service's read
+    and its write, ``races`` times (it records the metrics and refreshes its Running condition)."""
+
+    def __init__(self, races: int):
+        super().__init__()
+        self.races = races
+
+    def before_write(self, method, namespace, plural, name, subresource):
+        if self.races and (namespace, plural, name) == TRIAL:
+            self.races -= 1
+            self.update_object(TRIAL, self.controller_writes)
+
+    @staticmethod
+    def controller_writes(trial):
+        status = trial.setdefault("status", {})
+        status["observation"] = {"metrics": [{"name": "accuracy", "latest": "0.41", "max": "0.41", "min": "0.41"}]}
+        conditions = status.setdefault("conditions", [])
+        running = next((c for c in conditions if c["type"] == "Running"), None)
+        if running is None:
+            conditions.append({"type": "Running", "status": "True", "reason": "TrialRunning"})
+        else:
+            running["message"] = "Trial is running, metrics collected"
+
+
+def _trial(status: dict | None) -> dict:
+    trial = {"apiVersion": "kubeflow.org/v1beta1", "kind": "Trial",
+             "metadata": {"name": TRIAL[2], "namespace": "test", "resourceVersion": "7", "generation": 1},
+             "spec": {"objective": {"objectiveMetricName": "accuracy"}}}
+    if status is not None:
+        trial["status"] = status
+    return trial
+
+
+@pytest.fixture
+def trial_server():
+    """``start(fake, **service options)`` -> an EarlyStopping stub whose service talks to ``fake``."""
+    from contextlib import ExitStack
+
+    from kubernetes import client as k8s
+
+    with ExitStack() as stack:
+        def start(fake: FakeKubernetesAPI, **options):
+            config = stack.enter_context(serving(fake))
+            service = EarlyStoppingService(namespace="test", custom_api=k8s.CustomObjectsApi(k8s.ApiClient(config)),
+                                           status_backoff_s=0.01, **options)
+            server, port = serve(service, port=0, host="127.0.0.1")
+            stack.callback(server.stop, None)
+            channel = stack.enter_context(grpc.insecure_channel(f"127.0.0.1:{port}"))
+            return pb2_grpc.EarlyStoppingStub(channel)
+
+        yield start
+
+
+def _set_status(stub, name=TRIAL[2]):
+    return stub.SetTrialStatus(pb2.SetTrialStatusRequest(trial_name=name), timeout=20)
+
+
+@pytest.mark.parametrize("status", [
+    {"conditions": [{"type": "Created", "status": "True"}, {"type": "Running", "status": "True"}]},
+    None,  # a trial the controller has not written a status for yet: the race creates it
+], ids=["conditions", "no-status"])
+def test_a_concurrent_controller_update_is_kept(trial_server, status):
+    fake = RacingController(races=1)
+    fake.objects[TRIAL] = _trial(status)
+    _set_status(trial_server(fake))
+    trial = fake.objects[TRIAL]
+    types = [c["type"] for c in trial["status"]["conditions"]]
+    assert types[-1] == "EarlyStopped" and types.count("EarlyStopped") == 1
+    assert "Running" in types  # the controller's condition, written in between, is still there
+    assert trial["status"]["observation"]["metrics"][0]["latest"] == "0.41"
+    stopped = trial["status"]["conditions"][-1]
+    assert (stopped["status"], stopped["reason"], stopped["message"]) == ("True", "TrialEarlyStopped",
+                                                                          "Trial is early stopped")
+    # read, write refused (the trial changed), read again, write: a JSON patch of the status both times
+    assert [m for m, p in fake.requests] == ["GET", "PATCH", "GET", "PATCH"]
+    patches = [(ctype, ops) for m, p, ctype, ops in fake.bodies if p == TRIAL_PATH + "/status"]
+    assert len(patches) == 2 and all(ctype == "application/json-patch+json" for ctype, _ in patches)
+    assert trial["spec"] == _trial(None)["spec"] and trial["metadata"]["generation"] == 1
+
+
+def test_an_early_stopped_trial_is_not_marked_twice(trial_server):
+    fake = FakeKubernetesAPI()
+    conditions = [{"type": "Running", "status": "False"},
+                  {"type": "EarlyStopped", "status": "True", "reason": "TrialEarlyStopped"}]
+    fake.objects[TRIAL] = _trial({"conditions": conditions})
+    stub = trial_server(fake)
+    _set_status(stub)
+    _set_status(stub)
+    assert fake.objects[TRIAL]["status"]["conditions"] == conditions
+    assert [m for m, _ in fake.requests] == ["GET", "GET"]  # nothing written
+
+
+def test_a_trial_changing_at_every_attempt_is_an_aborted_call(trial_server):
+    fake = RacingController(races=99)
+    fake.objects[TRIAL] = _trial({"conditions": [{"type": "Running", "status": "True"}]})
+    with pytest.raises(grpc.RpcError) as e:
+        _set_status(trial_server(fake, status_attempts=3))
+    assert e.value.code() == grpc.StatusCode.ABORTED
+    assert e.value.details().startswith("cannot mark trial test/exp-4k2j9xqw early stopped: the trial changed "
+                                        "during each of 3 attempts (409 Conflict")
+    assert [m for m, _ in fake.requests] == ["GET", "PATCH"] * 3
+    assert "EarlyStopped" not in [c["type"] for c in fake.objects[TRIAL]["status"]["conditions"]]
+
+
+def test_a_missing_trial_is_not_found(trial_server):
+    with pytest.raises(grpc.RpcError) as e:
+        _set_status(trial_server(FakeKubernetesAPI()), "exp-gone0001")
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    assert e.value.details() == ("cannot mark trial test/exp-gone0001 early stopped: no trial exp-gone0001 in "
+                                 "namespace test (reading the trial: 404 Not Found: trials \"exp-gone0001\" not found)")
+
+
+def test_a_refused_status_write_names_the_permission(trial_server):
+    fake = FakeKubernetesAPI()
+    fake.objects[TRIAL] = _trial({"conditions": []})
+    fake.fail[("PATCH", "trials")] = (403, "Forbidden", 'trials.kubeflow.org "exp-4k2j9xqw" is forbidden: User '
+                                      '"system:serviceaccount:test:exp" cannot patch resource "trials/status"')
+    with pytest.raises(grpc.RpcError) as e:
+        _set_status(trial_server(fake))
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "cannot patch resource \"trials/status\"" in e.value.details()
+    assert "needs get on trials and patch on trials/status (manifests/katib/rbac.yaml)" in e.value.details()
+
+
+# The stand-in API server's JSON patches, against examples of RFC 6902 (appendix A).
+@pytest.mark.parametrize("doc, ops, expected", [
+    ({"foo": "bar"}, [{"op": "add", "path": "/baz", "value": "qux"}], {"foo": "bar", "baz": "qux"}),
+    ({"foo": ["bar", "baz"]}, [{"op": "add", "path": "/foo/1", "value": "qux"}], {"foo": ["bar", "qux", "baz"]}),
+    ({"foo": ["bar"]}, [{"op": "add", "path": "/foo/-", "value": ["abc", "def"]}], {"foo": ["bar", ["abc", "def"]]}),
+    ({"baz": "qux", "foo": "bar"}, [{"op": "remove", "path": "/baz"}], {"foo": "bar"}),
+    ({"baz": "qux", "foo": "bar"}, [{"op": "replace", "path": "/baz", "value": "boo"}], {"baz": "boo", "foo": "bar"}),
+    ({"foo": {"bar": "baz", "waldo": "fred"}, "qux": {"corge": "grault"}},
+     [{"op": "move", "from": "/foo/waldo", "path": "/qux/thud"}],
+     {"foo": {"bar": "baz"}, "qux": {"corge": "grault", "thud": "fred"}}),
+    ({"/": 9, "~1": 10}, [{"op": "test", "path": "/~01", "value": 10}], {"/": 9, "~1": 10}),
+])
+def test_stand_in_json_patch(doc, ops, expected):
+    assert json_patch(doc, ops) == expected
+
+
+@pytest.mark.parametrize("doc, ops", [
+    ({"foo": "bar"}, [{"op": "add", "path": "/baz/bat", "value": "qux"}]),  # A.12: no parent
+    ({"baz": "qux"}, [{"op": "test", "path": "/baz", "value": "bar"}]),  # A.9
+    ({"foo": ["bar"]}, [{"op": "add", "path": "/foo/2", "value": 1}]),
+    ({"foo": 1}, [{"op": "replace", "path": "/bar", "value": 1}]),
+])
+def test_stand_in_json_patch_refusals(doc, ops):
+    with pytest.raises(JSONPatchError):
+        json_patch(doc, ops)
+
+
+def test_stand_in_refuses_writes_of_a_stale_resource_version():
+    """What the old whole-object status write ran into: 409 once the controller has written in between."""
+    from kubernetes import client as k8s
+    from kubernetes.client.exceptions import ApiException
+
+    fake = FakeKubernetesAPI()
+    fake.objects[TRIAL] = _trial({"conditions": []})
+    with serving(fake) as config:
+        api = k8s.CustomObjectsApi(k8s.ApiClient(config))
+        read = api.get_namespaced_custom_object("kubeflow.org", "v1beta1", "test", "trials", TRIAL[2])
+        fake.update_object(TRIAL, RacingController.controller_writes)  # resourceVersion 7 -> 8
+        read["status"]["conditions"].append({"type": "EarlyStopped", "status": "True"})
+        for write in (api.patch_namespaced_custom_object_status, api.replace_namespaced_custom_object_status,
+                      api.replace_namespaced_custom_object):
+            with pytest.raises(ApiException) as e:
+                write("kubeflow.org", "v1beta1", "test", "trials", TRIAL[2], read)
+            assert e.value.status == 409 and "the object has been modified" in e.value.body
+        assert fake.objects[TRIAL]["metadata"]["resourceVersion"] == "8"
+        fresh = api.get_namespaced_custom_object("kubeflow.org", "v1beta1", "test", "trials", TRIAL[2])
+        fresh["status"]["conditions"].append({"type": "EarlyStopped", "status": "True"})
+        fresh["spec"]["objective"]["goal"] = 0.9
+        written = api.replace_namespaced_custom_object_status("kubeflow.org", "v1beta1", "test", "trials", TRIAL[2],
+                                                              fresh)
+        assert written["metadata"]["resourceVersion"] == "9" and "goal" not in written["spec"]  # status only
+        assert written["status"]["observation"] and written["status"]["conditions"][-1]["type"] == "EarlyStopped"

@@ -1,8 +1,10 @@
 """The deploy step: the component's function run as a pod runs it (a Python process whose Kubernetes
 credentials come from its environment, here ``$KUBECONFIG``), against the local Kubernetes API
 stand-in the deploy library's own tests use (tests/kube_api_fake.py), with KServe's controller as a
-script that marks an InferenceService Ready. No KServe controller, storage initializer or predictor
-pod is involved: whether the package downloads and the server answers is what only a cluster shows."""
+script that marks an InferenceService Ready, and the namespaces of a full Kubeflow (``kubeflow`` labelled
+control-plane) plus the serving one manifests/ create. No KServe controller, storage initializer or
+predictor pod is involved: whether the package downloads and the server answers is what only a cluster
+shows."""
 
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ import pytest
 from kserve_crd import check_inference_service
 from kube_api_fake import FakeKubernetesAPI
 from kube_testserver import serve, write_kubeconfig
+
+from automl_vision.serving.deploy import DEFAULT_SERVING_NAMESPACE
 
 MODEL_URI = "minio://mlpipeline/v2/artifacts/automl-vision/run-1/package/model"  # a KFP artifact in its MinIO
 RESULT = "deploy output: "
@@ -36,6 +40,12 @@ for call in json.loads(sys.argv[1]):
 class ReadyOnRead(FakeKubernetesAPI):
     """KServe's controller as a script: an InferenceService is Ready, with its URL, once it is read."""
 
+    def __init__(self):
+        super().__init__()
+        self.add_namespace("kubeflow", {"control-plane": "kubeflow", "istio-injection": "enabled"})
+        self.add_namespace("team-a")
+        self.add_namespace(DEFAULT_SERVING_NAMESPACE, {"app.kubernetes.io/part-of": "automl-vision"})
+
     def on_get(self, plural: str, obj: dict) -> None:
         if plural == "inferenceservices":
             meta = obj["metadata"]
@@ -45,7 +55,7 @@ class ReadyOnRead(FakeKubernetesAPI):
 
 
 def run_step(tmp_path: Path, host: str, calls: list[dict]) -> tuple[subprocess.CompletedProcess, list[dict]]:
-    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", host, namespace="team-a")
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", host, namespace="kubeflow")  # where the pipeline runs
     env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"}
     env.update(KUBECONFIG=str(kubeconfig), HOME=str(tmp_path))
     for i, call in enumerate(calls):
@@ -68,10 +78,11 @@ def test_deploy_creates_then_updates_the_inference_service(tmp_path):
     assert p.returncode == 0, p.stdout + p.stderr
     assert [o["metadata"]["action"] for o in outputs] == ["created", "unchanged", "updated"]
     first = outputs[0]
-    # the namespace of the credentials' context (in a pod: its own), the URL once Ready
-    assert first["metadata"] == {"name": "fridge", "namespace": "team-a", "action": "created",
-                                 "url": "http://fridge.team-a.example.com"}
-    assert "InferenceService team-a/fridge created: http://fridge.team-a.example.com" in p.stdout
+    # the component's default namespace, not the pod's own (kubeflow, which KServe skips); the URL once Ready
+    assert first["metadata"] == {"name": "fridge", "namespace": "automl-vision-serving", "action": "created",
+                                 "url": "http://fridge.automl-vision-serving.example.com"}
+    assert ("InferenceService automl-vision-serving/fridge created: "
+            "http://fridge.automl-vision-serving.example.com") in p.stdout
     manifest = first["file"]
     assert check_inference_service(manifest) == []  # KServe's CRD schema
     predictor = manifest["spec"]["predictor"]
@@ -81,7 +92,7 @@ def test_deploy_creates_then_updates_the_inference_service(tmp_path):
     # KFP's minio:// artifact URI as the s3:// URI KServe's storage initializer downloads
     assert {"name": "STORAGE_URI", "value": "s3://mlpipeline/v2/artifacts/automl-vision/run-1/package/model"} \
         in container["env"]
-    stored = fake.objects[("team-a", "inferenceservices", "fridge")]
+    stored = fake.objects[("automl-vision-serving", "inferenceservices", "fridge")]
     assert {"name": "STORAGE_URI", "value": "s3://mlpipeline/v2/artifacts/automl-vision/run-2/package/model"} \
         in stored["spec"]["predictor"]["containers"][0]["env"]
     assert [m for m, _ in fake.requests].count("POST") == 1 and [m for m, _ in fake.requests].count("PATCH") == 1
@@ -101,3 +112,30 @@ def test_bad_inputs_fail_before_anything_is_sent(tmp_path, inputs, message):
     assert p.returncode != 0 and outputs == []
     assert message in p.stderr
     assert fake.requests == []
+
+
+def test_a_control_plane_namespace_is_refused_and_another_one_is_used(tmp_path):
+    fake = ReadyOnRead()
+    with serve(fake) as host:
+        p, outputs = run_step(tmp_path, host, [{"model": MODEL_URI, "inference_service_name": "fridge",
+                                                "namespace": "kubeflow"}])
+        assert p.returncode != 0 and outputs == []
+        assert "namespace 'kubeflow' is labelled control-plane=kubeflow: KServe's pod webhook skips" in p.stderr
+        assert fake.objects == {}
+        p, outputs = run_step(tmp_path, host, [{"model": MODEL_URI, "inference_service_name": "fridge",
+                                                "namespace": "team-a"}])
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert outputs[0]["metadata"]["namespace"] == "team-a"
+    assert list(fake.objects) == [("team-a", "inferenceservices", "fridge")]
+
+
+def test_the_pipeline_and_the_step_deploy_to_the_serving_namespace_by_default():
+    """The pipeline's serving_namespace and the component's namespace default to the namespace
+    manifests/ create, which is deploy_model's own default."""
+    from automl_vision.pipeline.components import deploy
+    from automl_vision.pipeline.pipeline import build_pipeline
+
+    pipeline_inputs = build_pipeline().pipeline_spec.root.input_definitions.parameters
+    assert pipeline_inputs["serving_namespace"].default_value.string_value == DEFAULT_SERVING_NAMESPACE
+    component_inputs = deploy.pipeline_spec.root.input_definitions.parameters
+    assert component_inputs["namespace"].default_value.string_value == DEFAULT_SERVING_NAMESPACE

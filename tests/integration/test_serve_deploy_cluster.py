@@ -1,6 +1,7 @@
 """deploy_model with the real ``kubernetes`` client against a local HTTP server on 127.0.0.1 that speaks
 the Kubernetes custom-object endpoints (tests/kube_api_fake.py), and ``automl-vision deploy`` run as a
-command. A scripted stand-in for KServe's controller marks an InferenceService Ready after a few reads.
+command. A scripted stand-in for KServe's controller marks an InferenceService Ready after a few reads;
+the namespaces exist with the labels each test gives them (KServe skips those labelled control-plane).
 There is no KServe controller, webhook, storage initializer or predictor pod here: whether the image
 starts, downloads the package and answers is what only a cluster shows."""
 
@@ -18,9 +19,11 @@ from kube_api_fake import FakeKubernetesAPI, serving
 from kserve_crd import check_inference_service
 
 from automl_vision.errors import ConfigError
-from automl_vision.serving.deploy import DeployError, deploy_model, inference_service_manifest
+from automl_vision.serving.deploy import (DEFAULT_SERVING_NAMESPACE, DeployError, deploy_model,
+                                          inference_service_manifest)
 
 ISVC_PATH = "/apis/serving.kserve.io/v1beta1/namespaces/team-a/inferenceservices"
+NAMESPACE_PATH = "/api/v1/namespaces/team-a"
 URI = "s3://mlpipeline/v2/artifacts/automl-vision/run-1/package/model"
 
 
@@ -32,6 +35,8 @@ class FakeKServe(FakeKubernetesAPI):
         super().__init__()
         self.ready_after = ready_after
         self.reads: dict[tuple[str, int], int] = {}
+        for namespace in ("team-a", "team-b", DEFAULT_SERVING_NAMESPACE):
+            self.add_namespace(namespace)
 
     def on_get(self, plural: str, obj: dict) -> None:
         if plural != "inferenceservices":
@@ -71,7 +76,8 @@ def test_creates_the_inference_service(fake_cluster):
     assert result["manifest"] == inference_service_manifest(URI, "fridge", "team-a",
                                                             service_account="automl-vision-serving")
     assert check_inference_service(result["manifest"]) == []
-    assert [(m, p) for m, p in fake.requests] == [("GET", f"{ISVC_PATH}/fridge"), ("POST", ISVC_PATH)]
+    assert [(m, p) for m, p in fake.requests] == [("GET", NAMESPACE_PATH), ("GET", f"{ISVC_PATH}/fridge"),
+                                                  ("POST", ISVC_PATH)]
     obj = stored(fake)
     assert obj["spec"] == result["manifest"]["spec"]
     assert obj["metadata"]["labels"] == result["manifest"]["metadata"]["labels"]
@@ -82,7 +88,7 @@ def test_the_same_deploy_again_changes_nothing(fake_cluster):
     deploy_model(URI, "fridge", "team-a", client=config)
     again = deploy_model(URI, "fridge", "team-a", client=config)
     assert again["action"] == "unchanged"
-    assert [m for m, _ in fake.requests] == ["GET", "POST", "GET"]
+    assert [m for m, _ in fake.requests] == ["GET", "GET", "POST", "GET", "GET"]
     assert stored(fake)["metadata"]["generation"] == 1
 
 
@@ -124,7 +130,7 @@ def test_a_create_that_loses_a_race_updates_instead():
     with serving(fake) as config:
         result = deploy_model(URI, "fridge", "team-a", client=config)
     assert result["action"] == "updated"
-    assert [m for m, _ in fake.requests] == ["GET", "POST", "GET", "PATCH"]
+    assert [m for m, _ in fake.requests] == ["GET", "GET", "POST", "GET", "PATCH"]
     assert stored(fake)["spec"] == result["manifest"]["spec"]
 
 
@@ -173,7 +179,7 @@ def test_no_api_server_is_a_clear_error():
     config.retries = 0
     with pytest.raises(DeployError) as e:
         deploy_model(URI, "fridge", "team-a", client=config)
-    assert "reading InferenceService team-a/fridge: cannot reach the Kubernetes API server" in str(e.value)
+    assert "reading Namespace team-a: cannot reach the Kubernetes API server" in str(e.value)
 
 
 def test_wait_until_ready(fake_cluster, caplog):
@@ -221,13 +227,48 @@ def write_kubeconfig(path: Path, host: str, namespace: str) -> Path:
     return path
 
 
-def test_credentials_and_namespace_from_the_kubeconfig(fake_cluster, tmp_path, monkeypatch):
+def test_credentials_from_the_kubeconfig_and_the_serving_namespace_by_default(fake_cluster, tmp_path, monkeypatch):
+    """Not the context's namespace: where the pipeline runs may be one KServe skips (kubeflow)."""
     fake, config = fake_cluster
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "config", config.host, "team-b")))
     result = deploy_model(URI, "fridge", client=None)
-    assert (result["namespace"], result["action"]) == ("team-b", "created")
-    assert ("team-b", "inferenceservices", "fridge") in fake.objects
+    assert (result["namespace"], result["action"]) == ("automl-vision-serving", "created")
+    assert ("automl-vision-serving", "inferenceservices", "fridge") in fake.objects
+    assert not any(ns == "team-b" for ns, _, _ in fake.objects)
+
+
+def test_a_control_plane_namespace_is_refused_before_anything_is_sent(fake_cluster):
+    fake, config = fake_cluster
+    fake.add_namespace("kubeflow", {"control-plane": "kubeflow", "istio-injection": "enabled"})
+    with pytest.raises(ConfigError) as e:
+        deploy_model(URI, "fridge", "kubeflow", client=config)
+    assert ("namespace 'kubeflow' is labelled control-plane=kubeflow: KServe's pod webhook skips such namespaces, "
+            "so its storage initializer would never download the model") in str(e.value)
+    assert "such as 'automl-vision-serving'" in str(e.value)
+    assert fake.requests == [("GET", "/api/v1/namespaces/kubeflow")] and fake.objects == {}
+
+
+def test_a_missing_namespace_is_a_clear_error(fake_cluster):
+    fake, config = fake_cluster
+    with pytest.raises(ConfigError) as e:
+        deploy_model(URI, "fridge", "team-z", client=config)
+    assert "namespace 'team-z' does not exist: kubectl apply -k manifests/ creates 'automl-vision-serving'" \
+        in str(e.value)
+    assert fake.objects == {}
+
+
+def test_not_allowed_to_read_namespaces_warns_and_deploys(fake_cluster, caplog):
+    fake, config = fake_cluster
+    fake.fail[("GET", "namespaces")] = (403, "Forbidden", 'namespaces "team-a" is forbidden: User '
+                                        '"system:serviceaccount:kubeflow:pipeline-runner" cannot get resource')
+    with caplog.at_level(logging.WARNING, logger="automl_vision.serving.deploy"):
+        result = deploy_model(URI, "fridge", "team-a", client=config)
+    assert result["action"] == "created"
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.getMessage().startswith("reading Namespace team-a: forbidden (403: namespaces \"team-a\" is "
+                                           "forbidden")
+    assert "not checking its 'control-plane' label" in warning.getMessage()
 
 
 def test_no_credentials_is_a_clear_error(tmp_path, monkeypatch):
@@ -264,6 +305,8 @@ def test_cli_says_when_s3_has_no_service_account(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "note: no --service-account: KServe's storage initializer downloads s3:// without credentials" in done.stderr
     assert "serviceAccountName" not in done.stdout
+    # what a deploy without --namespace would send, not a manifest kubectl would put in the context's namespace
+    assert yaml.safe_load(done.stdout)["metadata"]["namespace"] == DEFAULT_SERVING_NAMESPACE
 
 
 @pytest.mark.parametrize("args, message", [
@@ -284,5 +327,18 @@ def test_cli_deploys_and_waits(fake_cluster, tmp_path):
     done = run_cli("deploy", "--model-uri", URI, "--name", "fridge", "--wait", "--timeout", "60",
                    env={"KUBECONFIG": str(kubeconfig), "KUBERNETES_SERVICE_HOST": ""})
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "InferenceService team-a/fridge created: http://fridge.team-a.example.com"
-    assert stored(fake)["spec"] == inference_service_manifest(URI, "fridge", "team-a")["spec"]
+    assert done.stdout.strip() == ("InferenceService automl-vision-serving/fridge created: "
+                                   "http://fridge.automl-vision-serving.example.com")
+    assert stored(fake, namespace="automl-vision-serving")["spec"] == \
+        inference_service_manifest(URI, "fridge", "automl-vision-serving")["spec"]
+
+
+def test_cli_refuses_a_control_plane_namespace(fake_cluster, tmp_path):
+    fake, config = fake_cluster
+    fake.add_namespace("kubeflow", {"control-plane": "kubeflow"})
+    kubeconfig = write_kubeconfig(tmp_path / "config", config.host, "kubeflow")
+    done = run_cli("deploy", "--model-uri", URI, "--name", "fridge", "--namespace", "kubeflow",
+                   env={"KUBECONFIG": str(kubeconfig), "KUBERNETES_SERVICE_HOST": ""})
+    assert done.returncode == 2, done.stderr
+    assert "namespace 'kubeflow' is labelled control-plane=kubeflow" in done.stderr
+    assert fake.objects == {}

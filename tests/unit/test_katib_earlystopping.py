@@ -184,3 +184,31 @@ def test_ruleset_waits_for_start_step_and_keeps_the_best():
     for v in (0.7, 0.1, 0.1):  # the best so far (0.7) is compared, not the latest
         kept.update("accuracy", v)
     assert not kept.stop
+
+
+# --- the service's status write ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("status, expected_types", [
+    ({"conditions": [{"type": "Running", "status": "True"}]}, ["Running", "EarlyStopped"]),
+    ({"startTime": "2026-01-01T10:00:00Z"}, ["EarlyStopped"]),  # a status without conditions
+    ({"conditions": None}, ["EarlyStopped"]),
+    (None, ["EarlyStopped"]),  # no status at all
+])
+def test_status_patch_appends_the_condition_under_a_version_precondition(status, expected_types):
+    pytest.importorskip("grpc")
+    from kube_api_fake import json_patch
+
+    from automl_vision.earlystopping.service import early_stopped_condition, is_early_stopped, status_patch
+
+    trial = {"metadata": {"name": "t", "resourceVersion": "12"}, **({"status": status} if status is not None else {})}
+    ops = status_patch(trial, early_stopped_condition())
+    assert ops[0] == {"op": "replace", "path": "/metadata/resourceVersion", "value": "12"}
+    assert [op["op"] for op in ops[1:]] == ["add"]  # only adds: nothing read is written back
+    patched = json_patch(trial, ops)
+    assert [c["type"] for c in patched["status"]["conditions"]] == expected_types
+    assert is_early_stopped(patched) and not is_early_stopped(trial)
+    assert {k: v for k, v in patched["status"].items() if k != "conditions"} == \
+        {k: v for k, v in (status or {}).items() if k != "conditions"}
+    # the same patch against a trial the controller has written since: the version no longer matches
+    newer = json_patch({**trial, "metadata": {"name": "t", "resourceVersion": "13"}}, ops)
+    assert newer["metadata"]["resourceVersion"] == "12"  # what the API server compares with its 13: 409

@@ -13,7 +13,8 @@ from kserve_crd import check_inference_service
 from automl_vision import __version__
 from automl_vision.errors import ConfigError
 from automl_vision.serving import deploy
-from automl_vision.serving.deploy import default_namespace, describe_status, inference_service_manifest, is_ready
+from automl_vision.serving.deploy import (DEFAULT_SERVING_NAMESPACE, describe_status, inference_service_manifest,
+                                          is_ready)
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "manifests" / "kserve" / "inferenceservice.yaml"
 
@@ -27,6 +28,8 @@ def test_the_template_values_give_the_template():
     assert built["spec"] == template["spec"]
     assert built["metadata"]["labels"] == template["metadata"]["labels"]
     assert template["spec"]["predictor"]["containers"][0]["image"] == f"automl-vision-cpu:{__version__}"
+    # the namespace deploy uses by default, which manifests/pipeline creates (KServe skips `kubeflow`)
+    assert template["metadata"]["namespace"] == DEFAULT_SERVING_NAMESPACE == "automl-vision-serving"
 
 
 @pytest.mark.parametrize("uri, options", [
@@ -127,20 +130,6 @@ def test_every_problem_is_reported_at_once():
     with pytest.raises(ConfigError) as e:
         inference_service_manifest("/tmp/model", "Fridge", "team-a", cpu="x", settings={"nope": 1})
     assert len(e.value.problems) == 4
-
-
-def test_default_namespace_pod_then_kubeconfig_then_default(tmp_path):
-    pod_file = tmp_path / "namespace"
-    kubeconfig = tmp_path / "config"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "lab",
-        "clusters": [{"name": "lab", "cluster": {"server": "https://127.0.0.1:6443"}}],
-        "users": [{"name": "lab", "user": {}}],
-        "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "lab", "namespace": "team-b"}}]}))
-    assert default_namespace(pod_file, str(kubeconfig)) == "team-b"
-    pod_file.write_text("team-a\n")
-    assert default_namespace(pod_file, str(kubeconfig)) == "team-a"
-    assert default_namespace(tmp_path / "absent", str(tmp_path / "absent-config")) == "default"
 
 
 @pytest.mark.parametrize("obj, ready, text", [
