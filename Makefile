@@ -25,11 +25,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/automl-vision demo --output-dir runs/demo
 
+# One pytest worker per core (pytest-xdist), each test file on one worker so that a module's shared
+# fixtures (a trained model, a server) are built once; the slowest tests are listed at the end.
+PYTEST_ARGS ?= -n auto --dist loadfile --durations=25 --durations-min=2
+
 test: $(STAMP) browser
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 test-fast: $(STAMP) browser
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q $(PYTEST_ARGS) -m "not slow"
 
 # The page tests drive Debian's chromium (tests/browser_support.py); installed once where apt-get is.
 browser:

@@ -67,6 +67,10 @@ def _add_train(sub) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue from the latest checkpoint in OUTPUT_DIR/checkpoints/ when there is one "
                         "(checkpoints are written with --checkpoint_frequency)")
+    p.add_argument("--upload-to", default=None, metavar="S3_URI",
+                   help="when the trial ends (also when stopped by SIGTERM, as Katib stops an early-stopped trial), "
+                        "upload OUTPUT_DIR (model package, metrics.jsonl, result.json, logs; not checkpoints) to this "
+                        "s3://bucket/prefix; endpoint and credentials from the AWS_* environment variables")
     group = p.add_argument_group("hyperparameters")
     for hp in hps.HYPERPARAMETERS:
         group.add_argument(f"--{hp.name}", default=argparse.SUPPRESS, metavar=hp.type.__name__.upper(),
@@ -110,6 +114,8 @@ def cmd_train(args) -> int:
     else:
         from automl_vision.training.detection import train_detection as train
 
+    if args.upload_to:
+        return _train_and_upload(train, settings, out, args.upload_to)
     try:
         result = train(settings)
     except TrainingDiverged as e:
@@ -119,6 +125,47 @@ def cmd_train(args) -> int:
              f"{result.best_value:.4f}" if result.best_value is not None else "-", result.best_epoch,
              out / "outputs")
     return EXIT_OK
+
+
+def _train_and_upload(train, settings, out: Path, uri: str) -> int:
+    """Train, then upload the trial folder to ``uri`` whatever the outcome: completed, diverged, failed, or
+    stopped by SIGTERM (Katib's metrics collector terminates an early-stopped trial's process; its best
+    epoch's model is already in the folder). A failed upload fails the trial."""
+    import signal
+
+    from automl_vision.training.trial import TrialResult, TrialStopped, stopped_result, upload_trial
+
+    if not uri.startswith("s3://") or len(uri) <= len("s3://"):
+        raise ConfigError(f"--upload-to={uri!r}: expected s3://bucket/prefix")
+
+    def stop(signum, frame):
+        raise TrialStopped()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    t0 = time.monotonic()
+    code, error = EXIT_OK, None
+    try:
+        result = train(settings)
+        log.info("trial %s: best %s %s at epoch %s", result.status, result.primary_metric,
+                 f"{result.best_value:.4f}" if result.best_value is not None else "-", result.best_epoch)
+    except TrialStopped:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the upload short
+        stopped_result(out, settings.task, time.monotonic() - t0).write(out)
+        log.info("trial stopped from outside; keeping what it has")
+        code = 128 + signal.SIGTERM
+    except TrainingDiverged as e:
+        TrialResult(status="diverged", primary_metric=settings.task.primary_metric, message=str(e)).write(out)
+        error = e
+    except Exception as e:  # noqa: BLE001 - the log and whatever the trial wrote are kept, then the error is raised
+        error = e
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN if code else previous)
+    log.info("uploading %s to %s", out, uri)
+    keys = upload_trial(out, uri)
+    log.info("uploaded %d file(s)", len(keys))
+    if error is not None:
+        raise error
+    return code
 
 
 # --- run, validate-job, demo -------------------------------------------------------------------
@@ -139,8 +186,12 @@ def _add_run(sub) -> None:
     p.add_argument("--schedule", metavar="CRON", help="with --kubeflow: a recurring run for scheduled retraining; "
                                                       "six-field cron, seconds first, e.g. \"0 0 2 * * *\"")
     p.add_argument("--experiment", default="automl-vision", help="with --kubeflow: the experiment of the run")
-    p.add_argument("--cluster-settings", metavar="FILE", help="with --kubeflow: images, GPU pool, secrets "
-                                                             "(YAML; see docs/kubeflow.md)")
+    p.add_argument("--cluster-settings", metavar="FILE", help="with --kubeflow: images (its registry key is "
+                                                             "required), GPU pool, secrets (YAML; see docs/kubeflow.md)")
+    p.add_argument("--token-file", metavar="FILE",
+                   help="with --kubeflow: a file holding the bearer token of a multi-user Kubeflow (default: "
+                        "$KF_PIPELINES_TOKEN, else a ServiceAccount token at $KF_PIPELINES_SA_TOKEN_PATH or "
+                        "/var/run/secrets/kubeflow/pipelines/token, else none)")
     _add_pipeline_options(p, "with --kubeflow: ")
     p.set_defaults(func=cmd_run)
 
@@ -206,8 +257,8 @@ def cmd_run(args) -> int:
                           "give one")
     if args.kubeflow:
         return submit_job(job, args)
-    if args.schedule or args.namespace:
-        raise ConfigError("--schedule and --namespace go with --kubeflow URL", "run")
+    if args.schedule or args.namespace or args.token_file:
+        raise ConfigError("--schedule, --namespace and --token-file go with --kubeflow URL", "run")
     if args.backend != "local" or args.deploy:
         raise ConfigError("--backend katib and --deploy go with --kubeflow URL (or compile): they need a cluster",
                           "run")
@@ -219,11 +270,11 @@ def cmd_run(args) -> int:
 
 def submit_job(job, args) -> int:
     from automl_vision.pipeline.settings import load_cluster_settings
-    from automl_vision.pipeline.submit import submit
+    from automl_vision.pipeline.submit import find_credentials, submit
 
     done = submit(job, args.kubeflow, namespace=args.namespace, schedule=args.schedule, experiment=args.experiment,
                   settings=load_cluster_settings(args.cluster_settings), device=args.device, backend=args.backend,
-                  inference_service=args.deploy)
+                  inference_service=args.deploy, credentials=find_credentials(args.token_file))
     print(f"{done.kind} created: {done.id} (experiment {done.experiment_id})\n{done.url}", flush=True)
     return EXIT_OK
 
@@ -234,7 +285,8 @@ def _add_compile(sub) -> None:
                                    "values become the defaults of the pipeline's parameters.")
     p.add_argument("job", nargs="?", help="job YAML file (optional: without it every parameter is entered in the UI)")
     p.add_argument("--out", required=True, help="pipeline package to write (.yaml)")
-    p.add_argument("--cluster-settings", metavar="FILE", help="images, GPU pool, secrets (YAML; see docs/kubeflow.md)")
+    p.add_argument("--cluster-settings", metavar="FILE", help="images (its registry key is required), GPU pool, "
+                                                             "secrets (YAML; see docs/kubeflow.md)")
     _add_pipeline_options(p, "default of the run: ")
     p.set_defaults(func=cmd_compile)
 
@@ -717,6 +769,10 @@ def _add_katib(sub) -> None:
                                            "inside compute.data_volume) instead of the job's")
     p.add_argument("--validation_data", help="validation data as the trial pods see it, instead of the job's")
     p.add_argument("--image", help="training image instead of compute.image")
+    p.add_argument("--cluster-settings", metavar="FILE",
+                   help="cluster settings YAML (as for compile): the trials' images, GPU pool, storage Secret, data "
+                        "volume, weights and trial_outputs; the job's compute overrides them key by key "
+                        "(default: the built-in defaults)")
     p.set_defaults(func=cmd_katib)
 
 
@@ -731,7 +787,10 @@ def cmd_katib(args) -> int:
         updates["compute"] = (job.compute or Compute()).model_copy(update={"image": args.image})
     if updates:
         job = job.model_copy(update=updates)
-    experiments = experiments_from_job(job, name=args.name, namespace=args.namespace)
+    from automl_vision.pipeline.settings import load_cluster_settings
+
+    experiments = experiments_from_job(job, name=args.name, namespace=args.namespace,
+                                       cluster=load_cluster_settings(args.cluster_settings))
     check_experiments(experiments)
     text = to_yaml(experiments)
     if args.out:
@@ -763,8 +822,9 @@ def _add_deploy(sub) -> None:
                                                       "http(s) URL of a .zip/.tar.gz of it")
     p.add_argument("--name", required=True, help="InferenceService name (a DNS-1035 label); also the model name "
                                                  "in the URLs")
-    p.add_argument("--namespace", help="default: the pod's namespace, else the kubeconfig context's, else default "
-                                       "(with --dry-run: none, kubectl's)")
+    p.add_argument("--namespace", default="automl-vision-serving",
+                   help="default: automl-vision-serving, which manifests/ create; one labelled control-plane (a full "
+                        "Kubeflow's kubeflow) is refused, as KServe never injects its storage initializer there")
     p.add_argument("--image", help="predictor image (default: automl-vision-cpu, or -gpu with --gpu, of this version)")
     p.add_argument("--cpu", default="1", help="CPU request (default: 1)")
     p.add_argument("--memory", default="2Gi", help="memory request (default: 2Gi)")
@@ -805,6 +865,61 @@ def cmd_deploy(args) -> int:
     return EXIT_OK
 
 
+# --- doctor ------------------------------------------------------------------------------------
+
+def _add_doctor(sub) -> None:
+    p = sub.add_parser("doctor", help="check a cluster before the first run: Pipelines, Katib, GPU nodes, "
+                                      "object store, KServe",
+                       description="Check, with your own credentials (the kubeconfig, or the pod's service "
+                                   "account), what a first run on the cluster needs; one line per finding (OK, "
+                                   "WARN: may still work or not checkable from here, PROBLEM: with its fix). "
+                                   "Exit 0 when a run can start, 2 when something must be fixed first.")
+    p.add_argument("--kubeflow", metavar="URL", help="the Pipelines endpoint (what run --kubeflow takes; default: "
+                                                     "$KF_PIPELINES_ENDPOINT; none: not checked)")
+    p.add_argument("--token-file", metavar="FILE",
+                   help="a file holding the Pipelines API's bearer token, as run --kubeflow takes it (default: "
+                        "$KF_PIPELINES_TOKEN, else a ServiceAccount token at $KF_PIPELINES_SA_TOKEN_PATH or "
+                        "/var/run/secrets/kubeflow/pipelines/token, else none)")
+    p.add_argument("--namespace", help="where the pipeline and its trials run (default: the pod's, else the "
+                                       "kubeconfig context's, else kubeflow)")
+    p.add_argument("--serving-namespace", metavar="NS", help="where models are served (default: the deploy "
+                                                             "step's, automl-vision-serving)")
+    p.add_argument("--cluster-settings", metavar="FILE", help="the cluster settings the pipeline is compiled "
+                                                             "with (GPU pool, Secret, buckets; see docs/kubeflow.md)")
+    p.add_argument("--katib-namespace", default="kubeflow", metavar="NS",
+                   help="where Katib runs, with its katib-config (default: kubeflow)")
+    p.add_argument("--s3-endpoint", metavar="URL", help="reach the object store here instead of the Secret's "
+                                                        "AWS_ENDPOINT_URL (e.g. through kubectl port-forward)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default: 10)")
+    p.add_argument("--json", action="store_true", help="print the findings as JSON")
+    p.set_defaults(func=cmd_doctor)
+
+
+def cmd_doctor(args) -> int:
+    import os
+
+    from automl_vision import doctor
+    from automl_vision.pipeline.settings import load_cluster_settings
+    from automl_vision.pipeline.submit import find_credentials
+
+    _setup_logging(args.verbose)
+    if args.timeout <= 0:
+        raise ConfigError(f"--timeout {args.timeout:g} must be above 0", "doctor")
+    target = doctor.Target(
+        namespace=args.namespace or doctor.default_namespace(), settings=load_cluster_settings(args.cluster_settings),
+        serving_namespace=args.serving_namespace, kubeflow_url=args.kubeflow or os.environ.get("KF_PIPELINES_ENDPOINT"),
+        credentials=find_credentials(args.token_file), katib_namespace=args.katib_namespace,
+        s3_endpoint=args.s3_endpoint, timeout_s=args.timeout)
+    findings = doctor.run_checks(target)
+    code = doctor.exit_code(findings)
+    if args.json:
+        print(json.dumps({"namespace": target.namespace, "serving_namespace": target.serving,
+                          "findings": [f.to_dict() for f in findings], "exit_code": code}, indent=2))
+    else:
+        print(doctor.format_findings(findings), flush=True)
+    return code
+
+
 # --- entry point -------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -812,8 +927,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"automl-vision {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="more log detail")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from automl_vision.earlystopping.katib_config import add_parser as _add_katib_config
+
     for add in (_add_run, _add_train, _add_validate, _add_demo, _add_leaderboard, _add_weights, _add_data,
-                _add_preview, _add_evaluate, _add_compile, _add_katib, _add_serve, _add_predict, _add_deploy):
+                _add_preview, _add_evaluate, _add_compile, _add_katib, _add_serve, _add_predict, _add_deploy,
+                _add_doctor, _add_katib_config):
         add(sub)
     return parser
 

@@ -401,9 +401,11 @@ def check_katib(api, target: Target) -> list[Finding]:
                            target.timeout_s)
     check, ns = "katib-early-stopping", target.katib_namespace
     where = f"ConfigMap {ns}/{KATIB_CONFIG_MAP}"
-    fix = (f"kubectl edit configmap {KATIB_CONFIG_MAP} -n {ns}: in {KATIB_CONFIG_KEY}, add to runtime.earlyStoppings "
-           + " and ".join(f"{{algorithmName: {a}, image: REGISTRY/automl-vision-earlystopping:VERSION}}"
-                          for a in ALGORITHMS) + " (the image built from images/earlystopping; docs/katib.md)")
+    fix = (f"automl-vision katib-config --from-cluster --katib-namespace {ns} --image "
+           "REGISTRY/automl-vision-earlystopping:VERSION | kubectl replace -f -  (adds "
+           + " and ".join(f"{{algorithmName: {a}, image: ...}}" for a in ALGORITHMS)
+           + f" to runtime.earlyStoppings of {KATIB_CONFIG_KEY}, keeping the rest; the image is built from "
+           "images/earlystopping; docs/kubeflow.md)")
     status, cm, message = _get(k8s.CoreV1Api(api).read_namespaced_config_map, KATIB_CONFIG_MAP, ns,
                                timeout_s=target.timeout_s)
     if status == 404:

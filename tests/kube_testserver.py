@@ -81,3 +81,51 @@ def write_kubeconfig(path: Path, host: str, namespace: str | None = None) -> Pat
         "contexts": [{"name": "stand-in", "context": context}],
     }))
     return path
+
+
+# --- an object store and a container's environment, for trial pods run on this machine ---------------------
+
+STORE_ACCESS_KEY, STORE_SECRET_KEY = "AKIATRIALSTORE0001", "trial-store-secret-not-shown"
+
+
+@contextlib.contextmanager
+def object_store(*buckets: str) -> Iterator[dict[str, str]]:
+    """A real S3 endpoint on 127.0.0.1 (moto's server) with ``buckets`` created; yields the data of the
+    storage Secret a cluster would hold for it (the AWS_* names the data layer reads)."""
+    import logging
+
+    from minio import Minio
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        client = Minio(f"{host}:{port}", access_key=STORE_ACCESS_KEY, secret_key=STORE_SECRET_KEY, secure=False)
+        for bucket in buckets:
+            client.make_bucket(bucket)
+        yield {"AWS_ACCESS_KEY_ID": STORE_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": STORE_SECRET_KEY,
+               "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    finally:
+        server.stop()
+
+
+def container_env(container: dict, secrets: dict[str, dict[str, str]]) -> dict[str, str]:
+    """A container's environment as the kubelet builds it: ``envFrom`` Secrets whole, then ``env`` entries
+    (values, or ``secretKeyRef`` looked up in ``secrets``: Secret name -> its data; an optional reference to
+    a missing Secret or key is left out)."""
+    out: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        out.update(secrets[source["secretRef"]["name"]])
+    for entry in container.get("env", []):
+        if "value" in entry:
+            out[entry["name"]] = entry["value"]
+            continue
+        ref = entry["valueFrom"]["secretKeyRef"]
+        value = secrets.get(ref["name"], {}).get(ref["key"])
+        if value is None and not ref.get("optional"):
+            raise KeyError(f"Secret {ref['name']} has no key {ref['key']}: the pod would not start")
+        if value is not None:
+            out[entry["name"]] = value
+    return out

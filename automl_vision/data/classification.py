@@ -38,7 +38,8 @@ def _samples(dataset: Dataset) -> tuple[ClassificationSample, ...]:
 
 def read_classification_jsonl(path: str | os.PathLike, task: ImageTask, *,
                               check_files: bool = True) -> ClassificationData:
-    """Read and check a local classification JSONL file (images must exist; they are not opened);
+    """Read and check a classification JSONL file, a path or ``s3://bucket/key`` (images must exist;
+    they are not opened; remote ones are fetched, but s3:// image URLs written in the file are refused);
     raises DataError listing every problem."""
     options = ValidationOptions(check_files=check_files, check_images=False, allow_remote=False)
     dataset = validate_dataset(path, task, options=options).raise_if_invalid()

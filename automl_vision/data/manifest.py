@@ -114,6 +114,10 @@ def read_manifest(source: str | os.PathLike, task: ImageTask | None = None, *,
     Checks that it was ingested for ``task`` and (``options.check_files``, default) that every image
     is on this machine; remote images missing from the cache are fetched again.
     """
+    if isinstance(source, str) and "://" in source:
+        raise DataError(f"{source}: an ingested dataset is read from a folder on this machine (or a mounted "
+                        "volume), not from object storage; give that folder, or the JSONL file itself "
+                        "(s3://bucket/key.jsonl is read from object storage)")
     path = manifest_path(source)
     if not path.is_file():
         raise DataError(f"file not found: {path}")

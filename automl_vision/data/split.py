@@ -72,41 +72,48 @@ class SplitFiles:
 
 
 def split_jsonl(path, task, out_dir, *, ratio: float = 0.2, seed: int = 0, options=None):
-    """Write ``out_dir/train.jsonl`` and ``out_dir/validation.jsonl`` from a JSONL file: the same split a
-    trial makes with the same ``split_ratio`` and ``seed``. Lines are copied as they are, except that a
-    relative image_url is rewritten to stay correct from ``out_dir``. Returns the two paths and their image counts.
+    """Write ``out_dir/train.jsonl`` and ``out_dir/validation.jsonl`` from a JSONL file (a path or
+    ``s3://bucket/key``): the same split a trial makes with the same ``split_ratio`` and ``seed``. Lines are
+    copied as they are, except that a relative image_url is rewritten to stay correct from ``out_dir`` (for
+    a file in object storage: to the ``s3://`` URI of the object it names). Returns the two paths and their
+    image counts.
     """
     import json
     import os
     from pathlib import Path
 
     from automl_vision.data.convert.common import image_url
+    from automl_vision.data.storage import local_jsonl
     from automl_vision.data.validate import ValidationOptions, validate_dataset
     from automl_vision.errors import DataError
 
     options = options or ValidationOptions(check_files=False, check_images=False)
-    result = validate_dataset(path, task, options=options, split_ratio=ratio, seed=seed)
+    source = local_jsonl(path, config=options.storage, cache_dir=options.cache_dir)
+    result = validate_dataset(source, task, options=options, split_ratio=ratio, seed=seed)
     dataset = result.raise_if_invalid()
     split_of = {r.line: r.split for r in dataset.records}
+    uri_of = {r.line: r.uri for r in dataset.records}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    base = os.path.dirname(os.path.abspath(path))
-    same_dir = os.path.abspath(out) == base
+    base = source.base
+    same_dir = not source.remote and os.path.abspath(out) == base
     targets = {"train": out / "train.jsonl", "validation": out / "validation.jsonl"}
-    if os.path.abspath(path) in {os.path.abspath(t) for t in targets.values()}:
-        raise DataError(f"{path}: splitting would overwrite the input; choose another output folder")
+    if not source.remote and os.path.abspath(source.path) in {os.path.abspath(t) for t in targets.values()}:
+        raise DataError(f"{source.name}: splitting would overwrite the input; choose another output folder")
     counts = {"train": 0, "validation": 0}
     tmp = {k: v.with_name(v.name + ".tmp") for k, v in targets.items()}
     files = {k: v.open("w", encoding="utf-8") for k, v in tmp.items()}
     try:
-        with open(path, "rb") as f:
+        with open(source.path, "rb") as f:
             for number, raw in enumerate(f, start=1):
                 split = split_of.get(number)
                 if split is None:
                     continue
                 row = json.loads(raw)
                 url = row["image_url"]
-                if not same_dir and "://" not in url and not os.path.isabs(url):
+                if source.remote and "://" not in url and not os.path.isabs(url):
+                    row["image_url"] = uri_of[number]
+                elif not same_dir and "://" not in url and not os.path.isabs(url):
                     row["image_url"] = image_url(Path(os.path.normpath(os.path.join(base, url))), out)
                 files[split].write(json.dumps(row, ensure_ascii=False) + "\n")
                 counts[split] += 1

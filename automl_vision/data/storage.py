@@ -5,6 +5,10 @@ original product's datastore URIs (``azureml://.../datastores/<ds>/paths/<p>``,
 Remote images are fetched once into a local cache, in parallel, retried on transient errors and
 checked (length, and MD5 against the ETag where the ETag is one). Credentials never appear in a
 message, a log line or a ``repr``.
+
+A JSONL file may itself be an object (``s3://bucket/prefix/train.jsonl``): ``local_jsonl`` is where
+every JSONL file enters the data layer; it downloads such a file into the cache the same way, and its
+relative image_url values name objects under ``s3://bucket/prefix``.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from automl_vision.errors import ConfigError
+from automl_vision.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -171,16 +175,38 @@ def _map_onto_root(url: str, root: str, rel: str) -> Location:
     return Location(path)
 
 
+def _relative_to_s3(url: str, base: str, data_root: str) -> Location:
+    """A relative image_url of a JSONL file in the "folder" ``base`` (s3://bucket/prefix), kept inside
+    ``data_root`` (s3://bucket/prefix) as a relative path is kept inside a local data root."""
+    bucket, _, prefix = base[5:].partition("/")
+    root_bucket, _, root_prefix = data_root[5:].partition("/") if data_root.startswith("s3://") else ("", "", "")
+    prefix, root_prefix = prefix.strip("/"), root_prefix.strip("/")
+    key = posixpath.normpath(posixpath.join(prefix, url)) if prefix else posixpath.normpath(url)
+    uri = f"s3://{bucket}/{key}"
+    escapes = key in (".", "..") or key.startswith("../") or root_bucket != bucket or (
+        root_prefix and not key.startswith(root_prefix + "/"))
+    if escapes:
+        raise LocationError(
+            "path_escapes_root",
+            f"image_url={url!r} resolves to {uri}, outside the data root {data_root} (relative paths may not "
+            "leave it; pass a data root that contains the images, or an absolute s3://bucket/key URI)")
+    return Location(uri, bucket, key)
+
+
 def resolve_url(url: str, base_dir: str, data_root: str, config: StorageConfig | None) -> Location:
     """Where ``url`` (an image_url of a JSONL file in ``base_dir``) points.
 
-    Relative paths must stay inside ``data_root`` (default: the JSONL file's folder); absolute
-    paths and URIs are taken as they are.
+    ``base_dir`` is the JSONL file's folder: a local folder, or ``s3://bucket/prefix`` for a JSONL
+    file in object storage, whose relative image_url values then name objects under that prefix.
+    Relative paths must stay inside ``data_root`` (default: the JSONL file's folder; of the same
+    kind as ``base_dir``); absolute paths and URIs are taken as they are.
     """
     m = _SCHEME.match(url)
     if m is None:
         if os.path.isabs(url):
             return Location(os.path.normpath(url))
+        if base_dir.startswith("s3://"):
+            return _relative_to_s3(url, base_dir, data_root)
         path = os.path.normpath(os.path.join(base_dir, url))
         if not _inside(path, data_root):
             raise LocationError(
@@ -233,8 +259,11 @@ def cache_path(cache_dir: str | os.PathLike, uri: str) -> Path:
 
 
 class FetchError(Exception):
-    def __init__(self, message: str, transient: bool):
+    """An object could not be fetched; ``code`` is the S3 error code when the server gave one."""
+
+    def __init__(self, message: str, transient: bool, code: str | None = None):
         self.transient = transient
+        self.code = code
         super().__init__(message)
 
 
@@ -248,35 +277,48 @@ class FetchStats:
     seconds: float = 0.0
 
 
+def minio_client(config: StorageConfig, *, retries: bool = False):
+    """A ``minio`` client for the config's endpoint and credentials. ``retries``: urllib3 retries
+    connection errors and 5xx answers a few times (for callers without retries of their own)."""
+    import certifi
+    import urllib3
+    from minio import Minio
+
+    endpoint = config.endpoint or "https://s3.amazonaws.com"
+    secure = not endpoint.startswith("http://")
+    host = endpoint.split("://", 1)[1] if "://" in endpoint else endpoint
+    host = host.rstrip("/")
+    if "/" in host:
+        raise ConfigError(f"S3 endpoint {endpoint!r} must be scheme://host[:port] without a path")
+    http = urllib3.PoolManager(
+        num_pools=4, maxsize=max(4, config.workers),
+        timeout=urllib3.Timeout(connect=min(10.0, config.timeout_s), read=config.timeout_s),
+        retries=urllib3.Retry(total=3, backoff_factor=0.5, status_forcelist=[500, 502, 503, 504]) if retries else False,
+        cert_reqs="CERT_REQUIRED", ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+    )
+    return Minio(host, access_key=config.access_key, secret_key=config.secret_key,
+                 session_token=config.session_token, secure=secure, region=config.region, http_client=http)
+
+
 class S3Fetcher:
     """Downloads objects with the ``minio`` client; one instance is shared by all worker threads."""
 
     def __init__(self, config: StorageConfig):
-        import certifi
-        import urllib3
-        from minio import Minio
-
-        endpoint = config.endpoint or "https://s3.amazonaws.com"
-        secure = not endpoint.startswith("http://")
-        host = endpoint.split("://", 1)[1] if "://" in endpoint else endpoint
-        host = host.rstrip("/")
-        if "/" in host:
-            raise ConfigError(f"S3 endpoint {endpoint!r} must be scheme://host[:port] without a path")
         self.config = config
         # Retries are ours (counted, with backoff, transient errors only), so urllib3's are off.
-        http = urllib3.PoolManager(
-            num_pools=4, maxsize=max(4, config.workers),
-            timeout=urllib3.Timeout(connect=min(10.0, config.timeout_s), read=config.timeout_s),
-            retries=False, cert_reqs="CERT_REQUIRED", ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
-        )
-        self.client = Minio(host, access_key=config.access_key, secret_key=config.secret_key,
-                            session_token=config.session_token, secure=secure, region=config.region,
-                            http_client=http)
+        self.client = minio_client(config, retries=False)
         self._lock = threading.Lock()
         self.retries = 0
 
     def fetch(self, bucket: str, key: str, dest: Path) -> int:
         """Download one object to ``dest`` (atomically); returns its size. Raises FetchError."""
+        return self._retrying(bucket, key, lambda: self._fetch_once(bucket, key, dest))
+
+    def stat(self, bucket: str, key: str) -> tuple[str, int]:
+        """The object's ETag (without quotes, "" when none) and size. Raises FetchError."""
+        return self._retrying(bucket, key, lambda: self._stat_once(bucket, key))
+
+    def _retrying(self, bucket: str, key: str, once: Callable):
         attempts = max(1, self.config.attempts)
         last: FetchError | None = None
         for attempt in range(attempts):
@@ -285,30 +327,30 @@ class S3Fetcher:
                     self.retries += 1
                 time.sleep(self.config.backoff_s * 2 ** (attempt - 1))
             try:
-                return self._fetch_once(bucket, key, dest)
+                return once()
             except FetchError as e:
                 last = e
                 if not e.transient:
                     raise
                 log.debug("s3://%s/%s: try %d of %d failed: %s", bucket, key, attempt + 1, attempts, e)
         assert last is not None
-        raise FetchError(f"{last} (gave up after {attempts} tries)", transient=True)
+        raise FetchError(f"{last} (gave up after {attempts} tries)", transient=True, code=last.code)
+
+    def _stat_once(self, bucket: str, key: str) -> tuple[str, int]:
+        try:
+            info = self.client.stat_object(bucket, key)
+        except Exception as e:
+            raise _fetch_error(e) from None
+        return (info.etag or "").strip('"'), int(info.size or 0)
 
     def _fetch_once(self, bucket: str, key: str, dest: Path) -> int:
         import urllib3
-        from minio.error import InvalidResponseError, S3Error, ServerError
 
         tmp = dest.with_name(f".{dest.name}.{threading.get_ident()}.part")
         try:
             response = self.client.get_object(bucket, key)
-        except S3Error as e:
-            raise FetchError(_describe_s3_error(e), transient=e.code not in PERMANENT_S3_CODES) from None
-        except ServerError as e:
-            raise FetchError(f"server error {e.status_code}", transient=True) from None
-        except InvalidResponseError as e:
-            raise FetchError(f"invalid response from the server ({_first_line(e)})", transient=True) from None
-        except (urllib3.exceptions.HTTPError, OSError) as e:
-            raise FetchError(f"connection failed ({type(e).__name__})", transient=True) from None
+        except Exception as e:
+            raise _fetch_error(e) from None
         digest = hashlib.md5(usedforsecurity=False)
         size = 0
         try:
@@ -336,6 +378,22 @@ class S3Fetcher:
             raise FetchError("checksum mismatch: the MD5 of the received bytes differs from the ETag", transient=True)
         os.replace(tmp, dest)
         return size
+
+
+def _fetch_error(e: Exception) -> FetchError:
+    """The FetchError of an exception raised by a ``minio`` call (re-raised when it is none of those)."""
+    import urllib3
+    from minio.error import InvalidResponseError, S3Error, ServerError
+
+    if isinstance(e, S3Error):
+        return FetchError(_describe_s3_error(e), transient=e.code not in PERMANENT_S3_CODES, code=e.code)
+    if isinstance(e, ServerError):
+        return FetchError(f"server error {e.status_code}", transient=True)
+    if isinstance(e, InvalidResponseError):
+        return FetchError(f"invalid response from the server ({_first_line(e)})", transient=True)
+    if isinstance(e, (urllib3.exceptions.HTTPError, OSError)):
+        return FetchError(f"connection failed ({type(e).__name__})", transient=True, code="connection")
+    raise e
 
 
 def _first_line(e: Exception) -> str:
@@ -404,3 +462,166 @@ def fetch_all(items: Iterable[tuple[str, str]], cache_dir: str | os.PathLike, co
         stats.retries = fetcher.retries
     stats.seconds = time.monotonic() - t0
     return results, stats
+
+
+# --- the JSONL file itself ----------------------------------------------------------------------
+
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NoSuchObject", "ResourceNotFound"})
+_CREDENTIAL_CODES = frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
+                               "ExpiredToken", "AllAccessDisabled"})
+
+
+@dataclass(frozen=True)
+class JsonlFile:
+    """A labelled JSONL file, ready to read.
+
+    ``name``: the file as the user gave it (a path, or ``s3://bucket/key``), which every message shows;
+    ``path``: the file on this machine (for an object: its copy in the cache); ``base``: what relative
+    image_url values resolve against: the file's folder, or the object's ``s3://bucket/prefix``.
+    """
+
+    name: str
+    path: Path
+    base: str
+
+    @property
+    def remote(self) -> bool:
+        return self.base.startswith("s3://")
+
+
+def local_jsonl(source: "str | os.PathLike | JsonlFile", *, config: StorageConfig | None = None,
+                cache_dir: str | os.PathLike | None = None) -> JsonlFile:
+    """Where every JSONL file enters the data layer: a local path is taken as it is; an
+    ``s3://bucket/key`` object is downloaded into ``cache_dir/jsonl/`` (default: the image cache),
+    with the endpoint, credentials and retries of image fetching (``config``, default: from the
+    environment), and downloaded again only when its ETag changes. Raises DataError naming the file
+    and what to check or set."""
+    if isinstance(source, JsonlFile):
+        return source
+    name = os.fspath(source)
+    m = _SCHEME.match(name)
+    if m is None:
+        path = Path(name)
+        if not path.is_file():
+            raise DataError(f"file not found: {path}")
+        return JsonlFile(str(path), path, os.path.dirname(os.path.abspath(path)))
+    if m.group(1) != "s3":
+        raise DataError(f"{name}: scheme {m.group(1)}:// is not supported for a JSONL file; allowed: a path on "
+                        "this machine or s3://bucket/key")
+    bucket, _, key = name[len("s3://"):].partition("/")
+    if not bucket or not key or key.endswith("/"):
+        raise DataError(f"{name}: a JSONL file in object storage must be given as s3://bucket/key (the key of "
+                        "the file itself, not of a folder)")
+    config = config or storage_from_environment()
+    fetcher = S3Fetcher(config)
+    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:32]
+    folder = Path(cache_dir or default_cache_dir()) / "jsonl"
+    try:
+        etag, size = fetcher.stat(bucket, key)
+        dest = folder / f"{digest}-{re.sub(r'[^0-9A-Za-z-]', '', etag)[:64] or 'unversioned'}.jsonl"
+        if not (etag and dest.is_file() and dest.stat().st_size == size):
+            fetcher.fetch(bucket, key, dest)
+            log.info("downloaded %s (%d bytes) to %s", name, size, dest)
+    except FetchError as e:
+        raise DataError(_jsonl_fetch_problem(name, e, config)) from None
+    for old in folder.glob(f"{digest}-*.jsonl"):  # earlier versions of the same object
+        if old != dest:
+            old.unlink(missing_ok=True)
+    return JsonlFile(name, dest, name.rsplit("/", 1)[0])
+
+
+def _jsonl_fetch_problem(uri: str, e: FetchError, config: StorageConfig) -> str:
+    endpoint = config.endpoint or "none set, so AWS S3"
+    credentials = "set" if config.access_key and config.secret_key else \
+        "not set (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)"
+    if e.code in _NOT_FOUND_CODES:
+        hint = ("check the bucket and key, and that AWS_ENDPOINT_URL names the store that holds them")
+    elif e.code in _CREDENTIAL_CODES:
+        hint = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary "
+                "credentials) to credentials allowed to read it")
+    else:
+        hint = ("set AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3) to the URL of the S3-compatible store, e.g. "
+                "http://minio.kubeflow:9000, and check that it can be reached from here")
+    return f"cannot read {uri}: {e}; {hint} (endpoint: {endpoint}; credentials: {credentials})"
+
+
+# --- folders to and from a prefix ---------------------------------------------------------------
+
+def _prefix_of(uri: str) -> tuple[str, str]:
+    if not uri.startswith("s3://"):
+        raise ConfigError(f"{uri!r} is not an s3://bucket/prefix URI")
+    bucket, _, prefix = uri[len("s3://"):].partition("/")
+    if not bucket:
+        raise ConfigError(f"{uri!r} names no bucket")
+    return bucket, prefix.strip("/")
+
+
+def upload_folder(folder: str | os.PathLike, uri: str, config: StorageConfig | None = None, *,
+                  skip: Callable[[str], bool] | None = None) -> list[str]:
+    """Upload every file under ``folder`` to ``uri`` (s3://bucket/prefix), keeping relative paths;
+    ``skip(relative path)`` leaves a file out. Returns the keys written. Raises AutoMLError naming the
+    object that could not be written (credentials never shown)."""
+    from minio.error import S3Error
+
+    from automl_vision.errors import AutoMLError
+
+    bucket, prefix = _prefix_of(uri)
+    client = minio_client(config or storage_from_environment(), retries=True)
+    folder = Path(folder)
+    written = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if skip is not None and skip(rel):
+            continue
+        key = f"{prefix}/{rel}" if prefix else rel
+        try:
+            client.fput_object(bucket, key, str(path))
+        except S3Error as e:
+            raise AutoMLError(f"cannot upload {path} to s3://{bucket}/{key}: {_describe_s3_error(e)}") from None
+        except Exception as e:  # connection errors of urllib3, OSError
+            raise AutoMLError(f"cannot upload {path} to s3://{bucket}/{key}: {_first_line(e)}") from None
+        written.append(key)
+    return written
+
+
+def list_prefixes(uri: str, config: StorageConfig | None = None) -> list[str]:
+    """The names of the "folders" directly under ``uri`` (s3://bucket/prefix), sorted."""
+    from minio.error import S3Error
+
+    from automl_vision.errors import AutoMLError
+
+    bucket, prefix = _prefix_of(uri)
+    client = minio_client(config or storage_from_environment(), retries=True)
+    base = f"{prefix}/" if prefix else ""
+    try:
+        names = {o.object_name[len(base):].strip("/") for o in client.list_objects(bucket, prefix=base) if o.is_dir}
+    except S3Error as e:
+        raise AutoMLError(f"cannot list s3://{bucket}/{base}: {_describe_s3_error(e)}") from None
+    return sorted(n for n in names if n)
+
+
+def download_prefix(uri: str, dest: str | os.PathLike, config: StorageConfig | None = None, *,
+                    skip: Callable[[str], bool] | None = None) -> list[Path]:
+    """Download every object under ``uri`` (s3://bucket/prefix) into ``dest``, keeping relative paths;
+    ``skip(relative path)`` leaves an object out. Returns the files written."""
+    from minio.error import S3Error
+
+    from automl_vision.errors import AutoMLError
+
+    bucket, prefix = _prefix_of(uri)
+    client = minio_client(config or storage_from_environment(), retries=True)
+    base = f"{prefix}/" if prefix else ""
+    dest = Path(dest)
+    out = []
+    try:
+        for obj in client.list_objects(bucket, prefix=base, recursive=True):
+            rel = obj.object_name[len(base):]
+            if not rel or rel.endswith("/") or (skip is not None and skip(rel)):
+                continue
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            client.fget_object(bucket, obj.object_name, str(target))
+            out.append(target)
+    except S3Error as e:
+        raise AutoMLError(f"cannot read s3://{bucket}/{base}: {_describe_s3_error(e)}") from None
+    return out

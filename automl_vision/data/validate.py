@@ -31,11 +31,13 @@ from automl_vision.data.schema import LineParser, ParsedLine
 from automl_vision.data.storage import (
     FetchError,
     FetchStats,
+    JsonlFile,
     Location,
     LocationError,
     StorageConfig,
     default_cache_dir,
     fetch_all,
+    local_jsonl,
     resolve_url,
     storage_from_environment,
 )
@@ -166,8 +168,9 @@ def validate_dataset(training: str | os.PathLike, task: ImageTask | str, *,
                      options: ValidationOptions | None = None,
                      split_ratio: float | None = None, seed: int = 0) -> ValidationResult:
     """Check one JSONL file (and an optional validation file) for ``task``; never raises for bad data
-    (only for a missing file). With ``validation`` the records are split by file; else with
-    ``split_ratio`` they are split seeded and stratified (see ``split_records``)."""
+    (only for a file that cannot be read). Each file is a path or an ``s3://bucket/key`` object (see
+    ``storage.local_jsonl``); problems name it as given. With ``validation`` the records are split by
+    file; else with ``split_ratio`` they are split seeded and stratified (see ``split_records``)."""
     from automl_vision.spec.tasks import parse_task
 
     with _collector_paused():
@@ -190,19 +193,19 @@ def _collector_paused():
 def _validate(training, task: ImageTask, validation, options: ValidationOptions, split_ratio: float | None,
               seed: int) -> ValidationResult:
     t0 = time.monotonic()
-    paths = [Path(training)] + ([Path(validation)] if validation is not None else [])
-    files = [str(p) for p in paths]
-    for p in paths:
-        if not p.is_file():
-            raise DataError(f"file not found: {p}")
+    sources = [training] + ([validation] if validation is not None else [])
+    if options.storage is None and any(_is_uri(s) for s in sources):
+        options = dataclasses.replace(options, storage=storage_from_environment())
+    jsonls = [local_jsonl(s, config=options.storage, cache_dir=options.cache_dir) for s in sources]
+    files = [j.name for j in jsonls]
     problems: list[Problem] = []
     report = ValidationReport(task, files, options.on_invalid)
     items: list[_Item] = []
-    for index, (path, file) in enumerate(zip(paths, files)):
-        parsed, lines = _read_lines(path, file, task, problems)
+    for index, (jsonl, file) in enumerate(zip(jsonls, files)):
+        parsed, lines = _read_lines(jsonl.path, file, task, problems)
         report.lines += lines
-        base_dir = os.path.dirname(os.path.abspath(path))
-        data_root = os.path.abspath(options.data_root) if options.data_root else base_dir
+        base_dir = jsonl.base
+        data_root = _data_root(options.data_root, jsonl)
         storage = options.storage
         for pl in parsed:
             item = _Item(pl, file, index)
@@ -253,6 +256,22 @@ def _validate(training, task: ImageTask, validation, options: ValidationOptions,
     report.warnings = _warnings(dataset, items)
     report.seconds = time.monotonic() - t0
     return ValidationResult(dataset, report)
+
+
+def _is_uri(source) -> bool:
+    return isinstance(source, str) and "://" in source
+
+
+def _data_root(data_root: str | None, jsonl: JsonlFile) -> str:
+    """Where relative image_url values of ``jsonl`` must stay: ``data_root``, else the file's own folder."""
+    if not data_root:
+        return jsonl.base
+    if data_root.startswith("s3://") != jsonl.remote:
+        where = "in object storage" if jsonl.remote else "on this machine"
+        allowed = "an s3://bucket/prefix" if jsonl.remote else "a local folder"
+        raise ConfigError(f"data_root={data_root!r} cannot hold the images of {jsonl.name}, which is {where}; "
+                          f"give {allowed} that contains them, or no data root (the JSONL file's own folder)")
+    return data_root.rstrip("/") if jsonl.remote else os.path.abspath(data_root)
 
 
 def _check_duplicates(items: list[_Item], problems: list[Problem]) -> None:
@@ -493,7 +512,8 @@ def load_dataset(source: str | os.PathLike, task: ImageTask | str, *,
                  validation: str | os.PathLike | None = None,
                  split_ratio: float | None = None, seed: int = 0,
                  options: ValidationOptions | None = None) -> Dataset:
-    """The typed records of a JSONL file or of an ingested dataset (its folder or ``manifest.parquet``).
+    """The typed records of a JSONL file (a path or ``s3://bucket/key``) or of an ingested dataset (its
+    folder or ``manifest.parquet``).
 
     From JSONL, images are checked for existence and their headers read (not decoded), remote ones
     fetched into the cache; any problem raises InvalidDataError listing all of them (or, with

@@ -94,12 +94,17 @@ def sweep(
     experiment_name: str = "",
     katib_namespace: str = "",
     run_id: str = "",
+    cluster: str = "",
+    compiled_for: str = "",
 ):
     """Run the hyperparameter sweep on the ingested data; the run folder holds every trial, the
     leaderboard and the best trial's model (best_model/). backend local: the trials one after another
     in this step; katib: as Katib Experiments (named experiment_name, default derived from run_id, in
     katib_namespace, default this pod's) whose trial pods read katib_training_data/katib_validation_data,
-    then the best settings trained once more here (katib.json holds Katib's best trial)."""
+    are placed by cluster (the cluster settings the pipeline was compiled with, as JSON, under the job's compute)
+    and upload their folders to its trial_outputs, from where every trial's record and the best model
+    are read back (katib.json holds Katib's best trial). compiled_for: the backend the pipeline placed
+    this step for (katib: a CPU node without a GPU); a run with the other backend is refused."""
     import functools
 
     from automl_vision.errors import AutoMLError
@@ -109,8 +114,8 @@ def sweep(
            "search_space": search_space, "training_parameters": training_parameters, "compute": compute or None}
     result = run_sweep_step(job, run.path, backend=backend, katib_training_data=katib_training_data,
                             katib_validation_data=katib_validation_data, experiment_name=experiment_name,
-                            katib_namespace=katib_namespace, run_id=run_id, device=device,
-                            echo=functools.partial(print, flush=True))
+                            katib_namespace=katib_namespace, run_id=run_id, device=device, cluster=cluster,
+                            compiled_for=compiled_for, echo=functools.partial(print, flush=True))
     statuses = [t.status for t in result.trials]
     leaderboard.log_metric("trials", len(statuses))
     leaderboard.log_metric("trials_completed", statuses.count("completed") + statuses.count("early_stopped"))
@@ -193,7 +198,7 @@ def deploy(
     model: Input[Model],
     inference_service_name: str,
     inference_service: Output[Artifact],
-    namespace: str = "",
+    namespace: str = "automl-vision-serving",
     image: str = "",
     service_account: str = "automl-vision-serving",
     settings: dict = {},
@@ -201,7 +206,8 @@ def deploy(
     timeout_minutes: float = 15.0,
 ):
     """Serve the package as a KServe InferenceService: create it, or update the one of that name (a
-    retraining updates the same endpoint); with wait, until it is Ready. namespace: default this pod's;
+    retraining updates the same endpoint); with wait, until it is Ready. namespace: one without the
+    control-plane label KServe skips ('': automl-vision-serving, which manifests/ create);
     image: default automl-vision-cpu of this version; service_account: the identity KServe downloads the
     package with. inference_service: the manifest sent, with name, namespace, action and URL."""
     import json

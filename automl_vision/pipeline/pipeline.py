@@ -6,19 +6,22 @@
 
 The same pipeline runs on kfp's local runner (``automl-vision run``; platform settings are ignored
 there) and on a cluster (``compile``, ``run --kubeflow``), where each step gets the settings of
-``ClusterSettings``: images, the GPU pool of the training steps, a memory-backed ``/dev/shm``, the
-object-store Secret and the data volume.
+``ClusterSettings``: images, CPU and memory requests, the GPU pool of the training steps, a
+memory-backed ``/dev/shm``, the environment (``ClusterSettings.env``), the object-store Secret and
+the data volume.
 """
 
 # No "from __future__ import annotations": kfp reads the pipeline's parameter annotations as objects.
 from pathlib import Path
 from typing import Any
 
+from google.protobuf import json_format
 from kfp import compiler, dsl
 from kfp import kubernetes as k8s
 
 from automl_vision.pipeline import components as C
-from automl_vision.pipeline.settings import ClusterSettings
+from automl_vision.pipeline.settings import PLACEHOLDER_REGISTRY, ClusterSettings, quantity
+from automl_vision.serving.deploy import DEFAULT_SERVING_NAMESPACE
 from automl_vision.spec.job import JobSpec
 
 PIPELINE_NAME = "automl-vision"
@@ -27,17 +30,43 @@ PIPELINE_DESCRIPTION = ("AutoML for images: validate and split the labelled data
                         "for serving; optionally deploy it on KServe.")
 #: Steps that train or run a model: on the GPU pool when there is one, with a memory-backed /dev/shm.
 TRAINING_STEPS = ("sweep", "evaluate")
+#: /dev/shm of a Katib sweep step (it launches and waits; the trials train): the container runtime's default.
+LAUNCHER_SHM_SIZE = "64Mi"
 #: The pipeline's parameters that are not keys of the job: how and where the job runs.
 RUN_PARAMETERS = ("device", "backend", "deploy", "inference_service_name", "serving_namespace")
 #: The deploy step's InferenceService unless another name is given (as in manifests/kserve/inferenceservice.yaml).
 DEFAULT_INFERENCE_SERVICE = "automl-vision-model"
+#: What the pipeline's description says when its images name the placeholder registry (the committed package).
+PLACEHOLDER_NOTE = (f" Its images name the placeholder registry {PLACEHOLDER_REGISTRY}, which no cluster can pull "
+                    "from: compile the pipeline for your cluster with `automl-vision compile --cluster-settings "
+                    "FILE` (the file's `registry` key names where the images of images/ were pushed).")
+#: The oldest Kubeflow Pipelines backend the compiled pipeline runs on (Kubeflow 1.10.0 ships 2.4.1). The
+#: drivers of 2.4.0 and older parse each step's Kubernetes settings strictly (an unknown field fails the
+#: step), so the package holds only fields of that backend's kubernetes_executor_config.proto and
+#: pipeline_spec.proto (tests/upstream/, tests/unit/test_kfp_backend_conformance.py).
+OLDEST_KFP_BACKEND = "2.4.0"
 
 
-def build_pipeline(settings: ClusterSettings | None = None):
-    """The ``@dsl.pipeline`` with ``settings`` applied to every step."""
+def build_pipeline(settings: ClusterSettings | None = None, backend: str = "local"):
+    """The ``@dsl.pipeline`` with ``settings`` applied to every step, its sweep step placed for ``backend``:
+    ``local`` trains in the step, on the GPU pool; ``katib`` only launches the Experiments and waits, on a
+    CPU node without a GPU (the trials need the GPUs), and needs ``settings.trial_outputs``. The sweep
+    step refuses a run whose ``backend`` parameter is not the one compiled for."""
+    from automl_vision.pipeline.steps import check_sweep_backend
+    from automl_vision.sweep.katib import check_trial_outputs
+
     settings = settings or ClusterSettings()
+    sweep_backend = check_sweep_backend(backend)  # the pipeline's own `backend` parameter is the run's choice
+    if sweep_backend == "katib":
+        check_trial_outputs(settings)
+    # The Katib sweep step is a launcher that trains nothing: the CPU image and the CPU steps' requests, no
+    # GPU, no GPU-pool placement, and the container default's /dev/shm (its memory request need not cover 8Gi).
+    sweep_settings = (settings.model_copy(update={"gpu": None, "shm_size": LAUNCHER_SHM_SIZE})
+                      if sweep_backend == "katib" else settings)
 
-    @dsl.pipeline(name=PIPELINE_NAME, description=PIPELINE_DESCRIPTION)
+    description = PIPELINE_DESCRIPTION + (PLACEHOLDER_NOTE if settings.registry == PLACEHOLDER_REGISTRY else "")
+
+    @dsl.pipeline(name=PIPELINE_NAME, description=description)
     def automl_vision_pipeline(
         task: str,
         training_data: str,
@@ -51,7 +80,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
         backend: str = "local",
         deploy: bool = False,
         inference_service_name: str = DEFAULT_INFERENCE_SERVICE,
-        serving_namespace: str = "",
+        serving_namespace: str = DEFAULT_SERVING_NAMESPACE,
         name: str = "",
     ):
         data = C.ingest(task=task, training_data=training_data, validation_data=validation_data,
@@ -63,7 +92,8 @@ def build_pipeline(settings: ClusterSettings | None = None):
         swept = C.sweep(task=task, training_data=data.outputs["dataset"], limits=limits, sweep=sweep,
                         search_space=search_space, training_parameters=training_parameters, compute=compute,
                         device=device, backend=backend, katib_training_data=training_data,
-                        katib_validation_data=validation_data, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+                        katib_validation_data=validation_data, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                        cluster=settings.model_dump_json(), compiled_for=sweep_backend)
         scored = C.evaluate(run=swept.outputs["run"], validation_split=data.outputs["validation"],
                             validation_data=validation_data)
         # the report shows the evaluate step's pictures rather than scoring the model again
@@ -72,7 +102,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
                             validation_data=validation_data, job_name=name, training_data=training_data)
         packaged = C.package(run=swept.outputs["run"])
         for step in (data, shown, swept, scored, reported, packaged):
-            configure_step(step, settings)
+            configure_step(step, sweep_settings if step is swept else settings)
         with dsl.If(deploy == True, name="deploy-requested"):  # noqa: E712 (a pipeline condition, not a bool)
             served = C.deploy(model=packaged.outputs["model"], inference_service_name=inference_service_name,
                               namespace=serving_namespace, image=settings.cpu_image).after(scored)
@@ -85,10 +115,19 @@ def configure_step(task: dsl.PipelineTask, settings: ClusterSettings) -> None:
     """Image, resources and Kubernetes settings of one step."""
     # A scheduled retraining reads the same URIs as the run before: a cached step would skip new data.
     task.set_caching_options(enable_caching=False)
-    task.set_env_variable("PYTHONUNBUFFERED", "1")  # progress reaches the pod log (and the local runner) at once
+    for name, value in settings.env().items():
+        task.set_env_variable(name, value)
     training = task.name in TRAINING_STEPS
     gpu = settings.gpu if training else None
     task.set_container_image(settings.cuda_image if gpu is not None else settings.cpu_image)
+    # Requests on every step (never BestEffort, the first pods evicted); no limits: a step may use idle CPU
+    # and memory of its node. /dev/shm is memory-backed and counts against the pod's memory, so a step that
+    # mounts it asks for at least its size (on the GPU pool ClusterSettings already requires that).
+    requests = gpu if gpu is not None else settings.cpu_steps
+    memory = requests.memory
+    if training and quantity(settings.shm_size) > quantity(memory):
+        memory = settings.shm_size
+    task.set_cpu_request(requests.cpu).set_memory_request(memory)
     if training:
         k8s.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
                             size_limit=settings.shm_size)
@@ -97,10 +136,12 @@ def configure_step(task: dsl.PipelineTask, settings: ClusterSettings) -> None:
         for key, value in sorted(gpu.node_selector.items()):
             k8s.add_node_selector(task, label_key=key, label_value=value)
         for t in gpu.tolerations:
-            k8s.add_toleration(task, key=t.key, operator=t.operator, value=t.value, effect=t.effect)
+            k8s.add_toleration(task, key=t.key, operator=t.operator, value=t.value, effect=t.effect,
+                               toleration_seconds=t.toleration_seconds)
     if settings.storage_secret is not None:
+        # mandatory: backends before 2.15 have no optional Secret references (compile_pipeline drops the field)
         k8s.use_secret_as_env(task, secret_name=settings.storage_secret.name,
-                              secret_key_to_env=dict(sorted(settings.storage_secret.keys.items())), optional=True)
+                              secret_key_to_env=dict(sorted(settings.storage_secret.keys.items())))
     if settings.data_volume is not None:
         k8s.mount_pvc(task, pvc_name=settings.data_volume.claim_name, mount_path=settings.data_volume.mount_path)
 
@@ -112,13 +153,14 @@ automl_vision_pipeline = build_pipeline()
 def run_arguments(*, device: str = "auto", backend: str = "local", inference_service: str | None = None,
                   serving_namespace: str = "") -> dict[str, Any]:
     """The pipeline's run parameters (``RUN_PARAMETERS``): ``inference_service`` a name deploys the
-    package as that InferenceService (in ``serving_namespace``, default the pipeline's); None: no deploy."""
+    package as that InferenceService (in ``serving_namespace``; '': ``DEFAULT_SERVING_NAMESPACE``, the
+    pipeline parameter's own default); None: no deploy."""
     from automl_vision.pipeline.steps import check_sweep_backend
 
     check_sweep_backend(backend)
     return {"device": device, "backend": backend, "deploy": inference_service is not None,
             "inference_service_name": inference_service or DEFAULT_INFERENCE_SERVICE,
-            "serving_namespace": serving_namespace}
+            "serving_namespace": serving_namespace or DEFAULT_SERVING_NAMESPACE}
 
 
 def pipeline_arguments(job: JobSpec, *, device: str = "auto", backend: str = "local",
@@ -147,12 +189,50 @@ def pipeline_arguments(job: JobSpec, *, device: str = "auto", backend: str = "lo
     }
 
 
-def compile_pipeline(path: str | Path, *, settings: ClusterSettings | None = None, job: JobSpec | None = None,
+def compile_pipeline(path: str | Path, *, settings: ClusterSettings, job: JobSpec | None = None,
                      **run: Any) -> Path:
-    """Write the pipeline package (YAML) for upload; with ``job`` its values, with ``run`` (the keywords
-    of :func:`run_arguments`) the run parameters become the parameters' defaults."""
+    """Write the pipeline package (YAML) for a cluster; with ``job`` its values, with ``run`` (the keywords
+    of :func:`run_arguments`) the run parameters become the parameters' defaults. ``settings`` must name
+    a registry (ConfigError otherwise): the images' plain names would be pulled from Docker Hub."""
+    settings.check_registry()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     defaults = pipeline_arguments(job, **run) if job is not None else run_arguments(**run) if run else None
-    compiler.Compiler().compile(build_pipeline(settings), str(path), pipeline_parameters=defaults)
+    pipeline = build_pipeline(settings, backend=run.get("backend", "local"))
+    platforms = pipeline.platform_spec.platforms  # (indexing a missing key would add it)
+    executors = platforms["kubernetes"].deployment_spec.executors if "kubernetes" in platforms else {}
+    for config in executors.values():
+        fitted = for_oldest_backend(json_format.MessageToDict(config))
+        config.Clear()
+        config.update(fitted)
+    compiler.Compiler().compile(pipeline, str(path), pipeline_parameters=defaults)
     return path
+
+
+def for_oldest_backend(config: dict[str, Any]) -> dict[str, Any]:
+    """A step's Kubernetes settings without the fields kfp-kubernetes writes that ``OLDEST_KFP_BACKEND`` lacks.
+
+    - ``secretAsEnv[].optional`` (backend 2.15.0): its drivers before 2.4.1 fail the step on it, later ones
+      before 2.15.0 ignore it; without it the Secret is mandatory on every backend.
+    - ``secretAsEnv[].secretNameParameter`` and ``pvcMount[].pvcNameParameter`` (backend 2.5.0) when they
+      only repeat the constant name of ``secretName`` and ``pvcMount[].constant``, which every backend reads.
+    A parameterized name is kept: the conformance test then names the field.
+    """
+    out = {**config}
+    secrets = []
+    for secret in config.get("secretAsEnv", []):
+        secret = {k: v for k, v in secret.items() if k != "optional"}
+        if secret.get("secretNameParameter") == {"runtimeValue": {"constant": secret.get("secretName")}}:
+            del secret["secretNameParameter"]
+        secrets.append(secret)
+    if secrets:
+        out["secretAsEnv"] = secrets
+    mounts = []
+    for mount in config.get("pvcMount", []):
+        mount = {**mount}
+        if mount.get("pvcNameParameter") == {"runtimeValue": {"constant": mount.get("constant")}}:
+            del mount["pvcNameParameter"]
+        mounts.append(mount)
+    if mounts:
+        out["pvcMount"] = mounts
+    return out

@@ -3,8 +3,10 @@
     python -m automl_vision.pipeline.specs            # (re)write them (make pipeline-specs)
     python -m automl_vision.pipeline.specs --check    # exit 1 naming each file that is out of date
 
-Generated with the default cluster settings; compiling is deterministic (no paths, no times), so
-a test compares the committed files with a fresh compile.
+The pipeline is compiled with the default cluster settings and the placeholder registry
+``your-registry.invalid`` (which the pipeline's description explains): no cluster can pull its images
+until it is compiled with a real registry (``automl-vision compile --cluster-settings FILE``). Compiling
+is deterministic (no paths, no times), so a test compares the committed files with a fresh compile.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from kfp import compiler
 from automl_vision import __version__
 from automl_vision.pipeline import components as C
 from automl_vision.pipeline.pipeline import compile_pipeline
-from automl_vision.pipeline.settings import cpu_image, cuda_image
+from automl_vision.pipeline.settings import PLACEHOLDER_REGISTRY, ClusterSettings, cpu_image, cuda_image
 
 COMPONENTS_DIR, PIPELINES_DIR = "components", "pipelines"
 PIPELINE_FILE = "automl_vision_pipeline.yaml"
+#: The cluster settings of the committed pipeline: the defaults, with a registry that says it must be replaced.
+COMMITTED_SETTINGS = ClusterSettings(registry=PLACEHOLDER_REGISTRY)
 #: step name -> component, in pipeline order
 COMPONENTS = {component.name: component for component in C.STEPS}
 
@@ -41,7 +45,7 @@ def write_specs(root: str | Path) -> list[Path]:
     readme = root / COMPONENTS_DIR / "README.md"
     readme.write_text(components_readme())
     written.append(readme)
-    written.append(compile_pipeline(root / PIPELINES_DIR / PIPELINE_FILE))
+    written.append(compile_pipeline(root / PIPELINES_DIR / PIPELINE_FILE, settings=COMMITTED_SETTINGS))
     return written
 
 
@@ -77,7 +81,9 @@ def components_readme() -> str:
         "sweep = components.load_component_from_file(\"components/sweep.yaml\")",
         "```",
         "",
-        f"Each runs in the image `{cpu_image()}` (GPU steps: `{cuda_image()}`), built from `images/`. "
+        f"Each names the image `{cpu_image()}` (GPU steps: `{cuda_image()}`), built from `images/`, without a "
+        "registry, which a cluster would look for on Docker Hub: push the images to your registry and give each "
+        "task its name there (`task.set_container_image(\"registry.example.com/ml/...\")`). "
         "The whole pipeline is `pipelines/automl_vision_pipeline.yaml`; see `docs/kubeflow.md`.",
     ]
     for name, component in COMPONENTS.items():

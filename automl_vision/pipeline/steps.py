@@ -17,7 +17,7 @@ import numpy as np
 from automl_vision.errors import ConfigError
 
 #: The sweep step's backends: ``local`` runs the trials one after another in the step's own pod;
-#: ``katib`` runs them as Katib Experiments (one trial pod each) and trains the best settings once more.
+#: ``katib`` runs them as Katib Experiments (one trial pod each, which uploads its folder to object storage).
 SWEEP_BACKENDS = ("local", "katib")
 #: At most this many points of an ROC curve go into the ClassificationMetrics artifact: the Pipelines
 #: UI draws every point it is given, and the artifact's metadata is stored with the run.
@@ -32,7 +32,7 @@ def check_sweep_backend(backend: str) -> str:
     return backend
 
 
-def _check_katib_inputs(katib_training_data: str, experiment_name: str, run_id: str) -> None:
+def _check_katib_inputs(katib_training_data: str, experiment_name: str, run_id: str, cluster) -> None:
     problems = []
     if not katib_training_data:
         problems.append("backend='katib' needs katib_training_data: a URI of the training JSONL the trial pods "
@@ -40,26 +40,69 @@ def _check_katib_inputs(katib_training_data: str, experiment_name: str, run_id: 
     if not experiment_name and not run_id:
         problems.append("backend='katib' needs experiment_name, or run_id to derive it from "
                         "(the pipeline passes its run's id)")
+    if not cluster.trial_outputs:
+        problems.append("backend='katib' needs the cluster setting trial_outputs: an s3://bucket/prefix where each "
+                        "trial uploads its model, metrics and logs (the sweep step takes the best model from there); "
+                        "set it in the cluster settings file (automl-vision compile --cluster-settings FILE)")
     if problems:
         raise ConfigError(problems, "sweep")
+
+
+def check_compiled_backend(backend: str, compiled_for: str) -> None:
+    """Refuse a run whose backend is not the one the pipeline placed its sweep step for when compiled
+    (``compiled_for``; '' : not checked): for ``katib`` the step waits on a CPU node with no GPU, for
+    ``local`` it trains on the GPU pool."""
+    if not compiled_for or backend == compiled_for:
+        return
+    why = ("its sweep step holds a GPU of the pool, which Katib's trial pods would wait for" if compiled_for == "local"
+           else "its sweep step runs on a CPU node without a GPU, where the local backend would train")
+    raise ConfigError(f"backend={backend!r}, but this pipeline was compiled for backend {compiled_for!r}: {why}; "
+                      f"compile it for {backend} (automl-vision compile --backend {backend}, or "
+                      f"compile_pipeline(..., backend={backend!r}))", "sweep")
+
+
+def cluster_settings(cluster: str | Mapping[str, Any] | None):
+    """The ``ClusterSettings`` a step was given, as JSON text (what the pipeline bakes in: a kfp constant
+    cannot hold the settings' nulls) or a mapping; empty: the defaults."""
+    import json
+
+    from pydantic import ValidationError
+
+    from automl_vision.pipeline.settings import ClusterSettings
+
+    try:
+        data = json.loads(cluster) if isinstance(cluster, str) and cluster.strip() else dict(cluster or {})
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"not valid JSON: {e}", "sweep: cluster") from None
+    try:
+        return ClusterSettings.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError([f"{'.'.join(str(p) for p in err['loc']) or 'cluster'}: {err['msg']}"
+                           for err in e.errors(include_url=False)], "sweep: cluster") from None
 
 
 def run_sweep_step(job: Mapping[str, Any], run_dir: str | os.PathLike, *, backend: str = "local",
                    katib_training_data: str = "", katib_validation_data: str = "", experiment_name: str = "",
                    katib_namespace: str = "", run_id: str = "", device: str = "auto",
+                   cluster: str | Mapping[str, Any] | None = None, compiled_for: str = "",
                    poll_interval_s: float = 30.0, echo: Callable[[str], None] = print):
     """The sweep step: ``job`` (the job's keys, ``training_data`` the ingested manifest) swept with
-    ``backend`` into ``run_dir``; returns the local ``SweepResult`` (leaderboard, ``best_model/``).
+    ``backend`` into ``run_dir``; returns the ``SweepResult`` (leaderboard, ``best_model/``).
 
     With ``katib``, the Experiments read ``katib_training_data`` / ``katib_validation_data`` (URIs the
     trial pods can read), are named ``experiment_name`` (default: derived from ``run_id``, so a retried
     step re-attaches to them) in ``katib_namespace`` (default: the Katib client's, in a pod its own
-    namespace), and the best trial's settings are trained once more here on the manifest.
+    namespace); their trial pods are placed by ``cluster`` (``ClusterSettings`` as JSON or a mapping: images,
+    GPU pool, storage Secret, data volume, weights) under the job's ``compute``, and upload their folders
+    to its ``trial_outputs``, from where the records and the best model are read back (nothing is
+    trained in this step). ``compiled_for``: the backend the pipeline placed this step for.
     """
     from automl_vision.spec.job import parse_job
 
+    settings = cluster_settings(cluster)
     if check_sweep_backend(backend) == "katib":
-        _check_katib_inputs(katib_training_data, experiment_name, run_id)
+        _check_katib_inputs(katib_training_data, experiment_name, run_id, settings)
+    check_compiled_backend(backend, compiled_for)
     local_job = parse_job(job, source="sweep")
     if backend == "local":
         from automl_vision.sweep.local import run_sweep
@@ -69,9 +112,9 @@ def run_sweep_step(job: Mapping[str, Any], run_dir: str | os.PathLike, *, backen
 
     katib_job = parse_job({**job, "training_data": katib_training_data,
                            "validation_data": katib_validation_data or None}, source="sweep (katib)")
-    return run_katib_backend(katib_job, local_job, run_dir, name=experiment_name or experiment_base_name(run_id),
-                             namespace=katib_namespace or None, device=device, poll_interval_s=poll_interval_s,
-                             echo=echo)
+    return run_katib_backend(katib_job, run_dir, cluster=settings, local_job=local_job,
+                             name=experiment_name or experiment_base_name(run_id),
+                             namespace=katib_namespace or None, poll_interval_s=poll_interval_s, echo=echo)
 
 
 #: The held-out split in the ingest step's ``validation`` output (written when no validation data is given).

@@ -2,16 +2,24 @@
 
 What is sent is the package ``compile`` writes (with the given cluster settings) and the job's
 values as the run's parameters, so the run page in the Pipelines UI shows the job key by key.
+
+Behind the authenticating proxy of a multi-user Kubeflow (oauth2-proxy with Dex, Istio) every request
+needs ``Authorization: Bearer TOKEN``; :func:`find_credentials` says where the token comes from.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
+import os
 import re
 import tempfile
+import urllib.error
+import urllib.request
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +34,18 @@ DEFAULT_EXPERIMENT = "automl-vision"
 _DESCRIPTORS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 _FIELD = re.compile(r"^[0-9A-Za-z*?/,\-LW#]+$")
 _FIELD_NAMES = ("second", "minute", "hour", "day of month", "month", "day of week")
+
+#: The bearer token itself (e.g. from ``kubectl -n NAMESPACE create token default-editor``).
+TOKEN_ENV = "KF_PIPELINES_TOKEN"
+#: kfp's own: a file holding a token, re-read on every request (a projected ServiceAccount token), and the
+#: path kfp reads when that variable is unset (kfp.client.KF_PIPELINES_SA_TOKEN_ENV / _PATH).
+SA_TOKEN_PATH_ENV = "KF_PIPELINES_SA_TOKEN_PATH"
+SA_TOKEN_DEFAULT_PATH = "/var/run/secrets/kubeflow/pipelines/token"
+#: The namespace of the pod this runs in, which kfp.Client takes in a multi-user Kubeflow when none is given.
+POD_NAMESPACE_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+HOW_TO_AUTHENTICATE = (f"give a token: set {TOKEN_ENV} (e.g. export {TOKEN_ENV}=$(kubectl -n NAMESPACE create token "
+                       f"default-editor)) or pass --token-file FILE; in a pod, the projected ServiceAccount token "
+                       f"at {SA_TOKEN_DEFAULT_PATH} (or ${SA_TOKEN_PATH_ENV}) is used")
 
 
 @dataclass(frozen=True)
@@ -55,6 +75,110 @@ def check_cron(expression: str) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """The bearer token of the requests: a fixed one, or a file read again before each request."""
+
+    source: str  # what the messages name: "--token-file F", "$KF_PIPELINES_TOKEN", "the ServiceAccount token F"
+    token: str | None = None
+    token_path: str | None = None
+
+    def current(self) -> str | None:
+        if self.token_path is not None:
+            return _read_token(self.token_path, self.source)
+        return self.token
+
+
+NO_CREDENTIALS = Credentials("no token")
+
+
+def _read_token(path: str, source: str) -> str:
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"cannot read the token file {path}: {e.strerror}", source) from None
+    if not token:
+        raise ConfigError(f"the token file {path} is empty", source)
+    return token
+
+
+def find_credentials(token_file: str | None = None, environ: Mapping[str, str] = os.environ) -> Credentials:
+    """The token of the requests, from the first of: ``token_file`` (--token-file), ``$KF_PIPELINES_TOKEN``,
+    the file ``$KF_PIPELINES_SA_TOKEN_PATH`` names (an error if it cannot be read), the in-cluster
+    ServiceAccount token at kfp's default path when that file exists; else no token (a standalone
+    Kubeflow Pipelines takes requests without one)."""
+    if token_file:
+        source = f"--token-file {token_file}"
+        return Credentials(source, token=_read_token(token_file, source))
+    if environ.get(TOKEN_ENV, "").strip():
+        return Credentials(f"${TOKEN_ENV}", token=environ[TOKEN_ENV].strip())
+    if environ.get(SA_TOKEN_PATH_ENV):
+        path = environ[SA_TOKEN_PATH_ENV]
+        credentials = Credentials(f"the ServiceAccount token {path} (${SA_TOKEN_PATH_ENV})", token_path=path)
+        credentials.current()  # readable now, or an error before anything is sent
+        return credentials
+    if Path(SA_TOKEN_DEFAULT_PATH).is_file():
+        return Credentials(f"the ServiceAccount token {SA_TOKEN_DEFAULT_PATH}", token_path=SA_TOKEN_DEFAULT_PATH)
+    return NO_CREDENTIALS
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):  # an authenticating proxy redirects to its login page
+        return None
+
+
+def check_access(host: str, credentials: Credentials, namespace: str | None) -> dict:
+    """One request to the endpoint's healthz with the token, so that a refused or missing token, a login
+    page or a wrong URL fails at once with what to do (kfp.Client would retry for half a minute and
+    then time out). Returns the healthz answer."""
+    url = f"{host.rstrip('/')}/apis/v2beta1/healthz"
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    token = credentials.current()
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.build_opener(_NoRedirect).open(request, timeout=30) as answer:
+            body = answer.read()
+    except urllib.error.HTTPError as e:
+        raise access_error(host, e.code, credentials, namespace, location=e.headers.get("Location")) from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise ConfigError(f"cannot reach the Pipelines API at {url}: {reason}", "--kubeflow") from None
+    try:
+        health = json.loads(body)
+    except ValueError:
+        raise ConfigError(f"{url} did not answer as the Pipelines API does (not JSON): is {host} the Pipelines "
+                          "endpoint (in a full Kubeflow https://HOST/pipeline)?", "--kubeflow") from None
+    if health.get("multi_user") and namespace is None and not Path(POD_NAMESPACE_PATH).is_file():
+        raise ConfigError(f"{host} is a multi-user Kubeflow: give --namespace, the namespace of your profile",
+                          "--kubeflow")
+    return health
+
+
+def access_error(host: str, status: int, credentials: Credentials, namespace: str | None,
+                 location: str | None = None) -> ConfigError:
+    """What an HTTP status of the Pipelines endpoint means for the user, and what to do."""
+    sent = "without a token" if credentials is NO_CREDENTIALS else f"with the token from {credentials.source}"
+    if status == 401:
+        what = (f"{host} refused the request {sent} (HTTP 401: not authenticated): "
+                + (HOW_TO_AUTHENTICATE if credentials is NO_CREDENTIALS else
+                   "the token is not accepted (expired, or not issued for this Kubeflow); get a new one, e.g. "
+                   "kubectl -n NAMESPACE create token default-editor"))
+    elif status == 403:
+        where = f"namespace {namespace}" if namespace else "this Kubeflow"
+        what = (f"{host} refused the request {sent} (HTTP 403: forbidden): "
+                + (HOW_TO_AUTHENTICATE if credentials is NO_CREDENTIALS else
+                   f"the token's identity may not use {where}; use a token of an identity that may (e.g. the "
+                   f"profile's default-editor ServiceAccount), or ask the profile's owner to add you as a contributor"))
+    elif 300 <= status < 400:
+        what = (f"{host} redirected the request {sent} to {location or 'another page'} (HTTP {status}), a login "
+                f"page: the endpoint is behind an authenticating proxy; " + HOW_TO_AUTHENTICATE)
+    else:
+        what = (f"{host} answered HTTP {status} to the Pipelines API's healthz: is it the Pipelines endpoint "
+                "(in a full Kubeflow https://HOST/pipeline)?")
+    return ConfigError(what, "--kubeflow")
+
+
 def run_name(job: JobSpec) -> str:
     return job.name or f"automl-vision-{job.task.value.replace('_', '-')}"
 
@@ -62,13 +186,17 @@ def run_name(job: JobSpec) -> str:
 def submit(job: JobSpec, host: str, *, namespace: str | None = None, schedule: str | None = None,
            experiment: str = DEFAULT_EXPERIMENT, settings: ClusterSettings | None = None,
            service_account: str | None = None, device: str = "auto", backend: str = "local",
-           inference_service: str | None = None) -> Submitted:
+           inference_service: str | None = None, credentials: Credentials | None = None) -> Submitted:
     """Compile the pipeline and start it on ``host`` (a run, or with ``schedule`` a recurring run);
     ``backend`` runs the sweep's trials in its pod (local) or as Katib Experiments (katib),
-    ``inference_service`` deploys the packaged model as that KServe InferenceService."""
+    ``inference_service`` deploys the packaged model as that KServe InferenceService; ``credentials``
+    (default :func:`find_credentials`) authenticate every request."""
+    from kfp_server_api.exceptions import ApiException
+
     from automl_vision.pipeline.pipeline import compile_pipeline, pipeline_arguments
 
     cron = check_cron(schedule) if schedule is not None else None
+    credentials = credentials if credentials is not None else find_credentials()
     for key in ("training_data", "validation_data"):
         value = getattr(job, key)
         if value and "://" not in value:
@@ -76,11 +204,16 @@ def submit(job: JobSpec, host: str, *, namespace: str | None = None, schedule: s
                         "on the data volume of the cluster settings or in the image", key, value)
     arguments = pipeline_arguments(job, device=device, backend=backend, inference_service=inference_service)
     with tempfile.TemporaryDirectory(prefix="automl-vision-") as folder:
-        package = str(compile_pipeline(Path(folder) / "pipeline.yaml", settings=settings))
+        # compiled as `compile --backend B --deploy NAME` would: the sweep step is placed for its backend
+        package = str(compile_pipeline(Path(folder) / "pipeline.yaml",
+                                       settings=settings if settings is not None else ClusterSettings(),
+                                       backend=backend, inference_service=inference_service))
+        check_access(host, credentials, namespace)
         # kfp.Client prints links and warns about server versions; we say what happened ourselves.
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                _refused_as_config_error(host, credentials, namespace, ApiException):
             warnings.simplefilter("ignore", FutureWarning)
-            client = _client(host, namespace)
+            client = _client(host, namespace, credentials)
             exp = client.create_experiment(experiment, namespace=namespace)
             if cron is None:
                 run = client.run_pipeline(experiment_id=exp.experiment_id, job_name=run_name(job),
@@ -95,8 +228,24 @@ def submit(job: JobSpec, host: str, *, namespace: str | None = None, schedule: s
                      f"{host.rstrip('/')}/#/recurringrun/details/{recurring.recurring_run_id}")
 
 
-def _client(host: str, namespace: str | None):
-    from kfp import Client
+@contextlib.contextmanager
+def _refused_as_config_error(host: str, credentials: Credentials, namespace: str | None, api_exception: type):
+    try:
+        yield
+    except api_exception as e:
+        if e.status in (401, 403) or 300 <= (e.status or 0) < 400:
+            raise access_error(host, e.status, credentials, namespace) from None
+        raise
 
+
+def _client(host: str, namespace: str | None, credentials: Credentials = NO_CREDENTIALS):
+    from kfp import Client
+    from kfp.client import ServiceAccountTokenVolumeCredentials
+
+    auth = {}
+    if credentials.token_path is not None:  # re-read before each request: the kubelet rotates the file
+        auth["credentials"] = ServiceAccountTokenVolumeCredentials(path=credentials.token_path)
+    elif credentials.token is not None:
+        auth["existing_token"] = credentials.token
     # Client reads ~/.config/kfp/context.json for a namespace only when none is given
-    return Client(host=host, namespace=namespace) if namespace else Client(host=host)
+    return Client(host=host, namespace=namespace, **auth) if namespace else Client(host=host, **auth)

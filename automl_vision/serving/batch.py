@@ -49,8 +49,15 @@ class BatchResult:
 
 
 def list_inputs(source: str | Path) -> list[BatchInput]:
-    """The images of a folder (recursively, sorted), of a JSONL file (``image_url`` of each line),
-    or one image file."""
+    """The images of a folder (recursively, sorted), of a JSONL file (``image_url`` of each line; the
+    file on this machine or ``s3://bucket/key``), or one image file.
+
+    A JSONL line's image in object storage (an ``s3://`` or datastore URI, or a path relative to a
+    JSONL file in object storage) is fetched into the image cache with the data layer's credentials
+    and retries; ``image_url`` stays as written, so predictions match the labelled lines."""
+    text = os.fspath(source)
+    if "://" in text:
+        return _jsonl_inputs(text)
     source = Path(source)
     if source.is_dir():
         found = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
@@ -64,12 +71,29 @@ def list_inputs(source: str | Path) -> list[BatchInput]:
     if source.suffix.lower() not in (".jsonl", ".json"):
         raise DataError(f"{source}: expected a folder of images, an image ({', '.join(IMAGE_EXTENSIONS)}) "
                         "or a JSONL file")
-    items, problems = [], []
-    with source.open(encoding="utf-8") as f:
+    return _jsonl_inputs(text)
+
+
+def _jsonl_inputs(source: str) -> list[BatchInput]:
+    from automl_vision.data.storage import (
+        LocationError,
+        default_cache_dir,
+        fetch_all,
+        local_jsonl,
+        resolve_url,
+        storage_from_environment,
+    )
+
+    config = storage_from_environment()
+    jsonl = local_jsonl(source, config=config)
+    items: list[BatchInput] = []
+    problems: list[str] = []
+    remote: dict[int, str] = {}  # index in items -> s3:// URI to fetch
+    with jsonl.path.open(encoding="utf-8") as f:
         for number, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue
-            where = f"{source}:{number}"
+            where = f"{jsonl.name}:{number}"
             try:
                 row = json.loads(raw)
             except json.JSONDecodeError as e:
@@ -79,16 +103,32 @@ def list_inputs(source: str | Path) -> list[BatchInput]:
             if not isinstance(url, str) or not url:
                 problems.append(f"{where}: field image_url is missing or not a string")
                 continue
-            if "://" in url:
-                problems.append(f"{where}: image_url={url!r}: remote images are not read by predict; "
-                                "fetch them first (automl-vision data) and use local paths")
+            if "://" not in url and not jsonl.remote:
+                # a local file: relative to the JSONL file's folder, as it always was here
+                items.append(BatchInput(url, url if os.path.isabs(url) else os.path.join(jsonl.base, url)))
                 continue
-            path = Path(url) if os.path.isabs(url) else source.parent / url
-            items.append(BatchInput(url, str(path)))
+            try:
+                location = resolve_url(url, jsonl.base, jsonl.base, config)
+            except LocationError as e:
+                problems.append(f"{where}: {e}")
+                continue
+            if location.is_local:
+                items.append(BatchInput(url, location.uri))
+            else:
+                remote[len(items)] = location.uri
+                items.append(BatchInput(url, location.uri))
     if problems:
-        raise DataError(problems, str(source))
+        raise DataError(problems, jsonl.name)
     if not items:
-        raise DataError(f"{source}: no lines with an image_url")
+        raise DataError(f"{jsonl.name}: no lines with an image_url")
+    if remote:
+        fetched, _ = fetch_all([(uri, uri) for uri in remote.values()], default_cache_dir(), config)
+        failed = [f"{items[i].image_url}: {fetched[uri]}" for i, uri in remote.items()
+                  if not isinstance(fetched[uri], Path)]
+        if failed:
+            raise DataError([f"cannot fetch image_url={u}" for u in failed], jsonl.name)
+        for i, uri in remote.items():
+            items[i] = BatchInput(items[i].image_url, str(fetched[uri]))
     return items
 
 

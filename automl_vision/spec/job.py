@@ -101,41 +101,41 @@ class DataVolume(BaseModel):
 class Compute(BaseModel):
     """Where trials run on a cluster (Katib trials): image, resources, placement, storage access.
 
-    Ignored by local runs. Defaults fit one GPU per trial on an untainted node.
+    Ignored by local runs. Every key is optional: an unset (null) key takes its value from the
+    cluster settings (``ClusterSettings``: the GPU pool, the storage Secret, the data volume, the
+    images), a set key replaces that value for this job's trials (a list or mapping as a whole).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    image: str | None = Field(None, description="Training image (default: automl-vision-gpu:<package version>).")
+    image: str | None = Field(None, description="Training image (default: the cluster's CUDA image, its CPU image "
+                                                "for CPU trials).")
     image_pull_secrets: list[str] = Field(default_factory=list)
-    gpus: int = Field(1, ge=0, le=16, description="GPUs per trial (0: CPU only).")
-    gpu_resource: str = Field("nvidia.com/gpu", description="Extended resource name of a GPU.")
-    cpu: str = Field("4", description="CPU request and limit of a trial.")
-    memory: str = Field("16Gi", description="Memory request and limit of a trial.")
-    shm_size: str = Field("2Gi", description="Size of /dev/shm (DataLoader workers share it).")
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[Toleration] = Field(default_factory=list)
+    gpus: int | None = Field(None, ge=0, le=16, description="GPUs per trial (0: CPU only; default: 1 when the "
+                                                            "cluster has a GPU pool, else 0).")
+    gpu_resource: str | None = Field(None, description="Extended resource name of a GPU (default: the GPU "
+                                                       "pool's accelerator_type).")
+    cpu: str | None = Field(None, description="CPU request and limit of a trial (default: the GPU pool's cpu).")
+    memory: str | None = Field(None, description="Memory request and limit of a trial (default: the GPU pool's "
+                                                 "memory); it holds /dev/shm too.")
+    shm_size: str | None = Field(None, description="Size of /dev/shm (DataLoader workers share it; default: the "
+                                                   "cluster's shm_size).")
+    node_selector: dict[str, str] | None = Field(None, description="default: the GPU pool's (none for CPU trials)")
+    tolerations: list[Toleration] | None = Field(None, description="default: the GPU pool's (none for CPU trials)")
     service_account: str | None = Field(None, pattern=_DNS_SUBDOMAIN)
     storage_secret: str | None = Field(
         None, pattern=_DNS_SUBDOMAIN,
-        description="Secret whose keys become environment variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
-                    "AWS_ENDPOINT_URL_S3, ...) so trials can read s3:// data.")
-    data_volume: DataVolume | None = None
+        description="Secret whose keys all become environment variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+                    "AWS_ENDPOINT_URL_S3, ...) so trials can read s3:// data (default: the cluster's storage "
+                    "Secret, its keys mapped as the pipeline's steps get them).")
+    data_volume: DataVolume | None = Field(None, description="default: the cluster's data volume")
 
     @field_validator("cpu", "memory", "shm_size")
     @classmethod
-    def _quantity(cls, value: str) -> str:
-        if not re.fullmatch(_QUANTITY, value):
+    def _quantity(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(_QUANTITY, value):
             raise ValueError("not a Kubernetes quantity (e.g. '4', '500m', '16Gi')")
         return value
-
-    def image_ref(self) -> str:
-        """The image a trial runs: ``image``, or the default image tagged with the package version."""
-        if self.image:
-            return self.image
-        from automl_vision import __version__
-
-        return f"automl-vision-gpu:{__version__}"
 
 
 SearchSpaceEntry = dict[str, Any]

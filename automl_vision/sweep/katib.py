@@ -7,8 +7,12 @@ and the pipeline's Katib backend.
   setting checks, and ours; the embedded trial Job is validated with ``kubernetes-validate``.
 - :func:`sample_assignment` / :func:`substitute_trial`: a trial's parameter values drawn as Katib's
   random suggestion draws them, and the trial's Job exactly as Katib's controller builds it.
+- :func:`trial_placement` / :func:`trial_job`: the trial pod from the cluster settings, the job's
+  ``compute`` overriding them key by key; with ``trial_outputs`` each trial uploads its folder.
 - :func:`run_katib_sweep`: create (or re-attach to) the Experiments with the Katib SDK, wait,
   read the optimal trial. Needs the Katib SDK and a cluster.
+- :func:`run_katib_backend`: the pipeline's sweep step: the sweep, then every trial's record and
+  the best trial's model read back from the trial outputs.
 
 Only this module knows Katib's names; everything below takes and returns validated jobs and
 plain values. See docs/katib.md for the mapping and its limits.
@@ -46,7 +50,8 @@ from automl_vision.spec.distributions import (
     Uniform,
     is_distribution,
 )
-from automl_vision.spec.job import Compute, JobSpec
+from automl_vision.pipeline.settings import ClusterSettings, GpuPool
+from automl_vision.spec.job import Compute, DataVolume, JobSpec, Toleration
 from automl_vision.spec.policies import MedianStoppingPolicy
 
 log = logging.getLogger(__name__)
@@ -64,6 +69,12 @@ ADDITIONAL_METRICS = ("loss",)
 #: Katib derives longer names from an Experiment's (suggestion service "<name>-<algorithm>", trial
 #: Jobs "<name>-<8 chars>"), which must stay valid DNS labels (63 characters).
 MAX_NAME_LENGTH = 40
+#: Memory a trial's training process needs beside its /dev/shm (Python, torch, the CUDA context, the model,
+#: batches in flight); a memory-backed /dev/shm is charged to the container, so memory >= shm + this.
+TRIAL_PROCESS_MEMORY = "4Gi"
+#: The trial parameter Katib fills with the trial's own name (a metadata reference: no search-space entry).
+TRIAL_NAME_PARAMETER = "trialName"
+TRIAL_NAME_REFERENCE = "${trialSpec.Name}"
 #: Above this many values, a quantized range is sent as a range, not as a list.
 MAX_LIST_VALUES = 1000
 
@@ -252,75 +263,170 @@ def plan_families(job: JobSpec) -> list[Family]:
 
 # --- the Experiment ------------------------------------------------------------------------------
 
-def _check_data_location(job: JobSpec, compute: Compute) -> None:
+def _check_data_location(job: JobSpec, volume) -> None:
     problems = []
     for key in ("training_data", "validation_data"):
         path = getattr(job, key)
         if path is None or "://" in path:
             continue
-        volume = compute.data_volume
         if volume is not None and (path + "/").startswith(volume.mount_path.rstrip("/") + "/"):
             continue
         problems.append(f"{key}={path!r} is a path on this machine, which a trial pod cannot read; give an "
                         f"object-store URI (s3://bucket/key; on the command line --{key}) or mount a volume "
-                        "holding it (compute.data_volume) and give its path there")
+                        "holding it (compute.data_volume, or the cluster settings' data_volume) and give its path "
+                        "there")
     if problems:
         raise ConfigError(problems)
 
 
-def trial_command(job: JobSpec, parameters: Mapping[str, Any]) -> list[str]:
+@dataclass(frozen=True)
+class TrialPlacement:
+    """What a trial pod gets: the job's ``compute`` keys where set, the cluster settings elsewhere."""
+
+    image: str
+    gpus: int
+    gpu_resource: str
+    cpu: str
+    memory: str
+    shm_size: str
+    node_selector: dict[str, str]
+    tolerations: list[Toleration]
+    env: dict[str, str]
+    #: the cluster's storage Secret: (Secret name, {key: environment variable}); None without one
+    secret_keys: tuple[str, dict[str, str]] | None
+    #: a Secret given in the job's compute: all its keys become environment variables
+    secret_from: str | None
+    data_volume: DataVolume | None
+    image_pull_secrets: list[str]
+    service_account: str | None
+
+
+def trial_placement(compute: Compute | None, cluster: ClusterSettings | None = None) -> TrialPlacement:
+    """Resolve a trial's pod settings: a key the job's ``compute`` sets wins, an unset one comes from
+    ``cluster`` (default: ``ClusterSettings()``). GPU trials take the GPU pool's image (the CUDA image),
+    node selector, tolerations and requests; CPU trials (``gpus: 0``, or a cluster without a GPU pool)
+    the CPU image, no GPU placement, and the same requests (a trial trains either way). Raises
+    ConfigError for settings a trial cannot run with (more than one GPU, too little memory for
+    /dev/shm and the training process)."""
+    compute = compute or Compute()
+    cluster = cluster or ClusterSettings()
+    pool = cluster.gpu
+    gpus = compute.gpus if compute.gpus is not None else (1 if pool is not None else 0)
+    if gpus > 1:
+        raise ConfigError(f"compute.gpus={gpus}: a trial runs one training process on one GPU; "
+                          "multi-GPU trials are not supported by the trial template")
+    sizes = pool or GpuPool()
+    on_pool = gpus > 0 and pool is not None
+    placement = TrialPlacement(
+        image=compute.image or (cluster.cuda_image if gpus else cluster.cpu_image),
+        gpus=gpus,
+        gpu_resource=compute.gpu_resource or sizes.accelerator_type,
+        cpu=compute.cpu or sizes.cpu,
+        memory=compute.memory or sizes.memory,
+        shm_size=compute.shm_size or cluster.shm_size,
+        node_selector=dict(compute.node_selector if compute.node_selector is not None
+                           else pool.node_selector if on_pool else {}),
+        tolerations=list(compute.tolerations if compute.tolerations is not None
+                         else pool.tolerations if on_pool else []),
+        env=cluster.env(),
+        secret_keys=None if compute.storage_secret or cluster.storage_secret is None
+        else (cluster.storage_secret.name, dict(cluster.storage_secret.keys)),
+        secret_from=compute.storage_secret,
+        data_volume=compute.data_volume or cluster.data_volume,
+        image_pull_secrets=list(compute.image_pull_secrets),
+        service_account=compute.service_account,
+    )
+    _check_memory(placement, compute)
+    return placement
+
+
+def _check_memory(p: TrialPlacement, compute: Compute) -> None:
+    from kubernetes.utils import parse_quantity
+
+    memory, shm, process = (parse_quantity(p.memory), parse_quantity(p.shm_size),
+                            parse_quantity(TRIAL_PROCESS_MEMORY))
+    if memory < shm + process:
+        where = "compute.memory" if compute.memory else "the GPU pool's memory (cluster settings)"
+        need = _gib(shm + process)
+        raise ConfigError(f"{where}={p.memory} is less than the trial's /dev/shm ({p.shm_size}, memory-backed, so "
+                          f"charged to the container's memory) plus {TRIAL_PROCESS_MEMORY} for the training process: "
+                          f"give at least {need}, or a smaller compute.shm_size")
+
+
+def _gib(n) -> str:
+    gib = n / 2**30
+    return f"{int(gib)}Gi" if gib == int(gib) else f"{math.ceil(gib * 1024)}Mi"
+
+
+def trial_command(job: JobSpec, parameters: Mapping[str, Any], *, gpus: int = 1,
+                  upload_to: str | None = None) -> list[str]:
     """The trial container's command: ``automl-vision train --<name>=<value> ...`` with the job's fixed
-    ``training_parameters`` and ``parameters`` (values or ``${trialParameters.<name>}`` placeholders)."""
+    ``training_parameters`` and ``parameters`` (values or ``${trialParameters.<name>}`` placeholders);
+    with ``upload_to``, the trial uploads its folder there when it ends."""
     from automl_vision.sweep.local import trial_arguments
 
     args = trial_arguments(job, parameters, OUTPUT_DIR)
     if len(args) % 2 != 1:
         raise AssertionError(f"trial arguments are not flag/value pairs: {args}")
-    compute = job.compute or Compute()
     command = ["automl-vision", args[0]]
     command += [f"{flag}={value}" for flag, value in zip(args[1::2], args[2::2])]
-    return command + [f"--device={'cuda' if compute.gpus else 'cpu'}"]
+    command.append(f"--device={'cuda' if gpus else 'cpu'}")
+    if upload_to:
+        command.append(f"--upload-to={upload_to}")
+    return command
 
 
-def trial_job(job: JobSpec, parameters: Mapping[str, Any]) -> dict[str, Any]:
-    """The trial template: a batch Job running the training image with :func:`trial_command`."""
-    compute = job.compute or Compute()
-    if compute.gpus > 1:
-        raise ConfigError(f"compute.gpus={compute.gpus}: a trial runs one training process on one GPU; "
-                          "multi-GPU trials are not supported by the trial template")
-    resources: dict[str, Any] = {"requests": {"cpu": compute.cpu, "memory": compute.memory},
-                                 "limits": {"cpu": compute.cpu, "memory": compute.memory}}
-    if compute.gpus:
-        resources["limits"][compute.gpu_resource] = compute.gpus
+def trial_outputs_uri(trial_outputs: str, experiment: str, trial: str) -> str:
+    """Where a trial uploads its folder: ``<trial_outputs>/<experiment>/<trial>``."""
+    return f"{trial_outputs.rstrip('/')}/{experiment}/{trial}"
+
+
+def trial_job(job: JobSpec, parameters: Mapping[str, Any], cluster: ClusterSettings | None = None, *,
+              upload_to: str | None = None) -> dict[str, Any]:
+    """The trial template: a batch Job running the training image with :func:`trial_command`, placed
+    by :func:`trial_placement` (the job's ``compute`` over ``cluster``)."""
+    p = trial_placement(job.compute, cluster)
+    # Requests = limits (Guaranteed QoS): a trial is not evicted under node pressure, and one that
+    # outgrows its memory is stopped alone instead of starving the training next to it.
+    resources: dict[str, Any] = {"requests": {"cpu": p.cpu, "memory": p.memory},
+                                 "limits": {"cpu": p.cpu, "memory": p.memory}}
+    if p.gpus:
+        resources["limits"][p.gpu_resource] = p.gpus
+    env = [{"name": k, "value": v} for k, v in p.env.items()]
+    if p.secret_keys is not None:
+        secret, keys = p.secret_keys
+        # optional, as the pipeline's steps get it: without the Secret a trial still starts (public data)
+        env += [{"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
+                for key, var in sorted(keys.items())]
     container: dict[str, Any] = {
         "name": PRIMARY_CONTAINER,
-        "image": compute.image_ref(),
-        "command": trial_command(job, parameters),
+        "image": p.image,
+        "command": trial_command(job, parameters, gpus=p.gpus, upload_to=upload_to),
         "workingDir": WORK_DIR,
-        "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}],
+        "env": env,
         "resources": resources,
         "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}, {"name": "workdir", "mountPath": WORK_DIR}],
     }
     volumes: list[dict[str, Any]] = [
-        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": compute.shm_size}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": p.shm_size}},
         {"name": "workdir", "emptyDir": {}},
     ]
-    if compute.storage_secret:
-        container["envFrom"] = [{"secretRef": {"name": compute.storage_secret}}]
-    if compute.data_volume is not None:
-        v = compute.data_volume
+    if p.secret_from:
+        container["envFrom"] = [{"secretRef": {"name": p.secret_from}}]
+    if p.data_volume is not None:
+        v = p.data_volume
         container["volumeMounts"].append({"name": "data", "mountPath": v.mount_path, "readOnly": v.read_only})
         volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": v.claim_name, "readOnly": v.read_only}})
     pod: dict[str, Any] = {"restartPolicy": "Never", "containers": [container], "volumes": volumes}
-    if compute.node_selector:
-        pod["nodeSelector"] = dict(compute.node_selector)
-    if compute.tolerations:
+    if p.node_selector:
+        pod["nodeSelector"] = dict(sorted(p.node_selector.items()))
+    if p.tolerations:
         pod["tolerations"] = [{_camel(k): v for k, v in t.model_dump(exclude_none=True).items()}
-                              for t in compute.tolerations]
-    if compute.image_pull_secrets:
-        pod["imagePullSecrets"] = [{"name": s} for s in compute.image_pull_secrets]
-    if compute.service_account:
-        pod["serviceAccountName"] = compute.service_account
+                              for t in p.tolerations]
+    if p.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": s} for s in p.image_pull_secrets]
+    if p.service_account:
+        pod["serviceAccountName"] = p.service_account
     spec: dict[str, Any] = {
         "backoffLimit": 0,  # a retried trial would report its metrics twice
         "template": {
@@ -366,15 +472,17 @@ def spec_hash(experiment: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def experiments_from_job(job: JobSpec, *, name: str | None = None, namespace: str | None = None
-                         ) -> list[dict[str, Any]]:
+def experiments_from_job(job: JobSpec, *, name: str | None = None, namespace: str | None = None,
+                         cluster: ClusterSettings | None = None) -> list[dict[str, Any]]:
     """The Katib Experiments of a job, one per search-space entry (Katib has no conditional search
-    space), as mappings ready for ``kubectl apply`` (camelCase keys). Raises ConfigError when the job
-    cannot run on Katib (data on this machine, exclude_finished_jobs, ...)."""
+    space), as mappings ready for ``kubectl apply`` (camelCase keys). The trial pods are placed by the
+    job's ``compute`` over ``cluster`` (default: ``ClusterSettings()``; :func:`trial_placement`); with
+    ``cluster.trial_outputs`` each trial uploads its folder to ``<trial_outputs>/<experiment>/<trial>``.
+    Raises ConfigError when the job cannot run on Katib (data on this machine, exclude_finished_jobs, ...)."""
     from automl_vision import __version__
 
-    compute = job.compute or Compute()
-    _check_data_location(job, compute)
+    cluster = cluster or ClusterSettings()
+    _check_data_location(job, trial_placement(job.compute, cluster).data_volume)
     algorithm = ALGORITHMS[job.sweep.sampling_algorithm]
     early_stopping = _early_stopping(job)
     families = plan_families(job)
@@ -392,7 +500,14 @@ def experiments_from_job(job: JobSpec, *, name: str | None = None, namespace: st
             swept["model_name"] = Choice(values=fam.models[:1])
         parameters = [katib_parameter(k, v, algorithm) for k, v in swept.items()]
         placeholders = {k: f"${{trialParameters.{k}}}" for k in swept}
-        template_job = trial_job(job, {**fixed, **placeholders})
+        # Katib puts each trial's own name in for ${trialSpec.Name}, so a trial knows where to upload
+        upload_to = (trial_outputs_uri(cluster.trial_outputs, exp_name, f"${{trialParameters.{TRIAL_NAME_PARAMETER}}}")
+                     if cluster.trial_outputs else None)
+        template_job = trial_job(job, {**fixed, **placeholders}, cluster, upload_to=upload_to)
+        trial_parameters = [{"name": k, "reference": k, "description": hps.BY_NAME[k].help} for k in swept]
+        if upload_to:
+            trial_parameters.append({"name": TRIAL_NAME_PARAMETER, "reference": TRIAL_NAME_REFERENCE,
+                                     "description": "The trial's name: its outputs go to --upload-to under it."})
         spec: dict[str, Any] = {
             "objective": {
                 "type": "maximize" if task.maximize else "minimize",
@@ -412,8 +527,7 @@ def experiments_from_job(job: JobSpec, *, name: str | None = None, namespace: st
                 "primaryContainerName": PRIMARY_CONTAINER,
                 "successCondition": SUCCESS_CONDITION,
                 "failureCondition": FAILURE_CONDITION,
-                "trialParameters": [{"name": k, "reference": k, "description": hps.BY_NAME[k].help}
-                                    for k in swept],
+                "trialParameters": trial_parameters,
                 "trialSpec": template_job,
             },
         }
@@ -788,16 +902,43 @@ def sample_assignment(experiment: Mapping[str, Any], rng: np.random.Generator) -
 def substitute_trial(experiment: Mapping[str, Any], assignment: Mapping[str, str], trial_name: str,
                      namespace: str) -> dict[str, Any]:
     """The run spec Katib's controller creates for one trial: the trialSpec serialized to JSON, each
-    ``${trialParameters.<name>}`` replaced by the assignment of its reference, parsed back, named."""
+    ``${trialParameters.<name>}`` replaced by the assignment of its reference, or for a metadata
+    reference (``${trialSpec.Name}``, ``Namespace``, ``Kind``, ``APIVersion``, ``Labels[k]``,
+    ``Annotations[k]``) by the trial's own value, parsed back, named (as the controller's
+    ``GetRunSpecWithHyperParameters`` in pkg/controller.v1beta1/experiment/manifest/generator.go)."""
     tt = experiment["spec"]["trialTemplate"]
     params = tt["trialParameters"]
-    if len(assignment) != len(params):
-        raise ValueError(f"{len(assignment)} assignment(s) for {len(params)} trial parameter(s)")
-    text = json.dumps(tt["trialSpec"], sort_keys=True, separators=(",", ":"))
+    trial_spec = tt["trialSpec"]
+    metadata = trial_spec.get("metadata") or {}
+    meta_values = {"Name": trial_name, "Namespace": namespace, "Kind": trial_spec.get("kind", ""),
+                   "APIVersion": trial_spec.get("apiVersion", "")}
+    values: dict[str, str] = {}
+    plain = 0
     for p in params:
-        if p["reference"] not in assignment:
-            raise ValueError(f"no assignment for parameter {p['reference']!r}: {dict(assignment)}")
-        text = text.replace(f"${{trialParameters.{p['name']}}}", str(assignment[p["reference"]]))
+        ref = p["reference"]
+        meta = _META_REF.fullmatch(ref)
+        if meta is None:
+            if ref not in assignment:
+                raise ValueError(f"no assignment for parameter {ref!r}: {dict(assignment)}")
+            values[p["name"]] = str(assignment[ref])
+            plain += 1
+            continue
+        key = meta.group(1)
+        indexed = re.fullmatch(r"(.+)\[(.+)]", key)
+        if indexed and indexed.group(1) in ("Labels", "Annotations"):
+            source = metadata.get(indexed.group(1).lower()) or {}
+            if indexed.group(2) not in source:
+                raise ValueError(f"illegal reference of trial metadata: {ref}")
+            values[p["name"]] = source[indexed.group(2)]
+        elif key in meta_values:
+            values[p["name"]] = meta_values[key]
+        else:
+            raise ValueError(f"illegal reference of trial metadata: {ref}")
+    if len(assignment) != plain:
+        raise ValueError(f"{len(assignment)} assignment(s) for {plain} trial parameter(s)")
+    text = json.dumps(trial_spec, sort_keys=True, separators=(",", ":"))
+    for name, value in values.items():
+        text = text.replace(f"${{trialParameters.{name}}}", value)
     run_spec = json.loads(text)
     run_spec.setdefault("metadata", {}).update(name=trial_name, namespace=namespace)
     return run_spec
@@ -899,7 +1040,7 @@ def _optimal(exp, metric: str, maximize: bool) -> tuple[str, float, dict[str, fl
 
 
 def run_katib_sweep(job: JobSpec, *, name: str | None = None, namespace: str | None = None, client: Any = None,
-                    poll_interval_s: float = 30.0, cleanup: bool = False,
+                    cluster: ClusterSettings | None = None, poll_interval_s: float = 30.0, cleanup: bool = False,
                     echo: Callable[[str], None] = log.info) -> KatibSweepResult:
     """Run the job's sweep as Katib Experiments and return the best trial.
 
@@ -911,7 +1052,7 @@ def run_katib_sweep(job: JobSpec, *, name: str | None = None, namespace: str | N
     ``max_concurrent_trials`` exist, the Experiments run one after another. ``cleanup`` deletes them
     after reading the result.
     """
-    experiments = experiments_from_job(job, name=name, namespace=namespace)
+    experiments = experiments_from_job(job, name=name, namespace=namespace, cluster=cluster)
     check_experiments(experiments)
     client = client if client is not None else katib_client(namespace)
     namespace = namespace or client.namespace
@@ -1011,26 +1152,114 @@ def experiment_base_name(text: str, prefix: str = "automl-") -> str:
     return f"{prefix}{cleaned[:24].strip('-')}-{digest}" if cleaned else f"{prefix}{digest}"
 
 
-def run_katib_backend(katib_job: JobSpec, local_job: JobSpec, run_dir, *, name: str | None = None,
-                      namespace: str | None = None, client: Any = None, device: str = "auto",
+def check_trial_outputs(cluster: ClusterSettings) -> str:
+    """The cluster's ``trial_outputs``; raises ConfigError when it is not set (the Katib backend needs it)."""
+    if not cluster.trial_outputs:
+        raise ConfigError("the Katib backend needs the cluster setting trial_outputs: an s3://bucket/prefix where "
+                          "each trial uploads its model, metrics and logs (the sweep step takes the best model from "
+                          "there); set it in the cluster settings file (automl-vision compile --cluster-settings "
+                          "FILE)", "sweep")
+    return cluster.trial_outputs
+
+
+def run_katib_backend(katib_job: JobSpec, run_dir, *, cluster: ClusterSettings, local_job: JobSpec | None = None,
+                      name: str | None = None, namespace: str | None = None, client: Any = None,
                       poll_interval_s: float = 30.0, cleanup: bool = False, echo: Callable[[str], None] = print):
-    """The pipeline's sweep step with the Katib backend: :func:`run_katib_sweep` over ``katib_job``
-    (whose data the trial pods can read), then the best trial's settings trained once in this step
-    with ``local_job`` (the same job with this step's data), so that the run folder is the local
-    sweep's (leaderboard, ``best_model/``) plus ``katib.json``. Returns the local ``SweepResult``."""
+    """The pipeline's sweep step with the Katib backend: :func:`run_katib_sweep` over ``katib_job`` (whose
+    data the trial pods read, placed by ``cluster``), whose trials upload their folders to
+    ``<cluster.trial_outputs>/<experiment>/<trial>``; then every trial's record (result, config, metrics,
+    logs) is downloaded into ``run_dir/trials/<trial>/`` and the best trial's model package into
+    ``run_dir/best_model/``. Nothing is trained here. The run folder is the local sweep's (``job.yaml``
+    of ``local_job``, default ``katib_job``; ``sweep.json``, the leaderboard) plus ``katib.json``.
+    Returns the ``SweepResult``."""
     from pathlib import Path
 
-    from automl_vision.spec.job import parse_job
-    from automl_vision.sweep.local import run_sweep
-
+    trial_outputs = check_trial_outputs(cluster)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    found = run_katib_sweep(katib_job, name=name, namespace=namespace, client=client,
+    found = run_katib_sweep(katib_job, name=name, namespace=namespace, client=client, cluster=cluster,
                             poll_interval_s=poll_interval_s, cleanup=cleanup, echo=echo)
     (run_dir / "katib.json").write_text(json.dumps(found.to_json(), indent=2))
-    data = local_job.to_dict()
-    data.update(search_space=[_jsonable(found.parameters)], sweep={"sampling_algorithm": "grid"},
-                limits={**data["limits"], "max_trials": 1, "max_concurrent_trials": 1})
-    final = parse_job(data, source="best Katib trial")
-    echo(f"training the best trial's settings once more here: {found.parameters}")
-    return run_sweep(final, run_dir, device=device, echo=echo)
+    experiments = experiments_from_job(katib_job, name=name, namespace=namespace, cluster=cluster)
+    return collect_trials(katib_job, experiments, found, trial_outputs, run_dir, local_job=local_job, echo=echo)
+
+
+def collect_trials(job: JobSpec, experiments: Sequence[Mapping[str, Any]], found: KatibSweepResult,
+                   trial_outputs: str, run_dir, *, local_job: JobSpec | None = None,
+                   echo: Callable[[str], None] = print):
+    """Read back what the trials uploaded under ``trial_outputs``: each trial's record into
+    ``run_dir/trials/<trial>/`` (not its model), the best trial's whole folder, its model packaged
+    into ``run_dir/best_model/``; write ``job.yaml``, ``sweep.json`` and the leaderboard. Returns the
+    ``SweepResult``."""
+    from pathlib import Path
+
+    from automl_vision.data.storage import download_prefix, list_prefixes
+    from automl_vision.spec.job import resolved
+    from automl_vision.sweep.local import SWEEP_FILE, SweepResult, _write_best_model, write_leaderboard
+    from automl_vision.training.trial import OUTPUTS_DIR
+
+    run_dir = Path(run_dir)
+    task = job.task
+    records = []
+    for exp in experiments:
+        exp_name = exp["metadata"]["name"]
+        fixed = json.loads(exp["metadata"]["annotations"][f"{ANNOTATION_PREFIX}fixed-parameters"])
+        swept = [p["name"] for p in exp["spec"]["parameters"]]
+        where = trial_outputs_uri(trial_outputs, exp_name, "").rstrip("/")
+        for trial in list_prefixes(where):
+            folder = run_dir / "trials" / trial
+            best = trial == found.best_trial
+            download_prefix(f"{where}/{trial}", folder,
+                            skip=None if best else (lambda rel: rel.startswith(f"{OUTPUTS_DIR}/")))
+            records.append(_trial_record(trial, len(records), folder, task, fixed, swept))
+    echo(f"read {len(records)} trial(s) back from {trial_outputs}")
+    status = "finished"
+    stopped = f"timeout_minutes={job.limits.timeout_minutes} reached" if found.timed_out else ""
+    result = SweepResult(run_dir, task.primary_metric, task.maximize, records, status, stopped)
+    shown = local_job or job
+    (run_dir / "job.yaml").write_text(shown.to_yaml())
+    (run_dir / "resolved_job.json").write_text(json.dumps(resolved(shown), indent=2))
+    best = next((r for r in records if r.trial_id == found.best_trial), None)
+    doc = {"format": 1, "backend": "katib", "status": status, "stopped_because": stopped,
+           "primary_metric": task.primary_metric, "goal": "maximize" if task.maximize else "minimize",
+           "best_trial": found.best_trial, "experiments": found.experiments, "namespace": found.namespace,
+           "trial_outputs": trial_outputs, "job": job.model_dump(mode="json"),
+           "trials": [t.to_json(task.primary_metric) for t in records]}
+    (run_dir / SWEEP_FILE).write_text(json.dumps(doc, indent=1))
+    write_leaderboard(result)
+    source = trial_outputs_uri(trial_outputs, found.best_experiment or "", found.best_trial or "")
+    if best is None or not _write_best_model(result, best):
+        raise AutoMLError(f"Katib's best trial {found.best_trial} left no model package in {source}/{OUTPUTS_DIR}/ "
+                          "(see its train.log there, and kubectl logs of its pod)")
+    echo(f"best model: {found.best_trial} ({task.primary_metric} {found.best_value:.4f}) from {source}")
+    return result
+
+
+def _trial_record(trial: str, index: int, folder, task, fixed: Mapping[str, Any], swept: Sequence[str]):
+    """A leaderboard record of one Katib trial from its downloaded folder."""
+    from automl_vision.sweep.core import TrialRecord
+    from automl_vision.training.reporter import read_metrics
+    from automl_vision.training.trial import CONFIG_FILE, METRICS_FILE, TrialResult
+
+    primary = task.primary_metric
+    config = json.loads((folder / CONFIG_FILE).read_text()) if (folder / CONFIG_FILE).is_file() else {}
+    values = config.get("hyperparameters", {})
+    params = {**fixed, **{k: values[k] for k in swept if k in values}}
+    rec = TrialRecord(trial, index, params)
+    for row in read_metrics(folder / METRICS_FILE):
+        if primary in row:
+            rec.values.append(float(row[primary]))
+            rec.epochs.append(int(row.get("epoch", len(rec.values))))
+            rec.losses.append(row.get("loss"))
+    result = TrialResult.read(folder)
+    if result is None:
+        rec.status, rec.reason = "failed", "the trial wrote no result.json (see its train.log)"
+        return rec
+    rec.status = result.status
+    rec.best_value, rec.best_epoch = result.best_value, result.best_epoch
+    rec.epochs_completed, rec.duration_s = result.epochs_completed, result.duration_s
+    rec.reason = {"completed": f"completed its {result.epochs_completed} epoch(s)",
+                  "early_stopped": f"stopped by its own early stopping after {result.epochs_completed} epoch(s)",
+                  "terminated": f"stopped by Katib's early stopping after {result.epochs_completed} epoch(s)",
+                  }.get(result.status, result.message)
+    return rec

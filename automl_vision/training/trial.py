@@ -103,3 +103,41 @@ def default_num_workers(processes: int = 1) -> int:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     share = cpus // max(1, processes)
     return max(0, min(8, share - 1))
+
+
+# --- a trial that keeps its folder in object storage (Katib trials) --------------------------------
+
+#: Files of a trial folder not worth keeping: resumable checkpoints (large; the model package holds the best epoch).
+NOT_UPLOADED = ("checkpoints/",)
+
+
+class TrialStopped(Exception):
+    """The trial's process was asked to stop (SIGTERM: Katib's metrics collector stopping an early-stopped
+    trial, or the pod being deleted)."""
+
+
+def stopped_result(output_dir: str | Path, task: ImageTask, duration_s: float) -> TrialResult:
+    """The result of a trial stopped from outside, from the evaluations it reported (``metrics.jsonl``):
+    status ``terminated``, the best value among them (the model package holds that epoch)."""
+    from automl_vision.training.reporter import read_metrics
+
+    primary_metric = task.primary_metric
+    rows = [r for r in read_metrics(Path(output_dir) / METRICS_FILE) if primary_metric in r]
+    result = TrialResult(status="terminated", primary_metric=primary_metric, duration_s=round(duration_s, 2),
+                         message="stopped from outside while training (Katib's early stopping, or the pod deleted)")
+    for r in rows:
+        value, epoch = float(r[primary_metric]), int(r.get("epoch", 0))
+        result.history.append({k: float(v) for k, v in r.items() if k != "timestamp"})
+        result.epochs_completed = max(result.epochs_completed, epoch)
+        if result.best_value is None or (value > result.best_value if task.maximize else value < result.best_value):
+            result.best_value, result.best_epoch = value, epoch
+    return result
+
+
+def upload_trial(output_dir: str | Path, uri: str) -> list[str]:
+    """Upload the trial folder (model package, metrics.jsonl, result.json, config.json, logs; not the
+    checkpoints) to ``uri`` (s3://bucket/prefix), with the endpoint and credentials of the AWS_*
+    environment variables (the storage Secret's keys in a trial pod)."""
+    from automl_vision.data.storage import upload_folder
+
+    return upload_folder(output_dir, uri, skip=lambda rel: rel.startswith(NOT_UPLOADED))

@@ -330,9 +330,9 @@ def test_our_early_stopping_not_registered(cluster, capsys):
     code, findings = doctor_json(cluster, capsys)
     problem = only_problem(findings, "katib-early-stopping")
     assert code == 2 and "not registered: bandit, truncation-selection" in problem.message
-    assert problem.fix.startswith(f"kubectl edit configmap katib-config -n {NS}: in katib-config.yaml, add to "
-                                  "runtime.earlyStoppings {algorithmName: bandit, image: ")
-    assert "{algorithmName: truncation-selection, image: " in problem.fix
+    assert problem.fix.startswith(f"automl-vision katib-config --from-cluster --katib-namespace {NS} --image ")
+    assert "| kubectl replace -f -" in problem.fix
+    assert "{algorithmName: bandit, image: ...} and {algorithmName: truncation-selection, image: ...}" in problem.fix
 
 
 def test_an_early_stopping_entry_without_an_image(cluster, capsys):

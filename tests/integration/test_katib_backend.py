@@ -170,31 +170,47 @@ def test_early_stopping_service_marks_the_trial_over_grpc(cluster):
     assert [c["type"] for c in conditions] == ["Running", "EarlyStopped"]
     assert conditions[-1]["reason"] == "TrialEarlyStopped" and conditions[-1]["status"] == "True"
     assert ("PATCH", "/apis/kubeflow.org/v1beta1/namespaces/team-a/trials/bccd-0-k2j4h6g8/status") in fake.requests
-    assert e.value.code() == grpc.StatusCode.INTERNAL
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
     assert "cannot mark trial team-a/missing early stopped" in e.value.details()
 
 
-@pytest.mark.slow
-def test_pipeline_step_trains_the_best_trial_once_more(cluster, tmp_path, make_dataset):
-    """run_katib_backend: the Katib sweep (trial pods read s3://), then the best settings trained here on
-    this step's copy of the data, giving the local sweep's run folder for evaluate and package."""
-    train = make_dataset(tmp_path / "data", n_per_class=3, classes=("red", "green"), size=16)
-    base = {"task": "image_classification", "limits": {"max_trials": 4, "max_concurrent_trials": 2},
-            "search_space": [{"model_name": {"type": "choice", "values": ["resnet18"]},
-                              "learning_rate": {"type": "uniform", "min_value": 0.001, "max_value": 0.1},
-                              "optimizer": {"type": "choice", "values": ["sgd", "adam"]}}],
-            "training_parameters": {"number_of_epochs": 1, "pretrained": False, "training_batch_size": 2,
-                                    "train_crop_size": 16, "valid_resize_size": 16, "valid_crop_size": 16}}
-    katib_job = parse_job({**base, "training_data": "s3://automl/colours/train.jsonl"})
-    local_job = parse_job({**base, "training_data": str(train)})
-    name = katib.experiment_base_name("9f1c2d3e-run-id")
-    fake = FakeKubernetes({name: ("t-1", 0.9, {"learning_rate": "0.02", "optimizer": "adam"})}, polls=1)
+def _small_job(training_data: str):
+    return parse_job({"task": "image_classification", "training_data": training_data,
+                      "limits": {"max_trials": 4, "max_concurrent_trials": 2},
+                      "search_space": [{"model_name": {"type": "choice", "values": ["resnet18"]},
+                                        "learning_rate": {"type": "uniform", "min_value": 0.001, "max_value": 0.1}}]})
+
+
+def test_the_pipeline_backend_needs_trial_outputs_before_it_creates_anything(cluster, tmp_path):
+    from automl_vision.pipeline.settings import ClusterSettings
+
+    fake = FakeKubernetes({}, polls=1)
     client, _ = cluster(fake)
-    result = katib.run_katib_backend(katib_job, local_job, tmp_path / "run", name=name, client=client,
-                                     device="cpu", poll_interval_s=0.01, echo=lambda s: None)
-    saved = json.loads((tmp_path / "run" / "katib.json").read_text())
-    assert saved["best_trial"] == "t-1" and saved["parameters"]["learning_rate"] == 0.02
-    [trial] = result.trials
-    assert trial.parameters == {"model_name": "resnet18", "learning_rate": 0.02, "optimizer": "adam"}
-    assert (tmp_path / "run" / "best_model" / "model.safetensors").exists()
-    assert name == katib.experiment_base_name("9f1c2d3e-run-id") and len(name) <= katib.MAX_NAME_LENGTH
+    with pytest.raises(ConfigError) as e:
+        katib.run_katib_backend(_small_job("s3://automl/colours/train.jsonl"), tmp_path / "run",
+                                cluster=ClusterSettings(), name="colours", client=client, poll_interval_s=0.01,
+                                echo=lambda s: None)
+    assert "the Katib backend needs the cluster setting trial_outputs: an s3://bucket/prefix where each trial " \
+           "uploads its model" in str(e.value)
+    assert fake.requests == [] and not (tmp_path / "run").exists()
+
+
+def test_a_best_trial_that_uploaded_nothing_is_an_error_naming_where(cluster, tmp_path, monkeypatch):
+    """Nothing is trained in the step any more: without the best trial's upload there is no model."""
+    from kube_testserver import object_store
+
+    from automl_vision.pipeline.settings import ClusterSettings
+
+    fake = FakeKubernetes({"colours": ("colours-t1", 0.9, {"learning_rate": "0.02"})}, polls=1)
+    client, _ = cluster(fake)
+    with object_store("automl") as secret:
+        for k, v in secret.items():
+            monkeypatch.setenv(k, v)
+        with pytest.raises(AutoMLError) as e:
+            katib.run_katib_backend(_small_job("s3://automl/colours/train.jsonl"), tmp_path / "run",
+                                    cluster=ClusterSettings(trial_outputs="s3://automl/trials"), name="colours",
+                                    client=client, poll_interval_s=0.01, echo=lambda s: None)
+    assert "Katib's best trial colours-t1 left no model package in s3://automl/trials/colours/colours-t1/outputs/" \
+        in str(e.value)
+    assert json.loads((tmp_path / "run" / "katib.json").read_text())["best_trial"] == "colours-t1"
+    assert not (tmp_path / "run" / "best_model").exists()

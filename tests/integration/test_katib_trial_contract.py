@@ -1,8 +1,10 @@
 """The trial contract, run for real: a generated Experiment, one assignment substituted as Katib's
 controller substitutes it, the container command run here the way Katib's StdOut collector runs it
-(``sh -c "<command> 1>metrics.log 2>&1"``), its log parsed with Katib's regex and timestamp rule;
-then the same trial stopped as the collector stops it when a rule from our early-stopping service
-(over gRPC, from recorded observations) holds."""
+(``sh -c "<command> 1>metrics.log 2>&1"``) with the container's environment (the storage Secret's
+keys), its log parsed with Katib's regex and timestamp rule, its folder uploaded to the cluster's
+trial_outputs on a real S3 endpoint (moto on 127.0.0.1); then the same trial stopped as the collector
+stops it when a rule from our early-stopping service (over gRPC, from recorded observations) holds,
+which still uploads what it has."""
 
 from __future__ import annotations
 
@@ -24,7 +26,11 @@ import psutil  # noqa: E402
 from kubeflow.katib import katib_api_pb2 as pb2  # noqa: E402
 from kubeflow.katib import katib_api_pb2_grpc as pb2_grpc  # noqa: E402
 
+from kube_testserver import container_env, object_store  # noqa: E402
+
+from automl_vision.data.storage import StorageConfig, download_prefix  # noqa: E402
 from automl_vision.earlystopping.collector import ZERO_TIME, RuleSet, metric_value, parse_text_log  # noqa: E402
+from automl_vision.pipeline.settings import ClusterSettings  # noqa: E402
 from automl_vision.earlystopping.rules import StopRule  # noqa: E402
 from automl_vision.earlystopping.service import EarlyStoppingService, serve  # noqa: E402
 from automl_vision.spec.job import parse_job  # noqa: E402
@@ -33,6 +39,25 @@ from automl_vision.training.reporter import KATIB_METRIC_RE  # noqa: E402
 
 EPOCHS = 3
 pytestmark = pytest.mark.slow
+
+
+TRIAL_OUTPUTS = "s3://automl/trials"
+CLUSTER = ClusterSettings(trial_outputs=TRIAL_OUTPUTS)
+
+
+@pytest.fixture
+def store():
+    """The object store and the storage Secret's data (the cluster's Secret name -> keys)."""
+    with object_store("automl") as secret:
+        yield {CLUSTER.storage_secret.name: secret}
+
+
+def _uploaded(store, trial: str, dest: Path) -> Path:
+    secret = store[CLUSTER.storage_secret.name]
+    config = StorageConfig(endpoint=secret["AWS_ENDPOINT_URL"], access_key=secret["AWS_ACCESS_KEY_ID"],
+                           secret_key=secret["AWS_SECRET_ACCESS_KEY"])
+    download_prefix(f"{TRIAL_OUTPUTS}/contract/{trial}", dest, config)
+    return dest
 
 
 @pytest.fixture
@@ -55,7 +80,7 @@ def experiment(tmp_path, make_dataset):
         # The pod mounts the data where it is here, so the job's paths are valid in the trial pod.
         "compute": {"gpus": 0, "data_volume": {"claim_name": "datasets", "mount_path": str(tmp_path / "data")}},
     })
-    [exp] = katib.experiments_from_job(job, name="contract")
+    [exp] = katib.experiments_from_job(job, name="contract", cluster=CLUSTER)
     assert katib.check_experiment(exp) == []
     return exp
 
@@ -77,10 +102,17 @@ def _trial(exp, tmp_path: Path, name: str):
     return assignment, run_spec, work
 
 
-def test_trial_reports_the_objective_katib_reads(experiment, tmp_path):
+def _env(run_spec, store) -> dict:
+    import os
+
+    return {**os.environ, **container_env(katib.primary_container(run_spec), store)}
+
+
+def test_trial_reports_the_objective_katib_reads(experiment, tmp_path, store):
     assignment, run_spec, work = _trial(experiment, tmp_path, "contract-a1b2c3d4")
     log_file, mark = work / "metrics.log", work / "1.pid"
-    done = subprocess.run(["sh", "-c", _shell_line(run_spec, log_file, mark)], cwd=work, timeout=600)
+    done = subprocess.run(["sh", "-c", _shell_line(run_spec, log_file, mark)], cwd=work, timeout=600,
+                          env=_env(run_spec, store))
     text = log_file.read_text()
     assert done.returncode == 0 and mark.read_text().strip() == "completed", text[-3000:]
 
@@ -100,6 +132,14 @@ def test_trial_reports_the_objective_katib_reads(experiment, tmp_path):
     config = json.loads((work / "outputs" / "config.json").read_text())
     assert config["hyperparameters"]["learning_rate"] == float(assignment["learning_rate"])
     assert config["hyperparameters"]["optimizer"] == assignment["optimizer"]
+
+    # the trial folder in <trial_outputs>/<experiment>/<trial name>: the pod's emptyDir is gone after it
+    kept = _uploaded(store, "contract-a1b2c3d4", tmp_path / "kept")
+    for name in ("result.json", "config.json", "metrics.jsonl", "outputs/model.safetensors"):
+        assert (kept / name).read_bytes() == (work / "outputs" / name).read_bytes(), name
+    log_text = (work / "outputs" / "train.log").read_text()  # goes on a line after the upload
+    assert log_text.startswith((kept / "train.log").read_text()) and "uploading" in log_text
+    assert json.loads((kept / "result.json").read_text())["status"] == "completed"
 
 
 class _RecordedDB(pb2_grpc.DBManagerServicer):
@@ -139,12 +179,12 @@ def _rules_from_service(exp) -> list[StopRule]:
             for r in reply.early_stopping_rules]
 
 
-def test_collector_stops_the_trial_when_the_services_rule_holds(experiment, tmp_path):
+def test_collector_stops_the_trial_when_the_services_rule_holds(experiment, tmp_path, store):
     rules = _rules_from_service(experiment)
     assert rules == [StopRule("accuracy", "less", 0.99, 2)]  # bandit: 1.0 - slack_amount, from interval 2
     _, run_spec, work = _trial(experiment, tmp_path, "contract-e5f6g7h8")
     log_file, mark = work / "metrics.log", work / "1.pid"
-    main = subprocess.Popen(["sh", "-c", _shell_line(run_spec, log_file, mark)], cwd=work)
+    main = subprocess.Popen(["sh", "-c", _shell_line(run_spec, log_file, mark)], cwd=work, env=_env(run_spec, store))
     checker = RuleSet(rules, "accuracy", maximize=True)
     seen, stopped_at = 0, None
     deadline = time.monotonic() + 600
@@ -170,5 +210,11 @@ def test_collector_stops_the_trial_when_the_services_rule_holds(experiment, tmp_
     assert main.returncode != 0 and mark.read_text() == "early-stopped"  # `&& echo completed` never ran
     reported = [ln for ln in log_file.read_text().splitlines() if " accuracy=" in ln]
     assert len(reported) < EPOCHS
-    assert not (work / "outputs" / "result.json").exists() or \
-        json.loads((work / "outputs" / "result.json").read_text())["epochs_completed"] < EPOCHS
+    assert main.returncode == 128 + 15  # the trial process ended on the SIGTERM, after its upload
+    # what the stopped trial had is kept: its reports, and the model of its best epoch so far
+    kept = _uploaded(store, "contract-e5f6g7h8", tmp_path / "kept")
+    result = json.loads((kept / "result.json").read_text())
+    assert result["status"] == "terminated" and result["epochs_completed"] == stopped_at < EPOCHS
+    saved = json.loads((kept / "outputs" / "config.json").read_text())
+    assert result["best_epoch"] == saved["epoch"] and (kept / "outputs" / "model.safetensors").is_file()
+    assert (kept / "metrics.jsonl").read_text() == (work / "outputs" / "metrics.jsonl").read_text()

@@ -1,6 +1,9 @@
 """``automl-vision run --kubeflow URL`` and ``compile`` against a real HTTP server on 127.0.0.1 that
 answers the Kubeflow Pipelines v2beta1 API calls kfp.Client makes and records every request: what
-would reach a cluster is checked offline, down to the pipeline spec and the cron of a recurring run."""
+would reach a cluster is checked offline, down to the pipeline spec and the cron of a recurring run.
+The server can also stand in for a multi-user Kubeflow behind its authenticating proxy: it then takes
+only requests with ``Authorization: Bearer <token>`` (401 without, 401 for another token, 403 for a
+namespace the token may not use, or a redirect to a login page as oauth2-proxy sends)."""
 
 from __future__ import annotations
 
@@ -18,10 +21,13 @@ from google.protobuf import json_format
 from kfp.kubernetes import kubernetes_executor_config_pb2 as k8s_pb2
 from kfp.pipeline_spec import pipeline_spec_pb2
 
+from automl_vision import __version__
 from automl_vision.pipeline.pipeline import pipeline_arguments
 from automl_vision.spec.job import load_job
 
 API = "/apis/v2beta1"
+REGISTRY = "registry.example.com/ml"
+TOKEN = "eyJhbGciOiJSUzI1NiJ9.team-vision.signature"
 
 
 class PipelinesApi(BaseHTTPRequestHandler):
@@ -45,13 +51,37 @@ class PipelinesApi(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = json.loads(self.rfile.read(length)) if length else {}
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
-        self.server.requests.append({"method": self.command, "path": url.path, "query": query, "body": body})
+        self.server.requests.append({"method": self.command, "path": url.path, "query": query, "body": body,
+                                     "authorization": self.headers.get("Authorization")})
         return url.path, query, body
+
+    def _refused(self, query: dict, body: dict) -> bool:
+        """What the authenticating proxy (and the API server's namespace check) answer; True: refused."""
+        server = self.server
+        if server.token is None:
+            return False
+        sent = self.headers.get("Authorization")
+        if sent is None and server.login_redirect:
+            self.send_response(302)
+            self.send_header("Location", "/oauth2/start?rd=%2Fpipeline")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return True
+        if sent != f"Bearer {server.token}":
+            self._answer(401, {"error": "Unauthorized"})
+            return True
+        namespace = query.get("namespace") or body.get("namespace")
+        if namespace in server.forbidden_namespaces:
+            self._answer(403, {"error": f"PermissionDenied: no access to namespace {namespace}", "code": 7})
+            return True
+        return False
 
     def do_GET(self):
         path, query, _ = self._record()
+        if self._refused(query, {}):
+            return
         if path == f"{API}/healthz":
-            return self._answer(200, {"multi_user": False})
+            return self._answer(200, {"multi_user": self.server.multi_user})
         if path == f"{API}/experiments":
             wanted = json.loads(query.get("filter", "{}")).get("predicates", [{}])[0].get("stringValue")
             found = [e for e in self.server.experiments if e["display_name"] == wanted]
@@ -59,7 +89,9 @@ class PipelinesApi(BaseHTTPRequestHandler):
         self._answer(404, {"error": f"no route {path}"})
 
     def do_POST(self):
-        path, _, body = self._record()
+        path, query, body = self._record()
+        if self._refused(query, body):
+            return
         if path == f"{API}/experiments":
             experiment = {**body, "experiment_id": f"exp-{len(self.server.experiments) + 1}"}
             self.server.experiments.append(experiment)
@@ -76,6 +108,10 @@ class RecordingServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), PipelinesApi)
         self.requests: list[dict] = []
         self.experiments: list[dict] = []
+        self.token: str | None = None  # set: every request needs "Authorization: Bearer <token>"
+        self.login_redirect = False  # with token: a request without one is redirected to a login page
+        self.forbidden_namespaces: set[str] = set()
+        self.multi_user = False
 
     @property
     def url(self) -> str:
@@ -105,9 +141,16 @@ def job_file(tmp_path):
     return path
 
 
-def cli(*args: str, home: Path) -> subprocess.CompletedProcess:
+@pytest.fixture
+def cluster_file(tmp_path):
+    path = tmp_path / "cluster.yaml"
+    path.write_text(f"registry: {REGISTRY}\n")
+    return path
+
+
+def cli(*args: str, home: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     # HOME: kfp.Client reads (and may write) ~/.config/kfp/context.json; keep the test's own
-    env = {"HOME": str(home), "PATH": "/usr/bin:/bin"}
+    env = {"HOME": str(home), "PATH": "/usr/bin:/bin", **(env or {})}
     return subprocess.run([sys.executable, "-m", "automl_vision", *args], capture_output=True, text=True,
                           timeout=300, env=env)
 
@@ -116,29 +159,35 @@ def _posts(server: RecordingServer, path: str) -> list[dict]:
     return [r["body"] for r in server.requests if r["method"] == "POST" and r["path"] == f"{API}/{path}"]
 
 
-def _compiled(tmp_path: Path, job_file: Path) -> list[dict]:
+def _compiled(tmp_path: Path, cluster_file: Path) -> list[dict]:
     out = tmp_path / "compiled.yaml"
-    p = cli("compile", "--out", str(out), home=tmp_path)  # no job: what run --kubeflow sends
+    p = cli("compile", "--out", str(out), "--cluster-settings", str(cluster_file), home=tmp_path)  # no job: what
+    # run --kubeflow sends
     assert p.returncode == 0, p.stderr
     return list(yaml.safe_load_all(out.read_text()))
 
 
-def test_run_on_kubeflow_sends_the_compiled_pipeline_and_the_job(api_server, job_file, tmp_path):
-    p = cli("run", str(job_file), "--kubeflow", api_server.url, home=tmp_path)
+def test_run_on_kubeflow_sends_the_compiled_pipeline_and_the_job(api_server, job_file, cluster_file, tmp_path):
+    p = cli("run", str(job_file), "--kubeflow", api_server.url, "--cluster-settings", str(cluster_file),
+            home=tmp_path)
     assert p.returncode == 0, p.stderr
     assert "run created: run-1 (experiment exp-1)" in p.stdout
     assert f"{api_server.url}/#/runs/details/run-1" in p.stdout
 
     paths = [(r["method"], r["path"]) for r in api_server.requests]
-    assert paths == [("GET", f"{API}/healthz"), ("GET", f"{API}/experiments"), ("POST", f"{API}/experiments"),
-                     ("POST", f"{API}/runs")]
+    # our one check of the endpoint, then kfp.Client's own (it asks whether the endpoint is multi-user)
+    assert paths == [("GET", f"{API}/healthz"), ("GET", f"{API}/healthz"), ("GET", f"{API}/experiments"),
+                     ("POST", f"{API}/experiments"), ("POST", f"{API}/runs")]
+    assert {r["authorization"] for r in api_server.requests} == {None}  # a standalone endpoint: no token
     assert _posts(api_server, "experiments") == [{"display_name": "automl-vision", "namespace": ""}]
     (run,) = _posts(api_server, "runs")
     assert run["display_name"] == "flowers" and run["experiment_id"] == "exp-1"
     assert run["runtime_config"]["parameters"] == json.loads(json.dumps(pipeline_arguments(load_job(job_file))))
 
-    spec, platform = _compiled(tmp_path, job_file)
+    spec, platform = _compiled(tmp_path, cluster_file)
     assert run["pipeline_spec"] == {"pipeline_spec": spec, "platform_spec": platform}
+    assert spec["deploymentSpec"]["executors"]["exec-ingest"]["container"]["image"] == \
+        f"{REGISTRY}/automl-vision-cpu:{__version__}"
     # what the API server does first: parse into its message types (unknown fields are refused)
     parsed = json_format.ParseDict(run["pipeline_spec"]["pipeline_spec"], pipeline_spec_pb2.PipelineSpec())
     assert set(parsed.root.dag.tasks) == {"ingest", "preview", "sweep", "evaluate", "report", "package",
@@ -153,14 +202,16 @@ def test_run_on_kubeflow_sends_the_compiled_pipeline_and_the_job(api_server, job
     assert set(run["runtime_config"]["parameters"]) <= set(inputs)
 
 
-def test_schedule_creates_a_recurring_run_in_the_namespace(api_server, job_file, tmp_path):
+def test_schedule_creates_a_recurring_run_in_the_namespace(api_server, job_file, cluster_file, tmp_path):
     p = cli("run", str(job_file), "--kubeflow", api_server.url, "--namespace", "team-vision",
-            "--schedule", "0 0 2 * * *", "--experiment", "nightly", home=tmp_path)
+            "--schedule", "0 0 2 * * *", "--experiment", "nightly", "--cluster-settings", str(cluster_file),
+            home=tmp_path)
     assert p.returncode == 0, p.stderr
     assert "recurring run created: rr-1" in p.stdout
 
-    assert not any(r["path"].endswith("healthz") for r in api_server.requests)  # a namespace was given
-    listing = next(r for r in api_server.requests if r["method"] == "GET")
+    # only our check: kfp.Client asks nothing of healthz when a namespace is given
+    assert [r["path"] for r in api_server.requests].count(f"{API}/healthz") == 1
+    listing = next(r for r in api_server.requests if r["method"] == "GET" and r["path"] == f"{API}/experiments")
     assert listing["query"]["namespace"] == "team-vision"
     assert _posts(api_server, "experiments") == [{"display_name": "nightly", "namespace": "team-vision"}]
     (recurring,) = _posts(api_server, "recurringruns")
@@ -175,28 +226,54 @@ def test_schedule_creates_a_recurring_run_in_the_namespace(api_server, job_file,
 @pytest.mark.parametrize("args, message", [
     (["--schedule", "0 2 * * *"], "has 5 field(s); a recurring run's cron has 6, seconds first"),
     (["--cluster-settings", "missing.yaml"], "cannot read cluster settings"),
+    (["--token-file", "missing-token"], "--token-file missing-token: cannot read the token file missing-token"),
 ])
-def test_bad_submissions_send_nothing(api_server, job_file, tmp_path, args, message):
-    p = cli("run", str(job_file), "--kubeflow", api_server.url, *args, home=tmp_path)
+def test_bad_submissions_send_nothing(api_server, job_file, cluster_file, tmp_path, args, message):
+    p = cli("run", str(job_file), "--kubeflow", api_server.url, "--cluster-settings", str(cluster_file), *args,
+            home=tmp_path)
     assert p.returncode == 2
     assert message in p.stderr
     assert api_server.requests == []
 
 
-def test_schedule_without_kubeflow_is_refused(job_file, tmp_path):
-    p = cli("run", str(job_file), "--schedule", "0 0 2 * * *", home=tmp_path)
-    assert p.returncode == 2 and "--schedule and --namespace go with --kubeflow URL" in p.stderr
+@pytest.mark.parametrize("settings", [None, "gpu: {accelerator_limit: 2}\n"])
+def test_without_a_registry_nothing_is_compiled_or_sent(api_server, job_file, tmp_path, settings):
+    args = []
+    if settings is not None:
+        (tmp_path / "cluster.yaml").write_text(settings)
+        args = ["--cluster-settings", str(tmp_path / "cluster.yaml")]
+    p = cli("run", str(job_file), "--kubeflow", api_server.url, *args, home=tmp_path)
+    assert p.returncode == 2
+    assert (f"registry is not set, so the pipeline would name the image 'automl-vision-cpu:{__version__}', which "
+            "a cluster pulls from Docker Hub") in p.stderr
+    assert "(--cluster-settings FILE), e.g. 'registry: registry.example.com/ml'" in p.stderr
+    assert api_server.requests == []
+    out = tmp_path / "p.yaml"
+    p = cli("compile", "--out", str(out), *args, home=tmp_path)
+    assert p.returncode == 2 and "registry is not set" in p.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args", [["--schedule", "0 0 2 * * *"], ["--token-file", "token"]])
+def test_schedule_and_token_without_kubeflow_are_refused(job_file, tmp_path, args):
+    p = cli("run", str(job_file), *args, home=tmp_path)
+    assert p.returncode == 2 and "--schedule, --namespace and --token-file go with --kubeflow URL" in p.stderr
 
 
 def test_katib_backend_and_deploy_are_run_parameters(api_server, job_file, tmp_path):
+    settings = tmp_path / "katib-cluster.yaml"
+    settings.write_text(f"registry: {REGISTRY}\ntrial_outputs: s3://models/trials\n")  # the Katib backend needs it
     p = cli("run", str(job_file), "--kubeflow", api_server.url, "--backend", "katib", "--deploy", "flowers",
-            home=tmp_path)
+            "--cluster-settings", str(settings), home=tmp_path)
     assert p.returncode == 0, p.stderr
     (run,) = _posts(api_server, "runs")
     parameters = run["runtime_config"]["parameters"]
     assert (parameters["backend"], parameters["deploy"], parameters["inference_service_name"]) == \
         ("katib", True, "flowers")
     assert parameters["training_data"] == "s3://images/flowers/train.jsonl"  # what the trial pods read
+    # the package itself was compiled for the run's backend (its sweep step placed for Katib), as compile would
+    inputs = run["pipeline_spec"]["pipeline_spec"]["root"]["inputDefinitions"]["parameters"]
+    assert (inputs["backend"]["defaultValue"], inputs["inference_service_name"]["defaultValue"]) == ("katib", "flowers")
 
 
 @pytest.mark.parametrize("args, message", [
@@ -210,10 +287,11 @@ def test_katib_and_deploy_need_a_cluster(job_file, tmp_path, args, message):
     assert not (tmp_path / "runs").exists()
 
 
-def test_katib_backend_with_data_on_this_machine_sends_nothing(api_server, job_file, tmp_path):
+def test_katib_backend_with_data_on_this_machine_sends_nothing(api_server, job_file, cluster_file, tmp_path):
     job = yaml.safe_load(job_file.read_text())
     job_file.write_text(yaml.safe_dump({**job, "training_data": str(tmp_path / "train.jsonl")}))
-    p = cli("run", str(job_file), "--kubeflow", api_server.url, "--backend", "katib", home=tmp_path)
+    p = cli("run", str(job_file), "--kubeflow", api_server.url, "--backend", "katib",
+            "--cluster-settings", str(cluster_file), home=tmp_path)
     assert p.returncode == 2, p.stderr
     assert "is a path on this machine, which a trial pod cannot read" in p.stderr
     assert api_server.requests == []
@@ -221,18 +299,92 @@ def test_katib_backend_with_data_on_this_machine_sends_nothing(api_server, job_f
 
 def test_compile_sets_the_backend_and_deploy_defaults(tmp_path):
     out = tmp_path / "katib.yaml"
-    p = cli("compile", "--out", str(out), "--backend", "katib", "--deploy", "flowers", home=tmp_path)
+    settings = tmp_path / "katib-cluster.yaml"
+    settings.write_text(f"registry: {REGISTRY}\ntrial_outputs: s3://models/trials\n")
+    p = cli("compile", "--out", str(out), "--backend", "katib", "--deploy", "flowers",
+            "--cluster-settings", str(settings), home=tmp_path)
     assert p.returncode == 0, p.stderr
     inputs = next(yaml.safe_load_all(out.read_text()))["root"]["inputDefinitions"]["parameters"]
     assert inputs["backend"]["defaultValue"] == "katib" and inputs["deploy"]["defaultValue"] is True
     assert inputs["inference_service_name"]["defaultValue"] == "flowers"
 
 
-def test_compile_with_a_job_sets_its_values_as_defaults(job_file, tmp_path):
+def test_compile_with_a_job_sets_its_values_as_defaults(job_file, cluster_file, tmp_path):
     out = tmp_path / "flowers.yaml"
-    p = cli("compile", str(job_file), "--out", str(out), home=tmp_path)
+    p = cli("compile", str(job_file), "--out", str(out), "--cluster-settings", str(cluster_file), home=tmp_path)
     assert p.returncode == 0, p.stderr
     spec = next(yaml.safe_load_all(out.read_text()))
     inputs = spec["root"]["inputDefinitions"]["parameters"]
     assert inputs["training_data"]["defaultValue"] == "s3://images/flowers/train.jsonl"
     assert inputs["training_parameters"]["defaultValue"] == {"number_of_epochs": 10, "early_stopping": True}
+
+
+# --- a multi-user Kubeflow behind its authenticating proxy ------------------------------------------------
+
+def _submit(api_server, job_file, cluster_file, tmp_path, *args, env=None):
+    return cli("run", str(job_file), "--kubeflow", api_server.url, "--namespace", "team-vision",
+               "--cluster-settings", str(cluster_file), *args, home=tmp_path, env=env)
+
+
+def test_without_a_token_the_refusal_says_how_to_give_one(api_server, job_file, cluster_file, tmp_path):
+    api_server.token = TOKEN
+    p = _submit(api_server, job_file, cluster_file, tmp_path)
+    assert p.returncode == 2, p.stderr
+    assert f"{api_server.url} refused the request without a token (HTTP 401: not authenticated)" in p.stderr
+    assert "set KF_PIPELINES_TOKEN (e.g. export KF_PIPELINES_TOKEN=$(kubectl -n NAMESPACE create token " \
+           "default-editor)) or pass --token-file FILE" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert [(r["method"], r["path"]) for r in api_server.requests] == [("GET", f"{API}/healthz")]  # nothing sent
+
+
+@pytest.mark.parametrize("how", ["environment", "file", "service account token"])
+def test_the_token_goes_with_every_request(api_server, job_file, cluster_file, tmp_path, how):
+    api_server.token = TOKEN
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    args, env = {"environment": ([], {"KF_PIPELINES_TOKEN": TOKEN}),
+                 "file": (["--token-file", str(token_file)], None),
+                 "service account token": ([], {"KF_PIPELINES_SA_TOKEN_PATH": str(token_file)})}[how]
+    p = _submit(api_server, job_file, cluster_file, tmp_path, *args, env=env)
+    assert p.returncode == 0, p.stderr
+    assert "run created: run-1" in p.stdout
+    assert [(r["method"], r["path"]) for r in api_server.requests][-1] == ("POST", f"{API}/runs")
+    assert {r["authorization"] for r in api_server.requests} == {f"Bearer {TOKEN}"}
+
+
+def test_a_token_that_is_not_accepted(api_server, job_file, cluster_file, tmp_path):
+    api_server.token = TOKEN
+    p = _submit(api_server, job_file, cluster_file, tmp_path, env={"KF_PIPELINES_TOKEN": "expired"})
+    assert p.returncode == 2
+    assert (f"{api_server.url} refused the request with the token from $KF_PIPELINES_TOKEN (HTTP 401: not "
+            "authenticated): the token is not accepted (expired, or not issued for this Kubeflow)") in p.stderr
+    assert not any(r["method"] == "POST" for r in api_server.requests)
+
+
+def test_a_namespace_the_token_may_not_use(api_server, job_file, cluster_file, tmp_path):
+    api_server.token = TOKEN
+    api_server.forbidden_namespaces = {"team-vision"}
+    p = _submit(api_server, job_file, cluster_file, tmp_path, env={"KF_PIPELINES_TOKEN": TOKEN})
+    assert p.returncode == 2
+    assert ("(HTTP 403: forbidden): the token's identity may not use namespace team-vision; use a token of an "
+            "identity that may") in p.stderr
+    assert "Traceback" not in p.stderr
+    assert not any(r["method"] == "POST" for r in api_server.requests)
+
+
+def test_a_login_page_redirect_says_the_endpoint_needs_a_token(api_server, job_file, cluster_file, tmp_path):
+    api_server.token, api_server.login_redirect = TOKEN, True
+    p = _submit(api_server, job_file, cluster_file, tmp_path)
+    assert p.returncode == 2
+    assert (f"{api_server.url} redirected the request without a token to /oauth2/start?rd=%2Fpipeline (HTTP 302), "
+            "a login page: the endpoint is behind an authenticating proxy; give a token") in p.stderr
+    assert len(api_server.requests) == 1
+
+
+def test_a_multi_user_endpoint_needs_a_namespace(api_server, job_file, cluster_file, tmp_path):
+    api_server.multi_user = True
+    p = cli("run", str(job_file), "--kubeflow", api_server.url, "--cluster-settings", str(cluster_file),
+            home=tmp_path)
+    assert p.returncode == 2
+    assert f"{api_server.url} is a multi-user Kubeflow: give --namespace, the namespace of your profile" in p.stderr
+    assert len(api_server.requests) == 1

@@ -98,3 +98,92 @@ def test_cache_path_is_stable_and_keeps_the_extension(tmp_path):
     assert a == cache_path(tmp_path, "s3://b/x/a.JPG")
     assert a != cache_path(tmp_path, "s3://b/y/a.JPG")
     assert a.suffix == ".jpg" and a.parent.parent == tmp_path
+
+
+# --- a JSONL file in object storage: relative image_url values name objects beside it --------------
+
+S3_BASE = "s3://bkt/sets/fridge"
+
+RELATIVE_TO_S3 = [
+    ("beside", "images/a.jpg", S3_BASE, "s3://bkt/sets/fridge/images/a.jpg", "sets/fridge/images/a.jpg"),
+    ("dot-segments", "./images/../b.jpg", S3_BASE, "s3://bkt/sets/fridge/b.jpg", "sets/fridge/b.jpg"),
+    ("wider-root", "../shared/c.jpg", "s3://bkt/sets", "s3://bkt/sets/shared/c.jpg", "sets/shared/c.jpg"),
+    ("bucket-root", "../../d.jpg", "s3://bkt", "s3://bkt/d.jpg", "d.jpg"),
+]
+
+
+@pytest.mark.parametrize("url, root, uri, key", [c[1:] for c in RELATIVE_TO_S3], ids=[c[0] for c in RELATIVE_TO_S3])
+def test_relative_to_an_s3_jsonl(url, root, uri, key):
+    loc = resolve_url(url, S3_BASE, root, None)
+    assert (loc.uri, loc.bucket, loc.key, loc.is_local) == (uri, "bkt", key, False)
+
+
+def test_an_s3_jsonl_resolves_relative_urls_and_keeps_absolute_ones():
+    assert resolve_url("images/a.jpg", S3_BASE, S3_BASE, None).uri == "s3://bkt/sets/fridge/images/a.jpg"
+    assert resolve_url("/mnt/data/a.jpg", S3_BASE, S3_BASE, None).uri == "/mnt/data/a.jpg"
+    assert resolve_url("s3://other/x/a.jpg", S3_BASE, S3_BASE, None).uri == "s3://other/x/a.jpg"
+    assert resolve_url("AmlDatastore://ds/a.jpg", S3_BASE, S3_BASE, S3_STORE).uri == "s3://bucket/prefix/ds/a.jpg"
+
+
+@pytest.mark.parametrize("url, root, shown", [
+    ("../x.jpg", S3_BASE, "resolves to s3://bkt/sets/x.jpg, outside the data root s3://bkt/sets/fridge"),
+    ("../fridge2/x.jpg", S3_BASE, "resolves to s3://bkt/sets/fridge2/x.jpg, outside the data root"),
+    ("../../../x.jpg", "s3://bkt", "resolves to s3://bkt/../x.jpg, outside the data root s3://bkt"),
+    ("images/a.jpg", "s3://elsewhere/sets/fridge",
+     "resolves to s3://bkt/sets/fridge/images/a.jpg, outside the data root s3://elsewhere/sets/fridge"),
+], ids=["parent", "sibling-prefix", "above-the-bucket", "other-bucket"])
+def test_relative_to_an_s3_jsonl_may_not_leave_the_data_root(url, root, shown):
+    with pytest.raises(LocationError) as info:
+        resolve_url(url, S3_BASE, root, None)
+    assert info.value.code == "path_escapes_root"
+    assert shown in str(info.value)
+
+
+@pytest.mark.parametrize("source, message", [
+    ("gs://bkt/train.jsonl", "gs://bkt/train.jsonl: scheme gs:// is not supported for a JSONL file; allowed: a "
+                             "path on this machine or s3://bucket/key"),
+    ("s3://bkt", "s3://bkt: a JSONL file in object storage must be given as s3://bucket/key (the key of the "
+                 "file itself, not of a folder)"),
+    ("s3://bkt/sets/", "s3://bkt/sets/: a JSONL file in object storage must be given as s3://bucket/key (the key "
+                       "of the file itself, not of a folder)"),
+], ids=["other-scheme", "bucket-only", "folder"])
+def test_jsonl_locations_refused_before_any_request(source, message):
+    from automl_vision.data.storage import local_jsonl
+    from automl_vision.errors import DataError
+
+    with pytest.raises(DataError) as info:
+        local_jsonl(source, config=StorageConfig(endpoint="http://127.0.0.1:9"))
+    assert str(info.value) == message
+
+
+def test_a_local_jsonl_keeps_its_name_and_resolves_against_its_folder(tmp_path):
+    from automl_vision.data.storage import local_jsonl
+
+    (tmp_path / "sets").mkdir()
+    (tmp_path / "sets" / "t.jsonl").write_text("")
+    jsonl = local_jsonl(str(tmp_path / "sets" / "t.jsonl"))
+    assert (jsonl.name, jsonl.path, jsonl.base, jsonl.remote) == (
+        str(tmp_path / "sets" / "t.jsonl"), tmp_path / "sets" / "t.jsonl", str(tmp_path / "sets"), False)
+    assert local_jsonl(jsonl) is jsonl
+
+
+def test_a_data_root_of_the_other_kind_than_the_jsonl_is_refused(tmp_path):
+    from automl_vision.data.validate import ValidationOptions, validate_dataset
+
+    jsonl = tmp_path / "t.jsonl"
+    jsonl.write_text('{"image_url": "a.png", "label": "x"}\n')
+    with pytest.raises(ConfigError) as info:
+        validate_dataset(jsonl, "image_classification", options=ValidationOptions(data_root="s3://bkt/sets"))
+    assert str(info.value) == (f"data_root='s3://bkt/sets' cannot hold the images of {jsonl}, which is on this "
+                               "machine; give a local folder that contains them, or no data root (the JSONL "
+                               "file's own folder)")
+
+
+def test_an_ingested_dataset_is_not_read_from_object_storage():
+    from automl_vision.data.validate import load_dataset
+    from automl_vision.errors import DataError
+
+    with pytest.raises(DataError) as info:
+        load_dataset("s3://bkt/runs/ingested/manifest.parquet", "image_classification")
+    assert str(info.value).startswith("s3://bkt/runs/ingested/manifest.parquet: an ingested dataset is read from "
+                                      "a folder on this machine (or a mounted volume), not from object storage")

@@ -294,8 +294,11 @@ def test_substitute_one_assignment_as_katib():
     assert run["metadata"] == {"name": "bccd-1-x7k2m9q4", "namespace": "team-a"}
     command = katib.primary_container(run)["command"]
     assert f"--learning_rate={assignment['learning_rate']}" in command and "${" not in json.dumps(run)
-    with pytest.raises(ValueError, match="2 assignment"):
+    # as the controller: a parameter without its assignment first, then an assignment no parameter takes
+    with pytest.raises(ValueError, match="no assignment for parameter 'min_size'"):
         katib.substitute_trial(exp, {"learning_rate": "0.1", "optimizer": "sgd"}, "t", "ns")
+    with pytest.raises(ValueError, match="4 assignment"):
+        katib.substitute_trial(exp, {**assignment, "momentum": "0.9"}, "t", "ns")
 
 
 def test_cli_writes_checked_experiments(tmp_path, capsys):
@@ -340,3 +343,135 @@ def test_compute_section_round_trips():
                                            "toleration_seconds": 60}]})
     assert parse_job(yaml.safe_load(job.to_yaml())) == job
     assert spec10().compute is None and "compute" not in spec10().to_dict()
+
+
+# --- the trial pod from the cluster settings ------------------------------------------------------------
+
+def _cluster(**changes):
+    from automl_vision.pipeline.settings import ClusterSettings
+
+    data = {"registry": "registry.example.com/ml",
+            "gpu": {"node_selector": {"agentpool": "t4"},
+                    "tolerations": [{"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]},
+            "storage_secret": {"name": "object-store", "keys": {"accesskey": "AWS_ACCESS_KEY_ID",
+                                                                "secretkey": "AWS_SECRET_ACCESS_KEY",
+                                                                "endpoint": "AWS_ENDPOINT_URL"}},
+            "data_volume": {"claim_name": "datasets", "mount_path": "/data"},
+            "weights": "s3://models/weights", "trial_outputs": "s3://automl/trials", "shm_size": "6Gi"}
+    data.update(changes)
+    return ClusterSettings.model_validate(data)
+
+
+def _trial(exp, name="bccd-1-x7k2m9q4"):
+    """The Job Katib's controller creates for one trial, checked as the API server would (kubernetes-validate)."""
+    run = katib.substitute_trial(exp, katib.sample_assignment(exp, np.random.default_rng(0)), name, "team-a")
+    assert katib._validate_job(run) == []
+    pod = run["spec"]["template"]["spec"]
+    return pod, katib.primary_container(run)
+
+
+def test_cluster_settings_reach_the_trial_job():
+    from automl_vision.pipeline.settings import cuda_image
+
+    exp = katib.experiments_from_job(spec10(), name="bccd", cluster=_cluster())[1]
+    assert katib.check_experiment(exp) == []
+    pod, c = _trial(exp)
+    assert c["image"] == cuda_image("registry.example.com/ml") == "registry.example.com/ml/automl-vision-gpu:0.1.0"
+    assert pod["nodeSelector"] == {"agentpool": "t4"}
+    assert pod["tolerations"] == [{"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]
+    env = {e["name"]: e for e in c["env"]}
+    # the storage Secret's keys under the environment names the pipeline's steps get them as
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"] == {"secretKeyRef": {"name": "object-store", "key": "accesskey",
+                                                                      "optional": True}}
+    assert env["AWS_ENDPOINT_URL"]["valueFrom"]["secretKeyRef"]["key"] == "endpoint"
+    assert "envFrom" not in c
+    # the weights location and unbuffered output, as every step gets them
+    assert env["AUTOML_VISION_WEIGHTS"] == {"name": "AUTOML_VISION_WEIGHTS", "value": "s3://models/weights"}
+    assert env["PYTHONUNBUFFERED"]["value"] == "1"
+    assert {"name": "data", "mountPath": "/data", "readOnly": True} in c["volumeMounts"]
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": "datasets", "readOnly": True}} in pod["volumes"]
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "6Gi"}} in pod["volumes"]
+    assert c["resources"] == {"requests": {"cpu": "3", "memory": "16Gi"},
+                              "limits": {"cpu": "3", "memory": "16Gi", "nvidia.com/gpu": 1}}
+    assert "--device=cuda" in c["command"]
+    # Katib puts the trial's own name in: the trial uploads its folder under <trial_outputs>/<experiment>/<trial>
+    assert c["command"][-1] == "--upload-to=s3://automl/trials/bccd-1/bccd-1-x7k2m9q4"
+    assert {"name": "trialName", "reference": "${trialSpec.Name}"}.items() <= \
+        exp["spec"]["trialTemplate"]["trialParameters"][-1].items()
+
+
+def test_the_jobs_compute_overrides_the_cluster_settings_key_by_key():
+    job = spec10(compute={"image": "registry.example.com/ml/custom:1", "cpu": "6", "memory": "40Gi",
+                          "node_selector": {"agentpool": "a100"}, "tolerations": []})
+    pod, c = _trial(katib.experiments_from_job(job, name="bccd", cluster=_cluster())[1])
+    assert c["image"] == "registry.example.com/ml/custom:1"
+    assert c["resources"]["requests"] == {"cpu": "6", "memory": "40Gi"}
+    assert pod["nodeSelector"] == {"agentpool": "a100"} and "tolerations" not in pod  # [] is "none", not "unset"
+    names = {e["name"] for e in c["env"]}
+    assert {"AWS_ACCESS_KEY_ID", "AUTOML_VISION_WEIGHTS"} <= names  # what the job does not set stays the cluster's
+
+    # a Secret of the job's own: all its keys, instead of the cluster's mapping
+    pod, c = _trial(katib.experiments_from_job(spec10(compute={"storage_secret": "team-s3"}), name="bccd",
+                                               cluster=_cluster())[1])
+    assert c["envFrom"] == [{"secretRef": {"name": "team-s3"}}]
+    assert "AWS_ACCESS_KEY_ID" not in {e["name"] for e in c["env"]}
+
+
+@pytest.mark.parametrize("compute, cluster_changes", [({"gpus": 0}, {}), ({}, {"gpu": None, "shm_size": "2Gi"})])
+def test_cpu_trials_get_the_cpu_image_and_no_gpu_placement(compute, cluster_changes):
+    from automl_vision.pipeline.settings import cpu_image
+
+    job = spec10(compute=compute) if compute else spec10()
+    pod, c = _trial(katib.experiments_from_job(job, name="bccd", cluster=_cluster(**cluster_changes))[1])
+    assert c["image"] == cpu_image("registry.example.com/ml")
+    assert "nodeSelector" not in pod and "tolerations" not in pod
+    assert "nvidia.com/gpu" not in c["resources"]["limits"] and "--device=cpu" in c["command"]
+    assert c["resources"]["requests"] == {"cpu": "3", "memory": "16Gi"}  # a trial trains either way
+
+
+def test_default_trial_requests_fit_the_smallest_gpu_node():
+    from kubernetes.utils import parse_quantity
+
+    from automl_vision.pipeline.settings import SMALLEST_GPU_NODE
+
+    pod, c = _trial(katib.experiments_from_job(spec10(), name="bccd")[1])
+    requests = c["resources"]["requests"]
+    assert parse_quantity(requests["cpu"]) <= SMALLEST_GPU_NODE.allocatable_cpu  # 3 of 3.86 on Standard_NC4as_T4_v3
+    assert parse_quantity(requests["memory"]) <= SMALLEST_GPU_NODE.allocatable_memory
+
+
+def test_trial_memory_holds_the_shm_and_the_training_process():
+    from kubernetes.utils import parse_quantity
+
+    pod, c = _trial(katib.experiments_from_job(spec10(), name="bccd")[1])
+    shm = next(v["emptyDir"]["sizeLimit"] for v in pod["volumes"] if v["name"] == "dshm")
+    assert parse_quantity(c["resources"]["requests"]["memory"]) >= \
+        parse_quantity(shm) + parse_quantity(katib.TRIAL_PROCESS_MEMORY)
+    with pytest.raises(ConfigError) as e:
+        katib.experiments_from_job(spec10(compute={"memory": "10Gi", "shm_size": "8Gi"}), name="bccd")
+    assert ("compute.memory=10Gi is less than the trial's /dev/shm (8Gi, memory-backed, so charged to the "
+            "container's memory) plus 4Gi for the training process: give at least 12Gi") in str(e.value)
+
+
+def test_without_trial_outputs_the_trial_uploads_nothing():
+    exp = katib.experiments_from_job(spec10(), name="bccd", cluster=_cluster(trial_outputs=None))[1]
+    assert katib.check_experiment(exp) == []
+    _, c = _trial(exp)
+    assert not any(t.startswith("--upload-to") for t in c["command"])
+    assert all(p["reference"] != "${trialSpec.Name}" for p in exp["spec"]["trialTemplate"]["trialParameters"])
+
+
+def test_cli_places_the_trials_by_the_cluster_settings_file(tmp_path):
+    settings = tmp_path / "cluster.yaml"
+    settings.write_text(yaml.safe_dump({"registry": "registry.example.com/ml", "trial_outputs": "s3://automl/trials",
+                                        "gpu": {"node_selector": {"agentpool": "t4"}, "tolerations": []}}))
+    out = tmp_path / "experiments.yaml"
+    assert main(["katib", str(tmp_path / "job.yaml"), "--out", str(out), "--name", "bccd",
+                 "--cluster-settings", str(settings)]) == 2  # no such job file: a usage error, not a crash
+    job = tmp_path / "job.yaml"
+    job.write_text(SPEC_10)
+    assert main(["katib", str(job), "--out", str(out), "--name", "bccd", "--cluster-settings", str(settings)]) == 0
+    docs = list(yaml.safe_load_all(out.read_text()))
+    pod, c = _trial(docs[1])
+    assert c["image"] == "registry.example.com/ml/automl-vision-gpu:0.1.0" and pod["nodeSelector"] == {"agentpool": "t4"}
+    assert c["command"][-1] == "--upload-to=s3://automl/trials/bccd-1/bccd-1-x7k2m9q4"

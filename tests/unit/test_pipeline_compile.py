@@ -16,10 +16,14 @@ from automl_vision import __version__
 from automl_vision.errors import ConfigError
 from automl_vision.pipeline.pipeline import (DEFAULT_INFERENCE_SERVICE, RUN_PARAMETERS, TRAINING_STEPS,
                                              compile_pipeline, pipeline_arguments)
-from automl_vision.pipeline.settings import ClusterSettings, load_cluster_settings
+from automl_vision.pipeline.settings import SMALLEST_GPU_NODE, ClusterSettings, load_cluster_settings, quantity
 from automl_vision.pipeline.submit import check_cron
+from automl_vision.serving.deploy import DEFAULT_SERVING_NAMESPACE
 from automl_vision.spec.job import JobSpec, parse_job
 
+REGISTRY = "registry.example.com/ml"
+#: the default cluster settings with the one key a cluster always needs
+CLUSTER = ClusterSettings(registry=REGISTRY)
 STEPS = {"ingest", "preview", "sweep", "evaluate", "report", "package"}
 #: deploy runs inside the condition on the pipeline's `deploy` parameter
 ALL_STEPS = STEPS | {"deploy"}
@@ -36,6 +40,7 @@ def _job(**changes) -> JobSpec:
 
 
 def _compile(tmp_path: Path, name: str = "p.yaml", **kwargs) -> tuple[str, dict, dict]:
+    kwargs.setdefault("settings", CLUSTER)
     text = compile_pipeline(tmp_path / name, **kwargs).read_text()
     spec, platform = yaml.safe_load_all(text)
     return text, spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
@@ -69,7 +74,9 @@ def test_parameters_are_the_job_keys(tmp_path):
     assert set(args) - set(RUN_PARAMETERS) == job_keys
     assert {k: args[k] for k in RUN_PARAMETERS} == {"device": "auto", "backend": "local", "deploy": False,
                                                    "inference_service_name": DEFAULT_INFERENCE_SERVICE,
-                                                   "serving_namespace": ""}
+                                                   "serving_namespace": DEFAULT_SERVING_NAMESPACE}
+    # the run's arguments and the pipeline's own parameter defaults agree
+    assert inputs["serving_namespace"]["defaultValue"] == DEFAULT_SERVING_NAMESPACE
     assert {k for k, v in inputs.items() if not v.get("isOptional")} == {"task", "training_data"}
 
 
@@ -94,10 +101,11 @@ def test_gpu_steps_get_the_pool_shm_and_every_step_the_secret(tmp_path):
         assert config["secretAsEnv"][0]["secretName"] == "automl-vision-storage"
         assert {e["envVar"] for e in config["secretAsEnv"][0]["keyToEnv"]} >= {"AWS_ACCESS_KEY_ID",
                                                                             "AWS_SECRET_ACCESS_KEY"}
+        assert "optional" not in config["secretAsEnv"][0]  # mandatory: backends before 2.15 know no optional
         assert {"name": "PYTHONUNBUFFERED", "value": "1"} in container["env"]
         assert not tasks[step]["cachingOptions"].get("enableCache")
         if step in TRAINING_STEPS:
-            assert container["image"] == f"automl-vision-gpu:{__version__}"
+            assert container["image"] == f"{REGISTRY}/automl-vision-gpu:{__version__}"
             assert container["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
             assert container["resources"]["accelerator"]["resourceCount"] == "1"
             assert config["nodeSelector"]["labels"] == {"kubernetes.azure.com/accelerator": "nvidia"}
@@ -105,8 +113,8 @@ def test_gpu_steps_get_the_pool_shm_and_every_step_the_secret(tmp_path):
             assert config["emptyDirMounts"] == [{"medium": "Memory", "mountPath": "/dev/shm", "sizeLimit": "8Gi",
                                                  "volumeName": "dshm"}]
         else:
-            assert container["image"] == f"automl-vision-cpu:{__version__}"
-            assert "resources" not in container
+            assert container["image"] == f"{REGISTRY}/automl-vision-cpu:{__version__}"
+            assert "accelerator" not in container["resources"]
             assert "nodeSelector" not in config and "tolerations" not in config
 
 
@@ -116,7 +124,7 @@ def test_cluster_settings_change_images_pool_and_volumes(tmp_path):
         "registry": "registry.example.com/ml",
         "gpu": {"accelerator_limit": 2, "node_selector": {"agentpool": "gpunc"}, "tolerations": []},
         "storage_secret": None,
-        "data_volume": {"claim_name": "images"},
+        "data_volume": {"claim_name": "images", "mount_path": "/data"},
         "shm_size": "16Gi",
     }))
     _, spec, executors = _compile(tmp_path, settings=load_cluster_settings(settings_file))
@@ -135,10 +143,10 @@ def test_cluster_settings_change_images_pool_and_volumes(tmp_path):
 
 
 def test_without_a_gpu_pool_every_step_runs_on_cpu(tmp_path):
-    _, spec, executors = _compile(tmp_path, settings=ClusterSettings(gpu=None))
+    _, spec, executors = _compile(tmp_path, settings=ClusterSettings(registry=REGISTRY, gpu=None))
     for name, executor in spec["deploymentSpec"]["executors"].items():
-        assert executor["container"]["image"] == f"automl-vision-cpu:{__version__}"
-        assert "resources" not in executor["container"]
+        assert executor["container"]["image"] == f"{REGISTRY}/automl-vision-cpu:{__version__}"
+        assert "accelerator" not in executor["container"]["resources"]
     assert executors["exec-sweep"]["emptyDirMounts"][0]["mountPath"] == "/dev/shm"
 
 
@@ -168,7 +176,8 @@ def test_the_report_step_reads_the_run_the_data_and_the_evaluation(tmp_path):
     outputs = spec["components"]["comp-report"]["outputDefinitions"]["artifacts"]
     assert outputs == {"report": {"artifactType": {"schemaTitle": "system.HTML", "schemaVersion": "0.0.1"}}}
     container = spec["deploymentSpec"]["executors"]["exec-report"]["container"]
-    assert container["image"] == f"automl-vision-cpu:{__version__}" and "resources" not in container  # no GPU
+    assert container["image"] == f"{REGISTRY}/automl-vision-cpu:{__version__}"
+    assert "accelerator" not in container["resources"]  # no GPU
     assert "report" not in spec["components"]["comp-condition-1"]["dag"]["tasks"]
 
 
@@ -182,12 +191,13 @@ def test_the_sweep_step_gets_the_backend_the_job_uris_and_the_run_id(tmp_path):
 
 
 def test_run_parameters_become_defaults(tmp_path):
-    _, spec, _ = _compile(tmp_path, backend="katib", inference_service="flowers")
+    katib = ClusterSettings(registry=REGISTRY, trial_outputs="s3://models/trials")  # the Katib backend needs it
+    _, spec, _ = _compile(tmp_path, settings=katib, backend="katib", inference_service="flowers")
     inputs = spec["root"]["inputDefinitions"]["parameters"]
     assert inputs["backend"]["defaultValue"] == "katib" and inputs["deploy"]["defaultValue"] is True
     assert inputs["inference_service_name"]["defaultValue"] == "flowers"
     assert "defaultValue" not in inputs["training_data"]  # no job: the UI asks for it
-    _, spec, _ = _compile(tmp_path, "job.yaml", job=_job(), backend="katib")
+    _, spec, _ = _compile(tmp_path, "job.yaml", settings=katib, job=_job(), backend="katib")
     inputs = spec["root"]["inputDefinitions"]["parameters"]
     assert inputs["backend"]["defaultValue"] == "katib" and inputs["deploy"]["defaultValue"] is False
 
@@ -208,6 +218,10 @@ def test_bad_run_parameters_fail_before_a_run(changes, backend, message):
     ("gpus: 1", ["gpus: Extra inputs are not permitted"]),
     ("shm_size: lots\nregistry: 'UPPER CASE'", ["shm_size: String should match pattern", "registry: String should"]),
     ("gpu: {tolerations: [{operator: Maybe}]}", ["gpu.tolerations.0.operator: Input should be 'Equal' or 'Exists'"]),
+    ("gpu: {memory: 4Gi}", ["shm_size=8Gi is more than gpu.memory=4Gi, the memory request of the training steps",
+                            "lower shm_size or raise gpu.memory to at least 8Gi"]),
+    ("cpu_steps: {cpu: one, memory: 4 GB}", ["cpu_steps.cpu: String should match pattern",
+                                             "cpu_steps.memory: String should match pattern"]),
     ("[1, 2", ["not valid YAML"]),
 ])
 def test_bad_cluster_settings_name_every_problem(tmp_path, text, messages):
@@ -236,3 +250,74 @@ def test_bad_schedules(cron, message):
 @pytest.mark.parametrize("cron", ["0 0 2 * * *", "0  30 1 * * MON-FRI", "0 0 */6 ? * *", "@daily", "@every 12h"])
 def test_good_schedules(cron):
     assert check_cron(cron) == " ".join(cron.split())
+
+
+def test_compiling_for_a_cluster_needs_a_registry(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        compile_pipeline(tmp_path / "p.yaml", settings=ClusterSettings())
+    message = str(err.value)
+    assert f"would name the image 'automl-vision-cpu:{__version__}', which a cluster pulls from Docker Hub" in message
+    assert "name it in the cluster settings file (--cluster-settings FILE), e.g. 'registry: registry.example.com/ml'" \
+        in message
+    assert not (tmp_path / "p.yaml").exists()
+
+
+def _resources(spec: dict) -> dict[str, dict]:
+    executors = spec["deploymentSpec"]["executors"]
+    return {k.removeprefix("exec-"): v["container"]["resources"] for k, v in executors.items()}
+
+
+def test_every_step_asks_for_cpu_and_memory(tmp_path):
+    settings = ClusterSettings(registry=REGISTRY, gpu={"cpu": "3500m", "memory": "20Gi"},
+                               cpu_steps={"cpu": "500m", "memory": "2Gi"}, shm_size="4Gi")
+    _, spec, _ = _compile(tmp_path, settings=settings)
+    resources = _resources(spec)
+    assert set(resources) == ALL_STEPS
+    for step, r in resources.items():
+        expected = ("3500m", "20Gi") if step in TRAINING_STEPS else ("500m", "2Gi")
+        assert (r["resourceCpuRequest"], r["resourceMemoryRequest"]) == expected, step
+        assert not {"cpuLimit", "memoryLimit", "resourceCpuLimit", "resourceMemoryLimit"} & set(r), step
+
+
+def test_steps_with_a_memory_backed_shm_ask_for_at_least_its_size(tmp_path):
+    for name, settings, backend in [
+        ("gpu", ClusterSettings(registry=REGISTRY), "local"),
+        # training steps on CPU nodes: cpu_steps asks for 4Gi, /dev/shm may hold 8Gi
+        ("cpu", ClusterSettings(registry=REGISTRY, gpu=None), "local"),
+        ("katib", ClusterSettings(registry=REGISTRY, trial_outputs="s3://models/trials"), "katib"),
+    ]:
+        _, spec, executors = _compile(tmp_path, f"{name}.yaml", settings=settings, backend=backend)
+        resources = _resources(spec)
+        shm = {step: config["emptyDirMounts"][0]["sizeLimit"] for step, config in
+               ((k.removeprefix("exec-"), c) for k, c in executors.items()) if "emptyDirMounts" in config}
+        assert set(shm) == set(TRAINING_STEPS)
+        for step, size in shm.items():
+            assert quantity(resources[step]["resourceMemoryRequest"]) >= quantity(size), (name, step)
+        assert resources["ingest"]["resourceMemoryRequest"] == "4Gi"  # only the steps with /dev/shm
+
+
+def test_the_default_requests_fit_the_smallest_gpu_node():
+    defaults = ClusterSettings()
+    node = SMALLEST_GPU_NODE
+    assert (node.name, node.vcpus, node.memory_gib) == ("Standard_NC4as_T4_v3", 4, 28)
+    # AKS: 4 cores keep 140m; 250 pods keep 20 MB x 250 + 50 MB (less than 25% of 28 GiB), plus 100Mi eviction
+    assert node.allocatable_cpu == quantity("3860m")
+    assert node.allocatable_memory == quantity("28Gi") - quantity("5050Mi") - quantity("100Mi")
+    assert quantity(defaults.gpu.cpu) <= node.allocatable_cpu
+    assert quantity(defaults.gpu.memory) <= node.allocatable_memory
+    # what is left beside a GPU step for the node's own DaemonSets (device plugin, CNI, CSI, kube-proxy)
+    assert node.allocatable_cpu - quantity(defaults.gpu.cpu) >= quantity("500m")
+    assert node.allocatable_memory - quantity(defaults.gpu.memory) >= quantity("2Gi")
+
+
+def test_the_cluster_environment_reaches_every_step(tmp_path):
+    settings = ClusterSettings(registry=REGISTRY, weights="s3://models/pretrained")
+    _, spec, _ = _compile(tmp_path, settings=settings)
+    executors = spec["deploymentSpec"]["executors"]
+    assert {k.removeprefix("exec-") for k in executors} == ALL_STEPS
+    for name, executor in executors.items():
+        env = {e["name"]: e["value"] for e in executor["container"]["env"]}
+        assert env == {"PYTHONUNBUFFERED": "1", "AUTOML_VISION_WEIGHTS": "s3://models/pretrained"}, name
+    _, spec, _ = _compile(tmp_path, "no-weights.yaml")
+    for name, executor in spec["deploymentSpec"]["executors"].items():
+        assert {e["name"] for e in executor["container"]["env"]} == {"PYTHONUNBUFFERED"}, name
