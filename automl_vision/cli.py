@@ -41,6 +41,11 @@ def _setup_logging(verbose: bool, log_file: Path | None = None) -> None:
     logging.captureWarnings(True)
 
 
+def _literal(text: str) -> str:
+    """Help text shown as written: argparse expands %-placeholders in help, so a plain % is doubled."""
+    return text.replace("%", "%%")
+
+
 # --- train -------------------------------------------------------------------------------------
 
 def _add_train(sub) -> None:
@@ -57,10 +62,11 @@ def _add_train(sub) -> None:
     p.add_argument("--output-dir", default="outputs", help="folder for the trial's files (default: ./outputs)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     p.add_argument("--num_workers", type=int, default=None, help="DataLoader workers (default: from the machine)")
-    p.add_argument("--weights", default=None, metavar="DIR_OR_S3",
-                   help="folder or s3://bucket/prefix holding pretrained weights under the libraries' file names "
-                        "(default: $AUTOML_VISION_WEIGHTS, else the torchvision and Hugging Face caches; "
-                        "`automl-vision weights` lists the files)")
+    p.add_argument("--weights", default=None, metavar="LOCATION",
+                   help="mirror of the pretrained weights (folder, s3://bucket/prefix or https:// address, seeded "
+                        "by `automl-vision weights fetch --to`): weights then come from there only (default: "
+                        "$AUTOML_VISION_WEIGHTS, else each library's own source, fetched once into its cache; "
+                        "AUTOML_VISION_OFFLINE=1 forbids downloads)")
     p.add_argument("--from_model", default=None, metavar="DIR",
                    help="incremental training: start from an earlier model package (a trial's outputs/ or a "
                         "run's best_model/) of the same model_name")
@@ -74,7 +80,7 @@ def _add_train(sub) -> None:
     group = p.add_argument_group("hyperparameters")
     for hp in hps.HYPERPARAMETERS:
         group.add_argument(f"--{hp.name}", default=argparse.SUPPRESS, metavar=hp.type.__name__.upper(),
-                           help=f"{hp.help} Allowed: {hp.allowed()}.")
+                           help=_literal(f"{hp.help} Allowed: {hp.allowed()}."))
     p.set_defaults(func=cmd_train)
 
 
@@ -221,8 +227,12 @@ def run_job(job, run_dir: Path, device: str = "auto", resume: bool = False, engi
         result = pipeline.sweep_result()
         if result is None:  # a step before the sweep failed
             pipeline.raise_for_failure()
+    elif resume:  # with the library engine, also a pipeline run's sweep (in its step's folder, on its data)
+        from automl_vision.pipeline.local import resume_run
+
+        result = resume_run(job, run_dir, device=device, echo=lambda s: print(s, flush=True))
     else:
-        result = run_sweep(job, run_dir, device=device, echo=lambda s: print(s, flush=True), resume=resume)
+        result = run_sweep(job, run_dir, device=device, echo=lambda s: print(s, flush=True))
     print("\nleaderboard:\n" + format_leaderboard(result), flush=True)
     if pipeline is None or pipeline.step("report") is None:
         # the library engine and --resume; and a pipeline run that stopped before its report step (a sweep
@@ -234,6 +244,11 @@ def run_job(job, run_dir: Path, device: str = "auto", resume: bool = False, engi
         print(f"report: {pipeline.report_file}", flush=True)
     best = result.best
     if best is None:
+        if result.trials and all(t.exit_code == EXIT_BAD_INPUT for t in result.trials):
+            # every trial refused its data or settings: the user's input, not an internal failure
+            print(f"\nno trial produced a model: every trial refused its input (exit {EXIT_BAD_INPUT}); the "
+                  f"reason is the last line of {run_dir}/trials/*/console.log", flush=True)
+            return EXIT_BAD_INPUT
         print(f"\nno trial produced a model; see {run_dir}/trials/*/console.log", flush=True)
         return EXIT_INTERNAL
     if pipeline is not None:
@@ -361,25 +376,71 @@ def cmd_leaderboard(args) -> int:
 # --- weights -----------------------------------------------------------------------------------
 
 def _add_weights(sub) -> None:
-    p = sub.add_parser("weights", help="list the pretrained-weights files to seed a weights folder or s3:// prefix",
-                       description="For each classification model: the file a weights folder (--weights, "
-                                   "$AUTOML_VISION_WEIGHTS) must hold and where to download it.")
-    p.add_argument("--model_name", action="append", help="only these models (repeatable)")
+    p = sub.add_parser("weights", help="list, fetch and mirror the pretrained weights of the models",
+                       description="Pretrained weights come from each library's own source (download.pytorch.org, "
+                                   "the Hugging Face Hub, ultralytics' release assets), fetched once into the "
+                                   "libraries' caches and verified; or, when a weights location is set (--weights, "
+                                   "$AUTOML_VISION_WEIGHTS), from that mirror only. `fetch --to` seeds a mirror "
+                                   "for clusters without internet access.")
+    verbs = p.add_subparsers(dest="weights_command", metavar="VERB")
+    for name, text in (("list", "what the models (or a job) need, their sources and licences, and what is "
+                                "missing where"),
+                       ("fetch", "download and verify the files; with --to, copy them into a mirror folder or "
+                                 "s3:// prefix with a manifest")):
+        v = verbs.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        v.add_argument("--models", default=None, metavar="NAMES",
+                       help="comma-separated model names (yolov5 sizes as yolov5:small ...; default for list: all)")
+        v.add_argument("--job", default=None, metavar="JOB_YAML", help="the models a job's trials may train")
+        if name == "list":
+            v.add_argument("--weights", default=None, metavar="LOCATION",
+                           help="mirror to check: folder, s3://bucket/prefix or https:// address "
+                                "(default: $AUTOML_VISION_WEIGHTS, else the libraries' caches)")
+            v.add_argument("--json", action="store_true", help="machine-readable output")
+        else:
+            v.add_argument("--to", default=None, metavar="DIR_OR_S3",
+                           help="mirror to seed (folder or s3://bucket/prefix); default: the libraries' caches only")
+    p.add_argument("--model_name", action="append", help=argparse.SUPPRESS)  # older spelling of list --models
     p.set_defaults(func=cmd_weights)
 
 
+def _weights_names(args) -> list[str]:
+    from automl_vision.models import catalogue
+
+    if getattr(args, "models", None):
+        return [n.strip() for n in args.models.split(",") if n.strip()]
+    if getattr(args, "job", None):
+        from automl_vision.spec.job import load_job
+
+        return catalogue.job_models(load_job(args.job))
+    if getattr(args, "model_name", None):
+        return list(args.model_name)
+    if getattr(args, "weights_command", None) == "fetch":
+        raise ConfigError("weights fetch: say which models, with --models NAMES or --job JOB_YAML")
+    return catalogue.spec_model_names()
+
+
 def cmd_weights(args) -> int:
-    from automl_vision.models.classification import CLASSIFIERS, weights_file
+    import os
+
+    from automl_vision.models import catalogue, mirror
+    from automl_vision.models.weights import WeightsSource, s3_endpoint_from_env
 
     _setup_logging(args.verbose)
-    names = args.model_name or list(CLASSIFIERS)
-    unknown = [n for n in names if n not in CLASSIFIERS]
-    if unknown:
-        raise ConfigError(f"no pretrained weights known for {', '.join(unknown)}; "
-                          f"models: {', '.join(CLASSIFIERS)}")
-    for name in names:
-        f = weights_file(name)
-        print(f"{name:12s} {f.relpath}\n{'':12s} {f.url}")
+    files = catalogue.resolve(_weights_names(args))
+    if args.weights_command == "fetch":
+        done = mirror.fetch(files, args.to, s3_endpoint=s3_endpoint_from_env(os.environ))
+        for entry in done:
+            print(f"{entry['model_name']:28s} {entry['file']}  {entry['size'] / 1e6:.1f} MB  sha256 {entry['sha256']}")
+        if args.to:
+            print(f"mirror {args.to}: {len(done)} file(s) and {mirror.MANIFEST}; train with --weights {args.to}")
+        return EXIT_OK
+    location = getattr(args, "weights", None) or os.environ.get("AUTOML_VISION_WEIGHTS") or None
+    source = WeightsSource(location, s3_endpoint_from_env(os.environ), os.environ.get("AUTOML_VISION_CACHE"))
+    rows = mirror.status(files, source)
+    if getattr(args, "json", False):
+        print(json.dumps({"location": location or "library caches", "models": rows}, indent=2))
+    else:
+        print(mirror.format_status(rows, location))
     return EXIT_OK
 
 
@@ -415,11 +476,14 @@ def _add_data(sub) -> None:
 
     c = verbs.add_parser("convert", help="convert COCO, Pascal VOC, YOLO, class folders or CSV to JSONL")
     c.add_argument("--from", dest="source_format", required=True, choices=("coco", "voc", "yolo", "folders", "csv"))
-    c.add_argument("source", help="COCO json | VOC folder | YOLO folder or data yaml | class-folder root | CSV file")
+    c.add_argument("source", help="COCO json | VOC folder (or its folder of XML files) | YOLO folder or data yaml | "
+                                  "class-folder root | CSV file")
     c.add_argument("--out", required=True, help="JSONL file to write")
     c.add_argument("--task", help=f"{tasks} (default: detection for coco/voc/yolo, classification otherwise)")
-    c.add_argument("--images-dir", help="coco, csv: folder the file names are relative to; voc: JPEGImages folder")
-    c.add_argument("--image-set", help="voc: convert only ImageSets/Main/<name>.txt")
+    c.add_argument("--images-dir", help="coco, csv: folder the file names are relative to; voc: folder of the "
+                                        "images (searched first)")
+    c.add_argument("--image-set", help="voc: convert only ImageSets/Main/<name>.txt; yolo: only this split of the "
+                                       "data yaml (train, val or test)")
     c.add_argument("--masks-dir", help="voc: instance masks folder (default SegmentationObject/)")
     c.add_argument("--skip-difficult", action="store_true", help="voc: leave out objects marked <difficult>")
     c.add_argument("--names", help="yolo: class-name file (txt, one per line, or a data yaml)")
@@ -518,7 +582,8 @@ def _data_convert(args) -> int:
 
     task = _task(args.task) if args.task else DEFAULT_TASK[args.source_format]
     option_names = {"coco": ("images_dir",), "voc": ("image_set", "images_dir", "masks_dir", "skip_difficult"),
-                    "yolo": ("names",), "folders": (), "csv": ("images_dir", "label_separator")}[args.source_format]
+                    "yolo": ("names", "image_set"), "folders": (), "csv": ("images_dir", "label_separator")
+                    }[args.source_format]
     given = {"images_dir": args.images_dir, "image_set": args.image_set, "masks_dir": args.masks_dir,
              "skip_difficult": args.skip_difficult or None, "names": args.names,
              "label_separator": args.label_separator}
@@ -579,7 +644,7 @@ def _add_preview(sub) -> None:
     group = p.add_argument_group("hyperparameters")
     for hp in hps.HYPERPARAMETERS:
         group.add_argument(f"--{hp.name}", default=argparse.SUPPRESS, metavar=hp.type.__name__.upper(),
-                           help=f"{hp.help} Allowed: {hp.allowed()}.")
+                           help=_literal(f"{hp.help} Allowed: {hp.allowed()}."))
     p.set_defaults(func=cmd_preview)
 
 

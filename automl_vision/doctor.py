@@ -51,6 +51,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from automl_vision.errors import ConfigError
+from automl_vision.kubeapi import status_message
 from automl_vision.pipeline.settings import ClusterSettings, GpuPool
 
 OK, WARN, PROBLEM = "OK", "WARN", "PROBLEM"
@@ -148,14 +149,7 @@ def _get(call: Callable[..., Any], *args, timeout_s: float = TIMEOUT_S) -> tuple
 
 
 def _message(e: Any) -> str:
-    body = getattr(e, "body", None)
-    try:
-        parsed = json.loads(body)
-        if isinstance(parsed, dict) and parsed.get("message"):
-            return str(parsed["message"])
-    except (TypeError, ValueError):
-        pass
-    return str(getattr(e, "reason", "") or e)
+    return status_message(e) or str(getattr(e, "reason", "") or e)
 
 
 def _denied(check: str, what: str, status: int, message: str) -> Finding:

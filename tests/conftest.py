@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# No test reaches the libraries' real download sites, whatever the machine's network: a missing pretrained
+# file is the offline error at once (the download tests point each source at a server on 127.0.0.1 and
+# clear this themselves). Subprocesses of the tests inherit it.
+os.environ.setdefault("AUTOML_VISION_OFFLINE", "1")
 
 
 def pytest_collection_modifyitems(config, items):

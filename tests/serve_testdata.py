@@ -101,6 +101,26 @@ def original_request(*images: bytes) -> dict:
     return {"input_data": {"columns": ["image"], "data": [b64(x) for x in images]}}
 
 
+def sample_client_body(*images: bytes) -> str:
+    """A request body built as the original product's published scoring samples build it (its
+    azureml-examples prepare_data.py scripts): MIME base64 from ``base64.encodebytes`` (a line break
+    every 76 characters), an ``index`` and ``json.dump``."""
+    import json
+
+    body = {"input_data": {"columns": ["image"], "index": list(range(len(images))),
+                           "data": [base64.encodebytes(x).decode("utf-8") for x in images]}}
+    return json.dumps(body)
+
+
+def post_like_sample_client(url: str, *images: bytes, path: str = "/score"):
+    """POST the body of :func:`sample_client_body` as the samples' ``requests.post(scoring_uri,
+    data=..., headers={"Content-Type": "application/json"})`` does."""
+    import httpx
+
+    return httpx.post(url + path, content=sample_client_body(*images), headers={"Content-Type": "application/json"},
+                      timeout=120)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

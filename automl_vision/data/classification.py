@@ -20,6 +20,7 @@ class ClassificationSample:
     image_path: str
     labels: tuple[str, ...]  # one label for multi-class
     line: int
+    source: str = ""  # the JSONL file (or manifest) the line is in, for messages
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class ClassificationData:
 
 
 def _samples(dataset: Dataset) -> tuple[ClassificationSample, ...]:
-    return tuple(ClassificationSample(r.path, r.labels, r.line) for r in dataset.records)
+    return tuple(ClassificationSample(r.path, r.labels, r.line, r.source) for r in dataset.records)
 
 
 def read_classification_jsonl(path: str | os.PathLike, task: ImageTask, *,
@@ -57,6 +58,6 @@ def load_classification_splits(training: str | os.PathLike, validation: str | os
     """
     dataset = load_dataset(training, task, validation=validation, split_ratio=split_ratio, seed=seed,
                            options=options)
-    train = [ClassificationSample(r.path, r.labels, r.line) for r in dataset.train]
-    val = [ClassificationSample(r.path, r.labels, r.line) for r in dataset.validation]
+    train = [ClassificationSample(r.path, r.labels, r.line, r.source) for r in dataset.train]
+    val = [ClassificationSample(r.path, r.labels, r.line, r.source) for r in dataset.validation]
     return train, val

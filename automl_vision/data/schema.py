@@ -107,6 +107,11 @@ class LineParser:
         except UnicodeDecodeError as e:
             self._add(P.BAD_JSON, f"not valid UTF-8 text (byte {e.start + 1} of the line)", line)
             return None
+        except RecursionError:
+            # Python's parser gives up on deeply nested arrays or objects; no label is nested that deep.
+            self._add(P.BAD_JSON, f"JSON nested too deeply (more than about {_nesting_limit()} levels of "
+                      "arrays or objects); a line holds one image with its labels, a few levels deep", line)
+            return None
         return self.parse_row(row, line)
 
     def parse_row(self, row: Any, line: int) -> ParsedLine | None:
@@ -412,6 +417,12 @@ class LineParser:
                 continue
             rings.append(tuple(values))
         return tuple(rings) if ok else None
+
+
+def _nesting_limit() -> int:
+    import sys
+
+    return sys.getrecursionlimit()
 
 
 def _named(name: str | None) -> str:

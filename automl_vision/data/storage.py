@@ -38,6 +38,9 @@ DATASTORES_VAR = "AUTOML_VISION_DATASTORES"  # "name=root,name2=root2"
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 _AZUREML = re.compile(r"/datastores/([^/]+)/paths/(.+)$")
 _MD5 = re.compile(r"^[0-9a-f]{32}$")
+# Bucket names S3-compatible stores accept: 3-63 of lowercase letters, digits, dots, hyphens (and the
+# underscores of legacy names), starting and ending with a letter or digit.
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9_.\-]{1,61}[a-z0-9]$")
 
 # S3 error codes that retrying cannot fix.
 PERMANENT_S3_CODES = frozenset({
@@ -62,6 +65,12 @@ class StorageConfig:
     attempts: int = 4  # tries per object, transient errors only
     backoff_s: float = 0.25  # wait before the second try; doubles each time
     timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.endpoint:
+            problem = endpoint_problem(self.endpoint)
+            if problem:
+                raise ConfigError(problem)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **overrides) -> "StorageConfig":
@@ -105,6 +114,48 @@ def parse_datastores(text: str, source: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def redact_url(url: str) -> str:
+    """``url`` with any user name and password replaced by ``***`` (for messages and logs)."""
+    scheme, sep, rest = url.rpartition("://") if "://" in url else ("", "", url)
+    authority, slash, tail = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rsplit("@", 1)[1]
+    return f"{scheme}{sep}{authority}{slash}{tail}"
+
+
+def endpoint_problem(endpoint: str) -> str | None:
+    """Why an S3 endpoint (``http(s)://host[:port]`` or ``host[:port]``) is unusable, or None; the text
+    never shows a password written in it."""
+    from urllib.parse import urlsplit
+
+    shown = redact_url(endpoint)
+    allowed = "allowed: http(s)://host[:port] or host[:port], e.g. http://minio.kubeflow:9000"
+    text = endpoint if "://" in endpoint else "https://" + endpoint
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as e:
+        reason = _no_secret(str(e), endpoint)
+        return f"S3 endpoint {shown!r} (AWS_ENDPOINT_URL) is not a valid URL ({reason}); {allowed}"
+    if parts.username is not None or parts.password is not None:
+        return (f"S3 endpoint {shown!r} (AWS_ENDPOINT_URL) holds a user name or password; put the credentials in "
+                f"AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY instead; {allowed}")
+    if parts.scheme not in ("http", "https"):
+        return f"S3 endpoint {shown!r} (AWS_ENDPOINT_URL) has scheme {parts.scheme}://; {allowed}"
+    if not parts.hostname:
+        return f"S3 endpoint {shown!r} (AWS_ENDPOINT_URL) names no host; {allowed}"
+    if parts.path.strip("/") or parts.query or parts.fragment:
+        return f"S3 endpoint {shown!r} (AWS_ENDPOINT_URL) must be scheme://host[:port] without a path; {allowed}"
+    if port == 0:
+        return f"S3 endpoint {shown!r} (AWS_ENDPOINT_URL) has port 0; {allowed}"
+    return None
+
+
+def _no_secret(text: str, endpoint: str) -> str:
+    authority = endpoint.split("://", 1)[-1].split("/", 1)[0]
+    return text.replace(authority, redact_url("//" + authority)[2:]) if "@" in authority else text
+
+
 def storage_from_environment(**overrides) -> StorageConfig:
     """The storage settings of this process (used where no StorageConfig is passed in)."""
     return StorageConfig.from_env(os.environ, **overrides)
@@ -138,11 +189,30 @@ def is_remote(url: str) -> bool:
 
 
 def parse_s3(uri: str) -> tuple[str, str]:
+    """(bucket, key) of ``s3://bucket/key``; a key may hold any character (``a:b@c.jpg`` too), a bucket
+    name only what S3 allows. Raises LocationError naming the URI (any credentials in it hidden)."""
     rest = uri[5:]
     bucket, _, key = rest.partition("/")
     if not bucket or not key:
-        raise LocationError("unsupported_uri", f"{uri!r} must be s3://bucket/key")
+        raise LocationError("unsupported_uri", f"{redact_url(uri)!r} must be s3://bucket/key")
+    problem = bucket_problem(bucket)
+    if problem:
+        raise LocationError("unsupported_uri", f"{redact_url(uri)!r}: {problem}")
     return bucket, key
+
+
+def bucket_problem(bucket: str) -> str | None:
+    """Why ``bucket`` is not a bucket name, or None."""
+    if "@" in bucket:
+        return ("a user name or password cannot be written in an s3:// URI (s3://bucket/key); set "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+    if ":" in bucket:
+        return (f"bucket name {bucket!r} cannot hold ':'; to name a store (host:port), set AWS_ENDPOINT_URL="
+                "http://host:port and write s3://bucket/key")
+    if not _BUCKET.match(bucket) or ".." in bucket:
+        return (f"bucket name {bucket!r} is not valid; allowed: 3-63 lowercase letters, digits, dots, hyphens and "
+                "underscores, starting and ending with a letter or digit")
+    return None
 
 
 def _join_root(root: str, rel: str) -> str:
@@ -393,6 +463,8 @@ def _fetch_error(e: Exception) -> FetchError:
         return FetchError(f"invalid response from the server ({_first_line(e)})", transient=True)
     if isinstance(e, (urllib3.exceptions.HTTPError, OSError)):
         return FetchError(f"connection failed ({type(e).__name__})", transient=True, code="connection")
+    if isinstance(e, ValueError):  # the client refuses a bucket or object name before asking the server
+        return FetchError(f"refused by the S3 client ({_first_line(e)})", transient=False, code="InvalidRequest")
     raise e
 
 
@@ -499,6 +571,10 @@ def local_jsonl(source: "str | os.PathLike | JsonlFile", *, config: StorageConfi
     if isinstance(source, JsonlFile):
         return source
     name = os.fspath(source)
+    from automl_vision.data import mltable  # an MLTable folder names the JSONL file to read
+
+    if mltable.is_mltable(name):
+        return mltable.mltable_jsonl(name, config=config, cache_dir=cache_dir)
     m = _SCHEME.match(name)
     if m is None:
         path = Path(name)
@@ -510,8 +586,10 @@ def local_jsonl(source: "str | os.PathLike | JsonlFile", *, config: StorageConfi
                         "this machine or s3://bucket/key")
     bucket, _, key = name[len("s3://"):].partition("/")
     if not bucket or not key or key.endswith("/"):
-        raise DataError(f"{name}: a JSONL file in object storage must be given as s3://bucket/key (the key of "
-                        "the file itself, not of a folder)")
+        raise DataError(f"{redact_url(name)}: a JSONL file in object storage must be given as s3://bucket/key (the "
+                        "key of the file itself, not of a folder)")
+    if bucket_problem(bucket):
+        raise DataError(f"{redact_url(name)}: {bucket_problem(bucket)}")
     config = config or storage_from_environment()
     fetcher = S3Fetcher(config)
     digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:32]
@@ -531,7 +609,7 @@ def local_jsonl(source: "str | os.PathLike | JsonlFile", *, config: StorageConfi
 
 
 def _jsonl_fetch_problem(uri: str, e: FetchError, config: StorageConfig) -> str:
-    endpoint = config.endpoint or "none set, so AWS S3"
+    endpoint = redact_url(config.endpoint) if config.endpoint else "none set, so AWS S3"
     credentials = "set" if config.access_key and config.secret_key else \
         "not set (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)"
     if e.code in _NOT_FOUND_CODES:

@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from automl_vision.data import problems as P
-from automl_vision.data.images import DEFAULT_MAX_PIXELS, ImageCheckError, ImageInfo, inspect_image
+from automl_vision.data.images import (
+    DEFAULT_INPUT_SIZE,
+    DEFAULT_MAX_PIXELS,
+    MAX_ASPECT_RATIO,
+    ImageCheckError,
+    ImageInfo,
+    inspect_image,
+)
 from automl_vision.data.problems import InvalidDataError, Problem, show
 from automl_vision.data.records import TRAIN, VALIDATION, Dataset, ImageRecord
 from automl_vision.data.schema import LineParser, ParsedLine
@@ -38,6 +45,7 @@ from automl_vision.data.storage import (
     default_cache_dir,
     fetch_all,
     local_jsonl,
+    redact_url,
     resolve_url,
     storage_from_environment,
 )
@@ -58,6 +66,9 @@ class ValidationOptions:
     objects and reports what it left out. check_files: local images exist, remote ones are fetched
     into ``cache_dir``. check_images: read each image's header (format, size, pixel limit,
     agreement with image_details); decode_images: also decode it fully (truncated or corrupt files).
+    max_aspect_ratio and input_size: an image whose longer side is over max_aspect_ratio times its shorter
+    one, or that would have over ``images.MAX_RESIZED_PIXELS`` pixels once its shorter side is resized to
+    input_size, is refused (a thin image a few KB large can otherwise ask gigabytes when a model resizes it).
     """
 
     on_invalid: str = FAIL
@@ -65,6 +76,8 @@ class ValidationOptions:
     check_images: bool = True
     decode_images: bool = True
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_aspect_ratio: float = MAX_ASPECT_RATIO
+    input_size: int = DEFAULT_INPUT_SIZE
     classes: tuple[str, ...] | None = None  # the allowed class names; None: any
     data_root: str | None = None  # relative image_url must stay inside; default: the JSONL's folder
     cache_dir: str | None = None  # for remote images; default ~/.cache/automl-vision/images
@@ -80,6 +93,10 @@ class ValidationOptions:
             problems.append(f"max_pixels={self.max_pixels} must be >= 1")
         if self.workers < 1:
             problems.append(f"workers={self.workers} must be >= 1")
+        if not self.max_aspect_ratio >= 1:
+            problems.append(f"max_aspect_ratio={self.max_aspect_ratio} must be >= 1")
+        if self.input_size < 1:
+            problems.append(f"input_size={self.input_size} must be >= 1")
         if problems:
             raise ConfigError(problems)
 
@@ -145,6 +162,7 @@ class _Item:
     location: Location | None = None
     path: str | None = None  # local file to read
     info: ImageInfo | None = None
+    root: str | None = None  # the data root a relative local image_url must stay in, links resolved
 
 
 def _read_lines(path: Path, file: str, task: ImageTask, problems: list[Problem]) -> tuple[list[ParsedLine], int]:
@@ -222,8 +240,11 @@ def _validate(training, task: ImageTask, validation, options: ValidationOptions,
                 storage = options.storage or storage_from_environment()
             try:
                 item.location = resolve_url(pl.image_url, base_dir, data_root, storage)
+                if item.location.is_local and "://" not in pl.image_url and not os.path.isabs(pl.image_url):
+                    item.root = data_root
             except LocationError as e:
-                problems.append(Problem(e.code, str(e), file, pl.line, "image_url", pl.image_url))
+                shown = redact_url(pl.image_url) if "://" in pl.image_url else pl.image_url  # no password in reports
+                problems.append(Problem(e.code, str(e), file, pl.line, "image_url", shown))
                 pl.bad = True
         options = dataclasses.replace(options, storage=storage) if storage is not options.storage else options
 
@@ -239,13 +260,15 @@ def _validate(training, task: ImageTask, validation, options: ValidationOptions,
     records = _build_records(items, report, options)
     if validation is not None:
         records = [dataclasses.replace(r, split=TRAIN if r.source == files[0] else VALIDATION) for r in records]
-    elif split_ratio is not None and records and (not problems or options.on_invalid == SKIP):
-        from automl_vision.data.split import split_records
+    plan = None
+    if validation is None and split_ratio is not None and records and (not problems or options.on_invalid == SKIP):
+        from automl_vision.data.split import plan_split, split_records
 
         try:
-            records = list(split_records(records, task, split_ratio, seed))
+            plan = plan_split(records, task, split_ratio, seed)
         except ValueError as e:
             raise DataError(f"{files[0]}: {e}") from None
+        records = list(split_records(records, task, split_ratio, seed, plan=plan))
     dataset = Dataset(task, tuple(records), files[0])
     report.images = len(records)
     report.objects_read = sum(len(i.parsed.objects) for i in items)
@@ -254,6 +277,11 @@ def _validate(training, task: ImageTask, validation, options: ValidationOptions,
         problems.append(Problem(P.NO_IMAGES, "no images", files[0]))
     report.stats = dataset_stats(dataset)
     report.warnings = _warnings(dataset, items)
+    if plan is not None:
+        report.stats["split"] = {"single_image_classes": list(plan.single_image_classes),
+                                 "moved_to_training": plan.moved_to_training}
+        if plan.note() and task is not ImageTask.IMAGE_CLASSIFICATION:  # multi-class already warns about these
+            report.warnings.append(plan.note())
     report.seconds = time.monotonic() - t0
     return ValidationResult(dataset, report)
 
@@ -298,6 +326,19 @@ def _check_files(items: list[_Item], options: ValidationOptions, problems: list[
             continue
         if os.path.isfile(loc.uri):
             item.path = loc.uri
+            if item.root is not None:
+                escape = _link_outside(loc.uri, item.root)
+                if escape is not None:
+                    url = item.parsed.image_url
+                    link, target = escape
+                    problems.append(Problem(
+                        P.PATH_ESCAPES_ROOT, f"image_url={url!r}: {link} is a symbolic link to {target}, outside "
+                        f"the data root {item.root}; copy the image into the data root, or pass a data root "
+                        "that contains it", item.file, item.parsed.line, "image_url", url))
+                    item.parsed.bad = True
+                    item.path = None
+                else:
+                    item.path = os.path.realpath(loc.uri)  # read the checked file, not whatever a link names later
         else:
             url = item.parsed.image_url
             problems.append(Problem(P.IMAGE_MISSING, f"image_url={url!r}: image not found at {loc.uri}",
@@ -339,7 +380,8 @@ def _check_images(items: list[_Item], options: ValidationOptions, problems: list
 
     def check(item: _Item) -> tuple[_Item, ImageInfo | ImageCheckError]:
         try:
-            return item, inspect_image(item.path, max_pixels=options.max_pixels, decode=options.decode_images)
+            return item, inspect_image(item.path, max_pixels=options.max_pixels, decode=options.decode_images,
+                                       max_aspect_ratio=options.max_aspect_ratio, input_size=options.input_size)
         except ImageCheckError as e:
             return item, e
 
@@ -365,6 +407,26 @@ def _check_images(items: list[_Item], options: ValidationOptions, problems: list
             if now - last > 5:
                 last = now
                 log.info("checked %d/%d images (%.0f images/s)", n, len(todo), n / (now - t0))
+
+
+def _link_outside(path: str, root: str) -> tuple[str, str] | None:
+    """(the link, where it points) when following symbolic links takes ``path`` out of ``root``, else None."""
+    real_root = os.path.realpath(root)
+    if _is_inside(os.path.realpath(path), real_root):
+        return None
+    rel = os.path.relpath(path, root)
+    current = root
+    for part in rel.split(os.sep):
+        current = os.path.join(current, part)
+        if os.path.islink(current):
+            target = os.path.realpath(current)
+            if not _is_inside(target, real_root):
+                return current, target
+    return path, os.path.realpath(path)  # the root itself moved (should not happen): name the file
+
+
+def _is_inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 class _Serial:

@@ -15,7 +15,6 @@ KatibConfig by ``automl-vision katib-config``, :mod:`automl_vision.earlystopping
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import random
@@ -31,6 +30,7 @@ import grpc
 
 from automl_vision.earlystopping.katib_sdk import import_katib_api
 from automl_vision.earlystopping.rules import SERVICE_PORT, policy_from_settings, stop_rule
+from automl_vision.kubeapi import status_message
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +89,8 @@ def status_patch(trial: dict, condition: dict) -> list[dict]:
 
 def _api_message(e: Any) -> str:
     """``404 Not Found: trials "x" not found`` (code, reason, the Status' message) from an ApiException."""
-    text = f"{e.status} {e.reason}"
-    try:
-        body = json.loads(e.body or "{}")
-    except (TypeError, ValueError):
-        body = {}
-    if isinstance(body, dict) and body.get("message"):
-        text += f": {body['message']}"
-    return text
+    message = status_message(e)
+    return f"{e.status} {e.reason}" + (f": {message}" if message else "")
 
 
 def mark_early_stopped(api: Any, namespace: str, name: str, *, attempts: int = 5, backoff_s: float = 0.2,

@@ -186,9 +186,11 @@ def _classification_files(out: Path, metrics: dict[str, Any], scores: Classifica
 def _open(path: str):
     from PIL import Image
 
+    from automl_vision.data.images import as_displayed
+
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
+            return as_displayed(im).convert("RGB")  # boxes are drawn on the image as displayed
     except OSError:
         return None
 

@@ -39,17 +39,39 @@ FIXED_SIZE = frozenset({"vits16r224", "vitb16r224", "vitl16r224"})
 
 
 def weights_file(model_name: str) -> WeightsFile:
-    """The pretrained-weights file of a classification model and where to download it."""
+    """The pretrained-weights file of a classification model: source, licences and preprocessing."""
+    from automl_vision.models.catalogue import (TIMM_CODE, TORCHVISION_CODE, TORCHVISION_IMAGENET,
+                                                from_scratch_preprocessing)
+
     library, arch, enum = CLASSIFIERS[model_name]
     if library == "torchvision":
         weights = getattr(torchvision.models, enum).DEFAULT
-        return WeightsFile(model_name, os.path.basename(weights.url), weights.url, library)
+        tf = weights.transforms()
+        pre = {"mean": list(tf.mean), "std": list(tf.std), "interpolation": tf.interpolation.value,
+               "input_size": [3, *tf.crop_size * 2][:3], "resize_size": tf.resize_size[0]}
+        return WeightsFile(model_name, os.path.basename(weights.url), weights.url, library,
+                           code_licence=TORCHVISION_CODE, weights_licence=TORCHVISION_IMAGENET, preprocessing=pre)
     import timm
 
     cfg = timm.models.get_pretrained_cfg(arch)
     hub = getattr(cfg, "hf_hub_id", None) or f"timm/{arch}"
+    pre = {**from_scratch_preprocessing(), "mean": list(cfg.mean), "std": list(cfg.std),
+           "interpolation": cfg.interpolation or "bilinear", "input_size": list(cfg.input_size),
+           "crop_pct": cfg.crop_pct}
     return WeightsFile(model_name, f"{hub}/model.safetensors",
-                       f"https://huggingface.co/{hub}/resolve/main/model.safetensors", library, hub)
+                       f"https://huggingface.co/{hub}/resolve/main/model.safetensors", library, hub,
+                       code_licence=TIMM_CODE, weights_licence=cfg.license or "not stated in the pretrained cfg",
+                       preprocessing=pre)
+
+
+def preprocessing(model_name: str, pretrained: bool) -> dict:
+    """mean, std and interpolation the model expects: its weights' own when pretrained, ImageNet's otherwise."""
+    from automl_vision.models.catalogue import from_scratch_preprocessing
+
+    if not pretrained or model_name not in CLASSIFIERS:
+        return from_scratch_preprocessing()
+    pre = weights_file(model_name).preprocessing
+    return {"mean": list(pre["mean"]), "std": list(pre["std"]), "interpolation": pre["interpolation"]}
 
 
 def classifier_head(model: nn.Module) -> nn.Linear:

@@ -1,11 +1,11 @@
 """torchvision detectors (spec section 3): Faster R-CNN, RetinaNet and Mask R-CNN on ResNet-FPN
 backbones of every depth, plus the functions a predictor needs to run them.
 
-Pretrained weights are found as for classification (``models/weights.py``: torchvision's cache
-``$TORCH_HOME/hub/checkpoints/``, or a folder or ``s3://`` prefix holding the same file names):
+Pretrained weights come as for classification (``models/weights.py``: fetched once from
+download.pytorch.org into ``$TORCH_HOME/hub/checkpoints/`` and verified, or read from a mirror):
 the COCO checkpoints torchvision ships for the ResNet-50 models, the ImageNet ResNet checkpoints
-for the other depths. When asked for and missing, building fails naming the file; nothing is
-downloaded and random weights are never substituted. Class-specific head layers are always new.
+for the other depths. When they cannot be had, building fails naming the file; random weights are
+never substituted. Class-specific head layers are always new.
 """
 
 from __future__ import annotations
@@ -85,12 +85,19 @@ class InferenceSettings:
 
 def weights_file(model_name: str) -> WeightsFile:
     """The pretrained-weights file of a detector: COCO for ResNet-50 models, ImageNet backbone otherwise."""
+    from automl_vision.models.catalogue import TORCHVISION_CODE, TORCHVISION_COCO, TORCHVISION_IMAGENET
+
     family, depth = family_of(model_name)
     if depth == 50:
         weights = getattr(torchvision.models.detection, _COCO_WEIGHTS[family][0]).DEFAULT
+        licence = TORCHVISION_COCO
     else:
         weights = getattr(torchvision.models, f"ResNet{depth}_Weights").DEFAULT
-    return WeightsFile(model_name, os.path.basename(weights.url), weights.url, "torchvision")
+        licence = TORCHVISION_IMAGENET
+    # The detectors normalize inside the model (GeneralizedRCNNTransform, ImageNet statistics).
+    pre = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "interpolation": "bilinear"}
+    return WeightsFile(model_name, os.path.basename(weights.url), weights.url, "torchvision",
+                       code_licence=TORCHVISION_CODE, weights_licence=licence, preprocessing=pre)
 
 
 def _load(model_name: str, source: WeightsSource | None) -> dict[str, torch.Tensor]:

@@ -106,11 +106,17 @@ def yaml_name(model_size: str) -> str:
 
 
 def weights_file(model_size: str) -> WeightsFile:
-    """ultralytics' COCO checkpoint ``yolov5{s,m,l,x}u.pt``, looked for beside torchvision's checkpoints
-    (``$TORCH_HOME/hub/checkpoints/``) or in the weights folder / ``s3://`` prefix given."""
+    """ultralytics' COCO checkpoint ``yolov5{s,m,l,x}u.pt`` (a release asset of ultralytics/assets, the tag
+    ultralytics' own ``attempt_download_asset`` uses), cached beside torchvision's checkpoints
+    (``$TORCH_HOME/hub/checkpoints/``) or read from a mirror."""
+    from automl_vision.models.catalogue import ULTRALYTICS
+    from automl_vision.models.weights import BASE_URL_ENV
+
     name = yaml_name(model_size).replace(".yaml", ".pt")
-    return WeightsFile(f"yolov5 (model_size {model_size})", name,
-                       f"https://github.com/ultralytics/assets/releases/download/v8.4.0/{name}", "torchvision")
+    # ultralytics scales pixels to [0, 1] and does not normalize further; letterbox resizing.
+    pre = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "interpolation": "bilinear"}
+    return WeightsFile(f"yolov5 (model_size {model_size})", name, f"{BASE_URL_ENV['ultralytics'][1]}/{name}",
+                       "ultralytics", code_licence=ULTRALYTICS, weights_licence=ULTRALYTICS, preprocessing=pre)
 
 
 def build_yolo(num_classes: int, *, pretrained: bool, model_size: str = "medium",

@@ -61,19 +61,24 @@ def preview(
     training_data: str,
     preview: Output[HTML],
     training_parameters: dict = {},
+    search_space: list = [],
     count: int = 16,
 ):
-    """Show training images exactly as the model receives them: each next to draws of the
-    train-time augmentation (an HTML page with the pictures inline)."""
+    """Show training images exactly as the job's models receive them, one model per model family of
+    its search_space (with its training_parameters): each image next to draws of the train-time
+    augmentation (an HTML page with the pictures inline). Runs before the sweep, so that a wrong
+    augmentation is seen before any training."""
     import shutil
     import tempfile
 
     from automl_vision.report.preview import write_preview
 
     with tempfile.TemporaryDirectory() as folder:
-        result = write_preview(training_data, task, folder, count=count,
-                               hyperparameters=training_parameters)
+        result = write_preview(training_data, task, folder, count=count, hyperparameters=training_parameters,
+                               search_space=search_space)
         shutil.copyfile(result.html, preview.path)
+        print(f"preview of {result.samples} augmented samples from {result.images} images "
+              f"({', '.join(result.models)})", flush=True)
 
 
 @dsl.component(base_image=CUDA_IMAGE, install_kfp_package=False)

@@ -41,8 +41,10 @@ LOG_FILE = "pipeline.log"
 SUMMARY_FILE = "pipeline_run.json"
 SWEEP_STEP, SWEEP_RUN_OUTPUT = "sweep", "run"
 REPORT_STEP, REPORT_OUTPUT, REPORT_FILE = "report", "report", "report.html"
-#: (step, output, file in RUN_DIR): the steps' HTML pages copied into the run folder after the run
-RUN_FOLDER_OUTPUTS = ((REPORT_STEP, REPORT_OUTPUT, REPORT_FILE),)
+PREVIEW_STEP, PREVIEW_OUTPUT, PREVIEW_FILE = "preview", "preview", "preview.html"
+#: (step, output, file in RUN_DIR): the steps' HTML pages copied into the run folder after the run (kfp names
+#: an artifact's file after the output, without .html, which a browser may not open as a page)
+RUN_FOLDER_OUTPUTS = ((REPORT_STEP, REPORT_OUTPUT, REPORT_FILE), (PREVIEW_STEP, PREVIEW_OUTPUT, PREVIEW_FILE))
 #: (step, output, what it is) printed at the end of a run
 SHOWN_OUTPUTS = (("ingest", "dataset", "data"), ("preview", "preview", "preview"),
                  ("evaluate", "report", "evaluation"), ("package", "model", "package"))
@@ -110,8 +112,12 @@ class LocalRun:
         """Where the other steps' outputs are, for the end of a run's output."""
         lines = [f"pipeline:   {len(self.steps)} step(s) in {self.duration_s:.0f} s; log {self.run_dir / LOG_FILE}, "
                  f"steps {self.run_dir / SUMMARY_FILE}"]
+        copied = {(step, output): self.run_dir / name for step, output, name in RUN_FOLDER_OUTPUTS}
         for step, output, what in SHOWN_OUTPUTS:
             path = self.artifact_path(step, output)
+            record = self.step(step)
+            if (step, output) in copied and copied[step, output].is_file() and record and record.status == "succeeded":
+                path = copied[step, output]  # the page's copy in the run folder, named .html
             if path is not None and path.exists():
                 lines.append(f"{what + ':':11s} {path}")
         return "\n".join(lines)
@@ -139,9 +145,83 @@ def run_pipeline_locally(job: JobSpec, run_dir: str | Path, *, device: str = "au
     """
     from automl_vision.pipeline.pipeline import automl_vision_pipeline, pipeline_arguments
 
-    run = run_locally(automl_vision_pipeline, pipeline_arguments(job, device=device), run_dir, echo=echo)
+    arguments = pipeline_arguments(job, device=device)
+    # the job as given, from the start: what `run --resume` checks a killed run's job against
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    _write_job(job, Path(run_dir))
+    run = run_locally(automl_vision_pipeline, arguments, run_dir, echo=echo)
     _collect(run, job)
     return run
+
+
+def resume_run(job: JobSpec, run_dir: str | Path, *, device: str = "auto", echo: Callable[[str], None] = print):
+    """Continue the sweep of a killed run in ``run_dir`` with the library engine and return its result.
+
+    A pipeline run's sweep ran in the sweep step's own folder (under ``run_dir/pipeline/``) on the ingest
+    step's copy of the data: it is continued there on that same copy (so ``job``, as the user gave it, may
+    keep its own training_data), then moved up into ``run_dir`` as a finished pipeline run's is. A run of
+    the library engine is continued in ``run_dir`` itself."""
+    from automl_vision.sweep.local import SWEEP_FILE, load_sweep, run_sweep
+
+    run_dir = Path(run_dir)
+    if not (run_dir / PIPELINE_ROOT).is_dir():
+        return run_sweep(job, run_dir, device=device, echo=echo, resume=True)
+    sweep_dir = run_dir if (run_dir / SWEEP_FILE).is_file() else _killed_sweep(run_dir)
+    started = run_dir / "job.yaml"
+    if started.is_file():
+        from automl_vision.spec.job import load_job
+
+        before = load_job(started)
+        differ = [k for k in ("task", "training_data", "validation_data") if getattr(before, k) != getattr(job, k)]
+        if differ:
+            raise ConfigError(f"the job differs from the one {run_dir} was started with in {', '.join(differ)} "
+                              f"({'; '.join(f'{k}: {getattr(before, k)} then, {getattr(job, k)} now' for k in differ)})"
+                              "; resume with the job the run was started with")
+    try:
+        recorded = json.loads((sweep_dir / SWEEP_FILE).read_text()).get("job", {})
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read {sweep_dir / SWEEP_FILE}: {e}") from None
+    # the data the sweep's trials read: the ingest step's manifest (the job's data was checked and split there)
+    swept = job.model_copy(update={"training_data": recorded.get("training_data", job.training_data),
+                                   "validation_data": recorded.get("validation_data")})
+    echo(f"resuming the sweep of the pipeline run {run_dir} with the library engine"
+         + (f" (its folder {sweep_dir})" if sweep_dir != run_dir else ""))
+    run_sweep(swept, sweep_dir, device=device, echo=echo, resume=True)
+    if sweep_dir != run_dir:
+        _move_up(sweep_dir, run_dir)
+        echo(f"moved the sweep's folder up into {run_dir}")
+    _write_job(job, run_dir)
+    return load_sweep(run_dir)
+
+
+def _killed_sweep(run_dir: Path) -> Path:
+    """The folder of the sweep a killed pipeline run left under ``run_dir/pipeline/`` (the latest run's)."""
+    from automl_vision.sweep.local import SWEEP_FILE
+
+    found = sorted((run_dir / PIPELINE_ROOT).glob(f"*/{SWEEP_STEP}/{SWEEP_RUN_OUTPUT}/{SWEEP_FILE}"),
+                   key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise ConfigError(f"the pipeline run in {run_dir} stopped before its sweep started (no {SWEEP_FILE} under "
+                          f"{run_dir / PIPELINE_ROOT}): there is nothing to resume; run the job again")
+    return found[-1].parent
+
+
+def _write_job(job: JobSpec, run_dir: Path) -> None:
+    """``job.yaml`` (the job as the user gave it) and ``resolved_job.json`` in the run folder."""
+    (run_dir / "job.yaml").write_text(job.to_yaml())
+    (run_dir / "resolved_job.json").write_text(json.dumps(resolved(job), indent=2))
+
+
+def _move_up(sweep_dir: Path, run_dir: Path) -> None:
+    """Move the sweep step's run folder's entries into ``run_dir`` (replacing what is there) and remove it."""
+    for entry in sorted(sweep_dir.iterdir()):
+        target = run_dir / entry.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+        entry.replace(target)
+    sweep_dir.rmdir()
 
 
 def run_locally(pipeline, arguments: dict[str, Any], run_dir: str | Path, *,
@@ -200,18 +280,10 @@ def _collect(run: LocalRun, job: JobSpec) -> None:
     sweep_dir = run.artifact_path(SWEEP_STEP, SWEEP_RUN_OUTPUT)
     moved = sweep_dir is not None and sweep_dir.is_dir()
     if moved:
-        for entry in sorted(sweep_dir.iterdir()):
-            target = run.run_dir / entry.name
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-            entry.replace(target)
-        sweep_dir.rmdir()
+        _move_up(sweep_dir, run.run_dir)
         run.step(SWEEP_STEP).outputs[SWEEP_RUN_OUTPUT]["uri"] = str(run.run_dir)
         # the sweep ran on the ingest step's split; job.yaml keeps the job as the user gave it
-        (run.run_dir / "job.yaml").write_text(job.to_yaml())
-        (run.run_dir / "resolved_job.json").write_text(json.dumps(resolved(job), indent=2))
+        _write_job(job, run.run_dir)
     for step, output, name in RUN_FOLDER_OUTPUTS:
         record, path = run.step(step), run.artifact_path(step, output)
         if record is not None and record.status == "succeeded" and path is not None and path.is_file():

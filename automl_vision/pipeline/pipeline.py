@@ -1,8 +1,7 @@
 """The AutoML pipeline: its parameters are the job's own top-level keys, its steps the components.
 
-    ingest -> preview
-           -> sweep -> evaluate -> report (also reads ingest's data and sweep's run)
-                    -> package -> deploy (only with deploy=True)
+    ingest -> preview -> sweep -> evaluate -> report (also reads ingest's data and sweep's run)
+                               -> package -> deploy (only with deploy=True)
 
 The same pipeline runs on kfp's local runner (``automl-vision run``; platform settings are ignored
 there) and on a cluster (``compile``, ``run --kubeflow``), where each step gets the settings of
@@ -86,14 +85,16 @@ def build_pipeline(settings: ClusterSettings | None = None, backend: str = "loca
         data = C.ingest(task=task, training_data=training_data, validation_data=validation_data,
                         training_parameters=training_parameters)
         # the preview reads the JSONL file itself; after ingest, so that bad data fails with ingest's report
-        shown = C.preview(task=task, training_data=training_data, training_parameters=training_parameters).after(data)
+        shown = C.preview(task=task, training_data=training_data, training_parameters=training_parameters,
+                          search_space=search_space).after(data)
         # backend katib: the trial pods read the job's own URIs; the Experiments are named after the run,
-        # so a retried step re-attaches to them
+        # so a retried step re-attaches to them. After the preview: a wrong augmentation (or settings the
+        # preview refuses) is seen before the sweep spends any compute.
         swept = C.sweep(task=task, training_data=data.outputs["dataset"], limits=limits, sweep=sweep,
                         search_space=search_space, training_parameters=training_parameters, compute=compute,
                         device=device, backend=backend, katib_training_data=training_data,
                         katib_validation_data=validation_data, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                        cluster=settings.model_dump_json(), compiled_for=sweep_backend)
+                        cluster=settings.model_dump_json(), compiled_for=sweep_backend).after(shown)
         scored = C.evaluate(run=swept.outputs["run"], validation_split=data.outputs["validation"],
                             validation_data=validation_data)
         # the report shows the evaluate step's pictures rather than scoring the model again

@@ -10,6 +10,7 @@ needs ``Authorization: Bearer TOKEN``; :func:`find_credentials` says where the t
 from __future__ import annotations
 
 import contextlib
+import http.client
 import io
 import json
 import logging
@@ -43,6 +44,11 @@ SA_TOKEN_PATH_ENV = "KF_PIPELINES_SA_TOKEN_PATH"
 SA_TOKEN_DEFAULT_PATH = "/var/run/secrets/kubeflow/pipelines/token"
 #: The namespace of the pod this runs in, which kfp.Client takes in a multi-user Kubeflow when none is given.
 POD_NAMESPACE_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+#: What to look at when the endpoint cannot be reached or does not answer as the Pipelines API does.
+WHAT_TO_CHECK = ("check that the URL is the Pipelines endpoint (a full Kubeflow: https://HOST/pipeline; a standalone "
+                 "Kubeflow Pipelines reached with `kubectl -n kubeflow port-forward svc/ml-pipeline-ui 8080:80`: "
+                 "http://localhost:8080), that it is running, and that this machine can reach it (VPN, proxy "
+                 "variables, firewall)")
 HOW_TO_AUTHENTICATE = (f"give a token: set {TOKEN_ENV} (e.g. export {TOKEN_ENV}=$(kubectl -n NAMESPACE create token "
                        f"default-editor)) or pass --token-file FILE; in a pod, the projected ServiceAccount token "
                        f"at {SA_TOKEN_DEFAULT_PATH} (or ${SA_TOKEN_PATH_ENV}) is used")
@@ -131,6 +137,7 @@ def check_access(host: str, credentials: Credentials, namespace: str | None) -> 
     """One request to the endpoint's healthz with the token, so that a refused or missing token, a login
     page or a wrong URL fails at once with what to do (kfp.Client would retry for half a minute and
     then time out). Returns the healthz answer."""
+    check_endpoint_url(host)
     url = f"{host.rstrip('/')}/apis/v2beta1/healthz"
     request = urllib.request.Request(url, headers={"Accept": "application/json"})
     token = credentials.current()
@@ -141,9 +148,8 @@ def check_access(host: str, credentials: Credentials, namespace: str | None) -> 
             body = answer.read()
     except urllib.error.HTTPError as e:
         raise access_error(host, e.code, credentials, namespace, location=e.headers.get("Location")) from None
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise ConfigError(f"cannot reach the Pipelines API at {url}: {reason}", "--kubeflow") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
+        raise unreachable(host, f"asking {url} whether the Pipelines API is up", e) from None
     try:
         health = json.loads(body)
     except ValueError:
@@ -153,6 +159,60 @@ def check_access(host: str, credentials: Credentials, namespace: str | None) -> 
         raise ConfigError(f"{host} is a multi-user Kubeflow: give --namespace, the namespace of your profile",
                           "--kubeflow")
     return health
+
+
+def check_endpoint_url(host: str) -> str:
+    """``host`` if it is an http(s) URL with a host name; raises ConfigError otherwise."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(host)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number in 0-65535
+    except ValueError as e:
+        raise ConfigError(f"{host!r} is not a URL: {e}; give the Pipelines endpoint, e.g. http://localhost:8080 or "
+                          "https://HOST/pipeline", "--kubeflow") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{host!r} is not an http:// or https:// URL with a host; give the Pipelines endpoint, "
+                          "e.g. http://localhost:8080 or https://HOST/pipeline", "--kubeflow")
+    return host
+
+
+def unreachable(host: str, doing: str, error: BaseException) -> ConfigError:
+    """A connection to the Pipelines endpoint that failed (refused, unknown host, timeout, TLS, not HTTP,
+    closed): what was being done, why it failed in words, and what to check."""
+    reason = _reason(error)
+    return ConfigError(f"could not reach the Kubeflow Pipelines endpoint {host} ({doing}): {reason}; "
+                       + WHAT_TO_CHECK, "--kubeflow")
+
+
+def _reason(error: BaseException) -> str:
+    """The innermost cause of a connection error, in words."""
+    seen = set()
+    while id(error) not in seen:
+        seen.add(id(error))
+        inner = getattr(error, "reason", None)
+        if isinstance(inner, BaseException):
+            error = inner
+            continue
+        if error.__cause__ is not None:
+            error = error.__cause__
+            continue
+        if error.args and isinstance(error.args[-1], BaseException):  # urllib3's ProtocolError(text, error)
+            error = error.args[-1]
+            continue
+        break
+    if isinstance(error, (TimeoutError,)) or type(error).__name__.endswith("TimeoutError") or "timed out" in str(error):
+        return "no answer in time (timed out)"
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused: nothing listens on that host and port"
+    if isinstance(error, http.client.RemoteDisconnected) or isinstance(error, ConnectionResetError):
+        return "the server closed the connection without answering"
+    if isinstance(error, http.client.BadStatusLine):
+        return f"the server did not answer in HTTP ({str(error)[:60]!r})"
+    if type(error).__name__ in ("gaierror", "NameResolutionError") or "Name or service not known" in str(error):
+        return "the host name could not be resolved"
+    text = str(error) or type(error).__name__
+    return text if len(text) < 300 else text[:300] + "..."
 
 
 def access_error(host: str, status: int, credentials: Credentials, namespace: str | None,
@@ -195,6 +255,7 @@ def submit(job: JobSpec, host: str, *, namespace: str | None = None, schedule: s
 
     from automl_vision.pipeline.pipeline import compile_pipeline, pipeline_arguments
 
+    check_endpoint_url(host)
     cron = check_cron(schedule) if schedule is not None else None
     credentials = credentials if credentials is not None else find_credentials()
     for key in ("training_data", "validation_data"):
@@ -210,16 +271,20 @@ def submit(job: JobSpec, host: str, *, namespace: str | None = None, schedule: s
                                        backend=backend, inference_service=inference_service))
         check_access(host, credentials, namespace)
         # kfp.Client prints links and warns about server versions; we say what happened ourselves.
+        doing = ["connecting"]  # what the requests below are doing, for the message when one fails
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                _refused_as_config_error(host, credentials, namespace, ApiException):
+                _refused_as_config_error(host, credentials, namespace, ApiException, doing):
             warnings.simplefilter("ignore", FutureWarning)
             client = _client(host, namespace, credentials)
+            doing[0] = f"creating or finding the experiment {experiment!r}"
             exp = client.create_experiment(experiment, namespace=namespace)
             if cron is None:
+                doing[0] = "starting the run"
                 run = client.run_pipeline(experiment_id=exp.experiment_id, job_name=run_name(job),
                                           pipeline_package_path=package, params=arguments,
                                           service_account=service_account)
                 return Submitted("run", run.run_id, exp.experiment_id, f"{host.rstrip('/')}/#/runs/details/{run.run_id}")
+            doing[0] = "creating the recurring run"
             recurring = client.create_recurring_run(
                 experiment_id=exp.experiment_id, job_name=run_name(job), cron_expression=cron,
                 pipeline_package_path=package, params=arguments, max_concurrency=1, no_catchup=True,
@@ -229,13 +294,40 @@ def submit(job: JobSpec, host: str, *, namespace: str | None = None, schedule: s
 
 
 @contextlib.contextmanager
-def _refused_as_config_error(host: str, credentials: Credentials, namespace: str | None, api_exception: type):
+def _refused_as_config_error(host: str, credentials: Credentials, namespace: str | None, api_exception: type,
+                             doing: list[str] | None = None):
+    """The endpoint's refusals and failures as ConfigError: what was being done, what it answered, what to do."""
+    import urllib3.exceptions
+
+    doing = doing or ["sending the pipeline"]
+    # urllib3's "Retrying ..." warnings go: the error below says what failed (a filter, as kfp's client sets
+    # urllib3's log level itself)
+    retries = logging.getLogger("urllib3.connectionpool")
+    quiet = _NoRetryWarnings()
+    retries.addFilter(quiet)
     try:
         yield
     except api_exception as e:
         if e.status in (401, 403) or 300 <= (e.status or 0) < 400:
             raise access_error(host, e.status, credentials, namespace) from None
-        raise
+        if not e.status:  # kfp_server_api wraps a failed connection in an ApiException without a status
+            raise unreachable(host, doing[0], e) from None
+        body = " ".join(str(e.body or "").split())[:300]
+        hint = ("the server failed; its logs (kubectl -n kubeflow logs deploy/ml-pipeline) say why"
+                if e.status >= 500 else
+                "is it a Kubeflow Pipelines 2.x endpoint (the v2beta1 API), and the URL the Pipelines endpoint "
+                "(in a full Kubeflow https://HOST/pipeline)?")
+        raise ConfigError(f"{host} answered HTTP {e.status} {e.reason or ''} while {doing[0]}"
+                          + (f": {body}" if body else "") + f"; {hint}", "--kubeflow") from None
+    except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as e:
+        raise unreachable(host, doing[0], e) from None
+    finally:
+        retries.removeFilter(quiet)
+
+
+class _NoRetryWarnings(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Retrying")
 
 
 def _client(host: str, namespace: str | None, credentials: Credentials = NO_CREDENTIALS):

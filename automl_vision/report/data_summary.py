@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from automl_vision.data.images import displayed_size
 from automl_vision.errors import DataError
 
 MAX_SIZE_READS = 2000  # image headers opened for the size chart; beyond that a seeded sample
@@ -125,7 +126,7 @@ def summarize_jsonl(path: str | os.PathLike, *, max_size_reads: int = MAX_SIZE_R
     for image_path, _ in pending:
         try:
             with Image.open(image_path) as im:  # reads the header only
-                out.sizes.append(im.size)
+                out.sizes.append(displayed_size(im))
         except OSError:
             out.missing_images += 1
     return out

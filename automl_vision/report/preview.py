@@ -20,7 +20,7 @@ import math
 import os
 import re
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,13 +151,15 @@ def _records(data: str | os.PathLike, task: ImageTask):
 
 @register_augmentation(CLASSIFICATION_TASKS)
 def _classification(task: ImageTask, hp: dict[str, Any], data: str) -> Augmentation:
-    from automl_vision.training.classification import IMAGENET_MEAN, IMAGENET_STD, train_transform
+    from automl_vision.training.classification import normalization, train_transform
 
     transform = train_transform(hp)
+    norm = normalization(hp)  # the weights' own mean/std, which the transform normalized with
     items = [PreviewItem(r.path, r.line, Annotations(list(r.labels))) for r in _records(data, task).records]
 
     def augment(item: PreviewItem, image: Image.Image) -> tuple[Image.Image, Annotations]:
-        return tensor_to_image(transform(image), IMAGENET_MEAN, IMAGENET_STD), Annotations(list(item.annotations.labels))
+        return (tensor_to_image(transform(image), tuple(norm["mean"]), tuple(norm["std"])),
+                Annotations(list(item.annotations.labels)))
 
     return Augmentation(items, augment, describe(train_transform, transform))
 
@@ -179,17 +181,28 @@ def _object_annotations(record, masks: bool) -> Annotations:
 def _torchvision_detector(task: ImageTask, hp: dict[str, Any], data: str) -> Augmentation:
     from automl_vision.training.detection import DetectionDataset, augment as detection_augment
 
+    from automl_vision.models.detection import InferenceSettings
+
     segmentation = task is ImageTask.IMAGE_INSTANCE_SEGMENTATION
     dataset = _records(data, task)
     classes = list(dataset.classes)
-    # The trial's own training dataset: crowd objects left out, crop around boxes, zoom out, flip.
-    train = DetectionDataset(dataset.records, classes, masks=segmentation, train=True)
+    tiling = InferenceSettings.from_hyperparameters(hp)
+    # The trial's own training dataset: crowd objects left out, crop around boxes, zoom out, flip; with a
+    # tile grid, the whole image and each of its tiles are samples of their own.
+    train = DetectionDataset(dataset.records, classes, masks=segmentation, train=True,
+                             tile_grid=tiling.tile_grid_size, tile_overlap=tiling.tile_overlap_ratio)
+    samples: dict[int, list[int]] = defaultdict(list)  # image -> its samples in the dataset (whole image first)
+    for k, (i, _) in enumerate(train.items):
+        samples[i].append(k)
     items = []
-    for k, r in enumerate(dataset.records):
-        items.append(PreviewItem(r.path, r.line, _object_annotations(r, segmentation), key=k))
+    for i, r in enumerate(dataset.records):
+        items.append(PreviewItem(r.path, r.line, _object_annotations(r, segmentation), key=tuple(samples[i])))
+    shown: dict[int, int] = defaultdict(int)  # draws so far per image: each draw takes the image's next sample
 
     def augment(item: PreviewItem, image: Image.Image) -> tuple[Image.Image, Annotations]:
-        x, target = train[item.key]
+        k = item.key[shown[item.key[0]] % len(item.key)]
+        shown[item.key[0]] += 1
+        x, target = train[k]
         labels = [classes[int(i) - 1] for i in target["labels"]]
         masks = target["masks"].numpy().astype(bool) if "masks" in target else None
         return tensor_to_image(x), Annotations(labels, target["boxes"].numpy(), masks)
@@ -198,6 +211,11 @@ def _torchvision_detector(task: ImageTask, hp: dict[str, Any], data: str) -> Aug
         f"\n\nThen, inside the model, each image is normalized and resized so that its short side is "
         f"min_size={hp['min_size']} (long side at most max_size={hp['max_size']}); crowd objects are not "
         "training targets.")
+    if tiling.tile_grid_size is not None:
+        gx, gy = tiling.tile_grid_size
+        text += (f"\n\nTiling (tile_grid_size={gx}x{gy}, tile_overlap_ratio={tiling.tile_overlap_ratio}): each "
+                 f"image gives {1 + gx * gy} training samples, the whole image and its {gx * gy} tiles (boxes "
+                 "clipped to the tile); the draws of a row go through them in turn.")
     return Augmentation(items, augment, text)
 
 
@@ -259,9 +277,47 @@ class PreviewResult:
     html: Path
     json: Path
     task: ImageTask
-    model_name: str
+    model_name: str  # the first model shown
     images: int
     samples: int
+    models: tuple[str, ...] = ()  # every model shown, in order
+
+
+def search_space_models(task: ImageTask | str, search_space: Sequence[Mapping[str, Any]],
+                        training_parameters: Mapping[str, Any] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """The models a preview of a job shows: one per model family (models sharing one train-time
+    augmentation) of its search space, in search-space order, each ``(model_name, hyperparameters)``:
+    the job's training parameters and the values its search-space entry fixes (constants and
+    single-value choices). The search space is checked as a job's is (ConfigError)."""
+    from automl_vision.spec.distributions import Choice, is_distribution
+    from automl_vision.spec.job import parse_job
+
+    task = parse_task(task)
+    job = parse_job({"task": task.value, "training_data": "preview", "search_space": list(search_space or []),
+                     "training_parameters": dict(training_parameters or {})}, source="preview")
+    given = {k: v for k, v in job.training_parameters.items() if k != "model_name"}
+    chosen: list[tuple[str, dict[str, Any]]] = []
+    families: list[_Entry] = []
+    without: list[str] = []
+    for entry in job.search_space or [{}]:
+        m = entry.get("model_name")
+        models = ([str(v) for v in m.values] if isinstance(m, Choice) else [str(m)] if m is not None
+                  else [str(job.training_parameters.get("model_name", task.default_model))])
+        fixed = {k: (v.values[0] if isinstance(v, Choice) else v) for k, v in entry.items()
+                 if k != "model_name" and (not is_distribution(v) or (isinstance(v, Choice) and len(v.values) == 1))}
+        for model in models:
+            family = _find(task, model)
+            if family is None:
+                without.append(model)
+            elif all(family is not f for f in families):
+                families.append(family)
+                chosen.append((model, {**given, **fixed}))
+    if not chosen:
+        ok = supported(task)
+        raise ConfigError(f"no augmentation preview for the models of the search space ({', '.join(without)}); "
+                          + (f"models with a preview: {', '.join(ok)}" if ok else "no model of this task has one yet"),
+                          "preview")
+    return chosen
 
 
 def resolve_hyperparameters(task: ImageTask, model_name: str | None, given: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -358,33 +414,91 @@ def _labels_text(ann: Annotations) -> str:
 
 def write_preview(data: str | os.PathLike, task: ImageTask | str, out_dir: str | os.PathLike, *, count: int = 16,
                   draws: int = DEFAULT_DRAWS, model_name: str | None = None,
-                  hyperparameters: Mapping[str, Any] | None = None) -> PreviewResult:
-    """Write the preview grid (PNG), its page (HTML, the PNG inline) and its layout (JSON) into ``out_dir``."""
-    chosen, rows, hp, aug = preview_rows(data, task, count=count, draws=draws, model_name=model_name,
-                                         hyperparameters=hyperparameters)
-    task = parse_task(task)
-    classes = sorted({lab for row in rows for t in row for lab in t.annotations.labels})
+                  hyperparameters: Mapping[str, Any] | None = None,
+                  search_space: Sequence[Mapping[str, Any]] | None = None) -> PreviewResult:
+    """Write the preview grid (PNG), its page (HTML, the PNG inline) and its layout (JSON) into ``out_dir``.
+
+    One model: ``model_name`` (default: the task's) with ``hyperparameters``. A job's own models: its
+    ``search_space``, ``hyperparameters`` being its training parameters: one model per model family
+    (:func:`search_space_models`), ``count`` samples each; the page has a section per model, the PNG
+    a block of rows per model."""
+    try:
+        task = parse_task(task)
+    except ValueError as e:
+        raise ConfigError(str(e), "--task") from None
+    if search_space is not None:
+        if model_name is not None:
+            raise ConfigError("give model_name or search_space, not both", "preview")
+        targets = search_space_models(task, search_space, hyperparameters)
+    else:
+        targets = [(model_name, dict(hyperparameters or {}))]
+    shown = [preview_rows(data, task, count=count, draws=draws, model_name=name, hyperparameters=given)
+             for name, given in targets]
+    several = len(shown) > 1
+    classes = sorted({lab for _, rows, _, _ in shown for row in rows for t in row for lab in t.annotations.labels})
     class_index = {c: i for i, c in enumerate(classes)}
-    titles = [f"{Path(it.image_path).name} (line {it.line})" for it in chosen]
-    grid, layout = compose_grid(rows, class_index, size=TILE_SIZE, row_titles=titles)
+
+    def titles(chosen: list[PreviewItem], hp: dict[str, Any], model: bool) -> list[str]:
+        return [(f"{hp['model_name']}: " if model else "") + f"{Path(it.image_path).name} (line {it.line})"
+                for it in chosen]
+
+    all_rows = [row for _, rows, _, _ in shown for row in rows]
+    grid, layout = compose_grid(all_rows, class_index, size=TILE_SIZE,
+                                row_titles=[t for chosen, _, hp, _ in shown for t in titles(chosen, hp, several)])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     png = H.image_png(grid)
     (out / PNG_FILE).write_bytes(png)
-    samples = sum(len(r) - 1 for r in rows)
+    samples, images = sum(len(r) - 1 for r in all_rows), len(all_rows)
+    models = [hp["model_name"] for _, _, hp, _ in shown]
+    first_hp, first_aug = shown[0][2], shown[0][3]
+    placed = iter(layout.rows)
     meta = {
-        "task": task.value, "model_name": hp["model_name"], "seed": hp["seed"], "data": str(data),
-        "images": len(rows), "samples": samples, "tile_size": TILE_SIZE, "transform": aug.description,
-        "rows": [{"image": it.image_path, "line": it.line,
+        "task": task.value, "model_name": models[0], "models": models, "seed": first_hp["seed"], "data": str(data),
+        "images": images, "samples": samples, "tile_size": TILE_SIZE, "transform": first_aug.description,
+        "transforms": {hp["model_name"]: aug.description for _, _, hp, aug in shown},
+        "rows": [{"model_name": hp["model_name"], "image": it.image_path, "line": it.line,
                   "tiles": [{"kind": "original" if i == 0 else "augmented", "draw": i, **pos,
                              "labels": list(t.annotations.labels)}
-                            for i, (t, pos) in enumerate(zip(row, placed))]}
-                 for it, row, placed in zip(chosen, rows, layout.rows)],
+                            for i, (t, pos) in enumerate(zip(row, next(placed)))]}
+                 for chosen, rows, hp, _ in shown for it, row in zip(chosen, rows)],
     }
     (out / JSON_FILE).write_text(json.dumps(meta, indent=2))
-    (out / HTML_FILE).write_text(_page(task, hp, aug, png, len(rows), samples, grid.size))
-    log.info("preview of %d augmented samples from %d images written to %s", samples, len(rows), out)
-    return PreviewResult(out / PNG_FILE, out / HTML_FILE, out / JSON_FILE, task, hp["model_name"], len(rows), samples)
+    if several:  # on the page, a grid per model, each with its own transform under it
+        parts = []
+        for chosen, rows, hp, aug in shown:
+            g, _ = compose_grid(rows, class_index, size=TILE_SIZE, row_titles=titles(chosen, hp, False))
+            parts.append((hp, aug, H.image_png(g), len(rows), sum(len(r) - 1 for r in rows), g.size))
+        page = _page_for_models(task, parts)
+    else:
+        page = _page(task, first_hp, first_aug, png, images, samples, grid.size)
+    (out / HTML_FILE).write_text(page)
+    log.info("preview of %d augmented samples from %d images (%s) written to %s", samples, images,
+             ", ".join(models), out)
+    return PreviewResult(out / PNG_FILE, out / HTML_FILE, out / JSON_FILE, task, models[0], images, samples,
+                         tuple(models))
+
+
+def _page_for_models(task: ImageTask, parts: list[tuple]) -> str:
+    """The page of a job's preview: what is shown, then a section per model (its samples, its transform)."""
+    models = [hp["model_name"] for hp, *_ in parts]
+    intro = (H.cards([("task", task.value), ("models", ", ".join(models)),
+                      ("images", sum(p[3] for p in parts)), ("augmented samples", sum(p[4] for p in parts))])
+             + "<p>One section per model family of the job's search space, with the hyperparameters every trial "
+               "of that model gets (the job's training_parameters and the values its search-space entry fixes). "
+               "Each row is one training image: the original with its labels on the left, then independent draws "
+               "of the train-time augmentation, exactly as the model receives them (same function, same "
+               "hyperparameters, same output size). Colour normalization is undone for display only.</p>")
+    sections = [H.Section("about", "What is shown", intro)]
+    for k, (hp, aug, png, images, samples, size) in enumerate(parts):
+        body = (f'<figure><img id="preview-grid{"" if k == 0 else f"-{k}"}" src="{H.png_data_uri(png)}" '
+                f'alt="augmented training samples, {H.esc(hp["model_name"])}" width="{size[0]}" height="{size[1]}">'
+                f'<figcaption>{H.esc(hp["model_name"])}: {samples} samples from {images} images; seed {hp["seed"]}: '
+                "the same seed gives the same draws.</figcaption></figure>"
+                "<h3>The train-time transform</h3>" + f"<pre>{H.esc(aug.description)}</pre>")
+        sections.append(H.Section(f"model-{k}", hp["model_name"], body))
+    return H.page(f"Augmentation preview: {task.value}, {', '.join(models)}",
+                  "Training samples as each model of the job receives them", sections)
 
 
 def _page(task: ImageTask, hp: dict[str, Any], aug: Augmentation, png: bytes, images: int, samples: int,

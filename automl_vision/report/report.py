@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from automl_vision.data.images import as_displayed
 from automl_vision.errors import AutoMLError, ConfigError
 from automl_vision.report import charts
 from automl_vision.report import html as H
@@ -210,6 +211,10 @@ def _summary(run: RunData) -> H.Section:
         ("fixed for every trial", ", ".join(f"{k} {v}" for k, v in (job.get("training_parameters") or {}).items()) or "-"),
         ("run folder", str(run.run_dir.resolve())),
     ]
+    if best is not None:
+        from automl_vision.models.catalogue import licence_text
+
+        facts.append(("best model's licences", licence_text(best.model_name, best.hyperparameters)))
     space = yaml.safe_dump(job.get("search_space") or [], sort_keys=False).strip()
     body = (H.cards(cards)
             + "<p>How to read this report: the <b>leaderboard</b> ranks the trials (each trial trains one model "
@@ -629,7 +634,7 @@ def _classification_grid(ev: _Evaluation, *, multilabel: bool) -> str:
     for key, predicted, true, ok in chosen:
         try:
             with Image.open(key) as im:
-                image = im.convert("RGB")
+                image = as_displayed(im).convert("RGB")
         except OSError:  # an s3:// URI, or a file this machine does not have
             continue
         k_right, k_wrong = k_right + ok, k_wrong + (not ok)

@@ -135,8 +135,8 @@ def _jsonl_inputs(source: str) -> list[BatchInput]:
 class _ImageFiles(Dataset):
     """Decoded and prepared images; an unreadable one yields its error message instead."""
 
-    def __init__(self, items: Sequence[BatchInput], prepare: Callable, max_pixels: int):
-        self.items, self.prepare, self.max_pixels = items, prepare, max_pixels
+    def __init__(self, items: Sequence[BatchInput], prepare: Callable, limits: dict):
+        self.items, self.prepare, self.limits = items, prepare, limits
 
     def __len__(self) -> int:
         return len(self.items)
@@ -146,7 +146,7 @@ class _ImageFiles(Dataset):
         try:
             with open(item.path, "rb") as f:
                 data = f.read()
-            return i, self.prepare(decode_image(data, self.max_pixels, item.image_url)), None
+            return i, self.prepare(decode_image(data, where=item.image_url, **self.limits)), None
         except InvalidImage as e:
             return i, None, str(e)
         except OSError as e:
@@ -165,7 +165,7 @@ def _default_workers() -> int:
 def score_images(engine: Engine, items: Sequence[BatchInput], *, batch_size: int | None = None,
                  num_workers: int | None = None, progress_every_s: float = 10.0):
     """Yield ``(item, answer or None, error or None)`` in input order."""
-    dataset = _ImageFiles(items, engine.preparer, engine.settings.max_image_pixels)
+    dataset = _ImageFiles(items, engine.preparer, engine.settings.image_limits())
     workers = _default_workers() if num_workers is None else num_workers
     # Offline, a batch of images per call also spreads the per-call overhead on the CPU.
     default = engine.settings.max_batch_size or (16 if engine.device.startswith("cuda") else 8)

@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 
 from automl_vision import __version__
 from automl_vision.errors import AutoMLError, ConfigError
+from automl_vision.kubeapi import status_message
 from automl_vision.serving.settings import FIXED_BY_WEIGHTS, MODEL_SETTING_NAMES, SERVING_SETTINGS, SETTINGS_ENV
 
 log = logging.getLogger(__name__)
@@ -302,15 +303,7 @@ def check_serving_namespace(namespace: str, client: Any = None) -> None:
 
 def _api_message(e: Any) -> str:
     """The message of the API server's Status body, else the body, else the HTTP reason."""
-    body = getattr(e, "body", None)
-    try:
-        parsed = json.loads(body)
-        if isinstance(parsed, dict) and parsed.get("message"):
-            return str(parsed["message"])
-    except (TypeError, ValueError):
-        pass
-    text = body.decode(errors="replace") if isinstance(body, bytes) else (body or "")
-    return text.strip() or str(e.reason)
+    return status_message(e) or str(e.reason)
 
 
 def _api_error(e: Any, what: str, namespace: str) -> AutoMLError:

@@ -99,7 +99,13 @@ class ClassificationEngine:
             # requests' images (and any PyTorch work) in this same process.
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-            self._session = ort.InferenceSession(str(package.onnx), options, providers=providers)
+            try:
+                self._session = ort.InferenceSession(str(package.onnx), options, providers=providers)
+            except Exception as e:  # ONNX Runtime raises its own untyped errors for a bad model file
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise ConfigError(f"{package.onnx}: ONNX Runtime cannot load it ({first[:300]}); the file is "
+                                  "corrupt or truncated: package the model again, or serve with "
+                                  "runtime='pytorch'") from None
         else:
             self._model = build_torch_model(package).to(device)
             self._device = device

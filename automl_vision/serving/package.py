@@ -7,19 +7,26 @@
     metrics.json        validation metrics of the saved epoch
     settings.json       inference settings (spec section 9), changeable at load time
     model.onnx          the ONNX export where the model allows it, checked against PyTorch
-    package.json        what the package holds, the ONNX check's figures or why there is no export
+    package.json        what the package holds with the SHA-256 of each file the model is loaded from
+                        (weights, model.onnx, config.json, labels.json), the ONNX check's figures or
+                        why there is no export
     README.md           how to serve it
 
 A trial writes the first four; :func:`package_model` adds the rest. The predictor serves any folder
-with the first three (``settings.json`` absent: the trained values).
+with the first three (``settings.json`` absent: the trained values). Where ``package.json`` exists,
+every load checks the files it uses against the recorded hashes and refuses a changed one by name
+(``settings.json`` is meant to be edited and is not checked). Files are written under a temporary
+name and renamed into place, so a reader never sees half a file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
+import os
 import shutil
 import time
 import warnings
@@ -32,6 +39,7 @@ import numpy as np
 
 from automl_vision import __version__
 from automl_vision.errors import ConfigError
+from automl_vision.models.catalogue import IMAGENET_MEAN, IMAGENET_STD
 from automl_vision.serving.settings import SETTINGS_FILE, InferenceSettings, flatten, resolve_settings
 from automl_vision.spec.tasks import ImageTask, parse_task
 
@@ -45,13 +53,13 @@ MANIFEST_FILE = "package.json"
 README_FILE = "README.md"
 WEIGHTS_SUFFIXES = (".safetensors", ".pt", ".pth")
 FORMAT_VERSION = 1
+#: Class names longer than this are refused: each answer repeats every label.
+MAX_LABEL_LENGTH = 256
 
 #: ONNX Runtime and PyTorch must agree on the logits within ``atol + rtol * max|logit|``.
 ONNX_ATOL = 1e-3
 ONNX_RTOL = 1e-3
 ONNX_OPSET = 18
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -102,10 +110,75 @@ def _read_json(path: Path, what: str) -> Any:
         raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
 
 
-def load_package(folder: str | Path) -> ModelPackage:
-    """Read and check a package folder; raises ConfigError naming every problem."""
+def _atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file renamed into place."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _atomic_copy(src: Path, dest: Path) -> None:
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copy2(src, tmp)
+        tmp.replace(dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _recorded_hashes(folder: Path, weights: Path) -> tuple[dict[str, str], bool] | None:
+    """``({file name: sha256}, complete)`` from ``package.json``; None for a folder without one (a
+    trial's outputs). ``complete`` is False for a package made before every file was hashed."""
+    path = folder / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    manifest = _read_json(path, "the package manifest")
+    if not isinstance(manifest, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    hashes = manifest.get("sha256")
+    if hashes is None:  # packaged before per-file hashes: only the weights were recorded
+        recorded = (manifest.get("files") or {}).get("weights") or weights.name
+        return ({recorded: manifest["weights_sha256"]} if manifest.get("weights_sha256") else {}), False
+    if not isinstance(hashes, dict) or not all(isinstance(v, str) for v in hashes.values()):
+        raise ConfigError(f"{path}: sha256 must be an object of file name -> hex digest")
+    return hashes, True
+
+
+def verify_files(folder: Path, hashes: Mapping[str, str], used: list[Path]) -> None:
+    """Refuse a package whose files differ from what ``package.json`` records for them."""
+    problems = [f"{name} is listed in {MANIFEST_FILE} but missing" for name in hashes
+                if not (folder / name).is_file()]
+    for path in used:
+        expected = hashes.get(path.name)
+        if expected is None:
+            problems.append(f"{path.name} is not in {MANIFEST_FILE}'s list of files, so it cannot be checked; "
+                            "package the model again (package_model) to include it")
+            continue
+        actual = _sha256(path)
+        if actual != expected:
+            problems.append(f"{path.name} has changed since the package was made: its SHA-256 is {actual[:16]}..., "
+                            f"{MANIFEST_FILE} records {expected[:16]}...; restore the file or package the model "
+                            "again")
+    if problems:
+        raise ConfigError(problems, str(folder))
+
+
+def load_package(folder: str | Path, *, verify: bool = True) -> ModelPackage:
+    """Read and check a package folder; raises ConfigError naming every problem. ``verify``: check the
+    files the model is loaded from against ``package.json`` (off only for re-packaging)."""
     folder = Path(folder)
     weights = find_weights(folder)
+    if verify:
+        recorded = _recorded_hashes(folder, weights)
+        if recorded is not None:
+            hashes, complete = recorded
+            used = [weights]
+            if complete:
+                used += [folder / n for n in (CONFIG_FILE, LABELS_FILE, ONNX_FILE) if (folder / n).is_file()]
+            verify_files(folder, hashes, used)
     config = _read_json(folder / CONFIG_FILE, "task, model_name and hyperparameters")
     labels = _read_json(folder / LABELS_FILE, "the class names")
     problems = []
@@ -116,6 +189,11 @@ def load_package(folder: str | Path) -> ModelPackage:
             problems.append(f"{CONFIG_FILE}: key {key!r} missing")
     if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
         problems.append(f"{LABELS_FILE}: expected a non-empty list of class names")
+    else:
+        long = [i for i, x in enumerate(labels) if len(x) > MAX_LABEL_LENGTH]
+        if long:
+            problems.append(f"{LABELS_FILE}: class name {long[0]} has {len(labels[long[0]]):,} characters, over the "
+                            f"limit of {MAX_LABEL_LENGTH}" + (f" ({len(long)} such names)" if len(long) > 1 else ""))
     if problems:
         raise ConfigError(problems, str(folder))
     try:
@@ -130,8 +208,11 @@ def load_package(folder: str | Path) -> ModelPackage:
         layer = flatten(_read_json(folder / SETTINGS_FILE, "inference settings"), str(folder / SETTINGS_FILE))
     metrics = _read_json(folder / METRICS_FILE, "metrics") if (folder / METRICS_FILE).is_file() else {}
     onnx = folder / ONNX_FILE
+    hyperparameters = dict(config["hyperparameters"])
+    if isinstance(config.get("preprocessing"), dict):  # what training normalized with (serving takes the same)
+        hyperparameters["preprocessing"] = config["preprocessing"]
     return ModelPackage(path=folder, task=task, model_name=config["model_name"],
-                        hyperparameters=dict(config["hyperparameters"]), labels=list(labels), weights=weights,
+                        hyperparameters=hyperparameters, labels=list(labels), weights=weights,
                         onnx=onnx if onnx.is_file() else None, settings_layer=layer, metrics=metrics,
                         epoch=config.get("epoch"))
 
@@ -143,7 +224,12 @@ def load_state_dict(path: Path) -> dict:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as e:  # SafetensorError, or OSError for a header that lies about sizes
+            raise ConfigError(f"{path}: not a readable safetensors file ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200] if str(e) else 'no detail'}); the file is corrupt or "
+                              "truncated") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # an unpickling refusal names the offending global
@@ -201,8 +287,11 @@ class OnnxExport:
             "file": self.file, "opset": ONNX_OPSET,
             "input": {"name": "image", "dtype": "float32", "shape": ["batch", 3, *hw],
                       "preprocessing": {"resize_shorter_side": settings.model.get("valid_resize_size"),
-                                        "center_crop": crop, "scale": "1/255", "mean": list(IMAGENET_MEAN),
-                                        "std": list(IMAGENET_STD), "channels": "RGB"}},
+                                        "center_crop": crop, "scale": "1/255",
+                                        "mean": list(settings.get("mean", IMAGENET_MEAN)),
+                                        "std": list(settings.get("std", IMAGENET_STD)),
+                                        "interpolation": settings.get("interpolation", "bilinear"),
+                                        "channels": "RGB"}},
             "output": {"name": "logits", "shape": ["batch", len(package.labels)],
                        "activation": "sigmoid" if multilabel else "softmax"},
             "checked_against_pytorch": {"max_abs_diff": self.max_abs_diff, "tolerance": self.tolerance,
@@ -282,15 +371,15 @@ def package_model(trial_outputs_dir: str | Path, dest_dir: str | Path, *, onnx: 
     ``settings.json``, ``model.onnx`` (where the model allows; checked against PyTorch),
     ``package.json`` and ``README.md``. ``dest_dir`` may be the trial's folder itself."""
     src, dest = Path(trial_outputs_dir), Path(dest_dir)
-    package = load_package(src)
+    package = load_package(src, verify=False)
     if dest.resolve() != src.resolve():
         dest.mkdir(parents=True, exist_ok=True)
         for item in src.iterdir():
-            if item.is_file():
-                shutil.copy2(item, dest / item.name)
-        package = load_package(dest)
+            if item.is_file() and not item.name.endswith(".tmp"):
+                _atomic_copy(item, dest / item.name)
+        package = load_package(dest, verify=False)
     settings = package.settings()
-    (dest / SETTINGS_FILE).write_text(json.dumps(settings.to_json(), indent=2) + "\n")
+    _atomic_write(dest / SETTINGS_FILE, json.dumps(settings.to_json(), indent=2) + "\n")
     digest = _sha256(package.weights)
     previous = _previous_onnx(dest, digest) if onnx else None
     if previous is not None:
@@ -319,15 +408,16 @@ def package_model(trial_outputs_dir: str | Path, dest_dir: str | Path, *, onnx: 
                   "settings": SETTINGS_FILE, "metrics": METRICS_FILE if (dest / METRICS_FILE).is_file() else None,
                   "onnx": export.file, "readme": README_FILE},
         "onnx": export.manifest if export.manifest is not None else export.to_json(package, settings),
+        # What a load verifies; settings.json is left out on purpose: it is there to be edited.
+        "sha256": {path.name: _sha256(path) for path in (package.weights, dest / CONFIG_FILE, dest / LABELS_FILE,
+                                                         dest / ONNX_FILE) if path.is_file()},
     }
-    (dest / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-    (dest / README_FILE).write_text(readme(package, settings, export))
+    _atomic_write(dest / README_FILE, readme(package, settings, export))
+    _atomic_write(dest / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
     return PackageResult(dest, export, settings)
 
 
 def _sha256(path: Path) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -347,6 +437,13 @@ def _previous_onnx(folder: Path, digest: str) -> OnnxExport | None:
     check = entry.get("checked_against_pytorch") or {}
     return OnnxExport(entry["file"], max_abs_diff=check.get("max_abs_diff"), tolerance=check.get("tolerance"),
                       checked_shapes=check.get("input_shapes") or [], manifest=entry)
+
+
+def _licence_text(package: ModelPackage) -> str:
+    """The licences of the model's code and of the pretrained weights it started from (the model catalogue)."""
+    from automl_vision.models.catalogue import licence_text
+
+    return licence_text(package.model_name, package.hyperparameters)
 
 
 def readme(package: ModelPackage, settings: InferenceSettings, export: OnnxExport) -> str:
@@ -369,7 +466,8 @@ def readme(package: ModelPackage, settings: InferenceSettings, export: OnnxExpor
     serving_lines = "\n".join(f"| `{k}` | `{json.dumps(v)}` |" for k, v in settings.serving().items())
     if export.file:
         onnx_text = (f"`{ONNX_FILE}` takes `image` (float32, `[batch, 3, H, W]`, RGB scaled to [0, 1] then "
-                     f"normalized with mean {list(IMAGENET_MEAN)} and std {list(IMAGENET_STD)}, after resizing "
+                     f"normalized with mean {list(settings.get('mean', IMAGENET_MEAN))} and std "
+                     f"{list(settings.get('std', IMAGENET_STD))}, after resizing ({settings.get('interpolation', 'bilinear')}) "
                      f"the shorter side to {settings.get('valid_resize_size')} and centre-cropping "
                      f"{settings.get('valid_crop_size')}) and returns `logits` (`[batch, {len(package.labels)}]`; "
                      f"apply {'a sigmoid' if task is ImageTask.IMAGE_CLASSIFICATION_MULTILABEL else 'a softmax'}). "
@@ -429,6 +527,10 @@ automl-vision evaluate --model . --data test.jsonl --output-dir evaluation/
 ## ONNX
 
 {onnx_text}
+
+## Licences
+
+{_licence_text(package)}
 
 ## KServe
 

@@ -32,7 +32,7 @@ from automl_vision.errors import DataError
 from automl_vision.serving import protocol
 from automl_vision.serving.batching import MicroBatcher
 from automl_vision.serving.engine import Engine, load_engine
-from automl_vision.serving.images import InvalidImage, b64decode, decode_image
+from automl_vision.serving.images import InvalidImage, b64decode, check_size, decode_image
 from automl_vision.serving.package import ModelPackage, load_package
 
 log = logging.getLogger(__name__)
@@ -128,14 +128,15 @@ class ImageModelPredictor(kserve.Model):
         return protocol.parse_json_request(payload)
 
     def _prepare_all(self, request: protocol.ParsedRequest) -> list[Any]:
-        settings = self.engine.settings
+        limits = self.engine.settings.image_limits()
         prepare = self.engine.preparer
         prepared = []
         for image, where in zip(request.images, request.where):
             if isinstance(image, np.ndarray):
+                check_size(image.shape[1], image.shape[0], where, **limits)
                 pil = Image.fromarray(image)
             else:
-                pil = decode_image(image, settings.max_image_pixels, where)
+                pil = decode_image(image, where=where, **limits)
             prepared.append(prepare(pil))
         return prepared
 

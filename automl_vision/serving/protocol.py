@@ -1,9 +1,11 @@
 """The request forms the server accepts, read into a list of images to score.
 
-* the original product's: ``{"input_data": {"columns": ["image"], "data": ["<base64>", ...]}}``
-  (rows may also be lists, pandas "split" style: ``"data": [["<base64>"], ...]``); answered
-  with a JSON list, one entry per image;
-* raw image bytes (any non-JSON ``Content-Type``): one image, answered like the original (a list of one);
+* the original product's: ``{"input_data": {"columns": ["image"], "index": [0, ...], "data": ["<base64>", ...]}}``
+  (pandas "split" style: ``index`` optional, rows may also be lists ``[["<base64>"], ...]`` or objects
+  ``[{"image": "<base64>"}, ...]``; base64 with line breaks, as ``base64.encodebytes`` writes it);
+  answered with a JSON list, one entry per image;
+* raw image bytes (``Content-Type`` ``image/*``, ``application/octet-stream`` or none): one image,
+  answered like the original (a list of one);
 * KServe v1: ``{"instances": ["<base64>" | {"b64": ...} | {"image": {"b64": ...}}, ...]}``,
   answered with ``{"predictions": [...]}``;
 * the Open Inference Protocol v2 (read in ``predictor.py``, where KServe's types live).
@@ -13,10 +15,11 @@ Any other shape is a :class:`BadRequest` whose message shows the expected one.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from automl_vision.errors import DataError
 from automl_vision.serving.images import b64decode
@@ -77,6 +80,12 @@ def _parse_original(data: Any) -> ParsedRequest:
         raise BadRequest(f"input_data.data must be a list of base64 images, got a JSON {_kind(rows)}")
     if not rows:
         raise _empty("input_data.data")
+    if "index" in data:
+        index = data["index"]
+        if not isinstance(index, list) or len(index) != len(rows):
+            got = f"{len(index)} entries" if isinstance(index, list) else f"a JSON {_kind(index)}"
+            raise BadRequest(f"input_data.index must be a list with one entry per row of input_data.data "
+                             f"({len(rows)}), got {got}")
     images, where = [], []
     for i, row in enumerate(rows):
         at = f"input_data.data[{i}]"
@@ -84,6 +93,11 @@ def _parse_original(data: Any) -> ParsedRequest:
             if len(row) != len(columns):
                 raise BadRequest(f"{at}: a row of {len(row)} values for {len(columns)} columns {_show(columns)}")
             row = row[col]
+        elif isinstance(row, Mapping):
+            if "image" not in row:
+                keys = ", ".join(map(str, row)) or "none"
+                raise BadRequest(f"{at}: a row object needs the key \"image\"; its keys: {keys}")
+            row = row["image"]
         images.append(b64decode(row, at))
         where.append(at)
     return ParsedRequest(ORIGINAL, images, where)
@@ -113,16 +127,31 @@ def _parse_instances(instances: Any) -> ParsedRequest:
     return ParsedRequest(INSTANCES, images, where)
 
 
-def parse_bytes_request(body: bytes, content_type: str | None) -> ParsedRequest:
-    """A body KServe passed through undecoded: JSON with a parameterized content type, or raw image bytes."""
-    ctype = (content_type or "").split(";")[0].strip().lower()
-    if ctype.endswith("json") or (not ctype and body[:1] in (b"{", b"[")):
-        try:
-            return parse_json_request(json.loads(body))
-        except json.JSONDecodeError as e:
-            raise BadRequest(f"the body is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
-        except UnicodeDecodeError:
+#: Content types under which a body may be either JSON or an image: it is JSON when it starts like JSON
+#: (an encoded image never starts with ``{`` or ``[``).
+_SNIFFED = ("", "application/octet-stream")
+
+
+def parse_body(body: bytes) -> Any:
+    """A JSON body; BadRequest for invalid JSON, text that is not UTF-8 or nesting deeper than 1024
+    levels (no accepted form nests deeper than 4)."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        if "depth" in e.msg or "recursion" in e.msg:
+            raise BadRequest("the JSON body is nested too deeply (more than 1024 levels); "
+                             f"expected {EXPECTED}") from None
+        if "UTF-8" in e.msg:
             raise BadRequest("the body is declared JSON but is not UTF-8 text") from None
+        raise BadRequest(f"the body is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+
+
+def parse_bytes_request(body: bytes, content_type: str | None) -> ParsedRequest:
+    """A request body as received: JSON (declared, or sniffed when the content type is absent or
+    ``application/octet-stream``), else the raw bytes of one image."""
+    ctype = (content_type or "").split(";")[0].strip().lower()
+    if ctype.endswith("json") or (ctype in _SNIFFED and body.lstrip()[:1] in (b"{", b"[")):
+        return parse_json_request(parse_body(body))
     if not body:
         raise _empty("the request body")
     return ParsedRequest(RAW, [body], ["request body"])
@@ -134,5 +163,8 @@ def _kind(value: Any) -> str:
 
 
 def _show(value: Any, limit: int = 80) -> str:
-    text = json.dumps(value, default=str)
+    try:
+        text = orjson.dumps(value, default=str).decode()
+    except (orjson.JSONEncodeError, RecursionError):  # nested too deeply to show whole
+        text = f"a JSON {_kind(value)}"
     return text if len(text) <= limit else text[:limit] + "..."

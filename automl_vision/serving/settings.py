@@ -9,7 +9,7 @@ Two groups, one flat namespace:
   ``mask_pixel_score_threshold`` and ``max_number_of_polygon_points``. They are rows of the
   hyperparameter table, checked by the same rules as in training.
 * serving settings, ours: ``max_batch_size``, ``max_batch_latency_ms``, ``max_image_pixels``,
-  ``runtime``, ``device``.
+  ``max_aspect_ratio``, ``max_request_bytes``, ``request_timeout_s``, ``runtime``, ``device``.
 
 Precedence, lowest first: the trained values (the package's ``config.json``) < the package's
 ``settings.json`` < the ``AUTOML_VISION_SETTINGS`` environment variable (read by the CLI) <
@@ -52,11 +52,41 @@ MODEL_SETTING_NAMES = (
 )
 #: Settings fixed by the trained weights: shown in settings.json, never changeable.
 FIXED_BY_WEIGHTS = ("model_size",)
+#: Classification preprocessing: the statistics and resampling of the weights the model started from
+#: (the pretrained file's own, ImageNet's from scratch), recorded by training in config.json
+#: ("preprocessing") and carried in settings.json so that serving normalizes as training did.
+PREPROCESSING_NAMES = ("mean", "std", "interpolation")
+_INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+
+
+def trained_preprocessing(model_name: str, trained: Mapping[str, Any]) -> dict[str, Any]:
+    """mean, std and interpolation a classifier was trained with: as recorded, else from its weights' metadata."""
+    recorded = trained.get("preprocessing")
+    if isinstance(recorded, Mapping) and all(k in recorded for k in PREPROCESSING_NAMES):
+        return {k: recorded[k] for k in PREPROCESSING_NAMES}
+    from automl_vision.models.classification import preprocessing
+
+    return preprocessing(model_name, bool(trained.get("pretrained")))
+
+
+def _check_preprocessing(key: str, value: Any) -> str | None:
+    if key == "interpolation":
+        return None if value in _INTERPOLATIONS else f"interpolation={value!r}; allowed: {', '.join(_INTERPOLATIONS)}"
+    ok = isinstance(value, (list, tuple)) and len(value) == 3 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    if not ok or (key == "std" and min(value) <= 0):
+        return f"{key}={value!r}: expected three numbers (RGB){', above 0' if key == 'std' else ''}"
+    return None
 
 _RUNTIMES = ("auto", "pytorch", "onnx")
 #: max_batch_size when unset. On the CPU batching pays only when requests overlap (1.1-1.5x throughput
 #: with 8-32 clients) and costs a lone client the batch wait (benchmarks/serve_latency.py); GPUs batch well.
 CPU_BATCH, GPU_BATCH = 1, 16
+#: A 4:1 panorama is ordinary, 20:1 is a strip of pixels rather than a photo.
+DEFAULT_MAX_ASPECT_RATIO = 20.0
+#: 64 MiB: several large photos as base64 (which adds a third) in one request.
+DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
+DEFAULT_REQUEST_TIMEOUT_S = 30.0
 
 SERVING_SETTINGS: tuple[hps.HyperParameter, ...] = (
     hps.HyperParameter("max_batch_size", int, "Most images one forward pass takes; concurrent requests are "
@@ -67,6 +97,14 @@ SERVING_SETTINGS: tuple[hps.HyperParameter, ...] = (
                        "to join it.", 5.0, minimum=0.0, maximum=10_000.0, origin="extension"),
     hps.HyperParameter("max_image_pixels", int, "Images with more pixels (width x height) are refused.",
                        DEFAULT_MAX_PIXELS, minimum=1, origin="extension"),
+    hps.HyperParameter("max_aspect_ratio", float, "Images whose longer side is more than this many times their "
+                       "shorter side are refused (a thin image blows up when resized for the model).",
+                       DEFAULT_MAX_ASPECT_RATIO, minimum=1.0, maximum=1e6, origin="extension"),
+    hps.HyperParameter("max_request_bytes", int, "Request bodies larger than this are refused (413) before "
+                       "they are read in full.", DEFAULT_MAX_REQUEST_BYTES, minimum=1024, origin="extension"),
+    hps.HyperParameter("request_timeout_s", float, "A client must send its whole request body within this "
+                       "many seconds, else it gets a 408 and the connection is closed (slow clients).",
+                       DEFAULT_REQUEST_TIMEOUT_S, minimum=0.1, maximum=3600.0, origin="extension"),
     hps.HyperParameter("runtime", str, "auto, pytorch, or onnx (ONNX Runtime on the package's model.onnx). "
                        "auto: ONNX Runtime on the CPU when the package has model.onnx (0.56-0.68x PyTorch's "
                        "latency, benchmarks/serve_latency.py), else PyTorch.", "auto", choices=_RUNTIMES,
@@ -88,6 +126,9 @@ class InferenceSettings:
     max_batch_size: int | None = None  # None: batch_size_for(device)
     max_batch_latency_ms: float = 5.0
     max_image_pixels: int = DEFAULT_MAX_PIXELS
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
     runtime: str = "auto"
     device: str = "auto"
     #: Where each value that differs from training came from, for the log.
@@ -102,6 +143,14 @@ class InferenceSettings:
     def serving(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in _SERVING}
 
+    def image_limits(self) -> dict[str, Any]:
+        """The size checks of :func:`automl_vision.serving.images.decode_image` for this model: the
+        pixel limit applies to the image as sent and, for classification (which resizes the shorter
+        side to ``valid_resize_size``), to the resized image too."""
+        shorter = self.model.get("valid_resize_size") if self.task.is_classification else None
+        return {"max_pixels": self.max_image_pixels, "shorter_side": shorter,
+                "max_aspect_ratio": self.max_aspect_ratio}
+
     def batch_size_for(self, device: str) -> int:
         """``max_batch_size``, or when unset the default for the device the model runs on."""
         if self.max_batch_size is not None:
@@ -110,8 +159,12 @@ class InferenceSettings:
 
     def to_json(self) -> dict[str, Any]:
         """The ``settings.json`` layout."""
-        return {"task": self.task.value, "model_name": self.model_name, "model_settings": dict(self.model),
-                "serving": self.serving()}
+        out = {"task": self.task.value, "model_name": self.model_name,
+               "model_settings": {k: v for k, v in self.model.items() if k not in PREPROCESSING_NAMES},
+               "serving": self.serving()}
+        if any(k in self.model for k in PREPROCESSING_NAMES):
+            out["preprocessing"] = {k: self.model[k] for k in PREPROCESSING_NAMES if k in self.model}
+        return out
 
 
 def applicable_model_settings(task: ImageTask, model_name: str) -> list[str]:
@@ -124,7 +177,7 @@ def flatten(layer: Mapping[str, Any], source: str) -> dict[str, Any]:
         raise ConfigError(f"settings must be a JSON object, got {type(layer).__name__}", source)
     flat: dict[str, Any] = {}
     for key, value in layer.items():
-        if key in ("model_settings", "serving"):
+        if key in ("model_settings", "serving", "preprocessing"):
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{key} must be a JSON object, got {type(value).__name__}", source)
             flat.update(value)
@@ -164,6 +217,8 @@ def resolve_settings(task: ImageTask, model_name: str, trained: Mapping[str, Any
     model: dict[str, Any] = {}
     for n in names:
         model[n] = trained[n] if n in trained else hps.get(n).default_for(task, model_name)
+    if task.is_classification:
+        model.update(trained_preprocessing(model_name, trained))
     serving = {hp.name: hp.default for hp in SERVING_SETTINGS}
     sources: dict[str, str] = {}
     problems: list[str] = []
@@ -185,6 +240,16 @@ def resolve_settings(task: ImageTask, model_name: str, trained: Mapping[str, Any
                 if value != serving[key]:
                     serving[key] = value
                     sources[key] = source
+                continue
+            if key in PREPROCESSING_NAMES and task.is_classification:
+                problem = _check_preprocessing(key, raw)
+                if problem:
+                    problems.append(f"{where}{problem}")
+                else:
+                    value = raw if key == "interpolation" else [float(v) for v in raw]
+                    if value != model[key]:
+                        model[key] = value
+                        sources[key] = source
                 continue
             if key not in names:
                 if key in hps.BY_NAME and key in MODEL_SETTING_NAMES:

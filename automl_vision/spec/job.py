@@ -484,12 +484,24 @@ def parse_job(data: Any, source: str = "job", base_dir: str | os.PathLike | None
     if not isinstance(data, Mapping):
         raise ConfigError(f"a job must be a mapping of keys, got {type(data).__name__}", source)
     data = dict(data)
+    problems: list[str] = []
+    for key in ("training_data", "validation_data"):
+        # The original's job files give data as an input: {path: ..., type: mltable}; the path is what we read.
+        value = data.get(key)
+        if isinstance(value, Mapping):
+            kind, path = value.get("type", "mltable"), value.get("path")
+            extra = sorted(set(value) - {"type", "path", "mode"})
+            if kind != "mltable" or not isinstance(path, str) or not path or extra:
+                problems.append(f"{key}: {dict(value)!r}: as a mapping it must be {{path: <MLTable folder>, type: "
+                                "mltable}} (the original's job input; optional mode); or give the JSONL file or "
+                                "MLTable folder as a string")
+            else:
+                data[key] = path
     if base_dir is not None:
         for key in ("training_data", "validation_data"):
             value = data.get(key)
             if isinstance(value, str) and "://" not in value and not os.path.isabs(value):
                 data[key] = str(Path(base_dir, value))
-    problems: list[str] = []
     try:
         structured = JobSpec.model_validate(data, context={"structure_only": True})
     except ValidationError as e:

@@ -248,7 +248,9 @@ class _Sweep:
                               f"{', '.join(differ)}; a resumed sweep may change only "
                               f"{', '.join(sorted(MAY_CHANGE_ON_RESUME))}")
         self.elapsed_before = float(doc.get("elapsed_s", 0.0))
-        self.best_copied = doc.get("best_trial")
+        # The trial whose model best_model/ holds, as best_model/ itself says: sweep.json names the best trial
+        # even while it runs (a killed sweep runs it again), or before its copy was done.
+        self.best_copied = _best_model_trial(self.run_dir)
         kept = rerun = 0
         for d in doc.get("trials", []):
             rec = TrialRecord.from_json(d, self.primary)
@@ -530,6 +532,14 @@ class _Sweep:
                 self.best_copied = best.trial_id
 
 
+def _best_model_trial(run_dir: Path) -> str | None:
+    """The trial whose model ``run_dir/best_model/`` holds (None: no complete best_model/ there)."""
+    try:
+        return json.loads((run_dir / "best_model" / "trial.json").read_text()).get("trial_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _policy_settings(policy) -> str:
     return ", ".join(f"{k} {v}" for k, v in policy.model_dump().items() if k != "type" and v is not None)
 
@@ -663,9 +673,25 @@ def _write_best_model(result: SweepResult, best: TrialRecord) -> bool:
 
     package_model(source, tmp)
     (tmp / "trial.json").write_text(json.dumps(best.to_json(result.primary_metric), indent=2))
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.replace(target)
+    replace_folder(tmp, target)
     return True
+
+
+def replace_folder(new: Path, target: Path) -> None:
+    """Put the folder ``new`` in place of ``target``: the old one is renamed aside and deleted only once the
+    new one is in place (two renames: a reader never finds a half-deleted or half-written folder, and a
+    crash leaves the old one at ``target`` or beside it as ``*.old``, never neither)."""
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.replace(old)
+    try:
+        new.replace(target)
+    except OSError:
+        if old.exists() and not target.exists():
+            old.replace(target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def format_leaderboard(result: SweepResult, limit: int = 20) -> str:

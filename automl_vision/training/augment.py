@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import torch
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from automl_vision.models.catalogue import IMAGENET_MEAN, IMAGENET_STD
 #: The spec's training colour jitter: brightness, contrast, saturation, hue (torchvision ColorJitter ranges).
 DEFAULT_JITTER = (0.4, 0.4, 0.4, 0.05)
 _GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
@@ -67,17 +66,21 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 class BatchPreparer:
     """uint8 (N, 3, H, W) batch on any device -> normalized float batch on ``device``.
 
+    ``mean``/``std``: the pretrained weights' own statistics (``models.classification.preprocessing``);
+    ImageNet's by default, which is also what models trained from scratch use.
+
     ``jitter``: (brightness, contrast, saturation, hue) ranges as in torchvision's ColorJitter, or
     None (validation). ``channels_last``: the memory format convolutions run fastest in on GPUs.
     """
 
     def __init__(self, device: torch.device, *, jitter: tuple[float, float, float, float] | None = None,
-                 channels_last: bool = False):
+                 channels_last: bool = False, mean: tuple[float, ...] = IMAGENET_MEAN,
+                 std: tuple[float, ...] = IMAGENET_STD):
         self.device = device
         self.jitter = jitter if jitter and any(jitter) else None
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(tuple(std), device=device, dtype=torch.float32).view(1, 3, 1, 1)
+        mean = torch.tensor(tuple(mean), device=device, dtype=torch.float32).view(1, 3, 1, 1)
         # (x / 255 - mean) / std == x * scale + shift
         self.scale = 1.0 / (255.0 * std)
         self.shift = -mean / std

@@ -22,7 +22,7 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from automl_vision.data.classification import ClassificationData, ClassificationSample, load_classification_splits
+from automl_vision.data.images import read_rgb
 from automl_vision.errors import ConfigError, DataError, TrainingDiverged
 from automl_vision.evaluation.classification import (confusion, multiclass_metrics, multilabel_metrics,
                                                      per_class_report)
@@ -71,11 +72,27 @@ CUDA_SYNC_EVERY = 25
 
 # --- images ------------------------------------------------------------------------------------
 
+def normalization(hp: Mapping[str, Any]) -> dict[str, Any]:
+    """mean, std and interpolation of the model's input: the pretrained weights' own (timm's pretrained cfg,
+    torchvision's weights transforms), ImageNet's and bilinear for models trained from scratch. Given
+    explicitly (``mean``/``std``/``interpolation`` keys, as a model package's settings carry them), they are
+    used as they are."""
+    if "mean" in hp and "std" in hp:
+        return {"mean": list(hp["mean"]), "std": list(hp["std"]), "interpolation": hp.get("interpolation", "bilinear")}
+    from automl_vision.models.classification import preprocessing
+
+    return preprocessing(str(hp.get("model_name", "")), bool(hp.get("pretrained")))
+
+
+def _interpolation(hp: Mapping[str, Any]) -> v2.InterpolationMode:
+    return v2.InterpolationMode(normalization(hp)["interpolation"])
+
+
 def train_image_transform(hp: dict[str, Any]) -> v2.Transform:
     """Spec section 6, the part run per image in the loader: random resized crop and horizontal flip (uint8)."""
     return v2.Compose([
         v2.PILToTensor(),
-        v2.RandomResizedCrop(hp["train_crop_size"], antialias=True),
+        v2.RandomResizedCrop(hp["train_crop_size"], interpolation=_interpolation(hp), antialias=True),
         v2.RandomHorizontalFlip(),
     ])
 
@@ -84,7 +101,7 @@ def valid_image_transform(hp: dict[str, Any]) -> v2.Transform:
     """Resize and centre crop (uint8); normalization happens on the device."""
     return v2.Compose([
         v2.PILToTensor(),
-        v2.Resize(hp["valid_resize_size"], antialias=True),
+        v2.Resize(hp["valid_resize_size"], interpolation=_interpolation(hp), antialias=True),
         v2.CenterCrop(hp["valid_crop_size"]),
     ])
 
@@ -92,8 +109,10 @@ def valid_image_transform(hp: dict[str, Any]) -> v2.Transform:
 class _PrepareOnCpu:
     """Colour jitter and normalization of one image on the CPU (loaders feeding a CPU model)."""
 
-    def __init__(self, jitter):
-        self.prepare = BatchPreparer(torch.device("cpu"), jitter=jitter)
+    def __init__(self, jitter, norm: Mapping[str, Any] | None = None):
+        norm = norm or normalization({})
+        self.prepare = BatchPreparer(torch.device("cpu"), jitter=jitter, mean=norm["mean"], std=norm["std"])
+        self.norm = norm
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         return self.prepare(image.unsqueeze(0)).squeeze(0)
@@ -101,7 +120,7 @@ class _PrepareOnCpu:
     def __repr__(self) -> str:
         b, c, s, h = self.prepare.jitter or (0, 0, 0, 0)
         jitter = f"ColorJitter(brightness {b}, contrast {c}, saturation {s}, hue {h}), " if self.prepare.jitter else ""
-        return f"{jitter}Normalize(ImageNet mean and std)"
+        return f"{jitter}Normalize(mean {self.norm['mean']}, std {self.norm['std']})"
 
 
 class OneThread:
@@ -134,12 +153,12 @@ class OneThread:
 def train_transform(hp: dict[str, Any]) -> Callable[[Image.Image], torch.Tensor]:
     """The whole training augmentation of one image, ending in a normalized float tensor:
     random resized crop, horizontal flip, colour jitter (brightness, contrast, saturation, hue), ImageNet normalization."""
-    return OneThread(v2.Compose([train_image_transform(hp), _PrepareOnCpu(DEFAULT_JITTER)]))
+    return OneThread(v2.Compose([train_image_transform(hp), _PrepareOnCpu(DEFAULT_JITTER, normalization(hp))]))
 
 
 def valid_transform(hp: dict[str, Any]) -> Callable[[Image.Image], torch.Tensor]:
     """Validation and inference: resize, centre crop, normalize (a float tensor)."""
-    return OneThread(v2.Compose([valid_image_transform(hp), _PrepareOnCpu(None)]))
+    return OneThread(v2.Compose([valid_image_transform(hp), _PrepareOnCpu(None, normalization(hp))]))
 
 
 def _sample_path(s) -> str:
@@ -151,14 +170,18 @@ class ImageClassificationDataset(Dataset):
 
     ``draft``: JPEGs are decoded at a reduced scale when they are at least this size on both
     sides (validation: the resize size), which is several times faster for large photos.
+    ``input_size``: the shorter side the transform resizes to; an image that resize would blow up
+    (too thin, see ``data.images.shape_problem``) is refused before it is decoded. Images are read as
+    displayed (EXIF orientation applied), like the sizes the data layer reports.
     """
 
     def __init__(self, samples: Sequence, classes: Sequence[str], transform, multilabel: bool,
-                 draft: int | None = None):
+                 draft: int | None = None, input_size: int | None = None):
         self.samples, self.transform, self.multilabel = list(samples), transform, multilabel
         self.index = {c: i for i, c in enumerate(classes)}
         self.num_classes = len(classes)
         self.draft = draft
+        self.input_size = input_size
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -166,13 +189,9 @@ class ImageClassificationDataset(Dataset):
     def __getitem__(self, i: int):
         s = self.samples[i]
         path = _sample_path(s)
-        try:
-            with Image.open(path) as im:
-                if self.draft:
-                    im.draft("RGB", (self.draft, self.draft))
-                image = im.convert("RGB")
-        except OSError as e:
-            raise DataError(f"line {s.line}: cannot read image {path}: {e}") from None
+        source = getattr(s, "source", "")
+        where = f"{source}:{s.line}" if source else f"line {s.line}"
+        image = read_rgb(path, where=where, input_size=self.input_size, draft=self.draft)
         if self.multilabel:
             target = torch.zeros(self.num_classes)
             for label in s.labels:
@@ -225,8 +244,10 @@ def build_loaders(hp: dict[str, Any], train_samples: Sequence, val_samples: Sequ
     jitter_on_device = device.type == "cuda"
     train_tf = OneThread(train_image_transform(hp)) if jitter_on_device else train_transform(hp)
     val_tf = OneThread(valid_image_transform(hp)) if jitter_on_device else valid_transform(hp)
-    train_ds = ImageClassificationDataset(train_samples, classes, train_tf, multilabel)
-    val_ds = ImageClassificationDataset(val_samples, classes, val_tf, multilabel, draft=hp["valid_resize_size"])
+    size = max(hp["valid_resize_size"], hp["train_crop_size"])
+    train_ds = ImageClassificationDataset(train_samples, classes, train_tf, multilabel, input_size=size)
+    val_ds = ImageClassificationDataset(val_samples, classes, val_tf, multilabel, draft=hp["valid_resize_size"],
+                                        input_size=size)
     workers = default_num_workers(world_size) if num_workers is None else num_workers
     pin = device.type == "cuda"
     common: dict[str, Any] = {"num_workers": workers, "pin_memory": pin, "persistent_workers": workers > 0}
@@ -453,11 +474,12 @@ def build_training(settings: TrialSettings, *, samples: tuple[list, list, list[s
     stopper = EarlyStopping(hp["early_stopping"], hp["early_stopping_patience"], hp["early_stopping_delay"],
                             maximize=task.maximize)
     jitter = DEFAULT_JITTER if device.type == "cuda" else None  # on the CPU the loader did it
+    norm = {k: v for k, v in normalization(hp).items() if k in ("mean", "std")}  # the weights' own statistics
     return Training(settings=settings, task=task, device=device, classes=list(classes), model=model, module=module,
                     optimizer=optimizer, scheduler=scheduler, scaler=scaler, criterion=criterion,
                     eval_criterion=eval_criterion, train_loader=train_loader, val_loader=val_loader,
-                    train_prepare=BatchPreparer(device, jitter=jitter, channels_last=channels_last),
-                    val_prepare=BatchPreparer(device, channels_last=channels_last), amp_dtype=amp_dtype,
+                    train_prepare=BatchPreparer(device, jitter=jitter, channels_last=channels_last, **norm),
+                    val_prepare=BatchPreparer(device, channels_last=channels_last, **norm), amp_dtype=amp_dtype,
                     accumulate=accumulate, steps_per_epoch=steps_per_epoch, stopper=stopper, generator=generator,
                     train_samples=list(train_s), val_samples=list(val_s))
 
@@ -662,7 +684,8 @@ def save_model(model: nn.Module, out_dir: Path, settings: TrialSettings, classes
     tmp.replace(out_dir / "model.safetensors")
     (out_dir / "labels.json").write_text(json.dumps(classes, indent=2))
     config = {"task": settings.task.value, "model_name": settings.hyperparameters["model_name"],
-              "hyperparameters": settings.hyperparameters, "num_classes": len(classes), "epoch": epoch}
+              "hyperparameters": settings.hyperparameters, "num_classes": len(classes), "epoch": epoch,
+              "preprocessing": normalization(settings.hyperparameters)}
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     (out_dir / "metrics.json").write_text(json.dumps({"epoch": epoch, **metrics}, indent=2))
     if evaluation is not None:

@@ -88,12 +88,25 @@ def load_detection_splits(settings: TrialSettings) -> DetectionSplits:
     return DetectionSplits(tuple(train), tuple(val), sorted(seen))
 
 
-def read_image(path: str) -> torch.Tensor:
-    """A uint8 CHW RGB tensor (EXIF orientation not applied, like the sizes the data layer reads)."""
+def read_image(path: str, where: str | None = None) -> torch.Tensor:
+    """A uint8 CHW RGB tensor of the image as displayed (EXIF orientation applied, like the sizes the
+    data layer reports and the normalized boxes refer to). An image too thin to resize safely is
+    refused (``data.images.shape_problem``); the error starts with ``where`` (file:line) when given."""
+    from automl_vision.data.images import shape_problem
+
+    where = where or path
     try:
-        return decode_image(path, mode=ImageReadMode.RGB)
+        image = decode_image(path, mode=ImageReadMode.RGB, apply_exif_orientation=True)
     except (RuntimeError, OSError) as e:
-        raise DataError(f"cannot read image {path}: {e}") from None
+        raise DataError(f"{where}: cannot read image {path}: {e}") from None
+    shape = shape_problem(image.shape[-1], image.shape[-2], input_size=None)
+    if shape is not None:
+        raise DataError(f"{where}: image {path} {shape[1]}")
+    return image
+
+
+def _where(record) -> str:
+    return f"{record.source}:{record.line}" if getattr(record, "source", "") else record.path
 
 
 def _targets(record, class_index: dict[str, int], width: int, height: int, masks: bool):
@@ -184,7 +197,7 @@ class DetectionDataset(Dataset):
     def __getitem__(self, k: int):
         i, window = self.items[k]
         record = self.records[i]
-        image = read_image(record.path)
+        image = read_image(record.path, _where(record))
         h, w = image.shape[-2:]
         boxes, labels, crowd, masks = _targets(record, self.index, w, h, self.masks)
         keep = ~crowd
@@ -213,7 +226,7 @@ class ImageOnlyDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, k: int) -> torch.Tensor:
-        return read_image(self.records[k].path).float().div_(255)
+        return read_image(self.records[k].path, _where(self.records[k])).float().div_(255)
 
 
 def collate(batch):

@@ -185,3 +185,20 @@ def test_validate_job_prints_every_default(tmp_path):
     assert vit_free["resnet18"]["training_batch_size"] == 4
     assert vit_free["mobilenetv2"]["validation_batch_size"] == 78
     assert vit_free["mobilenetv2"]["optimizer"] == "sgd"
+
+
+def test_a_run_whose_every_trial_refuses_its_data_exits_2(tmp_path, make_dataset):
+    """Validation data with a class the training data lacks: each trial exits 2 naming the lines, and the
+    run says so with exit 2 (bad input), not 1 (an internal error)."""
+    train = make_dataset(tmp_path / "d", n_per_class=3, classes=("red", "green"), size=16)
+    val = make_dataset(tmp_path / "d", n_per_class=2, classes=("red", "blue"), size=16, seed=1, name="val.jsonl")
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"task": "image_classification", "training_data": str(train),
+                                   "validation_data": str(val), "limits": {"max_trials": 1},
+                                   "training_parameters": {"number_of_epochs": 1, "pretrained": 0,
+                                                           "model_name": "resnet18"}}))
+    p = cli("run", str(job), "--output-dir", str(tmp_path / "run"), "--engine", "library")
+    assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-2000:]
+    assert "every trial refused its input (exit 2)" in p.stdout
+    console = (tmp_path / "run" / "trials" / "trial-0000" / "console.log").read_text()
+    assert f'{val}:3: label="blue" is not a class of the training data' in console

@@ -8,6 +8,7 @@ namespace the token may not use, or a redirect to a login page as oauth2-proxy s
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -76,9 +77,21 @@ class PipelinesApi(BaseHTTPRequestHandler):
             return True
         return False
 
+    def _broken(self, path: str) -> bool:
+        """After healthz, a server that fails (broken: an HTTP status) or closes the connection ("close")."""
+        broken = self.server.broken
+        if broken is None or path == f"{API}/healthz":
+            return False
+        if broken == "close":
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+        else:
+            self._answer(broken, {"error": "the database is not reachable"})
+        return True
+
     def do_GET(self):
         path, query, _ = self._record()
-        if self._refused(query, {}):
+        if self._refused(query, {}) or self._broken(path):
             return
         if path == f"{API}/healthz":
             return self._answer(200, {"multi_user": self.server.multi_user})
@@ -90,7 +103,7 @@ class PipelinesApi(BaseHTTPRequestHandler):
 
     def do_POST(self):
         path, query, body = self._record()
-        if self._refused(query, body):
+        if self._refused(query, body) or self._broken(path):
             return
         if path == f"{API}/experiments":
             experiment = {**body, "experiment_id": f"exp-{len(self.server.experiments) + 1}"}
@@ -112,6 +125,7 @@ class RecordingServer(ThreadingHTTPServer):
         self.login_redirect = False  # with token: a request without one is redirected to a login page
         self.forbidden_namespaces: set[str] = set()
         self.multi_user = False
+        self.broken: int | str | None = None  # after healthz: answer this HTTP status, or "close" the connection
 
     @property
     def url(self) -> str:
@@ -388,3 +402,82 @@ def test_a_multi_user_endpoint_needs_a_namespace(api_server, job_file, cluster_f
     assert p.returncode == 2
     assert f"{api_server.url} is a multi-user Kubeflow: give --namespace, the namespace of your profile" in p.stderr
     assert len(api_server.requests) == 1
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def not_http():
+    """A server on 127.0.0.1 that answers every connection with a line that is not HTTP (an SSH banner)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()
+
+
+def _refused_clearly(p: subprocess.CompletedProcess, host: str, *texts: str) -> None:
+    assert p.returncode == 2, p.stderr
+    assert "Traceback" not in p.stderr and "internal error" not in p.stderr, p.stderr
+    assert p.stderr.startswith("error: --kubeflow: "), p.stderr
+    for text in (host, *texts):
+        assert text in p.stderr, (text, p.stderr)
+
+
+def test_an_endpoint_nothing_listens_on(job_file, cluster_file, tmp_path):
+    host = f"http://127.0.0.1:{_closed_port()}"
+    p = cli("run", str(job_file), "--kubeflow", host, "--cluster-settings", str(cluster_file), home=tmp_path)
+    _refused_clearly(p, host, "whether the Pipelines API is up", "connection refused",
+                     "check that the URL is the Pipelines endpoint", "that it is running")
+
+
+def test_an_endpoint_that_does_not_speak_http(not_http, job_file, cluster_file, tmp_path):
+    p = cli("run", str(job_file), "--kubeflow", not_http, "--cluster-settings", str(cluster_file), home=tmp_path)
+    _refused_clearly(p, not_http, "the server did not answer in HTTP", "check that the URL is the Pipelines endpoint")
+
+
+@pytest.mark.parametrize("broken, texts", [
+    ("close", ["creating or finding the experiment 'automl-vision'", "closed the connection without answering",
+               "that it is running"]),
+    (500, ["answered HTTP 500", "while creating or finding the experiment 'automl-vision'",
+           "the database is not reachable", "its logs"]),
+    (404, ["answered HTTP 404", "is it a Kubeflow Pipelines 2.x endpoint"]),
+])
+def test_an_endpoint_that_fails_after_its_healthz(api_server, job_file, cluster_file, tmp_path, broken, texts):
+    api_server.broken = broken
+    p = cli("run", str(job_file), "--kubeflow", api_server.url, "--cluster-settings", str(cluster_file),
+            home=tmp_path)
+    _refused_clearly(p, api_server.url, *texts)
+    assert _posts(api_server, "runs") == []
+
+
+@pytest.mark.parametrize("host, text", [
+    ("localhost:8888", "is not an http:// or https:// URL with a host"),
+    ("http://127.0.0.1:99999", "is not a URL: Port out of range"),
+])
+def test_an_endpoint_that_is_not_a_url(job_file, cluster_file, tmp_path, host, text):
+    p = cli("run", str(job_file), "--kubeflow", host, "--cluster-settings", str(cluster_file), home=tmp_path)
+    _refused_clearly(p, host, text, "e.g. http://localhost:8080")
+
+
+def test_the_preview_runs_before_the_sweep_and_shows_the_jobs_models(tmp_path, cluster_file):
+    spec = _compiled(tmp_path, cluster_file)[0]
+    tasks = spec["root"]["dag"]["tasks"]
+    assert "preview" in tasks["sweep"]["dependentTasks"]  # a wrong augmentation is seen before any training
+    assert tasks["preview"]["inputs"]["parameters"]["search_space"] == {"componentInputParameter": "search_space"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,11 @@ def test_run_goes_through_every_pipeline_step(tmp_path, make_dataset):
         assert noise not in out + p.stderr, noise
     assert "leaderboard:" in out and "best model:" in out
     assert "evaluation:" in out and "package:" in out
+    # the preview ran before the sweep, on the job's own model, and its page is in the run folder as a .html file
+    assert out.index(": preview succeeded in ") < out.index(": sweep started")
+    assert "preview of 16 augmented samples from 4 images (resnet18)" in out
+    assert f"preview:    {run / 'preview.html'}\n" in out
+    assert "Augmentation preview" in (run / "preview.html").read_text()
 
     assert RUN_FILES <= {x.name for x in run.iterdir()}
     assert yaml.safe_load((run / "job.yaml").read_text())["training_data"] == str(data)  # the job as given
@@ -122,3 +128,50 @@ def test_a_sweep_without_a_model_stops_the_pipeline_and_still_leaves_a_report(tm
     assert f"report: {run / 'report.html'}\n" in p.stdout and "no trial produced a model" in p.stdout
     page = (run / "report.html").read_text()
     assert "No trial produced a model, so there is nothing to evaluate." in page and "diverged" in page
+
+
+def test_a_killed_pipeline_run_resumes_with_the_library_engine_and_finishes(tmp_path, make_dataset):
+    import os
+    import signal
+    import time
+
+    data = make_dataset(tmp_path / "data", n_per_class=6)
+    job = _job(data)
+    job["limits"] = {"max_trials": 2, "max_concurrent_trials": 1}
+    job["search_space"] = [{"model_name": {"type": "choice", "values": ["resnet18", "mobilenetv2"]}}]
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(job))
+    run = tmp_path / "run"
+    # the default (pipeline) engine, killed as a closed terminal or an OOM kill would: once one trial is done
+    p = subprocess.Popen([sys.executable, "-m", "automl_vision", "run", str(job_file), "--output-dir", str(run),
+                          "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         start_new_session=True)
+    seen, deadline = [], time.monotonic() + 600
+    for line in p.stdout:
+        seen.append(line)
+        if line.startswith("sweep: 1/2 trial(s) done") or time.monotonic() > deadline:
+            break
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    p.stdout.close()
+    assert seen and seen[-1].startswith("sweep: 1/2 trial(s) done"), "".join(seen)
+    assert not (run / "sweep.json").exists()  # the sweep's folder is still the sweep step's own
+    inner = next((run / "pipeline").glob("*/sweep/run"))
+    # and killed while best_model/ was being replaced: it is gone
+    shutil.rmtree(inner / "best_model", ignore_errors=True)
+
+    r = cli("run", str(job_file), "--resume", str(run), "--device", "cpu")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+    assert f"resuming the sweep of the pipeline run {run}" in r.stdout
+    assert ": 1 finished trial(s) kept, " in r.stdout  # the other was running (run again) or not yet started
+    assert f"report: {run / 'report.html'}\n" in r.stdout and "best model:" in r.stdout
+    doc = json.loads((run / "sweep.json").read_text())
+    assert doc["status"] == "finished" and [t["status"] for t in doc["trials"]] == ["completed", "completed"]
+    best = doc["best_trial"]
+    assert json.loads((run / "best_model" / "trial.json").read_text())["trial_id"] == best
+    assert (run / "best_model" / "model.safetensors").is_file()
+    assert not inner.exists()  # moved up into the run folder, as a finished pipeline run's is
+    assert yaml.safe_load((run / "job.yaml").read_text())["training_data"] == str(data)  # the job as given
+    page = (run / "report.html").read_text()
+    assert 'id="leaderboard-table"' in page and "mobilenetv2" in page

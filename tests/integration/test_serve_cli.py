@@ -189,3 +189,36 @@ def test_run_ends_with_a_packaged_best_model(tmp_path, data):
     assert engine.runtime == "onnx"  # runtime auto on the CPU with model.onnx in the package
     (answer,) = engine.infer([engine.preparer(Image.new("RGB", (40, 40), "red"))])
     assert answer["labels"] == ["blue", "red"]
+
+
+def _other_weights(folder: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(folder / "model.safetensors"))
+    save_file({k: v * 0.5 if v.is_floating_point() else v for k, v in state.items()}, str(folder / "model.safetensors"))
+
+
+def _without_manifest(folder: Path) -> None:
+    (folder / "package.json").unlink()  # a trial's outputs: nothing to check the files against
+
+
+@pytest.mark.parametrize("damage, settings, message", [
+    # The weights changed after packaging: without the check, ONNX Runtime would serve the old model.
+    (_other_weights, {}, "model.safetensors has changed since the package was made"),
+    (lambda d: (d / "model.onnx").write_bytes(b"\x08\x07" + b"\xff" * 40), {},
+     "model.onnx has changed since the package was made"),
+    (lambda d: (_without_manifest(d), (d / "model.onnx").write_bytes(b"\x08\x07" + b"\xff" * 40)), {},
+     "model.onnx: ONNX Runtime cannot load it"),
+    (lambda d: (_without_manifest(d), (d / "model.safetensors").write_bytes(b"\x00" * 64)), {"runtime": "pytorch"},
+     "model.safetensors: not a readable safetensors file"),
+], ids=["changed weights", "changed onnx", "corrupt onnx", "corrupt safetensors"])
+def test_serve_refuses_a_changed_or_corrupt_package_with_exit_2(package, tmp_path, damage, settings, message):
+    import shutil
+
+    folder = Path(shutil.copytree(package, tmp_path / "pkg"))
+    damage(folder)
+    (tmp_path / "s.json").write_text(json.dumps(settings))
+    p = subprocess.run([sys.executable, "-m", "automl_vision", "serve", "--model", str(folder), "--port", "1",
+                        "--settings", str(tmp_path / "s.json")], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert message in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]

@@ -11,7 +11,7 @@ import sys
 import httpx
 import numpy as np
 import pytest
-from serve_testdata import make_package, original_request, png_bytes, running_server
+from serve_testdata import make_package, original_request, png_bytes, post_like_sample_client, running_server
 
 from automl_vision.serving.engine import load_engine
 from automl_vision.serving.package import load_package
@@ -52,12 +52,16 @@ def test_detection_server_answers_boxes_and_a_higher_threshold_returns_fewer(det
         r = httpx.post(server.url + "/v1/models/model:predict", json=original_request(*images), timeout=120)
         assert r.status_code == 200, r.text
         low = r.json()
+        # The original product's sample client: encodebytes base64, index [0, 1, 2].
+        sample = post_like_sample_client(server.url, *images, images[0])
+        assert sample.status_code == 200, sample.text
         bad = httpx.post(server.url + "/score", content=b"GIF", headers={"Content-Type": "image/gif"}, timeout=60)
         assert bad.status_code == 400 and "not an image" in bad.json()["error"]
         assert server.alive()
     assert len(low) == 2
     for entry in low:
         assert_detection_answer(entry, polygons=False)
+    assert len(sample.json()) == 3 and sample.json()[:2] == low and sample.json()[2] == low[0]
     assert all(len(e["boxes"]) > 0 for e in low)
     # The same model with a higher threshold from a settings file, through batch scoring.
     (tmp_path / "imgs").mkdir()
@@ -94,7 +98,12 @@ def test_segmentation_server_answers_polygons(tmp_path):
         r = httpx.post(server.url + "/v1/models/model:predict", json=original_request(png_bytes(80, 64)),
                        timeout=120)
         assert r.status_code == 200, r.text
+        sample = post_like_sample_client(server.url, png_bytes(80, 64), png_bytes(64, 48, seed=3), png_bytes(80, 64))
+        assert sample.status_code == 200, sample.text
     (entry,) = r.json()
+    assert len(sample.json()) == 3 and sample.json()[0] == entry and sample.json()[2] == entry
+    for other in sample.json():
+        assert_detection_answer(other, polygons=True)
     assert_detection_answer(entry, polygons=True)
     assert entry["boxes"] and any(det["polygon"] for det in entry["boxes"])
     assert all(sum(len(ring) for ring in det["polygon"]) // 2 <= 12 for det in entry["boxes"])

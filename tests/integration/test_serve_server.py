@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import io
 import json
+import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from serve_testdata import b64, jpeg_bytes, make_package, original_request, png_bytes, running_server
+from serve_testdata import (b64, jpeg_bytes, make_package, original_request, png_bytes, post_like_sample_client,
+                            running_server, sample_client_body)
 
 from automl_vision.spec.tasks import ImageTask
 
@@ -19,6 +22,8 @@ pytestmark = pytest.mark.slow
 
 LABELS = ["blue", "red"]
 PIXEL_LIMIT = 10_000
+BODY_LIMIT = 300_000
+BODY_SECONDS = 2.0
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +31,8 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     package = make_package(root, ImageTask.IMAGE_CLASSIFICATION, "resnet18", onnx=True)
     env = {"AUTOML_VISION_SETTINGS": json.dumps({"max_image_pixels": PIXEL_LIMIT, "max_batch_size": 8,
-                                                 "max_batch_latency_ms": 20, "runtime": "onnx"})}
+                                                 "max_batch_latency_ms": 20, "runtime": "onnx",
+                                                 "max_request_bytes": BODY_LIMIT, "request_timeout_s": BODY_SECONDS})}
     with running_server(package, root, env=env) as s:
         yield s
         assert s.alive(), s.log.read_text()[-2000:]
@@ -95,6 +101,12 @@ def _truncated() -> bytes:
     return png_bytes(seed=6)[:150]
 
 
+def _solid_png(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 BAD = [
     ("/v1/models/model:predict", "image/png", b"this is not an image", "request body: not an image"),
     ("/v1/models/model:predict", "image/png", _truncated(), "request body: the png image is truncated"),
@@ -103,7 +115,19 @@ BAD = [
     ("/v1/models/model:predict", "application/json", json.dumps({"image": "abc"}).encode(),
      "expected {\"input_data\": {\"columns\": [\"image\"], \"data\": [\"<base64 image>\", ...]}}"),
     ("/score", "application/json", json.dumps(original_request()).encode(), "empty batch"),
-    ("/v1/models/model:predict", "application/json", b'{"input_data": ', "Unrecognized request format"),
+    ("/v1/models/model:predict", "application/json", b'{"input_data": ', "the body is not valid JSON"),
+    ("/v1/models/model:predict", "application/json", b"[" * 100_000 + b"]" * 100_000,
+     "the JSON body is nested too deeply (more than 1024 levels)"),
+    ("/score", "application/json", b'{"input_data": {"columns": ["image"], "data": [' + b"[" * 5000 + b"]" * 5000
+     + b"]}}", "the JSON body is nested too deeply (more than 1024 levels)"),
+    ("/score", "image/png", _solid_png(400, 20),
+     f"request body: 400x20 becomes 640x32 = 20,480 pixels when its shorter side is resized to 32 "
+     f"(valid_resize_size), over the limit of {PIXEL_LIMIT:,} (max_image_pixels)"),
+    ("/v1/models/model:predict", "application/json", sample_client_body(_solid_png(5000, 1)).encode(),
+     "input_data.data[0]: 5000x1 has an aspect ratio of 5,000:1, over the limit of 20:1 (max_aspect_ratio)"),
+    ("/v1/models/model:predict", "application/json",
+     json.dumps({"input_data": {"columns": ["image"], "index": [0, 1], "data": [b64(png_bytes())]}}).encode(),
+     "input_data.index must be a list with one entry per row of input_data.data (1), got 2 entries"),
     ("/v1/models/model:predict", "application/json",
      json.dumps({"input_data": {"columns": ["image"], "data": [b64(png_bytes()), "%%%"]}}).encode(),
      "input_data.data[1]: not valid base64"),
@@ -142,3 +166,111 @@ def test_concurrent_requests_are_answered_like_single_ones(server):
         assert status == 200
         assert np.allclose(answer[0]["probs"], single[i % 6], atol=1e-5)
         assert np.allclose(answer[1]["probs"], single[(i + 1) % 6], atol=1e-5)
+
+
+def test_the_original_products_sample_clients_work_unchanged(server):
+    """Bodies built as its published samples build them: base64.encodebytes (line breaks), an index."""
+    images = [png_bytes(seed=20), jpeg_bytes(seed=21), png_bytes(60, 30, seed=22)]
+    expected = predict(server, original_request(*images)).json()
+    for path in ("/score", "/v1/models/model:predict"):
+        one = post_like_sample_client(server.url, images[0], path=path)
+        assert one.status_code == 200, one.text
+        three = post_like_sample_client(server.url, *images, path=path)
+        assert three.status_code == 200, three.text
+        assert len(one.json()) == 1 and len(three.json()) == 3
+        for got, want in zip(one.json() + three.json(), expected[:1] + expected):
+            assert_classification_answer(got)
+            assert np.allclose(got["probs"], want["probs"], atol=1e-5)
+
+
+def test_raw_image_bytes_are_scored(server):
+    """As the original's v1 clients send them (application/octet-stream), with no content type, or image/*."""
+    image = png_bytes(seed=23)
+    expected = predict(server, original_request(image)).json()[0]["probs"]
+    for path in ("/v1/models/model:predict", "/score"):
+        for headers in ({"Content-Type": "application/octet-stream"}, {}, {"Content-Type": "image/png"}):
+            r = httpx.post(server.url + path, content=image, headers=headers, timeout=60)
+            assert r.status_code == 200, (path, headers, r.text)
+            (entry,) = r.json()
+            assert_classification_answer(entry)
+            assert np.allclose(entry["probs"], expected, atol=1e-5)
+
+
+def test_a_body_over_the_size_limit_gets_a_413(server):
+    big = b"x" * (BODY_LIMIT + 1)
+    r = httpx.post(server.url + "/score", content=big, headers={"Content-Type": "image/png"}, timeout=60)
+    assert r.status_code == 413
+    assert r.json()["error"] == (f"the request body has {BODY_LIMIT + 1:,} bytes, over the limit of {BODY_LIMIT:,} "
+                                 "(max_request_bytes)")
+
+    def chunks():  # no Content-Length: the limit holds as the body streams in
+        for _ in range(4):
+            yield b"x" * (BODY_LIMIT // 3)
+
+    r = httpx.post(server.url + "/v2/models/model/infer", content=chunks(), timeout=60)
+    assert r.status_code == 413 and "over the limit of" in r.json()["error"]
+    assert predict(server, original_request(png_bytes())).status_code == 200
+
+
+def test_a_client_sending_its_body_slowly_is_cut_off(server):
+    port = int(server.url.rsplit(":", 1)[1])
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n")
+        answer = b""
+        sock.settimeout(0.25)
+        while time.monotonic() - t0 < BODY_SECONDS + 5:  # one byte every quarter second
+            try:
+                sock.sendall(b"x")
+            except OSError:
+                break  # the server closed the connection
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                continue
+            if not chunk:
+                break
+            answer += chunk
+        elapsed = time.monotonic() - t0
+        sock.settimeout(2)
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except OSError:
+            pass
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"the request body was not complete after 2 s" in answer
+    assert BODY_SECONDS <= elapsed < BODY_SECONDS + 3
+    assert predict(server, original_request(png_bytes())).status_code == 200
+
+
+def test_a_refused_request_is_one_log_line(server):
+    bad = [("/score", b"%%%"), ("/v1/models/model:predict", b'{"input_data": 1}'),
+           ("/v2/models/model/infer", json.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32",
+                                                              "data": [1.0]}]}).encode())]
+    for _ in range(2):  # repeated: a warning issued once would hide on the second round
+        for path, body in bad:
+            r = predict(server, content=body, headers={"Content-Type": "application/json"}, path=path)
+            assert r.status_code == 400, r.text
+        assert predict(server, original_request(png_bytes())).status_code == 200
+    time.sleep(0.5)
+    log = server.log.read_text()
+    assert "Traceback" not in log and "Warning" not in log, log[-3000:]
+    assert log.count("POST /score -> 400: the body is not valid JSON") >= 2
+    assert log.count("POST /v1/models/model:predict -> 400: input_data must be an object") >= 2
+    assert log.count("refused: InvalidInput: input 'x' has datatype FP32") >= 2
+
+
+def test_a_multilabel_model_answers_the_sample_client(tmp_path):
+    package = make_package(tmp_path, ImageTask.IMAGE_CLASSIFICATION_MULTILABEL, "mobilenetv2")
+    images = [png_bytes(seed=30), jpeg_bytes(seed=31), png_bytes(30, 60, seed=32)]
+    with running_server(package, tmp_path) as s:
+        r = post_like_sample_client(s.url, *images)
+        assert r.status_code == 200, r.text
+        single = post_like_sample_client(s.url, images[1], path="/v1/models/model:predict")
+    answer = r.json()
+    assert len(answer) == 3
+    for entry in answer:  # multi-label: one independent probability per label, not summing to 1
+        assert set(entry) == {"probs", "labels"} and entry["labels"] == LABELS
+        assert len(entry["probs"]) == 2 and all(0 <= p <= 1 for p in entry["probs"])
+    assert np.allclose(single.json()[0]["probs"], answer[1]["probs"], atol=1e-5)

@@ -1,5 +1,5 @@
 """Every classification model builds, trains one step and freezes its layer groups; pretrained
-weights come from the caches, a folder or an s3:// prefix, never from the network."""
+weights come from a folder or an s3:// prefix (fetching from the sources: tests/integration/test_weights_fetch.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from automl_vision.models.classification import CLASSIFIERS, FIXED_SIZE, classif
 from automl_vision.models.registry import build_model, freeze_layers, layer_group_prefixes
 from automl_vision.models.weights import WeightsSource, locate, s3_endpoint_from_env
 from automl_vision.spec.tasks import CLASSIFICATION_MODELS, LAYER_GROUPS, ImageTask
+from weights_testdata import publish_torchvision, torch_bytes
 
 MC = ImageTask.IMAGE_CLASSIFICATION
 ML = ImageTask.IMAGE_CLASSIFICATION_MULTILABEL
@@ -69,14 +70,17 @@ def test_weights_files():
     assert set(CLASSIFIERS) == set(CLASSIFICATION_MODELS)
 
 
-def _seed_torchvision(folder, name="resnet18"):
+def _seed_torchvision(folder, monkeypatch, name="resnet18"):
+    """A random state dict published under a name carrying its own hash, as torchvision names its files."""
     import torchvision
 
-    path = folder / weights_file(name).relpath
-    path.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(1)
     source = getattr(torchvision.models, CLASSIFIERS[name][1])(weights=None)
-    torch.save(source.state_dict(), path)
+    data = torch_bytes(source.state_dict())
+    member = getattr(torchvision.models, CLASSIFIERS[name][2]).DEFAULT
+    path = folder / publish_torchvision(monkeypatch, member, data, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
     return source, path
 
 
@@ -92,8 +96,8 @@ def _seed_timm(folder, name):
     return source, path
 
 
-def test_torchvision_weights_from_folder(tmp_path):
-    source, _ = _seed_torchvision(tmp_path)
+def test_torchvision_weights_from_folder(tmp_path, monkeypatch):
+    source, _ = _seed_torchvision(tmp_path, monkeypatch)
     model = build_model("resnet18", MC, 4, pretrained=True, weights=WeightsSource(str(tmp_path)))
     assert torch.equal(model.conv1.weight, source.conv1.weight)
     assert torch.equal(model.layer4[1].bn2.running_var, source.layer4[1].bn2.running_var)
@@ -118,10 +122,11 @@ def test_vit_pretrained_at_another_size(tmp_path):
 
 @pytest.mark.parametrize("name, fragments", [
     ("resnet50", ["pretrained weights for resnet50 not found: expected {dir}/resnet50-11ad3fa6.pth",
+                  "automl-vision weights fetch --models resnet50 --to DIR_OR_S3",
                   "download https://download.pytorch.org/models/resnet50-11ad3fa6.pth to that path",
                   "or train from scratch with pretrained: 0"]),
     ("vitb16r224", ["pretrained weights for vitb16r224 not found: expected {dir}/timm/vit_base_patch16_224.",
-                    "/model.safetensors", "huggingface-cli download timm/vit_base_patch16_224.",
+                    "/model.safetensors", "automl-vision weights fetch --models vitb16r224",
                     "or train from scratch with pretrained: 0"]),
 ])
 def test_missing_weights_in_folder(tmp_path, name, fragments):
@@ -132,13 +137,23 @@ def test_missing_weights_in_folder(tmp_path, name, fragments):
     assert list(tmp_path.iterdir()) == []  # nothing downloaded
 
 
-def test_missing_timm_weights_in_hf_cache(tmp_path, monkeypatch):
+def test_torchvision_file_in_a_folder_must_match_the_hash_in_its_name(tmp_path):
+    path = tmp_path / weights_file("resnet18").relpath
+    torch.save({"w": torch.zeros(2)}, path)
+    with pytest.raises(ConfigError, match="fails verification .*does not start with f37072fd"):
+        build_model("resnet18", MC, 2, pretrained=True, weights=WeightsSource(str(tmp_path)))
+
+
+def test_missing_timm_weights_in_hf_cache_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("AUTOML_VISION_OFFLINE", "1")
     with pytest.raises(ConfigError) as info:
         build_model("resnest50", MC, 2, pretrained=True)
     message = str(info.value)
-    assert "expected model.safetensors of the Hugging Face repository 'timm/resnest50d.in1k'" in message
-    assert f"in the cache {tmp_path}" in message and "pretrained: 0" in message
+    assert f"expected {tmp_path}/models--timm--resnest50d.in1k/snapshots/<commit>/model.safetensors" in message
+    assert "offline: AUTOML_VISION_OFFLINE is set" in message and "pretrained: 0" in message
+    assert "huggingface-cli download timm/resnest50d.in1k model.safetensors" in message
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("env, expected", [
@@ -178,9 +193,9 @@ def s3(monkeypatch):
         server.stop()
 
 
-def test_weights_from_s3(tmp_path, s3):
+def test_weights_from_s3(tmp_path, s3, monkeypatch):
     client, endpoint = s3
-    source, path = _seed_torchvision(tmp_path / "seed")
+    source, path = _seed_torchvision(tmp_path / "seed", monkeypatch)
     client.fput_object("models", f"zoo/v1/{path.name}", str(path))
     cache = tmp_path / "cache"
     where = WeightsSource("s3://models/zoo/v1", endpoint, str(cache))
@@ -198,6 +213,7 @@ def test_missing_weights_in_s3(tmp_path, s3):
         build_model("mobilenetv2", MC, 2, pretrained=True, weights=where)
     message = str(info.value)
     assert "pretrained weights for mobilenetv2 not found: expected s3://models/zoo/mobilenet_v2-7ebf99e0.pth" in message
+    assert "automl-vision weights fetch --models mobilenetv2" in message
     assert "aws s3 cp mobilenet_v2-7ebf99e0.pth s3://models/zoo/mobilenet_v2-7ebf99e0.pth" in message
     assert list(tmp_path.iterdir()) == []
 

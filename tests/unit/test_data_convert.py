@@ -188,8 +188,8 @@ COCO_ERRORS = [
     ("no-segmentation", {}, IS, "annotations[0] (id 1): no segmentation; image_instance_segmentation needs one"),
     ("duplicate-image-id", {"images": [{"id": 1, "file_name": "a.jpg", "width": 20, "height": 10}] * 2}, OD,
      "images[1]: id 1 is used twice"),
-    ("no-size-no-image", {"images": [{"id": 1, "file_name": "gone.jpg"}]}, OD,
-     "images[0] (gone.jpg): width/height missing and the image cannot be read"),
+    ("no-image", {"images": [{"id": 1, "file_name": "gone.jpg"}]}, OD,
+     "images[0] (gone.jpg): image not found; looked in "),
     ("category-name-twice", {"categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "cat"}]}, OD,
      "categories[1]: name 'cat' is used by ids 1 and 2"),
 ]
@@ -287,7 +287,8 @@ VOC_ERRORS = [
     ("no-name", "<annotation><filename>001.jpg</filename><size><width>10</width><height>10</height></size>"
                 "<object><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>2</xmax><ymax>2</ymax></bndbox></object></annotation>",
      "object 1 has no <name>"),
-    ("no-image", _voc_xml("002.jpg", 10, 10, []), "no image named 002.jpg in"),
+    ("no-image", _voc_xml("002.jpg", 10, 10, []), "image not found: tried <filename> '002.jpg', 002.* (any image "
+                                                    "extension) in "),
     ("inverted-box", _voc_xml("001.jpg", 10, 10, [("car", 0, 6, 1, 2, 9)]),
      "object 1 (car): <bndbox> xmin 6, ymin 1, xmax 2, ymax 9: xmax must be >= xmin and ymax >= ymin"),
 ]

@@ -18,6 +18,7 @@ from automl_vision.models.registry import freeze_layers, get_entry, registered_m
 from automl_vision.spec import hyperparameters as hps
 from automl_vision.spec.tasks import DETECTION_MODELS, SEGMENTATION_MODELS, ImageTask
 from automl_vision.training.detection import crop_around_boxes, hflip, train_step, zoom_out
+from weights_testdata import publish_torchvision, torch_bytes
 
 OD = ImageTask.IMAGE_OBJECT_DETECTION
 IS = ImageTask.IMAGE_INSTANCE_SEGMENTATION
@@ -128,6 +129,7 @@ def test_freezing_fpn_layer_groups():
 ])
 def test_missing_pretrained_weights_name_the_file(name, task, expected, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("AUTOML_VISION_OFFLINE", "1")  # never the real download site from a test
     with pytest.raises(ConfigError) as info:
         get_entry(name, task).builder(2, pretrained=True)
     message = str(info.value)
@@ -143,7 +145,8 @@ def test_pretrained_backbone_loaded_from_local_file(tmp_path, monkeypatch):
     folder.mkdir(parents=True)
     torch.manual_seed(3)
     source = torchvision.models.resnet18(weights=None)
-    torch.save(source.state_dict(), folder / os.path.basename(torchvision.models.ResNet18_Weights.DEFAULT.url))
+    data = torch_bytes(source.state_dict())  # named after its own hash, as torchvision names its files
+    (folder / publish_torchvision(monkeypatch, torchvision.models.ResNet18_Weights.DEFAULT, data, "r18")).write_bytes(data)
     model = get_entry("fasterrcnn_resnet18_fpn", OD).builder(2, pretrained=True)
     assert torch.equal(model.backbone.body.layer3[0].conv1.weight, source.layer3[0].conv1.weight)
     assert isinstance(model.backbone.body.bn1, torchvision.ops.misc.FrozenBatchNorm2d)
@@ -158,7 +161,8 @@ def test_pretrained_coco_checkpoint_loaded_except_class_heads(tmp_path, monkeypa
     torch.manual_seed(4)
     coco = torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)
     weights = torchvision.models.detection.FasterRCNN_ResNet50_FPN_Weights.DEFAULT
-    torch.save(coco.state_dict(), folder / os.path.basename(weights.url))
+    data = torch_bytes(coco.state_dict())
+    (folder / publish_torchvision(monkeypatch, weights, data, "frcnn")).write_bytes(data)
     model = get_entry("fasterrcnn_resnet50_fpn", OD).builder(4, pretrained=True)
     assert torch.equal(model.roi_heads.box_head.fc6.weight, coco.roi_heads.box_head.fc6.weight)
     assert torch.equal(model.rpn.head.conv[0][0].weight, coco.rpn.head.conv[0][0].weight)

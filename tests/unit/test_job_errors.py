@@ -303,3 +303,22 @@ def test_absolute_paths_and_uris_are_kept(tmp_path: Path, location):
 
 def test_parse_job_without_base_dir_keeps_relative_paths():
     assert parse_job({**CLS, "training_data": "data/train.jsonl"}).training_data == "data/train.jsonl"
+
+
+def test_the_originals_mltable_input_mapping_is_read_as_its_path(tmp_path: Path):
+    """The original's job files give data as `{path: ..., type: mltable}`; the path is what is read."""
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text("task: image_classification\n"
+                        "training_data: {path: ./data/training-mltable-folder, type: mltable}\n"
+                        "validation_data: {path: 'azureml://datastores/ds/paths/val-mltable', type: mltable}\n")
+    job = load_job(job_file)
+    assert job.training_data == str(tmp_path / "data" / "training-mltable-folder")
+    assert job.validation_data == "azureml://datastores/ds/paths/val-mltable"
+
+
+@pytest.mark.parametrize("value", [{"path": "train.jsonl", "type": "uri_file"}, {"type": "mltable"},
+                                   {"path": "x", "type": "mltable", "description": "?"}])
+def test_other_input_mappings_are_refused(value):
+    with pytest.raises(ConfigError) as e:
+        parse_job({"task": "image_classification", "training_data": value})
+    assert "training_data: " in str(e.value) and "{path: <MLTable folder>, type: mltable}" in str(e.value)

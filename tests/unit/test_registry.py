@@ -13,6 +13,7 @@ from automl_vision.errors import ConfigError
 from automl_vision.models.registry import (build_model, freeze_layers, get_entry, layer_group_prefixes,
                                            register_model, registered_models)
 from automl_vision.spec.tasks import CLASSIFICATION_MODELS, CLASSIFICATION_TASKS, ImageTask
+from weights_testdata import publish_torchvision, torch_bytes
 
 MC = ImageTask.IMAGE_CLASSIFICATION
 ML = ImageTask.IMAGE_CLASSIFICATION_MULTILABEL
@@ -129,6 +130,7 @@ def test_layer_group_prefixes():
 
 def test_pretrained_missing_weights_names_file(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("AUTOML_VISION_OFFLINE", "1")  # never the real download site from a test
     expected = tmp_path / "hub" / "checkpoints" / os.path.basename(torchvision.models.ResNet18_Weights.DEFAULT.url)
     with pytest.raises(ConfigError) as info:
         build_model("resnet18", MC, 2, pretrained=True)
@@ -142,11 +144,12 @@ def test_pretrained_missing_weights_names_file(tmp_path, monkeypatch):
 
 def test_pretrained_loads_local_weights(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    name = os.path.basename(torchvision.models.ResNet18_Weights.DEFAULT.url)
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
     torch.manual_seed(1)
     source = torchvision.models.resnet18(weights=None)
-    torch.save(source.state_dict(), tmp_path / "hub" / "checkpoints" / name)
+    data = torch_bytes(source.state_dict())  # named after its own hash, as torchvision names its files
+    name = publish_torchvision(monkeypatch, torchvision.models.ResNet18_Weights.DEFAULT, data, "resnet18")
+    (tmp_path / "hub" / "checkpoints" / name).write_bytes(data)
     model = build_model("resnet18", MC, 4, pretrained=True)
     assert torch.equal(model.conv1.weight, source.conv1.weight)
     assert model.fc.out_features == 4

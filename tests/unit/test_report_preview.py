@@ -194,3 +194,86 @@ def test_background_is_what_the_synthetic_data_says(tmp_path):
     px = _pixels(data.parent / "images" / "box_00.png")
     assert _is(px[BOX[1]:BOX[3], BOX[0]:BOX[2]], (255, 255, 255), tol=0).all()
     assert _is(px, BACKGROUND, tol=0).sum() == px.shape[0] * px.shape[1] - (BOX[2] - BOX[0]) * (BOX[3] - BOX[1])
+
+
+# --- a job's preview: its own models, one per model family ----------------------------------------
+
+FRCNN = {"model_name": {"type": "choice", "values": ["fasterrcnn_resnet18_fpn", "fasterrcnn_resnet34_fpn"]},
+         "learning_rate": {"type": "uniform", "min_value": 0.001, "max_value": 0.01}}
+
+
+def test_a_detection_jobs_preview_shows_its_rcnn_with_the_jobs_min_and_max_size(tmp_path):
+    # the job trains only Faster R-CNN models: its R-CNN settings must not be checked against yolov5
+    data = make_box_dataset(tmp_path / "d", n=2)
+    result = write_preview(data, "image_object_detection", tmp_path / "out", count=4, draws=2,
+                           hyperparameters={"min_size": 64, "max_size": 96}, search_space=[FRCNN])
+    assert result.models == ("fasterrcnn_resnet18_fpn",)  # one per family: the 34 trains through the same transform
+    meta = json.loads(result.json.read_text())
+    assert meta["models"] == ["fasterrcnn_resnet18_fpn"]
+    assert {r["model_name"] for r in meta["rows"]} == {"fasterrcnn_resnet18_fpn"}
+    assert "min_size=64 (long side at most max_size=96)" in meta["transform"]
+    assert "fasterrcnn_resnet18_fpn" in result.html.read_text()
+
+
+def test_a_jobs_preview_has_a_section_per_model_family_with_the_values_its_entry_fixes(tmp_path):
+    data = make_box_dataset(tmp_path / "d", n=2)
+    space = [{**FRCNN, "min_size": {"type": "choice", "values": [72]}},
+             {"model_name": {"type": "choice", "values": ["retinanet_resnet50_fpn"]}},  # same family as R-CNN
+             {"model_name": {"type": "choice", "values": ["yolov5"]}, "img_size": {"type": "choice", "values": [96]}}]
+    result = write_preview(data, "image_object_detection", tmp_path / "out", count=2, draws=2, search_space=space)
+    assert result.models == ("fasterrcnn_resnet18_fpn", "yolov5") and result.samples == 4
+    meta = json.loads(result.json.read_text())
+    assert [r["model_name"] for r in meta["rows"]] == ["fasterrcnn_resnet18_fpn", "yolov5"]
+    assert "min_size=72" in meta["transforms"]["fasterrcnn_resnet18_fpn"]
+    assert "img_size=96" in meta["transforms"]["yolov5"]
+    page = result.html.read_text()
+    assert 'id="preview-grid"' in page and 'id="preview-grid-1"' in page
+    assert page.count("<h3>The train-time transform</h3>") == 2
+
+
+def test_a_tiling_jobs_preview_draws_the_tiles_the_trainer_trains_on(tmp_path):
+    data = make_box_dataset(tmp_path / "d", n=1)
+    common = dict(count=3, draws=3)
+    plain = preview_rows(data, "image_object_detection", model_name="fasterrcnn_resnet18_fpn", **common)
+    tiled = preview_rows(data, "image_object_detection", model_name="fasterrcnn_resnet18_fpn",
+                         hyperparameters={"tile_grid_size": "2x1"}, **common)
+    (_, plain_whole, *plain_rest), = plain[1]
+    (_, tiled_whole, *tiled_rest), = tiled[1]
+    assert tiled_whole.image.tobytes() == plain_whole.image.tobytes()  # draw 1: the whole image, same draw
+    # draws 2 and 3: the image's two tiles, narrower than the whole image before augmentation
+    assert all(a.image.tobytes() != b.image.tobytes() for a, b in zip(plain_rest, tiled_rest))
+    assert "tile_grid_size=2x1" in tiled[3].description and "3 training samples" in tiled[3].description
+    result = write_preview(data, "image_object_detection", tmp_path / "out", count=3, draws=3,
+                           search_space=[{"model_name": "fasterrcnn_resnet18_fpn", "tile_grid_size": "2x1"}])
+    assert "tile_grid_size=2x1" in json.loads(result.json.read_text())["transform"]
+
+
+def test_an_instance_segmentation_jobs_preview(tmp_path):
+    data = make_box_dataset(tmp_path / "d", n=2, segmentation=True)
+    result = write_preview(data, "image_instance_segmentation", tmp_path / "out", count=2, draws=2,
+                           hyperparameters={"min_size": 64, "max_size": 96}, search_space=[])
+    assert result.models == ("maskrcnn_resnet50_fpn",)  # no search space: the task's default model
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"search_space": [{"model_name": {"type": "choice", "values": ["yolov5"]}}],
+      "hyperparameters": {"min_size": 600}}, "min_size does not apply to model yolov5"),
+    ({"search_space": [FRCNN], "model_name": "yolov5"}, "give model_name or search_space, not both"),
+])
+def test_a_jobs_preview_refuses_what_the_job_would(tmp_path, kwargs, message):
+    data = make_box_dataset(tmp_path / "d", n=1)
+    with pytest.raises(ConfigError, match=message):
+        write_preview(data, "image_object_detection", tmp_path / "out", **kwargs)
+
+
+def test_the_preview_step_shows_the_jobs_models(tmp_path):
+    from kfp.dsl import HTML
+
+    from automl_vision.pipeline.components import preview
+
+    data = make_box_dataset(tmp_path / "d", n=2)
+    page = HTML(uri=str(tmp_path / "preview"))
+    preview.python_func(task="image_object_detection", training_data=str(data), preview=page, count=2,
+                        training_parameters={"min_size": 64, "max_size": 96}, search_space=[FRCNN])
+    text = (tmp_path / "preview").read_text()
+    assert "fasterrcnn_resnet18_fpn" in text and "min_size=64" in text and "yolov5" not in text

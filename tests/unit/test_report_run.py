@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import re
@@ -168,3 +169,16 @@ def test_data_summary_reads_jsonl_and_ingested_datasets_alike(tmp_path):
     from_manifest = summarize_data(tmp_path / "ingested", ImageTask.IMAGE_OBJECT_DETECTION)
     for s in (from_jsonl, from_manifest):
         assert (s.images, s.objects, dict(s.class_counts), sorted(set(s.sizes))) == (5, 5, {"square": 5}, [(96, 72)])
+
+
+def test_summary_states_the_best_models_licences(run_folder):
+    """The licences of the best model's code and of its starting weights (the model catalogue), as the
+    package README states them."""
+    from automl_vision.models.catalogue import licence_text
+
+    run = load_run(run_folder)
+    summary = _sections((run_folder / "report.html").read_text())["summary"]
+    assert "best model&#x27;s licences" in summary or "best model's licences" in summary
+    text = licence_text(run.best.model_name, run.best.hyperparameters)
+    assert text.startswith("Model code: ") and "licence" in text
+    assert html.escape(text) in summary

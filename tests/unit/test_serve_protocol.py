@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
-from serve_testdata import b64, png_bytes
+from serve_testdata import b64, png_bytes, sample_client_body
 
 from automl_vision.serving import protocol
 from automl_vision.serving.images import InvalidImage
@@ -66,3 +67,47 @@ def test_refused_json_shapes(body, message):
 def test_refused_bodies(body, ctype, message):
     with pytest.raises(BadRequest, match=message):
         parse_bytes_request(body, ctype)
+
+
+def test_the_original_sample_clients_body_is_read():
+    """Built as the original's published samples build it: encodebytes (line breaks) and an index."""
+    images = [png_bytes(8, 8, seed=i) for i in range(3)]
+    parsed = parse_bytes_request(sample_client_body(*images).encode(), "application/json")
+    assert parsed.form == protocol.ORIGINAL and parsed.images == images
+    assert parsed.where == ["input_data.data[0]", "input_data.data[1]", "input_data.data[2]"]
+    rows = {"input_data": {"columns": ["image"], "index": [0], "data": [{"image": b64(IMG)}]}}
+    assert parse_json_request(rows).images == [IMG]
+
+
+def test_octet_stream_or_no_content_type_is_json_when_it_starts_like_json_else_an_image():
+    body = sample_client_body(IMG).encode()
+    assert parse_bytes_request(body, None).form == protocol.ORIGINAL
+    assert parse_bytes_request(body, "application/octet-stream").form == protocol.ORIGINAL
+    for ctype in (None, "", "application/octet-stream", "image/jpeg"):
+        parsed = parse_bytes_request(IMG, ctype)
+        assert parsed.form == protocol.RAW and parsed.images == [IMG]
+
+
+@pytest.mark.parametrize("body, message", [
+    (b"[" * 100_000 + b"]" * 100_000, "the JSON body is nested too deeply (more than 1024 levels)"),
+    (b'{"input_data": {"columns": ["image"], "data": [' + b"[" * 5000 + b"]" * 5000 + b"]}}",
+     "the JSON body is nested too deeply"),
+    (b'{"input_data": ', "the body is not valid JSON (unexpected end of data at line 1 column 16)"),
+])
+def test_bodies_that_are_not_json_we_can_read(body, message):
+    with pytest.raises(BadRequest, match=re.escape(message)):
+        parse_bytes_request(body, "application/json")
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"input_data": {"columns": ["image"], "index": [0, 1], "data": [b64(IMG)]}},
+     "input_data.index must be a list with one entry per row of input_data.data (1), got 2 entries"),
+    ({"input_data": {"columns": ["image"], "index": 0, "data": [b64(IMG)]}},
+     "input_data.index must be a list with one entry per row of input_data.data (1), got a JSON number"),
+    ({"input_data": {"columns": ["image"], "data": [{"picture": b64(IMG)}]}},
+     'input_data.data[0]: a row object needs the key "image"; its keys: picture'),
+])
+def test_refused_original_shapes(body, message):
+    with pytest.raises(BadRequest) as e:
+        parse_json_request(body)
+    assert message in str(e.value)

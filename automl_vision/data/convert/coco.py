@@ -56,17 +56,42 @@ def decode_rle(segmentation: dict[str, Any], height: int, width: int) -> np.ndar
     return mask_utils.decode(rle).astype(bool)
 
 
+def image_folders(path: Path, images_dir: Path | None) -> list[Path]:
+    """Where ``file_name`` values may be relative to: ``--images-dir`` when given (and its parent, for
+    ``file_name``s that start with the folder's own name, as ``train2017/x.jpg`` under ``.../train2017``);
+    else the COCO file's folder, its parent, and the parent's ``<split>/``, ``images/<split>/`` and
+    ``images/``, ``<split>`` taken from the file name as COCO names it (``instances_train2017.json``)."""
+    if images_dir is not None:
+        return [images_dir, images_dir.parent]
+    parent = path.parent.parent
+    split = path.stem.split("_", 1)[1] if "_" in path.stem else path.stem
+    folders = [path.parent, parent, parent / split, parent / "images" / split, parent / "images"]
+    return list(dict.fromkeys(folders))
+
+
+def _locate(folders: list[Path], file_name: str, images_dir: Path | None) -> Path | None:
+    for i, folder in enumerate(folders):
+        if images_dir is not None and i == 1 and Path(file_name).parts[:1] != (images_dir.name,):
+            continue  # the parent of --images-dir only for a file_name that starts with its name
+        if (folder / file_name).is_file():
+            return folder / file_name
+    return None
+
+
 def coco_to_jsonl(source: str | os.PathLike, out_dir: str | os.PathLike, *,
                   task: ImageTask = ImageTask.IMAGE_OBJECT_DETECTION,
                   images_dir: str | os.PathLike | None = None) -> Conversion:
-    """JSONL lines for a COCO annotation file; image ``file_name``s are relative to ``images_dir``
-    (default: the COCO file's folder). Images without annotations become lines with no objects."""
+    """JSONL lines for a COCO annotation file; image ``file_name``s (sub-folders kept) are found as
+    ``image_folders`` says. Images without annotations become lines with no objects."""
     if task.is_classification:
         raise DataError(f"COCO files hold detection or segmentation labels, not {task.value}")
     path = Path(source)
     data = _load(path)
     src = str(path)
-    images_dir = Path(images_dir) if images_dir is not None else path.parent
+    images_dir = Path(images_dir) if images_dir is not None else None
+    if images_dir is not None and not images_dir.is_dir():
+        raise DataError(f"--images-dir {images_dir}: not a folder")
+    folders = image_folders(path, images_dir)
     out_dir = Path(out_dir)
     conv = Conversion()
     segmentation = task is ImageTask.IMAGE_INSTANCE_SEGMENTATION
@@ -91,15 +116,22 @@ def coco_to_jsonl(source: str | os.PathLike, out_dir: str | os.PathLike, *,
         if im["id"] in images:
             conv.problems.append(f"{src}: images[{i}]: id {im['id']} is used twice")
             continue
+        file = _locate(folders, im["file_name"], images_dir)
+        if file is None:
+            looked = ", ".join(str(f) for f in folders)
+            conv.problems.append(f"{src}: images[{i}] ({im['file_name']}): image not found; looked in {looked}"
+                                 + ("" if images_dir is not None else "; pass --images-dir with the folder "
+                                    "file_name is relative to"))
+            continue
         width, height = im.get("width"), im.get("height")
         if not (_is_number(width) and _is_number(height) and width > 0 and height > 0):
-            size = image_size(images_dir / im["file_name"])
+            size = image_size(file)
             if size is None:
                 conv.problems.append(f"{src}: images[{i}] ({im['file_name']}): width/height missing and the image "
-                                     f"cannot be read at {images_dir / im['file_name']}")
+                                     f"cannot be read at {file}")
                 continue
             width, height = size
-        images[im["id"]] = {"file_name": im["file_name"], "width": int(width), "height": int(height)}
+        images[im["id"]] = {"file_name": im["file_name"], "file": file, "width": int(width), "height": int(height)}
         order.append(im["id"])
     if not isinstance(data.get("annotations", []), list):
         raise DataError(f"{src}: annotations must be a list")
@@ -161,7 +193,7 @@ def coco_to_jsonl(source: str | os.PathLike, out_dir: str | os.PathLike, *,
 
     for image_id in order:
         im = images[image_id]
-        file = images_dir / im["file_name"]  # subfolders in file_name are kept
+        file = im["file"]  # subfolders in file_name are kept
         conv.lines.append({"image_url": image_url(file, out_dir),
                            "image_details": details(file, im["width"], im["height"]),
                            "label": objects.get(image_id, [])})

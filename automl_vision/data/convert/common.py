@@ -72,9 +72,11 @@ def image_size(path: Path) -> tuple[int, int] | None:
     """Width and height from the image header, or None if it cannot be read."""
     from PIL import Image
 
+    from automl_vision.data.images import displayed_size
+
     try:
         with Image.open(path) as im:
-            return im.size
+            return displayed_size(im)  # the image as displayed: what image_details and the boxes describe
     except (OSError, ValueError):
         return None
 

@@ -1,5 +1,10 @@
-"""Pascal VOC -> JSONL: ``Annotations/**/*.xml`` with images in ``JPEGImages/`` (same sub-folders) and,
-optionally, instance masks in ``SegmentationObject/<name>.png`` (pixel value k = the k-th object).
+"""Pascal VOC -> JSONL, for the layouts VOC-style datasets are published in.
+
+The XML files are in ``Annotations/`` (or ``annotations/``) or, when the dataset has no such folder,
+anywhere under the source folder (images beside their XML, as Roboflow and LabelImg write them). Each
+XML's image is found the way the XML says: ``<filename>``, then ``<path>``, then the XML's own name,
+looked for in ``--images-dir``, ``JPEGImages/`` or ``images/`` and the XML's own folder. Optionally,
+instance masks are in ``SegmentationObject/<name>.png`` (pixel value k = the k-th object).
 
 ``<difficult>`` is not a crowd flag: difficult objects stay ordinary objects (or are left out with
 ``skip_difficult``). Boxes are divided by the size in the XML (``topX = xmin / width``); validation
@@ -11,7 +16,7 @@ from __future__ import annotations
 import os
 from glob import escape as glob_escape
 import xml.etree.ElementTree as ET
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import numpy as np
 
@@ -43,24 +48,74 @@ def _number(node: ET.Element, tag: str) -> float | None:
         return None
 
 
-def _find_image(images_dir: Path, sub: Path, filename: str | None, stem: str) -> Path | None:
-    folder = images_dir / sub
-    if filename:
-        candidate = folder / filename
-        if candidate.is_file():
-            return candidate
-        stem = Path(filename).stem if Path(filename).suffix.lower() in IMAGE_EXTENSIONS else filename
-    for candidate in sorted(folder.glob(glob_escape(stem) + ".*")):
-        if is_image(candidate):
-            return candidate
+ANNOTATION_FOLDERS = ("Annotations", "annotations")
+IMAGE_FOLDERS = ("JPEGImages", "images")
+
+
+def _child_folder(root: Path, names: tuple[str, ...]) -> Path | None:
+    """The first of ``names`` that is a folder in ``root`` (exact spelling first, then any letter case)."""
+    for name in names:
+        if (root / name).is_dir():
+            return root / name
+    wanted = {n.lower() for n in names}
+    for child in sorted(root.iterdir()) if root.is_dir() else []:
+        if child.is_dir() and child.name.lower() in wanted:
+            return child
     return None
+
+
+def _path_names(path_text: str) -> tuple[str, str]:
+    """``<path>`` as written (posix slashes) and its last component, for Windows paths too."""
+    posix = path_text.replace("\\", "/")
+    return posix, PureWindowsPath(path_text).name
+
+
+def _find_image(folders: list[Path], xml: Path, root: Path, filename: str | None,
+                path_text: str | None) -> tuple[Path | None, list[str]]:
+    """The image of one XML, and the names tried (for the message when there is none).
+
+    In order: ``<filename>`` in each folder; ``<path>`` as written (absolute, or relative to the XML's
+    folder, then to the dataset root); the last component of ``<path>`` in each folder (annotation tools
+    write the annotator's own absolute path); then ``<stem>.*`` in each folder, the stem being that of
+    ``<filename>`` (another extension), or the XML's own when the XML names no image at all.
+    """
+    tried: list[str] = []
+    if filename:
+        tried.append(f"<filename> {filename!r}")
+        for folder in folders:
+            if (folder / filename).is_file():
+                return folder / filename, tried
+    if path_text:
+        posix, last = _path_names(path_text)
+        tried.append(f"<path> {path_text!r}")
+        candidates = [Path(posix)] if os.path.isabs(posix) else [xml.parent / posix, root / posix]
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate, tried
+        if last and last != filename:
+            for folder in folders:
+                if (folder / last).is_file():
+                    return folder / last, tried
+    stems = []
+    if filename:
+        stems.append(Path(filename).stem if Path(filename).suffix.lower() in IMAGE_EXTENSIONS else filename)
+    if not filename and not path_text:  # the XML names no image: the image is named as the XML is
+        stems.append(xml.stem)
+    for stem in dict.fromkeys(stems):
+        tried.append(f"{stem}.* (any image extension)")
+        for folder in folders:
+            for candidate in sorted(folder.glob(glob_escape(stem) + ".*")):
+                if is_image(candidate) and candidate.is_file():
+                    return candidate, tried
+    return None, tried
 
 
 def voc_to_jsonl(source: str | os.PathLike, out_dir: str | os.PathLike, *,
                  task: ImageTask = ImageTask.IMAGE_OBJECT_DETECTION, image_set: str | None = None,
                  images_dir: str | os.PathLike | None = None, masks_dir: str | os.PathLike | None = None,
                  skip_difficult: bool = False) -> Conversion:
-    """JSONL lines for a VOC folder (``Annotations/``, ``JPEGImages/``, ``ImageSets/Main/<set>.txt``).
+    """JSONL lines for a VOC-style folder: ``Annotations/`` or ``annotations/`` (else every XML under
+    ``source``, images beside them), images found as ``_find_image`` says.
 
     ``image_set`` converts only the images listed in ``ImageSets/Main/<image_set>.txt``. For
     instance segmentation the masks come from ``masks_dir`` (default ``SegmentationObject/``).
@@ -68,10 +123,14 @@ def voc_to_jsonl(source: str | os.PathLike, out_dir: str | os.PathLike, *,
     if task.is_classification:
         raise DataError(f"Pascal VOC annotations hold detection or segmentation labels, not {task.value}")
     root = Path(source)
-    ann_dir = root / "Annotations"
-    if not ann_dir.is_dir():
-        raise DataError(f"{root}: no Annotations/ folder (a Pascal VOC dataset has Annotations/ and JPEGImages/)")
-    images_dir = Path(images_dir) if images_dir is not None else root / "JPEGImages"
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder (give the dataset folder, or the folder of its XML files)")
+    ann_dir = _child_folder(root, ANNOTATION_FOLDERS) or root
+    if images_dir is not None:
+        images_dir = Path(images_dir)
+        if not images_dir.is_dir():
+            raise DataError(f"--images-dir {images_dir}: not a folder")
+    image_roots = [f for f in (images_dir, _child_folder(root, IMAGE_FOLDERS)) if f is not None]
     masks = Path(masks_dir) if masks_dir is not None else root / "SegmentationObject"
     segmentation = task is ImageTask.IMAGE_INSTANCE_SEGMENTATION
     if segmentation and not masks.is_dir():
@@ -85,10 +144,12 @@ def voc_to_jsonl(source: str | os.PathLike, out_dir: str | os.PathLike, *,
         by_stem = {x.relative_to(ann_dir).with_suffix("").as_posix(): x for x in xmls}
         missing = [w for w in wanted if w not in by_stem]
         if missing:
-            raise DataError([f"{listing}: {w!r} has no Annotations/{w}.xml" for w in missing])
+            raise DataError([f"{listing}: {w!r} has no annotation file {ann_dir / (w + '.xml')}" for w in missing])
         xmls = [by_stem[w] for w in wanted]
     if not xmls:
-        raise DataError(f"{ann_dir}: no .xml annotation files")
+        raise DataError(f"{root}: no .xml annotation files (looked in {ann_dir}"
+                        + (")" if ann_dir != root else " and its sub-folders; a VOC dataset has Annotations/ "
+                           "or annotations/ with one XML per image, or the XML files beside the images)"))
     out_dir = Path(out_dir)
     conv = Conversion()
     difficult_kept = 0
@@ -101,9 +162,13 @@ def voc_to_jsonl(source: str | os.PathLike, out_dir: str | os.PathLike, *,
             conv.problems.append(f"{where}: not valid XML ({e})")
             continue
         sub = xml.parent.relative_to(ann_dir)  # sub-folders are kept, so equal file names never collide
-        image = _find_image(images_dir, sub, _text(tree, "filename"), xml.stem)
+        folders = list(dict.fromkeys([f / sub for f in image_roots] + [xml.parent]))
+        image, tried = _find_image(folders, xml, root, _text(tree, "filename"), _text(tree, "path"))
         if image is None:
-            conv.problems.append(f"{where}: no image named {_text(tree, 'filename') or xml.stem} in {images_dir / sub}")
+            conv.problems.append(f"{where}: image not found: tried {', '.join(tried)} in "
+                                 f"{', '.join(str(f) for f in folders)}"
+                                 + ("" if images_dir is not None
+                                    else "; pass --images-dir if the images are elsewhere"))
             continue
         size = tree.find("size")
         width = _number(size, "width") if size is not None else None
