@@ -437,6 +437,9 @@ def cmd_weights(args) -> int:
     location = getattr(args, "weights", None) or os.environ.get("AUTOML_VISION_WEIGHTS") or None
     source = WeightsSource(location, s3_endpoint_from_env(os.environ), os.environ.get("AUTOML_VISION_CACHE"))
     rows = mirror.status(files, source)
+    if not rows and getattr(args, "job", None) and not getattr(args, "json", False):
+        print(f"{args.job}: every model of this job trains from scratch (pretrained: 0): no pretrained weights needed")
+        return EXIT_OK
     if getattr(args, "json", False):
         print(json.dumps({"location": location or "library caches", "models": rows}, indent=2))
     else:

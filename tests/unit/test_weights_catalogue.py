@@ -78,3 +78,14 @@ def test_the_models_a_job_needs():
     scratch = parse_job({"task": "image_classification", "training_data": "t.jsonl",
                          "training_parameters": {"pretrained": 0}})
     assert catalogue.job_models(scratch) == []
+
+
+def test_list_for_a_job_trained_from_scratch_says_it_needs_nothing(tmp_path, capsys):
+    from automl_vision.cli import main
+
+    job = tmp_path / "job.yaml"
+    job.write_text("task: image_classification\ntraining_data: train.jsonl\n"
+                   "training_parameters: {pretrained: 0, model_name: resnet18}\n")
+    assert main(["weights", "list", "--job", str(job)]) == 0
+    assert capsys.readouterr().out.strip() == (f"{job}: every model of this job trains from scratch (pretrained: 0): "
+                                                "no pretrained weights needed")
