@@ -19,6 +19,10 @@ from automl_vision import __version__
 from automl_vision.errors import AutoMLError, ConfigError, DataError, TrainingDiverged
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 1, 2, 3
+#: Where the Pipelines API's bearer token comes from (run --kubeflow and doctor find it the same way).
+TOKEN_FILE_HELP = ("a file holding the bearer token of the Pipelines API of a multi-user Kubeflow (default: "
+                   "$KF_PIPELINES_TOKEN, else a ServiceAccount token at $KF_PIPELINES_SA_TOKEN_PATH or "
+                   "/var/run/secrets/kubeflow/pipelines/token, else none)")
 
 log = logging.getLogger("automl_vision")
 
@@ -194,10 +198,7 @@ def _add_run(sub) -> None:
     p.add_argument("--experiment", default="automl-vision", help="with --kubeflow: the experiment of the run")
     p.add_argument("--cluster-settings", metavar="FILE", help="with --kubeflow: images (its registry key is "
                                                              "required), GPU pool, secrets (YAML; see docs/kubeflow.md)")
-    p.add_argument("--token-file", metavar="FILE",
-                   help="with --kubeflow: a file holding the bearer token of a multi-user Kubeflow (default: "
-                        "$KF_PIPELINES_TOKEN, else a ServiceAccount token at $KF_PIPELINES_SA_TOKEN_PATH or "
-                        "/var/run/secrets/kubeflow/pipelines/token, else none)")
+    p.add_argument("--token-file", metavar="FILE", help="with --kubeflow: " + TOKEN_FILE_HELP)
     _add_pipeline_options(p, "with --kubeflow: ")
     p.set_defaults(func=cmd_run)
 
@@ -944,10 +945,7 @@ def _add_doctor(sub) -> None:
                                    "Exit 0 when a run can start, 2 when something must be fixed first.")
     p.add_argument("--kubeflow", metavar="URL", help="the Pipelines endpoint (what run --kubeflow takes; default: "
                                                      "$KF_PIPELINES_ENDPOINT; none: not checked)")
-    p.add_argument("--token-file", metavar="FILE",
-                   help="a file holding the Pipelines API's bearer token, as run --kubeflow takes it (default: "
-                        "$KF_PIPELINES_TOKEN, else a ServiceAccount token at $KF_PIPELINES_SA_TOKEN_PATH or "
-                        "/var/run/secrets/kubeflow/pipelines/token, else none)")
+    p.add_argument("--token-file", metavar="FILE", help=TOKEN_FILE_HELP + "; the same as run --kubeflow")
     p.add_argument("--namespace", help="where the pipeline and its trials run (default: the pod's, else the "
                                        "kubeconfig context's, else kubeflow)")
     p.add_argument("--serving-namespace", metavar="NS", help="where models are served (default: the deploy "

@@ -149,17 +149,10 @@ def _folder_of(location: str) -> str:
 
 def _fetch_text(uri: str, config, cache_dir) -> str:
     """The text of a small object, downloaded into the JSONL cache (again when its ETag changes)."""
-    from automl_vision.data.storage import FetchError, S3Fetcher, _jsonl_fetch_problem, default_cache_dir
+    from automl_vision.data.storage import FetchError, _jsonl_fetch_problem, cached_object
 
-    bucket, _, key = uri[len("s3://"):].partition("/")
-    fetcher = S3Fetcher(config)
-    digest = hashlib.sha256(uri.encode("utf-8")).hexdigest()[:32]
-    folder = Path(cache_dir or default_cache_dir()) / "jsonl"
     try:
-        etag, size = fetcher.stat(bucket, key)
-        dest = folder / f"{digest}-{re.sub(r'[^0-9A-Za-z-]', '', etag)[:64] or 'unversioned'}.mltable"
-        if not (etag and dest.is_file() and dest.stat().st_size == size):
-            fetcher.fetch(bucket, key, dest)
+        dest = cached_object(uri, config, cache_dir, ".mltable")
     except FetchError as e:
         message = _jsonl_fetch_problem(uri, e, config)
         if e.code in ("NoSuchKey", "NoSuchObject"):

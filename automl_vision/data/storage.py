@@ -591,21 +591,29 @@ def local_jsonl(source: "str | os.PathLike | JsonlFile", *, config: StorageConfi
     if bucket_problem(bucket):
         raise DataError(f"{redact_url(name)}: {bucket_problem(bucket)}")
     config = config or storage_from_environment()
-    fetcher = S3Fetcher(config)
-    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:32]
-    folder = Path(cache_dir or default_cache_dir()) / "jsonl"
     try:
-        etag, size = fetcher.stat(bucket, key)
-        dest = folder / f"{digest}-{re.sub(r'[^0-9A-Za-z-]', '', etag)[:64] or 'unversioned'}.jsonl"
-        if not (etag and dest.is_file() and dest.stat().st_size == size):
-            fetcher.fetch(bucket, key, dest)
-            log.info("downloaded %s (%d bytes) to %s", name, size, dest)
+        dest = cached_object(name, config, cache_dir, ".jsonl")
     except FetchError as e:
         raise DataError(_jsonl_fetch_problem(name, e, config)) from None
-    for old in folder.glob(f"{digest}-*.jsonl"):  # earlier versions of the same object
+    return JsonlFile(name, dest, name.rsplit("/", 1)[0])
+
+
+def cached_object(uri: str, config: StorageConfig, cache_dir: str | os.PathLike | None, suffix: str) -> Path:
+    """A small object (a JSONL or MLTable file) in ``cache_dir/jsonl/`` (default: the image cache), downloaded
+    again only when its ETag changes; earlier copies of the same object are removed. Raises FetchError."""
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    fetcher = S3Fetcher(config)
+    digest = hashlib.sha256(uri.encode("utf-8")).hexdigest()[:32]
+    folder = Path(cache_dir or default_cache_dir()) / "jsonl"
+    etag, size = fetcher.stat(bucket, key)
+    dest = folder / f"{digest}-{re.sub(r'[^0-9A-Za-z-]', '', etag)[:64] or 'unversioned'}{suffix}"
+    if not (etag and dest.is_file() and dest.stat().st_size == size):
+        fetcher.fetch(bucket, key, dest)
+        log.info("downloaded %s (%d bytes) to %s", redact_url(uri), size, dest)
+    for old in folder.glob(f"{digest}-*{suffix}"):  # earlier versions of the same object
         if old != dest:
             old.unlink(missing_ok=True)
-    return JsonlFile(name, dest, name.rsplit("/", 1)[0])
+    return dest
 
 
 def _jsonl_fetch_problem(uri: str, e: FetchError, config: StorageConfig) -> str:
