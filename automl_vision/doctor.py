@@ -713,7 +713,9 @@ def _check_endpoint(check: str, endpoint: str, access: str, secret_key: str, buc
     url = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
     if not url.hostname or url.path.strip("/"):
         return Finding(check, PROBLEM, f"{source}: endpoint {endpoint!r} is not scheme://host[:port]",
-                       "set AWS_ENDPOINT_URL to e.g. http://minio-service.kubeflow:9000")
+                       "set AWS_ENDPOINT_URL in manifests/pipeline/storage.env to the store's URL with its scheme "
+                       "(http://seaweedfs.kubeflow:9000 on Kubeflow Pipelines 2.15 and later, "
+                       "http://minio-service.kubeflow:9000 on 2.14 and earlier) and kubectl apply -k manifests/")
     host = url.hostname
     try:
         socket.getaddrinfo(host, url.port or (443 if url.scheme == "https" else 80))
