@@ -282,21 +282,13 @@ def test_fetch_to_s3_and_read_from_it(server, env, monkeypatch, s3):
 
 @pytest.fixture
 def s3(monkeypatch):
-    import socket
-
     from minio import Minio
-    from moto.server import ThreadedMotoServer
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    client = Minio(f"127.0.0.1:{port}", access_key="test", secret_key="test", secure=False)
-    client.make_bucket("models")
-    try:
-        yield client, f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
+    from kube_testserver import object_store
+
+    with object_store("models") as secret:
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            monkeypatch.setenv(name, secret[name])
+        endpoint = secret["AWS_ENDPOINT_URL"]
+        yield (Minio(endpoint[len("http://"):], access_key=secret["AWS_ACCESS_KEY_ID"],
+                     secret_key=secret["AWS_SECRET_ACCESS_KEY"], secure=False), endpoint)

@@ -4,7 +4,6 @@ weights come from a folder or an s3:// prefix (fetching from the sources: tests/
 from __future__ import annotations
 
 import math
-import socket
 
 import pytest
 import torch
@@ -169,28 +168,18 @@ def test_s3_endpoint_from_env(env, expected):
 
 # --- s3:// prefix, against a real S3 server on 127.0.0.1 ----------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def s3(monkeypatch):
     from minio import Minio
-    from moto.server import ThreadedMotoServer
 
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    client = Minio(f"127.0.0.1:{port}", access_key="test", secret_key="test", secure=False)
-    client.make_bucket("models")
-    try:
-        yield client, f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
+    from kube_testserver import object_store
+
+    with object_store("models") as secret:
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            monkeypatch.setenv(name, secret[name])
+        endpoint = secret["AWS_ENDPOINT_URL"]
+        yield (Minio(endpoint[len("http://"):], access_key=secret["AWS_ACCESS_KEY_ID"],
+                     secret_key=secret["AWS_SECRET_ACCESS_KEY"], secure=False), endpoint)
 
 
 def test_weights_from_s3(tmp_path, s3, monkeypatch):
