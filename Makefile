@@ -26,13 +26,17 @@ demo: $(STAMP)
 	$(BIN)/automl-vision demo --output-dir runs/demo
 
 # One pytest worker per core (pytest-xdist), each test file on one worker so that a module's shared
-# fixtures (a trained model, a server) are built once; the slowest tests are listed at the end.
+# fixtures (a trained model, a server) are built once; runs that several files read are built once per
+# session for all workers (tests/reference_runs.py); the slowest tests are listed at the end.
 PYTEST_ARGS ?= -n auto --dist loadfile --durations=25 --durations-min=2
 
+# lint-imports: the package's layers and no import cycles (contracts in pyproject.toml), in seconds, first.
 test: $(STAMP) browser
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 test-fast: $(STAMP) browser
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q $(PYTEST_ARGS) -m "not slow"
 
 # The page tests drive Debian's chromium (tests/browser_support.py); installed once where apt-get is.

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 from PIL import Image
+from sklearn.datasets import load_digits
 
 DEMO_IMAGE_SIZE = 32
 DEMO_IMAGES = 1797  # all of scikit-learn's digits
@@ -16,8 +17,6 @@ DEMO_IMAGES = 1797  # all of scikit-learn's digits
 
 def write_digits_dataset(out_dir: str | Path, count: int = DEMO_IMAGES, size: int = DEMO_IMAGE_SIZE) -> Path:
     """Write ``count`` digit images (8x8 scans upscaled to ``size``) as PNGs plus ``digits.jsonl``."""
-    from sklearn.datasets import load_digits
-
     out_dir = Path(out_dir)
     images_dir = out_dir / "images"
     images_dir.mkdir(parents=True, exist_ok=True)

@@ -50,9 +50,24 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from automl_vision.errors import ConfigError
+import requests
+import urllib3
+import yaml
+from kubernetes import client as k8s
+from kubernetes import config as kube_config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.utils import parse_quantity
+from minio import Minio
+from minio.error import InvalidResponseError, S3Error, ServerError
+from urllib3.exceptions import HTTPError
+
+from automl_vision.earlystopping.rules import ALGORITHMS
+from automl_vision.errors import EXIT_BAD_INPUT, EXIT_OK, ConfigError
 from automl_vision.kubeapi import status_message
-from automl_vision.pipeline.settings import ClusterSettings, GpuPool
+from automl_vision.pipeline.pipeline import OLDEST_KFP_BACKEND
+from automl_vision.pipeline.submit import HOW_TO_AUTHENTICATE, NO_CREDENTIALS, find_credentials
+from automl_vision.serving.deploy import DEFAULT_SERVING_NAMESPACE
+from automl_vision.spec.cluster import ClusterSettings, GpuPool
 
 OK, WARN, PROBLEM = "OK", "WARN", "PROBLEM"
 
@@ -119,8 +134,6 @@ class Target:
 
     @property
     def serving(self) -> str:
-        from automl_vision.serving.deploy import DEFAULT_SERVING_NAMESPACE
-
         return self.serving_namespace or DEFAULT_SERVING_NAMESPACE
 
 
@@ -132,9 +145,6 @@ class _Unreachable(Exception):
 
 def _get(call: Callable[..., Any], *args, timeout_s: float = TIMEOUT_S) -> tuple[int, dict | None, str]:
     """(HTTP status, the object or None, the API server's message) of one read."""
-    from kubernetes.client.exceptions import ApiException
-    from urllib3.exceptions import HTTPError
-
     try:
         response = call(*args, _preload_content=False, _request_timeout=timeout_s)
     except ApiException as e:
@@ -167,9 +177,6 @@ def kubernetes_client(client: Any = None):
     """A ``kubernetes.client.ApiClient``: ``client`` itself (an ApiClient or Configuration), else the pod's
     service account in a cluster, else the kubeconfig ($KUBECONFIG, else ~/.kube/config). Raises
     ConfigError when there are no credentials."""
-    from kubernetes import client as k8s
-    from kubernetes import config
-
     if isinstance(client, k8s.ApiClient):
         return client
     if isinstance(client, k8s.Configuration):
@@ -179,16 +186,16 @@ def kubernetes_client(client: Any = None):
     configuration = k8s.Configuration()  # our own: loading into the global default redirects other clients
     if os.environ.get("KUBERNETES_SERVICE_HOST"):
         try:
-            config.load_incluster_config(client_configuration=configuration)
+            kube_config.load_incluster_config(client_configuration=configuration)
             return k8s.ApiClient(configuration)
-        except config.ConfigException as e:
+        except kube_config.ConfigException as e:
             in_cluster = str(e)
     else:
         in_cluster = "not running in a pod"
     kubeconfig = os.environ.get("KUBECONFIG") or None
     try:
-        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-    except (config.ConfigException, OSError) as e:
+        kube_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    except (kube_config.ConfigException, OSError) as e:
         raise ConfigError(f"no Kubernetes credentials: {in_cluster}, and no usable kubeconfig "
                           f"({kubeconfig or '~/.kube/config'}: {e}); point KUBECONFIG at your cluster's config "
                           "(e.g. az aks get-credentials --resource-group RG --name CLUSTER)", "doctor") from None
@@ -202,9 +209,7 @@ def default_namespace(pod_namespace_file: str | Path = POD_NAMESPACE_FILE) -> st
     if path.is_file() and path.read_text().strip():
         return path.read_text().strip()
     try:
-        from kubernetes import config
-
-        _, active = config.list_kube_config_contexts(config_file=os.environ.get("KUBECONFIG") or None)
+        _, active = kube_config.list_kube_config_contexts(config_file=os.environ.get("KUBECONFIG") or None)
         namespace = (active or {}).get("context", {}).get("namespace")
         if namespace:
             return namespace
@@ -215,8 +220,6 @@ def default_namespace(pod_namespace_file: str | Path = POD_NAMESPACE_FILE) -> st
 
 def check_api_server(api) -> list[Finding]:
     """The API server answers ``/version`` with these credentials."""
-    from kubernetes import client as k8s
-
     host = api.configuration.host
     try:
         status, version, message = _get(k8s.VersionApi(api).get_code)
@@ -243,11 +246,6 @@ def check_pipelines(url: str | None, credentials: Any = None, *, namespace: str 
     (``credentials``: a ``pipeline.submit.Credentials``, default ``find_credentials()``: --token-file,
     $KF_PIPELINES_TOKEN, the in-pod ServiceAccount token), and its release is one the compiled pipeline
     runs on (``OLDEST_KFP_BACKEND`` or later)."""
-    import requests
-
-    from automl_vision.pipeline.pipeline import OLDEST_KFP_BACKEND
-    from automl_vision.pipeline.submit import HOW_TO_AUTHENTICATE, NO_CREDENTIALS, find_credentials
-
     check = "pipelines"
     if not url:
         return [Finding(check, WARN, "not checked: no Pipelines endpoint given",
@@ -346,8 +344,6 @@ def _crd_state(crd: Mapping[str, Any], version: str) -> str | None:
 def _check_crds(api, check: str, group: str, version: str, plurals: Sequence[str], namespace: str,
                 install: str, timeout_s: float) -> list[Finding]:
     """Each CRD read cluster-wide; where that is forbidden, seen through a list in the namespace instead."""
-    from kubernetes import client as k8s
-
     ext, custom = k8s.ApiextensionsV1Api(api), k8s.CustomObjectsApi(api)
     missing, broken, unknown, seen_in_namespace = [], [], [], []
     for plural in plurals:
@@ -385,9 +381,6 @@ def _check_crds(api, check: str, group: str, version: str, plurals: Sequence[str
 
 def check_katib(api, target: Target) -> list[Finding]:
     """Katib's CRDs, and our early-stopping algorithms registered in its katib-config."""
-    from kubernetes import client as k8s
-
-    from automl_vision.earlystopping.rules import ALGORITHMS
 
     findings = _check_crds(api, "katib", KATIB_GROUP, KATIB_VERSION, KATIB_PLURALS, target.namespace,
                            "install Katib: kubectl apply --server-side -k \"github.com/kubeflow/katib.git/manifests/"
@@ -410,8 +403,6 @@ def check_katib(api, target: Target) -> list[Finding]:
     text = (cm.get("data") or {}).get(KATIB_CONFIG_KEY)
     if text is None:
         return findings + [Finding(check, PROBLEM, f"{where} has no key {KATIB_CONFIG_KEY}", fix)]
-    import yaml
-
     try:
         config = yaml.safe_load(text) or {}
         entries = ((config.get("runtime") or {}).get("earlyStoppings") or []) if isinstance(config, dict) else None
@@ -433,8 +424,6 @@ def check_katib(api, target: Target) -> list[Finding]:
 
 
 def _read_namespace(api, name: str, timeout_s: float) -> tuple[int, dict | None, str]:
-    from kubernetes import client as k8s
-
     return _get(k8s.CoreV1Api(api).read_namespace, name, timeout_s=timeout_s)
 
 
@@ -498,8 +487,6 @@ def _toleration_for(t: Mapping[str, Any]) -> str:
 
 
 def _quantity(value: Any) -> Decimal | None:
-    from kubernetes.utils import parse_quantity
-
     try:
         return parse_quantity(value)
     except (ValueError, TypeError, ArithmeticError):
@@ -547,8 +534,6 @@ def _gpu_node_problems(node: Mapping[str, Any], pool: GpuPool) -> list[tuple[str
 
 
 def _list_nodes(api, timeout_s: float) -> tuple[int, list[dict], str]:
-    from kubernetes import client as k8s
-
     status, obj, message = _get(k8s.CoreV1Api(api).list_node, timeout_s=timeout_s)
     return status, list((obj or {}).get("items") or []), message
 
@@ -668,8 +653,6 @@ def _cluster_internal(host: str) -> bool:
 def check_storage(api, target: Target) -> list[Finding]:
     """The object-store Secret exists in the namespace with real values, and its endpoint answers with
     its keys: the buckets of trial_outputs and weights exist (else the buckets can be listed)."""
-    from kubernetes import client as k8s
-
     check, secret_settings, ns = "object-store", target.settings.storage_secret, target.namespace
     if secret_settings is None:
         return [Finding(check, OK, "the cluster settings have no storage Secret (storage_secret: null): steps get "
@@ -706,10 +689,6 @@ def check_storage(api, target: Target) -> list[Finding]:
 
 def _check_endpoint(check: str, endpoint: str, access: str, secret_key: str, buckets: Mapping[str, str],
                     target: Target, source: str) -> Finding:
-    import urllib3
-    from minio import Minio
-    from minio.error import InvalidResponseError, S3Error, ServerError
-
     url = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
     if not url.hostname or url.path.strip("/"):
         return Finding(check, PROBLEM, f"{source}: endpoint {endpoint!r} is not scheme://host[:port]",
@@ -792,8 +771,6 @@ def check_kserve(api, target: Target) -> list[Finding]:
 
 
 def _check_serving_account(api, target: Target) -> list[Finding]:
-    from kubernetes import client as k8s
-
     check, ns, name = "serving-account", target.serving, SERVING_SERVICE_ACCOUNT
     secret = target.settings.storage_secret.name if target.settings.storage_secret else None
     attach = (f"kubectl patch serviceaccount {name} -n {ns} --type merge -p "
@@ -838,8 +815,6 @@ def _check_serving_account(api, target: Target) -> list[Finding]:
 
 
 def _default_serving() -> str:
-    from automl_vision.serving.deploy import DEFAULT_SERVING_NAMESPACE
-
     return DEFAULT_SERVING_NAMESPACE
 
 
@@ -880,8 +855,8 @@ def run_checks(target: Target, client: Any = None) -> list[Finding]:
 
 
 def exit_code(findings: Iterable[Finding]) -> int:
-    """0 when a run can work (nothing is a PROBLEM), 2 otherwise."""
-    return 2 if any(f.status == PROBLEM for f in findings) else 0
+    """0 when a run can work (nothing is a PROBLEM), 2 (bad input) otherwise."""
+    return EXIT_BAD_INPUT if any(f.status == PROBLEM for f in findings) else EXIT_OK
 
 
 def format_findings(findings: Sequence[Finding]) -> str:

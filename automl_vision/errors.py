@@ -1,12 +1,17 @@
 """One exception family for the whole library.
 
-Library code raises these; only ``cli.py`` turns them into exit codes
-(ConfigError/DataError -> 2, TrainingDiverged -> 3, anything else -> 1).
+Library code raises these; only the command line (``automl_vision.cli``) turns them into exit codes
+(ConfigError/DataError -> 2, TrainingDiverged -> 3, anything else -> 1). The codes are defined here, once:
+a sweep reads a trial's exit code with them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+
+#: The exit codes of ``automl-vision``: success, an internal error, bad input (job, flags or data),
+#: training diverged.
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 1, 2, 3
 
 
 class AutoMLError(Exception):

@@ -20,7 +20,7 @@ import numpy as np
 
 
 def make_case(n_boxes: int, per_image: int = 20, n_classes: int = 5, seed: int = 0):
-    from automl_vision.evaluation.detections import ImageGroundTruth, ImagePredictions
+    from automl_vision.models.detections import ImageGroundTruth, ImagePredictions
 
     rng = np.random.default_rng(seed)
     n_images = n_boxes // per_image

@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
 
-    from automl_vision.models.detection import InferenceSettings
+    from automl_vision.models.detection import DetectorSettings
     from automl_vision.models.registry import get_entry
     from automl_vision.spec import hyperparameters as hps
     from automl_vision.spec.tasks import SEGMENTATION_MODELS, ImageTask
@@ -42,7 +42,7 @@ def main() -> None:
     task = ImageTask.IMAGE_INSTANCE_SEGMENTATION if args.model in SEGMENTATION_MODELS else ImageTask.IMAGE_OBJECT_DETECTION
     device = torch.device(args.device)
     torch.manual_seed(0)
-    settings = InferenceSettings(min_size=args.size, max_size=args.size * 2)
+    settings = DetectorSettings(min_size=args.size, max_size=args.size * 2)
     base = get_entry(args.model, task).builder(3, pretrained=False, settings=settings)
     ours_model, plain_model = base.to(device), copy.deepcopy(base).to(device)
 

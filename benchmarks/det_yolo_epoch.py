@@ -2,7 +2,7 @@
 settings: time per epoch. Goal: ratio <= 1.05.
 
 Both runs use the same YOLO dataset (written once by our trial code from BCCD images), the same
-ultralytics arguments (``models/yolo.py: ultralytics_overrides``) and the same model YAML. Epoch
+ultralytics arguments (``training/yolo.py: ultralytics_overrides``) and the same model YAML. Epoch
 times are the differences of the ``time`` column of ultralytics' ``results.csv`` (written at the
 end of every epoch in both runs, validation included; ours also scores its predictions with our
 metric, reports them and saves the package; its evaluation of epoch k lands in epoch k+1's time).
@@ -61,7 +61,7 @@ def main() -> None:
     from automl_vision.spec.tasks import ImageTask
     from automl_vision.training.reporter import MetricsReporter
     from automl_vision.training.trial import TrialSettings
-    from automl_vision.training.yolo import train_yolo
+    from automl_vision.training.yolo import train_yolo, ultralytics_overrides
 
     root = Path(tempfile.mkdtemp(prefix="det-yolo-bench-"))
     yolo.prepare_ultralytics(root / "ultralytics_config")
@@ -84,7 +84,7 @@ def main() -> None:
         # The same dataset files and arguments, ultralytics' own trainer and validator.
         from ultralytics import YOLO
 
-        overrides = yolo.ultralytics_overrides(hp, root / "ours0" / "yolo_data" / "data.yaml", root / f"direct{k}",
+        overrides = ultralytics_overrides(hp, root / "ours0" / "yolo_data" / "data.yaml", root / f"direct{k}",
                                                device, 0)
         for key in ("model", "task", "mode"):
             overrides.pop(key)

@@ -47,7 +47,7 @@ def build_package(root: Path, model_name: str, crop: int) -> Path:
     from automl_vision.serving.package import package_model
     from automl_vision.spec import hyperparameters as hps
     from automl_vision.spec.tasks import ImageTask
-    from automl_vision.training.classification import save_model
+    from automl_vision.training.loop import save_model
     from automl_vision.training.trial import TrialSettings
 
     task = ImageTask.IMAGE_CLASSIFICATION

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from automl_vision.models.registry import build_model  # noqa: E402
 from automl_vision.spec.hyperparameters import resolve  # noqa: E402
 from automl_vision.spec.tasks import ImageTask  # noqa: E402
-from automl_vision.training.augment import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from automl_vision.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from automl_vision.training.classification import amp_dtype_for, build_training, train_one_epoch  # noqa: E402
 from automl_vision.training.trial import TrialSettings  # noqa: E402
 

@@ -1,4 +1,5 @@
-"""Shared pytest setup: tests marked ``gpu`` are skipped on machines without CUDA."""
+"""Shared pytest setup: tests marked ``gpu`` are skipped on machines without CUDA; tiny datasets,
+the CLI run in the test's process (``cli_main``) and the runs several modules share (``reference_*``)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def pytest_collection_modifyitems(config, items):
     gpu_items = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu_items:
         return  # no torch import for CPU-only runs
-    import torch
+    import torch  # here: only when a test needs CUDA
 
     if torch.cuda.is_available():
         return
@@ -28,9 +29,13 @@ def pytest_collection_modifyitems(config, items):
 # --- tiny synthetic datasets ---------------------------------------------------------------------
 
 import json  # noqa: E402
+import logging  # noqa: E402
+import subprocess  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+import reference_runs  # noqa: E402
+from PIL import Image  # noqa: E402
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220)}
 
@@ -41,8 +46,6 @@ def make_classification_dataset(root: Path, *, n_per_class: int = 6, classes=("r
 
     Multi-label images mix two colours side by side and carry both labels.
     """
-    from PIL import Image
-
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True, exist_ok=True)
     lines = []
@@ -74,9 +77,55 @@ def make_dataset():
 def one_thread():
     """One torch intra-op thread for the test: on a busy 2-core machine, spinning threads make tiny
     models many times slower. Modules of small-model tests use it through ``pytestmark``."""
-    import torch
+    import torch  # here: collecting the tests need not import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# --- the CLI in this process ---------------------------------------------------------------------
+
+@pytest.fixture
+def cli_main(capfd):
+    """``automl-vision`` run in this process: ``cli_main(*args)`` returns a ``CompletedProcess`` with the
+    exit code and what the command wrote. For tests that check outputs and exit codes; a test that
+    needs a process of its own (a kill, a server, signals, its own environment) starts one."""
+    from automl_vision.cli import main  # here, not at the top: collecting the tests need not import the CLI
+
+    def run(*args) -> subprocess.CompletedProcess:
+        root, ours = logging.getLogger(), logging.getLogger("automl_vision")
+        handlers, levels = root.handlers[:], (root.level, ours.level)
+        capfd.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code if isinstance(e.code, int) else 2
+        finally:
+            out, err = capfd.readouterr()
+            for handler in root.handlers:
+                if handler not in handlers:
+                    handler.close()
+            root.handlers[:] = handlers
+            root.setLevel(levels[0])
+            ours.setLevel(levels[1])
+            logging.captureWarnings(False)
+        return subprocess.CompletedProcess(["automl-vision", *map(str, args)], code, out, err)
+
+    return run
+
+
+# --- runs shared by the modules that read them (tests/reference_runs.py) -----------------------------
+
+@pytest.fixture(scope="session")
+def reference_pipeline_run(tmp_path_factory):
+    """One ``automl-vision run`` of a two-trial job through the pipeline engine, per session."""
+    return reference_runs.pipeline_run(reference_runs.shared_root(tmp_path_factory), make_classification_dataset)
+
+
+@pytest.fixture(scope="session")
+def reference_library_run(tmp_path_factory):
+    """One ``automl-vision run --engine library`` of a one-trial job, per session; its best_model is a
+    package with model.onnx."""
+    return reference_runs.library_run(reference_runs.shared_root(tmp_path_factory), make_classification_dataset)

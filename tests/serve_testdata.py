@@ -32,6 +32,7 @@ def save_random_trial(out: Path, task: ImageTask, model_name: str, classes=("blu
     import torch
 
     from automl_vision.models.registry import build_model
+    from automl_vision.training.loop import save_model
     from automl_vision.training.trial import TrialSettings
 
     torch.manual_seed(0)
@@ -43,27 +44,19 @@ def save_random_trial(out: Path, task: ImageTask, model_name: str, classes=("blu
     outputs = out / "outputs"
     classes = list(classes)
     if task.is_classification:
-        from automl_vision.training.classification import save_model
-
         model = build_model(model_name, task, len(classes), pretrained=False, image_size=hp["train_crop_size"])
         save_model(model.eval(), outputs, settings, classes, {task.primary_metric: 0.5}, 1)
         return outputs
     from automl_vision.evaluation.detection_metrics import DetectionMetrics
-    from automl_vision.training.detection import save_detection_model
 
     if model_name in YOLO_MODELS:
-        from automl_vision.models.yolo import YoloSettings
-
         model = build_model(model_name, task, len(classes), pretrained=False, model_size=hp["model_size"])
-        model_settings = YoloSettings.from_hyperparameters(hp).to_json()
     else:
-        from automl_vision.models.detection import InferenceSettings
+        from automl_vision.models.detection import DetectorSettings
 
-        infer = InferenceSettings.from_hyperparameters(hp)
+        infer = DetectorSettings.from_hyperparameters(hp)
         model = build_model(model_name, task, len(classes), pretrained=False, settings=infer)
-        model_settings = infer.to_json()
-    save_detection_model(model.eval(), outputs, settings, classes,
-                         DetectionMetrics({"mean_average_precision": 0.0}), 1, model_settings)
+    save_model(model.eval(), outputs, settings, classes, DetectionMetrics({"mean_average_precision": 0.0}).to_json(), 1)
     return outputs
 
 

@@ -8,6 +8,8 @@ local and S3 storage.
 
 from __future__ import annotations
 
+from automl_vision.data.load import load_dataset
+from automl_vision.data.manifest import ingest
 from automl_vision.data.problems import InvalidDataError, Problem
 from automl_vision.data.records import TRAIN, VALIDATION, Dataset, ImageRecord, ObjectAnnotation
 from automl_vision.data.storage import StorageConfig
@@ -17,16 +19,8 @@ from automl_vision.data.validate import (
     ValidationOptions,
     ValidationReport,
     ValidationResult,
-    load_dataset,
     validate_dataset,
 )
-
-
-def ingest(*args, **kwargs):
-    """Validate and write the Parquet manifest; see ``automl_vision.data.manifest.ingest``."""
-    from automl_vision.data.manifest import ingest as _ingest
-
-    return _ingest(*args, **kwargs)
 
 
 __all__ = ["Dataset", "ImageRecord", "ObjectAnnotation", "TRAIN", "VALIDATION", "Problem", "InvalidDataError",

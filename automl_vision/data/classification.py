@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from automl_vision.data.images import IMAGE_EXTENSIONS  # noqa: F401  (kept importable from here)
 from automl_vision.data.records import Dataset
-from automl_vision.data.validate import ValidationOptions, load_dataset, validate_dataset
+from automl_vision.data.load import load_dataset
+from automl_vision.data.validate import ValidationOptions, validate_dataset
 from automl_vision.spec.tasks import ImageTask
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from automl_vision.data import problems as P
+from automl_vision.errors import DataError
 
 # Spec section 2: the extensions accepted in image_url, and the formats they may contain.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".jpe", ".jfif", ".bmp", ".tif", ".tiff")
@@ -180,8 +181,6 @@ def read_rgb(path: str, *, where: str, input_size: int | None = None, max_pixels
     with the shorter side the model resizes to, ``input_size``). ``draft``: JPEGs at least this size on
     both sides are decoded at a reduced scale. Raises DataError starting with ``where`` (file:line).
     """
-    from automl_vision.errors import DataError
-
     try:
         with Image.open(path) as im:
             width, height = im.size

@@ -20,7 +20,6 @@ from automl_vision.data.problems import InvalidDataError, Problem
 from automl_vision.data.records import Dataset, ImageRecord, ObjectAnnotation
 from automl_vision.data.storage import FetchError, default_cache_dir, fetch_all, storage_from_environment
 from automl_vision.data.validate import (
-    MANIFEST_FILE,
     ValidationOptions,
     ValidationReport,
     ValidationResult,
@@ -31,6 +30,7 @@ from automl_vision.spec.tasks import ImageTask
 
 log = logging.getLogger(__name__)
 
+MANIFEST_FILE = "manifest.parquet"
 STATS_FILE = "stats.json"
 REPORT_FILE = "report.json"
 CACHE_DIR = "cache"
@@ -100,6 +100,12 @@ def write_manifest(dataset: Dataset, path: str | os.PathLike) -> Path:
     pq.write_table(table, tmp, compression="zstd")
     os.replace(tmp, path)
     return path
+
+
+def is_manifest(source: str | os.PathLike) -> bool:
+    """Whether ``source`` is an ingested dataset: its folder or its ``manifest.parquet``."""
+    p = Path(source)
+    return p.suffix == ".parquet" or (p.is_dir() and (p / MANIFEST_FILE).is_file())
 
 
 def manifest_path(source: str | os.PathLike) -> Path:

@@ -42,6 +42,19 @@ from typing import Any
 
 import yaml
 
+from automl_vision.data.storage import (
+    FetchError,
+    JsonlFile,
+    LocationError,
+    StorageConfig,
+    cached_object,
+    default_cache_dir,
+    jsonl_fetch_problem,
+    jsonl_file,
+    minio_client,
+    resolve_url,
+    storage_from_environment,
+)
 from automl_vision.errors import DataError
 
 MLTABLE_FILE = "MLTable"
@@ -84,25 +97,22 @@ def is_mltable(name: str) -> bool:
 
 def _map_datastore(name: str, config) -> str:
     """A datastore URI as the local path or s3:// URI it names under the configured store root."""
-    from automl_vision.data.storage import LocationError, resolve_url
-
     try:
         return resolve_url(name.rstrip("/"), "", "", config).uri
     except LocationError as e:
         raise DataError(f"{name}: {e}") from None
 
 
-def mltable_jsonl(name: str, *, config=None, cache_dir: str | os.PathLike | None = None):
+def mltable_jsonl(name: str, *, config: StorageConfig | None = None,
+                  cache_dir: str | os.PathLike | None = None) -> JsonlFile:
     """The ``JsonlFile`` an MLTable folder (local, s3:// or a datastore URI) names; raises DataError naming
     the MLTable file, the key and value at fault and what is allowed."""
-    from automl_vision.data.storage import JsonlFile, local_jsonl, storage_from_environment
-
     scheme = _scheme(name)
     if scheme in DATASTORE_SCHEMES:
         config = config or storage_from_environment()
         mapped = _map_datastore(name, config)
         if not is_mltable(mapped):  # a datastore URI of a JSONL file: read it, named as given
-            jsonl = local_jsonl(mapped, config=config, cache_dir=cache_dir)
+            jsonl = jsonl_file(mapped, config=config, cache_dir=cache_dir)
             return JsonlFile(name, jsonl.path, jsonl.base)
         folder = _folder_of(mapped)
         shown = f"{name.rstrip('/')}" + ("" if name.rstrip("/").endswith("/" + MLTABLE_FILE) else f"/{MLTABLE_FILE}")
@@ -129,7 +139,7 @@ def mltable_jsonl(name: str, *, config=None, cache_dir: str | os.PathLike | None
     else:
         config = config or storage_from_environment()
     try:
-        jsonl = local_jsonl(target, config=config, cache_dir=cache_dir)
+        jsonl = jsonl_file(target, config=config, cache_dir=cache_dir)
     except DataError as e:
         raise DataError(f"{shown}: {e}") from None
     path = jsonl.path
@@ -149,12 +159,10 @@ def _folder_of(location: str) -> str:
 
 def _fetch_text(uri: str, config, cache_dir) -> str:
     """The text of a small object, downloaded into the JSONL cache (again when its ETag changes)."""
-    from automl_vision.data.storage import FetchError, _jsonl_fetch_problem, cached_object
-
     try:
         dest = cached_object(uri, config, cache_dir, ".mltable")
     except FetchError as e:
-        message = _jsonl_fetch_problem(uri, e, config)
+        message = jsonl_fetch_problem(uri, e, config)
         if e.code in ("NoSuchKey", "NoSuchObject"):
             message += "; an MLTable folder holds a file named MLTable"
         raise DataError(message) from None
@@ -286,8 +294,6 @@ def _locate(value: str, folder: str, where: str, config) -> str:
     if scheme == "s3":
         return value
     if scheme in DATASTORE_SCHEMES:
-        from automl_vision.data.storage import storage_from_environment
-
         return _map_datastore(value, config or storage_from_environment())
     raise DataError(f"{where}: {value!r}: scheme {scheme}:// is not supported; allowed: a path relative to the "
                     "MLTable folder, an absolute path, s3://bucket/key, azureml://.../datastores/<ds>/paths/<p>")
@@ -296,8 +302,6 @@ def _locate(value: str, folder: str, where: str, config) -> str:
 def _list(location: str, pattern: str | None, config) -> list[str]:
     """The .jsonl/.json files under a folder (recursively), or matching a glob pattern, sorted."""
     if location.startswith("s3://"):
-        from automl_vision.data.storage import minio_client, storage_from_environment
-
         bucket, _, key = location[len("s3://"):].partition("/")
         prefix = key if pattern is None else _GLOB.split(key, 1)[0].rsplit("/", 1)[0]
         prefix = prefix.rstrip("/") + "/" if prefix else ""
@@ -318,8 +322,6 @@ def _list(location: str, pattern: str | None, config) -> list[str]:
 def _prepared_copy(path: Path, encoding: str, invalid_lines: str, shown: str, target: str, cache_dir) -> Path:
     """A UTF-8 copy of the JSONL file in the cache, with the lines of invalid JSON left blank when
     ``invalid_lines: drop`` (blank lines are skipped, so every other line keeps its number)."""
-    from automl_vision.data.storage import default_cache_dir
-
     try:
         text = path.read_bytes().decode(ENCODINGS[encoding])
     except UnicodeDecodeError as e:

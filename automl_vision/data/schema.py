@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -420,8 +421,6 @@ class LineParser:
 
 
 def _nesting_limit() -> int:
-    import sys
-
     return sys.getrecursionlimit()
 
 

@@ -6,9 +6,9 @@ Remote images are fetched once into a local cache, in parallel, retried on trans
 checked (length, and MD5 against the ETag where the ETag is one). Credentials never appear in a
 message, a log line or a ``repr``.
 
-A JSONL file may itself be an object (``s3://bucket/prefix/train.jsonl``): ``local_jsonl`` is where
-every JSONL file enters the data layer; it downloads such a file into the cache the same way, and its
-relative image_url values name objects under ``s3://bucket/prefix``.
+A JSONL file may itself be an object (``s3://bucket/prefix/train.jsonl``): ``jsonl_file`` downloads such a
+file into the cache the same way, and its relative image_url values name objects under ``s3://bucket/prefix``
+(``jsonl.local_jsonl``, where every JSONL file enters the data layer, adds MLTable folders).
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from automl_vision.errors import ConfigError, DataError
+from automl_vision.errors import AutoMLError, ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +127,6 @@ def redact_url(url: str) -> str:
 def endpoint_problem(endpoint: str) -> str | None:
     """Why an S3 endpoint (``http(s)://host[:port]`` or ``host[:port]``) is unusable, or None; the text
     never shows a password written in it."""
-    from urllib.parse import urlsplit
-
     shown = redact_url(endpoint)
     allowed = "allowed: http(s)://host[:port] or host[:port], e.g. http://minio.kubeflow:9000"
     text = endpoint if "://" in endpoint else "https://" + endpoint
@@ -350,6 +349,7 @@ class FetchStats:
 def minio_client(config: StorageConfig, *, retries: bool = False):
     """A ``minio`` client for the config's endpoint and credentials. ``retries``: urllib3 retries
     connection errors and 5xx answers a few times (for callers without retries of their own)."""
+    # The S3 client stack (about 0.5 s to import) is loaded only where s3:// data is used.
     import certifi
     import urllib3
     from minio import Minio
@@ -414,7 +414,7 @@ class S3Fetcher:
         return (info.etag or "").strip('"'), int(info.size or 0)
 
     def _fetch_once(self, bucket: str, key: str, dest: Path) -> int:
-        import urllib3
+        import urllib3  # with the S3 client, only where s3:// data is used
 
         tmp = dest.with_name(f".{dest.name}.{threading.get_ident()}.part")
         try:
@@ -452,7 +452,7 @@ class S3Fetcher:
 
 def _fetch_error(e: Exception) -> FetchError:
     """The FetchError of an exception raised by a ``minio`` call (re-raised when it is none of those)."""
-    import urllib3
+    import urllib3  # the S3 client stack, only where s3:// data is used
     from minio.error import InvalidResponseError, S3Error, ServerError
 
     if isinstance(e, S3Error):
@@ -561,20 +561,12 @@ class JsonlFile:
         return self.base.startswith("s3://")
 
 
-def local_jsonl(source: "str | os.PathLike | JsonlFile", *, config: StorageConfig | None = None,
-                cache_dir: str | os.PathLike | None = None) -> JsonlFile:
-    """Where every JSONL file enters the data layer: a local path is taken as it is; an
-    ``s3://bucket/key`` object is downloaded into ``cache_dir/jsonl/`` (default: the image cache),
-    with the endpoint, credentials and retries of image fetching (``config``, default: from the
-    environment), and downloaded again only when its ETag changes. Raises DataError naming the file
-    and what to check or set."""
-    if isinstance(source, JsonlFile):
-        return source
-    name = os.fspath(source)
-    from automl_vision.data import mltable  # an MLTable folder names the JSONL file to read
-
-    if mltable.is_mltable(name):
-        return mltable.mltable_jsonl(name, config=config, cache_dir=cache_dir)
+def jsonl_file(name: str, *, config: StorageConfig | None = None,
+               cache_dir: str | os.PathLike | None = None) -> JsonlFile:
+    """A JSONL file given as a path on this machine, taken as it is, or as an ``s3://bucket/key`` object,
+    downloaded into ``cache_dir/jsonl/`` (default: the image cache) with the endpoint, credentials and
+    retries of image fetching (``config``, default: from the environment) and downloaded again only when
+    its ETag changes. Raises DataError naming the file and what to check or set."""
     m = _SCHEME.match(name)
     if m is None:
         path = Path(name)
@@ -594,7 +586,7 @@ def local_jsonl(source: "str | os.PathLike | JsonlFile", *, config: StorageConfi
     try:
         dest = cached_object(name, config, cache_dir, ".jsonl")
     except FetchError as e:
-        raise DataError(_jsonl_fetch_problem(name, e, config)) from None
+        raise DataError(jsonl_fetch_problem(name, e, config)) from None
     return JsonlFile(name, dest, name.rsplit("/", 1)[0])
 
 
@@ -616,7 +608,8 @@ def cached_object(uri: str, config: StorageConfig, cache_dir: str | os.PathLike 
     return dest
 
 
-def _jsonl_fetch_problem(uri: str, e: FetchError, config: StorageConfig) -> str:
+def jsonl_fetch_problem(uri: str, e: FetchError, config: StorageConfig) -> str:
+    """Why a JSONL or MLTable object could not be read, with what to check or set."""
     endpoint = redact_url(config.endpoint) if config.endpoint else "none set, so AWS S3"
     credentials = "set" if config.access_key and config.secret_key else \
         "not set (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)"
@@ -647,9 +640,7 @@ def upload_folder(folder: str | os.PathLike, uri: str, config: StorageConfig | N
     """Upload every file under ``folder`` to ``uri`` (s3://bucket/prefix), keeping relative paths;
     ``skip(relative path)`` leaves a file out. Returns the keys written. Raises AutoMLError naming the
     object that could not be written (credentials never shown)."""
-    from minio.error import S3Error
-
-    from automl_vision.errors import AutoMLError
+    from minio.error import S3Error  # the S3 client (about 0.5 s to import) only where s3:// data is used
 
     bucket, prefix = _prefix_of(uri)
     client = minio_client(config or storage_from_environment(), retries=True)
@@ -672,9 +663,7 @@ def upload_folder(folder: str | os.PathLike, uri: str, config: StorageConfig | N
 
 def list_prefixes(uri: str, config: StorageConfig | None = None) -> list[str]:
     """The names of the "folders" directly under ``uri`` (s3://bucket/prefix), sorted."""
-    from minio.error import S3Error
-
-    from automl_vision.errors import AutoMLError
+    from minio.error import S3Error  # the S3 client (about 0.5 s to import) only where s3:// data is used
 
     bucket, prefix = _prefix_of(uri)
     client = minio_client(config or storage_from_environment(), retries=True)
@@ -690,9 +679,7 @@ def download_prefix(uri: str, dest: str | os.PathLike, config: StorageConfig | N
                     skip: Callable[[str], bool] | None = None) -> list[Path]:
     """Download every object under ``uri`` (s3://bucket/prefix) into ``dest``, keeping relative paths;
     ``skip(relative path)`` leaves an object out. Returns the files written."""
-    from minio.error import S3Error
-
-    from automl_vision.errors import AutoMLError
+    from minio.error import S3Error  # the S3 client (about 0.5 s to import) only where s3:// data is used
 
     bucket, prefix = _prefix_of(uri)
     client = minio_client(config or storage_from_environment(), retries=True)

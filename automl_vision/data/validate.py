@@ -34,7 +34,9 @@ from automl_vision.data.images import (
 )
 from automl_vision.data.problems import InvalidDataError, Problem, show
 from automl_vision.data.records import TRAIN, VALIDATION, Dataset, ImageRecord
+from automl_vision.data.jsonl import local_jsonl
 from automl_vision.data.schema import LineParser, ParsedLine
+from automl_vision.data.split import plan_split, split_records
 from automl_vision.data.storage import (
     FetchError,
     FetchStats,
@@ -44,13 +46,12 @@ from automl_vision.data.storage import (
     StorageConfig,
     default_cache_dir,
     fetch_all,
-    local_jsonl,
     redact_url,
     resolve_url,
     storage_from_environment,
 )
 from automl_vision.errors import ConfigError, DataError
-from automl_vision.spec.tasks import ImageTask
+from automl_vision.spec.tasks import ImageTask, parse_task
 
 log = logging.getLogger(__name__)
 
@@ -187,10 +188,8 @@ def validate_dataset(training: str | os.PathLike, task: ImageTask | str, *,
                      split_ratio: float | None = None, seed: int = 0) -> ValidationResult:
     """Check one JSONL file (and an optional validation file) for ``task``; never raises for bad data
     (only for a file that cannot be read). Each file is a path or an ``s3://bucket/key`` object (see
-    ``storage.local_jsonl``); problems name it as given. With ``validation`` the records are split by
+    ``jsonl.local_jsonl``); problems name it as given. With ``validation`` the records are split by
     file; else with ``split_ratio`` they are split seeded and stratified (see ``split_records``)."""
-    from automl_vision.spec.tasks import parse_task
-
     with _collector_paused():
         return _validate(training, parse_task(task), validation, options or ValidationOptions(), split_ratio, seed)
 
@@ -262,8 +261,6 @@ def _validate(training, task: ImageTask, validation, options: ValidationOptions,
         records = [dataclasses.replace(r, split=TRAIN if r.source == files[0] else VALIDATION) for r in records]
     plan = None
     if validation is None and split_ratio is not None and records and (not problems or options.on_invalid == SKIP):
-        from automl_vision.data.split import plan_split, split_records
-
         try:
             plan = plan_split(records, task, split_ratio, seed)
         except ValueError as e:
@@ -558,59 +555,3 @@ def _warnings(dataset: Dataset, items: list[_Item]) -> list[str]:
         out.append(f"{len(mismatched)} image(s) whose image_details.format differs from the file "
                    f"(first: {file}:{line} says {said}, the file is {real}); the file's real format is used")
     return out
-
-
-# --- the loader trainers call ------------------------------------------------------------------
-
-MANIFEST_FILE = "manifest.parquet"
-
-
-def is_manifest(source: str | os.PathLike) -> bool:
-    p = Path(source)
-    return p.suffix == ".parquet" or (p.is_dir() and (p / MANIFEST_FILE).is_file())
-
-
-def load_dataset(source: str | os.PathLike, task: ImageTask | str, *,
-                 validation: str | os.PathLike | None = None,
-                 split_ratio: float | None = None, seed: int = 0,
-                 options: ValidationOptions | None = None) -> Dataset:
-    """The typed records of a JSONL file (a path or ``s3://bucket/key``) or of an ingested dataset (its
-    folder or ``manifest.parquet``).
-
-    From JSONL, images are checked for existence and their headers read (not decoded), remote ones
-    fetched into the cache; any problem raises InvalidDataError listing all of them (or, with
-    ``on_invalid="skip"``, invalid images and objects are left out). Records are split by file when
-    ``validation`` is given, else by ``split_ratio`` and ``seed`` when given; an ingested dataset
-    keeps the split it was written with unless ``validation`` is given.
-    """
-    from automl_vision.spec.tasks import parse_task
-
-    task = parse_task(task)
-    if options is None:
-        options = ValidationOptions(decode_images=False)
-    if is_manifest(source):
-        from automl_vision.data.manifest import read_manifest
-
-        dataset = read_manifest(source, task, options=options)
-        if validation is None:
-            if split_ratio is not None and any(r.split is None for r in dataset.records):
-                from automl_vision.data.split import split_records
-
-                try:
-                    records = split_records(dataset.records, task, split_ratio, seed)
-                except ValueError as e:
-                    raise DataError(f"{source}: {e}") from None
-                dataset = dataclasses.replace(dataset, records=records)
-            return dataset
-        val = load_dataset(validation, task, options=options)
-        train = [dataclasses.replace(r, split=TRAIN) for r in dataset.records]
-        return Dataset(task, tuple(train) + tuple(dataclasses.replace(r, split=VALIDATION) for r in val.records),
-                       dataset.source)
-    if validation is not None and is_manifest(validation):
-        train = load_dataset(source, task, options=options)
-        val = load_dataset(validation, task, options=options)
-        return Dataset(task, tuple(dataclasses.replace(r, split=TRAIN) for r in train.records)
-                       + tuple(dataclasses.replace(r, split=VALIDATION) for r in val.records), train.source)
-    result = validate_dataset(source, task, validation=validation, options=options,
-                              split_ratio=split_ratio, seed=seed)
-    return result.raise_if_invalid()

@@ -2,7 +2,7 @@
 
 Katib ships only ``medianstop``. This package adds the ``bandit`` and ``truncation-selection``
 early-stopping algorithms, computed with the same policy functions the local sweep uses
-(:mod:`automl_vision.sweep.policies`):
+(:mod:`automl_vision.spec.termination`):
 
 - ``rules``: policy <-> Katib settings, and the frozen stop rule a new trial gets
 - ``collector``: what Katib's metrics collector does with a trial's log (parsing, rule checks)

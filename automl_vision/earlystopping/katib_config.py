@@ -30,8 +30,6 @@ from __future__ import annotations
 import copy
 import os
 import re
-import sys
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -135,7 +133,7 @@ def _str(dumper: yaml.SafeDumper, value: str):
 _Dumper.add_representer(str, _str)
 
 
-def _dump(doc: Any) -> str:
+def dump_document(doc: Any) -> str:
     return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
@@ -166,7 +164,7 @@ def update_document(doc: dict[str, Any], image: str = DEFAULT_IMAGE) -> tuple[di
     config, changes = merge_entries(_load_katib_config(data[CONFIG_KEY], f"{CONFIGMAP_NAME}/{CONFIG_KEY}"), entries)
     kept_meta = {k: meta[k] for k in ("name", "namespace", "labels", "annotations", "resourceVersion") if k in meta}
     out = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": kept_meta,
-           "data": {**data, CONFIG_KEY: _dump(config)}}
+           "data": {**data, CONFIG_KEY: dump_document(config)}}
     for key in ("binaryData", "immutable"):
         if key in doc:
             out[key] = doc[key]
@@ -175,7 +173,7 @@ def update_document(doc: dict[str, Any], image: str = DEFAULT_IMAGE) -> tuple[di
 
 def read_configmap(namespace: str = DEFAULT_NAMESPACE, core_api: Any = None) -> dict[str, Any]:
     """The live ConfigMap ``katib-config`` as a manifest (kubeconfig or in-cluster credentials)."""
-    try:
+    try:  # optional: the katib extra
         from kubernetes import client, config
         from kubernetes.client.exceptions import ApiException
         from kubernetes.config.config_exception import ConfigException
@@ -200,63 +198,3 @@ def read_configmap(namespace: str = DEFAULT_NAMESPACE, core_api: Any = None) -> 
                               "(--katib-namespace)") from None
         raise AutoMLError(f"reading ConfigMap {namespace}/{CONFIGMAP_NAME}: {e.status} {e.reason}") from None
     return core_api.api_client.sanitize_for_serialization(cm) | {"apiVersion": "v1", "kind": "ConfigMap"}
-
-
-# --- the command -----------------------------------------------------------------------------------
-
-def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "katib-config",
-        help="add the early-stopping service's entries to Katib's katib-config (prints the result to apply)",
-        description="Add automl-vision's early-stopping algorithms (bandit, truncation-selection) to a Katib "
-                    "KatibConfig, keeping every other setting. Input: the live ConfigMap (--from-cluster), a "
-                    "ConfigMap manifest or a KatibConfig file (-f; - for standard input). Output: the same "
-                    "kind of document on standard output (or --in-place), what changed on standard error.")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--from-cluster", action="store_true",
-                        help=f"read the ConfigMap {CONFIGMAP_NAME} with your kubeconfig (or in-cluster credentials)")
-    source.add_argument("-f", "--file", metavar="PATH",
-                        help="a ConfigMap manifest or a KatibConfig document; - reads standard input")
-    p.add_argument("--image", default=DEFAULT_IMAGE,
-                   help=f"the early-stopping service's image as the nodes pull it (default: {DEFAULT_IMAGE})")
-    p.add_argument("--katib-namespace", default=DEFAULT_NAMESPACE, help="Katib's namespace (default: kubeflow)")
-    p.add_argument("--in-place", action="store_true", help="rewrite --file instead of printing")
-    p.set_defaults(func=cmd_katib_config)
-
-
-def cmd_katib_config(args, core_api: Any = None) -> int:
-    if args.in_place and (not args.file or args.file == "-"):
-        raise ConfigError("--in-place needs --file PATH")
-    if args.from_cluster:
-        doc, where = read_configmap(args.katib_namespace, core_api), f"{args.katib_namespace}/{CONFIGMAP_NAME}"
-    else:
-        where = "standard input" if args.file == "-" else args.file
-        try:
-            text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
-        except OSError as e:
-            raise ConfigError(f"cannot read {where}: {e.strerror}") from None
-        try:
-            doc = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{where}: not YAML: {e}") from None
-    try:
-        out, changes, versions = update_document(doc, args.image)
-    except ConfigError as e:
-        raise ConfigError(e.problems, source=where) from None
-    text = _dump(out)
-    if args.in_place:
-        Path(args.file).write_text(text)
-    else:
-        sys.stdout.write(text)
-    print(f"katib-config ({where}): {', '.join(changes)}; image {args.image}", file=sys.stderr)
-    unchecked = sorted(v for v in versions if v not in SUPPORTED_KATIB)
-    if unchecked:
-        print(f"note: its Katib images are version {', '.join(unchecked)}; the entries were checked against Katib "
-              f"{', '.join(SUPPORTED_KATIB)}", file=sys.stderr)
-    if out.get("kind") == "ConfigMap" and not args.in_place:
-        print("apply with: ... | kubectl replace -f -   (fails if katib-config changed since it was read; "
-              "run again then). The next Experiment uses it: no restart of katib-controller is needed.",
-              file=sys.stderr)
-    elif args.in_place:
-        print(f"wrote {args.file}; rebuild and apply your Katib kustomization", file=sys.stderr)
-    return 0

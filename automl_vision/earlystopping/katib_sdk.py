@@ -19,7 +19,7 @@ INSTALL_HINT = ("pip install 'automl-vision[katib]' && pip install --no-deps kub
 def import_katib() -> ModuleType:
     """``kubeflow.katib``, or an AutoMLError naming the install command."""
     try:
-        import kubeflow.katib as katib
+        import kubeflow.katib as katib  # optional: installed apart (INSTALL_HINT)
     except ImportError as e:
         raise AutoMLError(f"the Katib SDK is not installed ({e}); install it with: {INSTALL_HINT}") from None
     return katib
@@ -28,6 +28,6 @@ def import_katib() -> ModuleType:
 def import_katib_api() -> tuple[ModuleType, ModuleType]:
     """Katib's gRPC messages and stubs (``katib_api_pb2``, ``katib_api_pb2_grpc``)."""
     import_katib()
-    from kubeflow.katib import katib_api_pb2, katib_api_pb2_grpc
+    from kubeflow.katib import katib_api_pb2, katib_api_pb2_grpc  # optional: after import_katib's message
 
     return katib_api_pb2, katib_api_pb2_grpc

@@ -11,8 +11,9 @@ at ``start_step`` (the best never gets worse), so a frozen rule is a single chec
 - the value = the threshold the policy function would apply at interval ``k`` given the earlier
   trials' values (their first ``k`` reported values).
 
-``stop_rule`` computes it; ``tests/unit/test_katib_earlystopping.py`` checks that the rule holds
-exactly when :func:`automl_vision.sweep.policies.decide` terminates the trial.
+``stop_rule`` computes it with the local sweep's own threshold (:mod:`automl_vision.spec.termination`);
+``tests/unit/test_katib_earlystopping.py`` checks that the rule holds exactly when
+:func:`automl_vision.spec.policies.decide` terminates the trial.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Literal
 from pydantic import ValidationError
 
 from automl_vision.spec.policies import BanditPolicy, MedianStoppingPolicy, TruncationSelectionPolicy
+from automl_vision.spec.termination import bandit_threshold, clean
 
 #: Katib early-stopping algorithm names served by ``automl_vision.earlystopping.service``.
 BANDIT = "bandit"
@@ -106,14 +108,6 @@ def policy_from_settings(algorithm_name: str, settings: Mapping[str, str]):
     return policy
 
 
-def _clean(value: float, maximize: bool) -> float:
-    """As the policy functions do: a non-finite value counts as the worst possible one."""
-    value = float(value)
-    if math.isfinite(value):
-        return value
-    return -math.inf if maximize else math.inf
-
-
 def stop_rule(policy, metric: str, history: Mapping[str, Sequence[float]], *, maximize: bool = True
               ) -> StopRule | None:
     """The rule a NEW trial gets, from the earlier trials' values (``history``: trial -> the metric's
@@ -122,19 +116,16 @@ def stop_rule(policy, metric: str, history: Mapping[str, Sequence[float]], *, ma
     k = first_evaluation_step(policy)
     comparison: Literal["less", "greater"] = "less" if maximize else "greater"
     if isinstance(policy, BanditPolicy):
-        values = [_clean(v, maximize) for vals in history.values() for v in list(vals)[:k]]
+        values = [clean(v, maximize) for vals in history.values() for v in list(vals)[:k]]
         if not values:
             return None
         best = max(values) if maximize else min(values)
         if not math.isfinite(best):
             return None
-        if policy.slack_factor is not None:
-            threshold = best / (1 + policy.slack_factor) if maximize else best * (1 + policy.slack_factor)
-        else:
-            threshold = best - policy.slack_amount if maximize else best + policy.slack_amount
+        threshold, _ = bandit_threshold(policy, best, maximize)
         return StopRule(metric, comparison, threshold, k)
     if isinstance(policy, TruncationSelectionPolicy):
-        at_k = [_clean(list(vals)[k - 1], maximize) for vals in history.values() if len(vals) >= k]
+        at_k = [clean(list(vals)[k - 1], maximize) for vals in history.values() if len(vals) >= k]
         cut = (len(at_k) + 1) * policy.truncation_percentage // 100  # the new trial is in the cohort
         if cut == 0:
             return None

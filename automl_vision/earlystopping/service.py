@@ -101,7 +101,7 @@ def mark_early_stopped(api: Any, namespace: str, name: str, *, attempts: int = 5
     retried on a fresh read, up to ``attempts`` writes, waiting ``backoff_s`` doubling (with jitter).
     Raises TrialStatusError: NOT_FOUND (no such trial), PERMISSION_DENIED, ABORTED (still conflicting
     after every attempt), UNAVAILABLE (API server unreachable) or INTERNAL."""
-    from kubernetes.client.exceptions import ApiException
+    from kubernetes.client.exceptions import ApiException  # optional: the katib extra
     from urllib3.exceptions import HTTPError
 
     if attempts < 1:
@@ -278,7 +278,7 @@ class EarlyStoppingService:
 
     def custom_api(self):
         if self._custom_api is None:
-            from kubernetes import client, config
+            from kubernetes import client, config  # optional: the katib extra
 
             config.load_incluster_config()
             self._custom_api = client.CustomObjectsApi()

@@ -1,1 +1,1 @@
-"""Evaluation: metrics per task, plots."""
+"""Evaluation: the metrics of each task, and scoring a predictions file against labelled data."""

@@ -17,8 +17,8 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from automl_vision.evaluation.detections import ImageGroundTruth, ImagePredictions
-from automl_vision.evaluation.masks import rle_area
+from automl_vision.models.detections import ImageGroundTruth, ImagePredictions
+from automl_vision.models.masks import rle_area
 
 log = logging.getLogger(__name__)
 

@@ -21,11 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from automl_vision.data.load import load_dataset
 from automl_vision.errors import ConfigError, DataError
 from automl_vision.evaluation.coco import coco_evaluate
-from automl_vision.evaluation.detections import ImageGroundTruth, ImagePredictions
-from automl_vision.evaluation.masks import polygon_to_rle
 from automl_vision.evaluation.voc import voc_evaluate
+from automl_vision.models.detections import ImageGroundTruth, ImagePredictions
+from automl_vision.models.masks import polygon_to_rle
 from automl_vision.spec.tasks import ImageTask
 
 METRIC_TYPES = ("none", "voc", "coco", "coco_voc")
@@ -194,8 +195,6 @@ def score_predictions(task: ImageTask, data: str | os.PathLike, predictions: str
     against a labelled JSONL file. Every labelled image needs exactly one line of predictions and
     every line must name a labelled image; ``image_url`` is matched as written, or else by the
     file it points to (each relative to its own JSONL file)."""
-    from automl_vision.data.validate import load_dataset
-
     if task.is_classification:
         raise ConfigError(f"evaluate --predictions scores detection and segmentation; {task.value} is not supported")
     dataset = load_dataset(data, task)

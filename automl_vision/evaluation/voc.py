@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from automl_vision.evaluation.detections import ImageGroundTruth, ImagePredictions, box_iou
-from automl_vision.evaluation.masks import mask_iou
+from automl_vision.models.detections import ImageGroundTruth, ImagePredictions, box_iou
+from automl_vision.models.masks import mask_iou
 
 
 @dataclass
@@ -68,7 +68,7 @@ def average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
     return float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]))
 
 
-def _match_image(ious: np.ndarray, crowd: np.ndarray, threshold: float) -> np.ndarray:
+def match_image(ious: np.ndarray, crowd: np.ndarray, threshold: float) -> np.ndarray:
     """Outcome of each prediction (rows, already in score order): 1 TP, 0 FP, -1 ignored."""
     n_pred = ious.shape[0]
     out = np.zeros(n_pred, dtype=np.int8)
@@ -114,7 +114,7 @@ def voc_evaluate(ground_truth: Sequence[ImageGroundTruth], predictions: Sequence
             else:
                 ious = box_iou(pred.boxes[order], gt.boxes[g])
             scores[c].append(pred.scores[order])
-            outcomes[c].append(_match_image(ious, gt.crowd[g], iou_threshold))
+            outcomes[c].append(match_image(ious, gt.crowd[g], iou_threshold))
 
     per_label: dict[str, LabelResult] = {}
     aps, precisions, recalls = [], [], []

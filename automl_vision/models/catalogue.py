@@ -1,83 +1,121 @@
-"""The pretrained-weights catalogue: every model name of the spec -> its file, source, licences, preprocessing.
+"""The pretrained weights of the catalogue's models (``spec/catalogue.py``): file, source, licences, preprocessing.
 
-Licences as the upstream projects state them:
-
-* torchvision's code is BSD-3-Clause. torchvision states no licence of its own for its pretrained
-  weights; its documentation warns that they were trained on datasets with their own terms
-  (ImageNet-1k for the classifiers and backbones, COCO for the detectors), so the catalogue says so.
-* timm's code is Apache-2.0; each pretrained cfg carries the licence of its weights (``license``).
-* ultralytics' code and its released weights are AGPL-3.0 (or an Ultralytics Enterprise licence).
-
-Resolution never touches the network: names, addresses and hashes come from the installed libraries.
+Resolution never touches the network: names, addresses and hashes come from the installed libraries
+(torchvision's weights enums, timm's pretrained cfgs, ultralytics' release assets).
 """
 
 from __future__ import annotations
 
+import importlib
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from automl_vision.errors import ConfigError
-from automl_vision.models.weights import WeightsFile
-
-TORCHVISION_CODE = "BSD-3-Clause"
-TORCHVISION_IMAGENET = "not stated by torchvision (trained on ImageNet-1k; the dataset's terms of access apply)"
-TORCHVISION_COCO = "not stated by torchvision (trained on COCO; its images carry their own licences)"
-TIMM_CODE = "Apache-2.0"
-ULTRALYTICS = "AGPL-3.0 (or an Ultralytics Enterprise licence)"
-#: ImageNet statistics: the preprocessing of models trained from scratch and of the torchvision weights.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from automl_vision.models.weights import BASE_URL_ENV, WeightsFile
+from automl_vision.spec import hyperparameters as hps
+from automl_vision.spec.catalogue import CLASSIFICATION, IMAGENET, MODELS, ModelRow
+from automl_vision.spec.distributions import Choice
+from automl_vision.spec.tasks import ImageTask
 
 
-def from_scratch_preprocessing() -> dict:
-    return {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "interpolation": "bilinear"}
+def default_model_size() -> str:
+    return hps.get("model_size").default
 
 
 def spec_model_names() -> list[str]:
-    """Every model name of the spec, yolov5 once per model_size (``yolov5:small`` ...)."""
-    from automl_vision.spec.tasks import ImageTask
-    from automl_vision.models.registry import registered_models
-    from automl_vision.models.yolo import SIZES
-
+    """Every model name of the spec, a model with sizes once per model_size (``yolov5:small`` ...)."""
     names: list[str] = []
     for task in ImageTask:
-        for name in registered_models(task):
-            if name == "yolov5":
-                names += [f"yolov5:{size}" for size in SIZES if f"yolov5:{size}" not in names]
-            elif name not in names:
-                names.append(name)
+        for name in task.models:
+            sized = [f"{name}:{size}" for size in MODELS[name].sizes] or [name]
+            names += [n for n in sized if n not in names]
     return names
 
 
-def weights_file(name: str) -> WeightsFile:
-    """``name``: a model name, or ``yolov5:<model_size>`` (``yolov5`` alone is the default size, medium)."""
-    from automl_vision.models import classification, detection, yolo
+def torchvision_weights(row: ModelRow):
+    """The default member of the row's torchvision weights enum (``ResNet18_Weights.DEFAULT``)."""
+    module, _, enum = row.weights.rpartition(".")
+    return getattr(importlib.import_module(module), enum).DEFAULT
 
-    if name == "yolov5" or name.startswith("yolov5:"):
-        return yolo.weights_file(name.partition(":")[2] or "medium")
-    if name in classification.CLASSIFIERS:
-        return classification.weights_file(name)
+
+def _torchvision_file(row: ModelRow) -> WeightsFile:
+    weights = torchvision_weights(row)
+    pre = row.preprocessing.to_json()
+    if set(row.tasks) <= set(CLASSIFICATION):  # classifiers: the weights' own transforms
+        tf = weights.transforms()
+        pre = {"mean": list(tf.mean), "std": list(tf.std), "interpolation": tf.interpolation.value,
+               "input_size": [3, *tf.crop_size * 2][:3], "resize_size": tf.resize_size[0]}
+    # The detectors normalize inside the model (GeneralizedRCNNTransform, ImageNet statistics).
+    return WeightsFile(row.name, os.path.basename(weights.url), weights.url, row.family,
+                       code_licence=row.code_licence, weights_licence=row.weights_licence, preprocessing=pre)
+
+
+def _timm_file(row: ModelRow) -> WeightsFile:
+    import timm  # optional heavy dependency, imported when a timm model's weights are asked for
+
+    cfg = timm.models.get_pretrained_cfg(row.weights)
+    hub = getattr(cfg, "hf_hub_id", None) or f"timm/{row.weights}"
+    pre = {**row.preprocessing.to_json(), "mean": list(cfg.mean), "std": list(cfg.std),
+           "interpolation": cfg.interpolation or "bilinear", "input_size": list(cfg.input_size),
+           "crop_pct": cfg.crop_pct}
+    return WeightsFile(row.name, f"{hub}/model.safetensors",
+                       f"https://huggingface.co/{hub}/resolve/main/model.safetensors", row.family, hub,
+                       code_licence=row.code_licence,
+                       weights_licence=row.weights_licence or cfg.license or "not stated in the pretrained cfg",
+                       preprocessing=pre)
+
+
+def sized_name(row: ModelRow, pattern: str, model_size: str) -> str:
+    """``pattern`` (the row's ``arch`` or ``weights``) for ``model_size``: ``yolov5{}u`` -> ``yolov5mu``."""
     try:
-        detection.family_of(name)
-    except ValueError:
-        pass
-    else:
-        from automl_vision.models.registry import _REGISTRY, _load_backends
+        return pattern.format(row.sizes[model_size])
+    except KeyError:
+        raise ConfigError(f"model_size={model_size!r}; allowed: {', '.join(row.sizes)}") from None
 
-        _load_backends()
-        if name in _REGISTRY:
-            return detection.weights_file(name)
-    raise ConfigError(f"no pretrained weights known for {name!r}; models: {', '.join(spec_model_names())}")
+
+def _ultralytics_file(row: ModelRow, model_size: str) -> WeightsFile:
+    """ultralytics' COCO checkpoint (a release asset of ultralytics/assets, the tag ultralytics' own
+    ``attempt_download_asset`` uses), cached beside torchvision's checkpoints
+    (``$TORCH_HOME/hub/checkpoints/``) or read from a mirror. ultralytics scales pixels to [0, 1] and
+    does not normalize further; letterbox resizing."""
+    name = sized_name(row, row.weights, model_size)
+    return WeightsFile(f"{row.name} (model_size {model_size})", name, f"{BASE_URL_ENV['ultralytics'][1]}/{name}",
+                       row.family, code_licence=row.code_licence, weights_licence=row.weights_licence,
+                       preprocessing=row.preprocessing.to_json())
+
+
+def weights_file(name: str) -> WeightsFile:
+    """``name``: a model name, or ``<model>:<model_size>`` for a model with sizes (``yolov5:small``;
+    ``yolov5`` alone is the default size)."""
+    model, _, size = name.partition(":")
+    row = MODELS.get(model)
+    if row is None or bool(size) and not row.sizes:
+        raise ConfigError(f"no pretrained weights known for {name!r}; models: {', '.join(spec_model_names())}")
+    if row.family == "ultralytics":
+        return _ultralytics_file(row, size or default_model_size())
+    if row.family == "timm":
+        return _timm_file(row)
+    return _torchvision_file(row)
 
 
 def resolve(names: Iterable[str]) -> list[WeightsFile]:
     return [weights_file(n) for n in names]
 
 
+def preprocessing(model_name: str, pretrained: bool) -> dict:
+    """mean, std and interpolation the model expects: its weights' own when pretrained, the row's otherwise."""
+    row = MODELS.get(model_name)
+    if row is None:
+        return IMAGENET.to_json()
+    if not pretrained:
+        return row.preprocessing.to_json()
+    pre = weights_file(model_name).preprocessing
+    return {"mean": list(pre["mean"]), "std": list(pre["std"]), "interpolation": pre["interpolation"]}
+
+
 def job_models(job) -> list[str]:
     """The catalogue names a job's trials may need pretrained weights for (none when pretrained is 0)."""
-    from automl_vision.spec.distributions import Choice
-
     fixed = job.training_parameters
     if "pretrained" in fixed and not fixed["pretrained"]:
         return []
@@ -89,12 +127,10 @@ def job_models(job) -> list[str]:
         models = entry.get("model_name", fixed.get("model_name", job.task.default_model))
         models = [str(v) for v in models.values] if isinstance(models, Choice) else [str(models)]
         for model in models:
-            if model == "yolov5":
-                size = entry.get("model_size", fixed.get("model_size", "medium"))
+            if model in MODELS and MODELS[model].sizes:
+                size = entry.get("model_size", fixed.get("model_size", default_model_size()))
                 sizes = [str(v) for v in size.values] if isinstance(size, Choice) else [str(size)]
-                for s in sizes:
-                    if f"yolov5:{s}" not in names:
-                        names.append(f"yolov5:{s}")
+                names += [f"{model}:{s}" for s in sizes if f"{model}:{s}" not in names]
             elif model not in names:
                 names.append(model)
     return names
@@ -109,8 +145,8 @@ def licence_text(model_name: str, hyperparameters: Mapping[str, Any]) -> str:
     """In words: the licence of the model's code and of the pretrained weights it started from (what the
     model package's README and the run report say)."""
     name = model_name
-    if name == "yolov5":
-        name = f"yolov5:{hyperparameters.get('model_size', 'medium')}"
+    if model_name in MODELS and MODELS[model_name].sizes:
+        name = f"{model_name}:{hyperparameters.get('model_size', default_model_size())}"
     try:
         f = weights_file(name)
     except Exception:  # a model outside the catalogue: nothing known to state

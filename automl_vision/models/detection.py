@@ -10,8 +10,6 @@ never substituted. Class-specific head layers are always new.
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,51 +25,53 @@ from torchvision.ops import misc as misc_nn_ops
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from automl_vision.errors import ConfigError
-from automl_vision.evaluation.detections import ImagePredictions
-from automl_vision.evaluation.masks import encode_mask, mask_to_polygon
-from automl_vision.evaluation.tiling import merge_tile_predictions, pixel_window, tile_boxes
-from automl_vision.models.registry import register_model
-from automl_vision.models.weights import WeightsFile, WeightsSource, locate
-from automl_vision.spec.hyperparameters import parse_tile_grid_size
-from automl_vision.spec.tasks import ImageTask
+from automl_vision.models.catalogue import weights_file
+from automl_vision.models.detections import ImagePredictions
+from automl_vision.models.masks import decode_rle, encode_mask, mask_to_polygon
+from automl_vision.models.package import read_package
+from automl_vision.models.tiling import merge_tile_predictions, pixel_window, tile_boxes
+from automl_vision.models.weights import WeightsSource, locate
+from automl_vision.spec import hyperparameters as hps
+from automl_vision.spec.catalogue import MODELS, ModelRow
+from automl_vision.spec.tasks import TORCHVISION_DETECTORS, ImageTask
 
-FPN_GROUPS = [("backbone.body.conv1.", "backbone.body.bn1."), "backbone.body.layer1.", "backbone.body.layer2.",
-              "backbone.body.layer3.", "backbone.body.layer4."]
-DEPTHS = (18, 34, 50, 101, 152)
-
-_DETECTION = frozenset({ImageTask.IMAGE_OBJECT_DETECTION})
-_SEGMENTATION = frozenset({ImageTask.IMAGE_INSTANCE_SEGMENTATION})
-
-# COCO checkpoints torchvision ships for the ResNet-50 models, and the parameters of their heads
-# that depend on the number of classes (those are never loaded).
-_COCO_WEIGHTS = {
-    "fasterrcnn": ("FasterRCNN_ResNet50_FPN_Weights", ("roi_heads.box_predictor.",)),
-    "retinanet": ("RetinaNet_ResNet50_FPN_Weights", ("head.classification_head.cls_logits.",)),
-    "maskrcnn": ("MaskRCNN_ResNet50_FPN_Weights", ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")),
+# Parameters of the COCO checkpoints' heads that depend on the number of classes (never loaded).
+_CLASS_HEADS = {
+    "fasterrcnn": ("roi_heads.box_predictor.",),
+    "retinanet": ("head.classification_head.cls_logits.",),
+    "maskrcnn": ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits."),
 }
 
 
-@dataclass(frozen=True)
-class InferenceSettings:
-    """What a torchvision detector's predictions depend on; changeable at load time without retraining."""
+def _default(name: str) -> Any:
+    """The hyperparameter table's default of an inference setting of the torchvision detectors."""
+    hp = hps.get(name)
+    task = min(hp.tasks, key=lambda t: t.value)  # the defaults are the same for detection and segmentation
+    return hp.default_for(task, TORCHVISION_DETECTORS[0])
 
-    min_size: int = 600
-    max_size: int = 1333
-    box_score_thresh: float = 0.3
-    box_nms_thresh: float = 0.5
-    box_detections_per_img: int = 100
-    tile_grid_size: tuple[int, int] | None = None
-    tile_overlap_ratio: float = 0.25
-    tile_predictions_nms_thresh: float = 0.25
-    mask_pixel_score_threshold: float = 0.5
-    max_number_of_polygon_points: int = 100
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    """What a torchvision detector's predictions depend on; changeable at load time without retraining.
+    The defaults are the hyperparameter table's."""
+
+    min_size: int = _default("min_size")
+    max_size: int = _default("max_size")
+    box_score_thresh: float = _default("box_score_thresh")
+    box_nms_thresh: float = _default("box_nms_thresh")
+    box_detections_per_img: int = _default("box_detections_per_img")
+    tile_grid_size: tuple[int, int] | None = _default("tile_grid_size")
+    tile_overlap_ratio: float = _default("tile_overlap_ratio")
+    tile_predictions_nms_thresh: float = _default("tile_predictions_nms_thresh")
+    mask_pixel_score_threshold: float = _default("mask_pixel_score_threshold")
+    max_number_of_polygon_points: int = _default("max_number_of_polygon_points")
 
     @classmethod
-    def from_hyperparameters(cls, hp: Mapping[str, Any]) -> "InferenceSettings":
+    def from_hyperparameters(cls, hp: Mapping[str, Any]) -> "DetectorSettings":
         values = {k: hp[k] for k in cls.__dataclass_fields__ if hp.get(k) is not None}
         grid = values.get("tile_grid_size")
         if isinstance(grid, str):
-            values["tile_grid_size"] = parse_tile_grid_size(grid)
+            values["tile_grid_size"] = hps.parse_tile_grid_size(grid)
         elif grid is not None:
             values["tile_grid_size"] = tuple(grid)
         return cls(**values)
@@ -83,28 +83,16 @@ class InferenceSettings:
         return d
 
 
-def weights_file(model_name: str) -> WeightsFile:
-    """The pretrained-weights file of a detector: COCO for ResNet-50 models, ImageNet backbone otherwise."""
-    from automl_vision.models.catalogue import TORCHVISION_CODE, TORCHVISION_COCO, TORCHVISION_IMAGENET
-
-    family, depth = family_of(model_name)
-    if depth == 50:
-        weights = getattr(torchvision.models.detection, _COCO_WEIGHTS[family][0]).DEFAULT
-        licence = TORCHVISION_COCO
-    else:
-        weights = getattr(torchvision.models, f"ResNet{depth}_Weights").DEFAULT
-        licence = TORCHVISION_IMAGENET
-    # The detectors normalize inside the model (GeneralizedRCNNTransform, ImageNet statistics).
-    pre = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "interpolation": "bilinear"}
-    return WeightsFile(model_name, os.path.basename(weights.url), weights.url, "torchvision",
-                       code_licence=TORCHVISION_CODE, weights_licence=licence, preprocessing=pre)
-
-
 def _load(model_name: str, source: WeightsSource | None) -> dict[str, torch.Tensor]:
     return torch.load(locate(weights_file(model_name), source), map_location="cpu", weights_only=True)
 
 
-def _model_kwargs(family: str, settings: InferenceSettings) -> dict[str, Any]:
+def _coco(row: ModelRow) -> bool:
+    """Whether the row's weights are a whole detector's COCO checkpoint (else an ImageNet backbone)."""
+    return row.weights.startswith("torchvision.models.detection.")
+
+
+def _model_kwargs(family: str, settings: DetectorSettings) -> dict[str, Any]:
     common = {"min_size": settings.min_size, "max_size": settings.max_size}
     if family == "retinanet":
         return {**common, "score_thresh": settings.box_score_thresh, "nms_thresh": settings.box_nms_thresh,
@@ -114,23 +102,25 @@ def _model_kwargs(family: str, settings: InferenceSettings) -> dict[str, Any]:
 
 
 def build_detector(family: str, depth: int, num_classes: int, *, pretrained: bool,
-                   settings: InferenceSettings | None = None, weights: WeightsSource | None = None) -> nn.Module:
+                   settings: DetectorSettings | None = None, weights: WeightsSource | None = None) -> nn.Module:
     """A ``family`` (fasterrcnn, retinanet, maskrcnn) model on a ResNet-``depth``-FPN backbone for
     ``num_classes`` object classes (the background class is added here)."""
-    settings = settings or InferenceSettings()
+    settings = settings or DetectorSettings()
+    name = f"{family}_resnet{depth}_fpn"
+    coco = _coco(MODELS[name])
     backbone_state = coco_state = None
     if pretrained:
-        state = _load(f"{family}_resnet{depth}_fpn", weights)
-        if depth == 50:
+        state = _load(name, weights)
+        if coco:
             coco_state = state
         else:
             backbone_state = state
-    model = _assemble(family, depth, num_classes, settings, pretrained=pretrained)
+    model = _assemble(family, depth, num_classes, settings, pretrained=pretrained, coco=coco)
     if backbone_state is not None:
         body = {k: v for k, v in backbone_state.items() if not k.startswith("fc.")}
         model.backbone.body.load_state_dict(body)
     if coco_state is not None:
-        heads = _COCO_WEIGHTS[family][1]
+        heads = _CLASS_HEADS[family]
         state = {k: v for k, v in coco_state.items() if not k.startswith(heads)}
         missing, unexpected = model.load_state_dict(state, strict=False)
         wrong = [k for k in missing if not k.startswith(heads)] + list(unexpected)
@@ -140,7 +130,8 @@ def build_detector(family: str, depth: int, num_classes: int, *, pretrained: boo
     return model
 
 
-def _assemble(family: str, depth: int, num_classes: int, settings: InferenceSettings, *, pretrained: bool) -> nn.Module:
+def _assemble(family: str, depth: int, num_classes: int, settings: DetectorSettings, *, pretrained: bool,
+              coco: bool) -> nn.Module:
     # As torchvision does: frozen batch norm over pretrained statistics, plain batch norm otherwise.
     norm_layer = misc_nn_ops.FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
     resnet = getattr(torchvision.models, f"resnet{depth}")(weights=None, norm_layer=norm_layer)
@@ -151,33 +142,26 @@ def _assemble(family: str, depth: int, num_classes: int, settings: InferenceSett
     else:
         backbone = _resnet_fpn_extractor(resnet, 5)
         model = (MaskRCNN if family == "maskrcnn" else FasterRCNN)(backbone, num_classes=num_classes + 1, **kwargs)
-    if pretrained and depth == 50:  # torchvision's COCO checkpoints were trained with batch-norm eps 0
+    if pretrained and coco:  # torchvision's COCO checkpoints were trained with batch-norm eps 0
         for m in model.modules():
             if isinstance(m, misc_nn_ops.FrozenBatchNorm2d):
                 m.eps = 0.0
     return model
 
 
-def _register(family: str, depth: int, tasks) -> None:
-    @register_model(f"{family}_resnet{depth}_fpn", tasks=tasks, layer_groups=FPN_GROUPS)
-    def build(num_classes: int, *, pretrained: bool, settings: InferenceSettings | None = None,
-              weights: WeightsSource | None = None) -> nn.Module:
-        return build_detector(family, depth, num_classes, pretrained=pretrained, settings=settings, weights=weights)
+def _depth(row: ModelRow) -> int:
+    return int(row.backbone.removeprefix("resnet"))
 
 
-for _depth in DEPTHS:
-    _register("fasterrcnn", _depth, _DETECTION)
-    _register("maskrcnn", _depth, _SEGMENTATION)
-_register("retinanet", 50, _DETECTION)
+def build_torchvision_detector(row: ModelRow, num_classes: int, *, pretrained: bool,
+                               settings: DetectorSettings | None = None,
+                               weights: WeightsSource | None = None) -> nn.Module:
+    """The builder of the catalogue's torchvision detector rows."""
+    return build_detector(row.arch, _depth(row), num_classes, pretrained=pretrained, settings=settings,
+                          weights=weights)
 
 
-def family_of(model_name: str) -> tuple[str, int]:
-    """``"maskrcnn_resnet34_fpn"`` -> ``("maskrcnn", 34)``."""
-    family, backbone, _ = model_name.split("_")
-    return family, int(backbone.removeprefix("resnet"))
-
-
-def apply_inference_settings(model: nn.Module, settings: InferenceSettings) -> None:
+def apply_inference_settings(model: nn.Module, settings: DetectorSettings) -> None:
     """Change a built detector's resizing and post-processing settings in place."""
     model.transform.min_size = (settings.min_size,)
     model.transform.max_size = settings.max_size
@@ -193,7 +177,7 @@ def apply_inference_settings(model: nn.Module, settings: InferenceSettings) -> N
 
 # --- prediction ----------------------------------------------------------------------------------
 
-def _to_predictions(output: Mapping[str, torch.Tensor], settings: InferenceSettings,
+def _to_predictions(output: Mapping[str, torch.Tensor], settings: DetectorSettings,
                     with_masks: bool) -> ImagePredictions:
     """torchvision's output dict (labels 1..C) -> ImagePredictions (labels 0..C-1).
 
@@ -210,7 +194,7 @@ def _to_predictions(output: Mapping[str, torch.Tensor], settings: InferenceSetti
 
 
 @torch.inference_mode()
-def predict_tensors(model: nn.Module, images: Sequence[torch.Tensor], settings: InferenceSettings,
+def predict_tensors(model: nn.Module, images: Sequence[torch.Tensor], settings: DetectorSettings,
                     *, with_masks: bool = False) -> list[ImagePredictions]:
     """Detections (pixel coordinates) on float CHW images in [0, 1], already on the model's device.
 
@@ -236,10 +220,8 @@ def predict_tensors(model: nn.Module, images: Sequence[torch.Tensor], settings: 
 
 
 def scoring_output(pred: ImagePredictions, classes: Sequence[str], width: int, height: int,
-                   settings: InferenceSettings | None = None, *, polygons: bool = False) -> dict[str, Any]:
+                   settings: DetectorSettings | None = None, *, polygons: bool = False) -> dict[str, Any]:
     """One image's detections in the scoring format of spec section 9 (normalized coordinates)."""
-    from automl_vision.evaluation.masks import decode_rle
-
     boxes = []
     for k in range(len(pred.labels)):
         x1, y1, x2, y2 = (float(v) for v in pred.boxes[k])
@@ -250,7 +232,7 @@ def scoring_output(pred: ImagePredictions, classes: Sequence[str], width: int, h
             "score": round(float(pred.scores[k]), 6),
         }
         if polygons and pred.masks is not None:
-            limit = settings.max_number_of_polygon_points if settings else 100
+            limit = (settings or DetectorSettings()).max_number_of_polygon_points
             entry["polygon"] = mask_to_polygon(decode_rle(pred.masks[k]), limit)
         boxes.append(entry)
     return {"boxes": boxes}
@@ -271,7 +253,7 @@ def image_to_tensor(image: Any) -> torch.Tensor:
     return t.float() / 255 if t.dtype == torch.uint8 else t.float()
 
 
-def predict_images(model: nn.Module, images: Sequence[Any], settings: InferenceSettings, classes: Sequence[str],
+def predict_images(model: nn.Module, images: Sequence[Any], settings: DetectorSettings, classes: Sequence[str],
                    *, task: ImageTask = ImageTask.IMAGE_OBJECT_DETECTION, batch_size: int = 4) -> list[dict[str, Any]]:
     """Spec section 9 responses (``{"boxes": [...]}``, with polygons for segmentation), one per image.
 
@@ -298,24 +280,21 @@ class DetectorPackage:
     task: ImageTask
     model_name: str
     classes: list[str]
-    settings: InferenceSettings
+    settings: DetectorSettings
 
 
 def load_detector(model_dir: str | Path, device: str | torch.device = "cpu",
                   overrides: Mapping[str, Any] | None = None) -> DetectorPackage:
-    """Rebuild a torchvision detector from ``model.safetensors``, ``config.json`` and ``labels.json``;
-    ``overrides`` changes inference settings (spec section 9 model_settings)."""
-    from safetensors.torch import load_file
-
-    model_dir = Path(model_dir)
-    config = json.loads((model_dir / "config.json").read_text())
-    classes = json.loads((model_dir / "labels.json").read_text())
-    task = ImageTask(config["task"])
-    settings = InferenceSettings.from_hyperparameters({**config.get("model_settings", {}), **(overrides or {})})
-    family, depth = family_of(config["model_name"])
+    """Rebuild a torchvision detector from its package (``models.package.read_package``: weights, config,
+    labels); ``overrides`` changes inference settings (spec section 9 model_settings)."""
+    package = read_package(model_dir)
+    settings = DetectorSettings.from_hyperparameters({**package.config.get("model_settings", {}),
+                                                       **(overrides or {})})
+    row = MODELS[package.model_name]
     # Same structure as in training (frozen batch norm after pretrained weights), random init.
-    model = _assemble(family, depth, len(classes), settings, pretrained=bool(config["hyperparameters"].get("pretrained")))
-    model.load_state_dict(load_file(str(model_dir / "model.safetensors")))
+    model = _assemble(row.arch, _depth(row), len(package.labels), settings,
+                      pretrained=bool(package.hyperparameters.get("pretrained")), coco=_coco(row))
+    model.load_state_dict(package.state_dict())
     model.to(device).eval()
-    return DetectorPackage(model, task, config["model_name"], classes, settings)
+    return DetectorPackage(model, package.task, package.model_name, package.labels, settings)
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from automl_vision.errors import ConfigError
-from automl_vision.models.weights import (MANIFEST, WeightsFile, WeightsSource, WeightsUnavailable, _s3_client,
+from automl_vision.models.weights import (MANIFEST, _cli_name, WeightsFile, WeightsSource, WeightsUnavailable, _s3_client,
                                           _split_s3, cache_path, locate, manifest_entry, offline)
 
 log = logging.getLogger(__name__)
@@ -159,8 +159,6 @@ def format_status(rows: list[dict], location: str | None) -> str:
 
 
 def _cli_names(rows: list[dict]) -> list[str]:
-    from automl_vision.models.weights import _cli_name
-
     out = []
     for r in rows:
         name = _cli_name(WeightsFile(r["model_name"], r["file"], r["source"], r["library"]))

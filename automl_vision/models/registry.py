@@ -1,77 +1,56 @@
-"""The registry of model builders.
+"""The builders of the catalogue's models: ``model_name`` -> a model with a head for the classes.
 
-    @register_model("resnet18", tasks=CLASSIFICATION_TASKS, layer_groups=RESNET_GROUPS)
-    def resnet18(num_classes: int, *, pretrained: bool) -> nn.Module: ...
-
-A duplicate name raises; an unknown name lists the valid names for the task.
+Each row of ``spec/catalogue.py`` names its builder (``module.function``); the builder's module is
+imported on first use, so that importing the registry does not import torch. An unknown name lists
+the valid names for the task.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-
-from torch import nn
+from typing import Any
 
 from automl_vision.errors import ConfigError
+from automl_vision.spec.catalogue import MODELS, Groups
 from automl_vision.spec.hyperparameters import did_you_mean
-from automl_vision.spec.tasks import ImageTask
+from automl_vision.spec.tasks import MODEL_TASKS, ImageTask
 
 
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
     tasks: frozenset[ImageTask]
-    builder: Callable[..., nn.Module]
+    #: ``builder(num_classes, *, pretrained, **options)``: the row's builder bound to the row.
+    builder: Callable[..., Any]
     #: Parameter-name prefixes of each layer group, in order, for ``layers_to_freeze``.
-    layer_groups: tuple[tuple[str, ...], ...]
-
-
-_REGISTRY: dict[str, ModelEntry] = {}
-# Backend adapter modules; imported on first lookup so that importing the registry stays cheap.
-_BACKENDS = ("automl_vision.models.classification", "automl_vision.models.detection", "automl_vision.models.yolo")
-_loaded = False
-
-
-def register_model(name: str, *, tasks: frozenset[ImageTask], layer_groups: Sequence[Sequence[str] | str]):
-    groups = tuple((g,) if isinstance(g, str) else tuple(g) for g in layer_groups)
-
-    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} registered twice")
-        _REGISTRY[name] = ModelEntry(name, frozenset(tasks), fn, groups)
-        return fn
-
-    return wrap
-
-
-def _load_backends() -> None:
-    global _loaded
-    if not _loaded:
-        for module in _BACKENDS:
-            importlib.import_module(module)
-        _loaded = True
+    layer_groups: Groups
 
 
 def registered_models(task: ImageTask | None = None) -> list[str]:
-    _load_backends()
-    return [n for n, e in _REGISTRY.items() if task is None or task in e.tasks]
+    return [n for n, tasks in MODEL_TASKS.items() if task is None or task in tasks]
+
+
+@functools.cache
+def _builder(dotted: str) -> Callable[..., Any]:
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
 
 def get_entry(name: str, task: ImageTask) -> ModelEntry:
-    _load_backends()
-    entry = _REGISTRY.get(name)
-    if entry is None or task not in entry.tasks:
+    row = MODELS.get(name)
+    if row is None or task not in MODEL_TASKS[name]:
         valid = registered_models(task)
         raise ConfigError(
             f"model_name={name!r} is not available for {task.value}{did_you_mean(name, valid)}; "
             f"available: {', '.join(valid) or 'none yet'}"
         )
-    return entry
+    return ModelEntry(name, MODEL_TASKS[name], functools.partial(_builder(row.builder), row), row.layer_groups)
 
 
-def build_model(name: str, task: ImageTask, num_classes: int, *, pretrained: bool, **options) -> nn.Module:
+def build_model(name: str, task: ImageTask, num_classes: int, *, pretrained: bool, **options):
     """A model with a head for ``num_classes``; pretrained weights must be found locally (no silent fallback).
 
     ``options`` go to the builder as they are (classification: ``weights``, a WeightsSource, and
@@ -80,12 +59,13 @@ def build_model(name: str, task: ImageTask, num_classes: int, *, pretrained: boo
     return get_entry(name, task).builder(num_classes, pretrained=pretrained, **options)
 
 
-def layer_group_prefixes(name: str, task: ImageTask) -> tuple[tuple[str, ...], ...]:
+def layer_group_prefixes(name: str, task: ImageTask) -> Groups:
     return get_entry(name, task).layer_groups
 
 
-def freeze_layers(model: nn.Module, name: str, task: ImageTask, count: int) -> list[str]:
-    """Freeze the first ``count`` layer groups; returns the names of the frozen parameters."""
+def freeze_layers(model, name: str, task: ImageTask, count: int) -> list[str]:
+    """Freeze the first ``count`` layer groups of ``model`` (a torch module); returns the names of the
+    frozen parameters."""
     groups = layer_group_prefixes(name, task)
     if count > len(groups):
         raise ConfigError(f"layers_to_freeze={count}: {name} has {len(groups)} layer groups")

@@ -47,11 +47,14 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zipfile
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
+
+from tqdm import tqdm
 
 from automl_vision.errors import ConfigError
 
@@ -201,7 +204,6 @@ class Expected:
             if self.sha256_prefix and not digest.startswith(self.sha256_prefix):
                 return f"sha256 {digest} does not start with {self.sha256_prefix} (the hash in its name)"
         if self.torch_zip:
-            import zipfile
 
             if not zipfile.is_zipfile(path):
                 return "not a PyTorch checkpoint (no zip archive)"
@@ -244,7 +246,6 @@ def _progress(total: int | None, name: str):
     """A tqdm bar on a terminal; otherwise None (one log line per file is written instead)."""
     if not sys.stderr.isatty():
         return None
-    from tqdm import tqdm
 
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name, leave=False)
 
@@ -346,7 +347,7 @@ def _valid(path: Path, expected: Expected, what: str) -> bool:
 def torch_checkpoints_dir() -> Path:
     """torch.hub's ``<hub dir>/checkpoints`` (``$TORCH_HOME/hub``, else ``$XDG_CACHE_HOME/torch/hub``)."""
     if "torch" in sys.modules:  # honours torch.hub.set_dir
-        import torch
+        import torch  # only when already loaded: a weights listing need not load torch
 
         return Path(torch.hub.get_dir()) / "checkpoints"
     home = os.getenv("TORCH_HOME", os.path.join(os.getenv("XDG_CACHE_HOME", "~/.cache"), "torch"))
@@ -567,7 +568,7 @@ def _from_s3(file: WeightsFile, source: WeightsSource) -> Path:
 
 
 def _s3_client(source: WeightsSource):
-    import urllib3
+    import urllib3  # the S3 client stack, only for s3:// weights sources
     from minio import Minio
     from minio.credentials import ChainedProvider, EnvAWSProvider, EnvMinioProvider
 

@@ -4,6 +4,7 @@ The only package that imports ``kfp`` and ``kfp.kubernetes``; the library below 
 
 - ``components``: the step components, each a few lines over one library call
 - ``pipeline``: the ``@dsl.pipeline``, its cluster settings (GPU pool, secrets), compiling
+- ``evaluate``: scoring a model package, then its metrics and pictures (the evaluate step, ``evaluate --model``)
 - ``local``: running the pipeline on kfp's local runner with our own progress display
 - ``submit``: sending the pipeline to a Kubeflow Pipelines endpoint, once or on a schedule
 - ``specs``: writing the committed specs in ``components/`` and ``pipelines/``

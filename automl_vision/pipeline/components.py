@@ -15,7 +15,7 @@ No ``from __future__ import annotations`` here: kfp reads the parameter annotati
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
-from automl_vision.pipeline.settings import cpu_image, cuda_image
+from automl_vision.spec.cluster import cpu_image, cuda_image
 
 CPU_IMAGE = cpu_image()
 CUDA_IMAGE = cuda_image()
@@ -37,7 +37,7 @@ def ingest(
     import os
 
     from automl_vision.data.manifest import ingest
-    from automl_vision.data.split import split_jsonl
+    from automl_vision.data.load import split_jsonl
     from automl_vision.spec.hyperparameters import BY_NAME
     from automl_vision.spec.tasks import parse_task
 
@@ -147,7 +147,8 @@ def evaluate(
     import os
     import shutil
 
-    from automl_vision.evaluation.report import PREDICTIONS_FILE, evaluate_model
+    from automl_vision.evaluation.scoring import PREDICTIONS_FILE
+    from automl_vision.pipeline.evaluate import evaluate_model
     from automl_vision.pipeline.steps import classification_roc, validation_jsonl
 
     data = validation_jsonl(validation_data, validation_split.path)
@@ -179,7 +180,8 @@ def report(
     the evaluate step's pictures and sample predictions (evaluation, of the validation data it scored):
     an HTML page with the pictures inline."""
     from automl_vision.pipeline.steps import validation_jsonl
-    from automl_vision.report.report import Evaluation, write_report
+    from automl_vision.report.rescore import Evaluation
+    from automl_vision.report.run_report import write_report
 
     write_report(run.path, report.path, training_data=dataset.path, name=job_name, source_data=training_data,
                  evaluation=Evaluation(evaluation.path, validation_jsonl(validation_data, validation_split.path)))

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from automl_vision.errors import AutoMLError, ConfigError, DataError
-from automl_vision.spec.job import JobSpec, resolved
+from automl_vision.spec.job import JobSpec, load_job, resolved
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,9 @@ class LocalRun:
 
     def sweep_result(self):
         """The sweep's result read back from the run folder (None when the sweep left none)."""
-        from automl_vision.sweep.local import SWEEP_FILE, load_sweep
+        # The sweep's modules import torch (seconds): only once there is a sweep to read, here and below.
+        from automl_vision.sweep.local import load_sweep
+        from automl_vision.training.runfolder import SWEEP_FILE
 
         return load_sweep(self.run_dir) if (self.run_dir / SWEEP_FILE).is_file() else None
 
@@ -143,7 +145,10 @@ def run_pipeline_locally(job: JobSpec, run_dir: str | Path, *, device: str = "au
     Returns the run whether or not every step succeeded; ``LocalRun.raise_for_failure`` raises the
     failed step's error.
     """
-    from automl_vision.pipeline.pipeline import automl_vision_pipeline, pipeline_arguments
+    from automl_vision.pipeline.pipeline import (  # kfp and the pipeline (seconds): not for `run --resume`
+        automl_vision_pipeline,
+        pipeline_arguments,
+    )
 
     arguments = pipeline_arguments(job, device=device)
     # the job as given, from the start: what `run --resume` checks a killed run's job against
@@ -161,7 +166,8 @@ def resume_run(job: JobSpec, run_dir: str | Path, *, device: str = "auto", echo:
     step's copy of the data: it is continued there on that same copy (so ``job``, as the user gave it, may
     keep its own training_data), then moved up into ``run_dir`` as a finished pipeline run's is. A run of
     the library engine is continued in ``run_dir`` itself."""
-    from automl_vision.sweep.local import SWEEP_FILE, load_sweep, run_sweep
+    from automl_vision.sweep.local import load_sweep, run_sweep  # torch: see LocalRun.sweep_result
+    from automl_vision.training.runfolder import SWEEP_FILE
 
     run_dir = Path(run_dir)
     if not (run_dir / PIPELINE_ROOT).is_dir():
@@ -169,8 +175,6 @@ def resume_run(job: JobSpec, run_dir: str | Path, *, device: str = "auto", echo:
     sweep_dir = run_dir if (run_dir / SWEEP_FILE).is_file() else _killed_sweep(run_dir)
     started = run_dir / "job.yaml"
     if started.is_file():
-        from automl_vision.spec.job import load_job
-
         before = load_job(started)
         differ = [k for k in ("task", "training_data", "validation_data") if getattr(before, k) != getattr(job, k)]
         if differ:
@@ -196,7 +200,7 @@ def resume_run(job: JobSpec, run_dir: str | Path, *, device: str = "auto", echo:
 
 def _killed_sweep(run_dir: Path) -> Path:
     """The folder of the sweep a killed pipeline run left under ``run_dir/pipeline/`` (the latest run's)."""
-    from automl_vision.sweep.local import SWEEP_FILE
+    from automl_vision.training.runfolder import SWEEP_FILE  # torch: see LocalRun.sweep_result
 
     found = sorted((run_dir / PIPELINE_ROOT).glob(f"*/{SWEEP_STEP}/{SWEEP_RUN_OUTPUT}/{SWEEP_FILE}"),
                    key=lambda p: p.stat().st_mtime)
@@ -229,7 +233,7 @@ def run_locally(pipeline, arguments: dict[str, Any], run_dir: str | Path, *,
     """Run any pipeline on kfp's local runner (``SubprocessRunner(use_venv=False)``: each step a
     subprocess of this Python environment), its pipeline root in ``run_dir/pipeline``, its full output
     in ``run_dir/pipeline.log``, our own progress through ``echo``."""
-    from kfp import local
+    from kfp import local  # kfp (about 1 s to import) only to run a pipeline: not for `run --resume`
 
     run_dir = Path(run_dir).absolute()
     root = run_dir / PIPELINE_ROOT

@@ -19,9 +19,11 @@ from kfp import compiler, dsl
 from kfp import kubernetes as k8s
 
 from automl_vision.pipeline import components as C
-from automl_vision.pipeline.settings import PLACEHOLDER_REGISTRY, ClusterSettings, quantity
+from automl_vision.pipeline.steps import check_sweep_backend
 from automl_vision.serving.deploy import DEFAULT_SERVING_NAMESPACE
+from automl_vision.spec.cluster import PLACEHOLDER_REGISTRY, SHM_PATH, ClusterSettings, quantity
 from automl_vision.spec.job import JobSpec
+from automl_vision.sweep.katib import check_trial_outputs, experiments_from_job
 
 PIPELINE_NAME = "automl-vision"
 PIPELINE_DESCRIPTION = ("AutoML for images: validate and split the labelled data, preview the augmentation, "
@@ -51,9 +53,6 @@ def build_pipeline(settings: ClusterSettings | None = None, backend: str = "loca
     ``local`` trains in the step, on the GPU pool; ``katib`` only launches the Experiments and waits, on a
     CPU node without a GPU (the trials need the GPUs), and needs ``settings.trial_outputs``. The sweep
     step refuses a run whose ``backend`` parameter is not the one compiled for."""
-    from automl_vision.pipeline.steps import check_sweep_backend
-    from automl_vision.sweep.katib import check_trial_outputs
-
     settings = settings or ClusterSettings()
     sweep_backend = check_sweep_backend(backend)  # the pipeline's own `backend` parameter is the run's choice
     if sweep_backend == "katib":
@@ -130,7 +129,7 @@ def configure_step(task: dsl.PipelineTask, settings: ClusterSettings) -> None:
         memory = settings.shm_size
     task.set_cpu_request(requests.cpu).set_memory_request(memory)
     if training:
-        k8s.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
+        k8s.empty_dir_mount(task, volume_name="dshm", mount_path=SHM_PATH, medium="Memory",
                             size_limit=settings.shm_size)
     if gpu is not None:
         task.set_accelerator_type(gpu.accelerator_type).set_accelerator_limit(gpu.accelerator_limit)
@@ -156,8 +155,6 @@ def run_arguments(*, device: str = "auto", backend: str = "local", inference_ser
     """The pipeline's run parameters (``RUN_PARAMETERS``): ``inference_service`` a name deploys the
     package as that InferenceService (in ``serving_namespace``; '': ``DEFAULT_SERVING_NAMESPACE``, the
     pipeline parameter's own default); None: no deploy."""
-    from automl_vision.pipeline.steps import check_sweep_backend
-
     check_sweep_backend(backend)
     return {"device": device, "backend": backend, "deploy": inference_service is not None,
             "inference_service_name": inference_service or DEFAULT_INFERENCE_SERVICE,
@@ -172,8 +169,6 @@ def pipeline_arguments(job: JobSpec, *, device: str = "auto", backend: str = "lo
     arguments = run_arguments(device=device, backend=backend, inference_service=inference_service,
                               serving_namespace=serving_namespace)
     if backend == "katib":
-        from automl_vision.sweep.katib import experiments_from_job
-
         experiments_from_job(job)
     d = job.to_dict()
     return {

@@ -21,7 +21,7 @@ from kfp import compiler
 from automl_vision import __version__
 from automl_vision.pipeline import components as C
 from automl_vision.pipeline.pipeline import compile_pipeline
-from automl_vision.pipeline.settings import PLACEHOLDER_REGISTRY, ClusterSettings, cpu_image, cuda_image
+from automl_vision.spec.cluster import PLACEHOLDER_REGISTRY, ClusterSettings, cpu_image, cuda_image
 
 COMPONENTS_DIR, PIPELINES_DIR = "components", "pipelines"
 PIPELINE_FILE = "automl_vision_pipeline.yaml"

@@ -8,13 +8,18 @@ Plain functions without kfp, so that a test calls them as they are; the componen
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from automl_vision.errors import ConfigError
+from automl_vision.spec.cluster import ClusterSettings
+from automl_vision.spec.job import parse_job
+from automl_vision.sweep.katib import experiment_base_name, run_katib_backend
 
 #: The sweep step's backends: ``local`` runs the trials one after another in the step's own pod;
 #: ``katib`` runs them as Katib Experiments (one trial pod each, which uploads its folder to object storage).
@@ -64,12 +69,6 @@ def check_compiled_backend(backend: str, compiled_for: str) -> None:
 def cluster_settings(cluster: str | Mapping[str, Any] | None):
     """The ``ClusterSettings`` a step was given, as JSON text (what the pipeline bakes in: a kfp constant
     cannot hold the settings' nulls) or a mapping; empty: the defaults."""
-    import json
-
-    from pydantic import ValidationError
-
-    from automl_vision.pipeline.settings import ClusterSettings
-
     try:
         data = json.loads(cluster) if isinstance(cluster, str) and cluster.strip() else dict(cluster or {})
     except json.JSONDecodeError as e:
@@ -97,19 +96,15 @@ def run_sweep_step(job: Mapping[str, Any], run_dir: str | os.PathLike, *, backen
     to its ``trial_outputs``, from where the records and the best model are read back (nothing is
     trained in this step). ``compiled_for``: the backend the pipeline placed this step for.
     """
-    from automl_vision.spec.job import parse_job
-
     settings = cluster_settings(cluster)
     if check_sweep_backend(backend) == "katib":
         _check_katib_inputs(katib_training_data, experiment_name, run_id, settings)
     check_compiled_backend(backend, compiled_for)
     local_job = parse_job(job, source="sweep")
     if backend == "local":
-        from automl_vision.sweep.local import run_sweep
+        from automl_vision.sweep.local import run_sweep  # torch: only the local backend trains here
 
         return run_sweep(local_job, run_dir, device=device, echo=echo)
-    from automl_vision.sweep.katib import experiment_base_name, run_katib_backend
-
     katib_job = parse_job({**job, "training_data": katib_training_data,
                            "validation_data": katib_validation_data or None}, source="sweep (katib)")
     return run_katib_backend(katib_job, run_dir, cluster=settings, local_job=local_job,
@@ -144,7 +139,7 @@ def roc_curve_points(targets: np.ndarray, probs: np.ndarray, max_points: int = R
     along the curve's length; the first threshold (above every score: infinite) is written as 1.0,
     since the artifact's metadata is JSON and the UI needs a number.
     """
-    from sklearn.metrics import roc_curve
+    from sklearn.metrics import roc_curve  # heavy: only the evaluate step draws a curve
 
     y = np.asarray(targets, dtype=np.float64).ravel() > 0.5
     scores = np.asarray(probs, dtype=np.float64).ravel()
@@ -165,7 +160,7 @@ def classification_roc(task, data: str | os.PathLike, predictions: str | os.Path
                        ) -> tuple[list[float], list[float], list[float]] | None:
     """:func:`roc_curve_points` of a classification predictions file (the evaluate step's
     ``predictions.jsonl``) against the labelled ``data``; None for other tasks."""
-    from automl_vision.evaluation.report import score_classification
+    from automl_vision.evaluation.scoring import score_classification  # torch: only the evaluate step scores
 
     if not task.is_classification:
         return None

@@ -23,9 +23,10 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from automl_vision.errors import ConfigError
-from automl_vision.pipeline.settings import ClusterSettings
+from automl_vision.spec.cluster import ClusterSettings
 from automl_vision.spec.job import JobSpec
 
 log = logging.getLogger(__name__)
@@ -163,8 +164,6 @@ def check_access(host: str, credentials: Credentials, namespace: str | None) -> 
 
 def check_endpoint_url(host: str) -> str:
     """``host`` if it is an http(s) URL with a host name; raises ConfigError otherwise."""
-    from urllib.parse import urlsplit
-
     try:
         parts = urlsplit(host)
         parts.port  # noqa: B018 - raises ValueError on a port that is not a number in 0-65535
@@ -251,6 +250,7 @@ def submit(job: JobSpec, host: str, *, namespace: str | None = None, schedule: s
     ``backend`` runs the sweep's trials in its pod (local) or as Katib Experiments (katib),
     ``inference_service`` deploys the packaged model as that KServe InferenceService; ``credentials``
     (default :func:`find_credentials`) authenticate every request."""
+    # kfp: the CLI's start-up time (this module's checks serve commands that never compile)
     from kfp_server_api.exceptions import ApiException
 
     from automl_vision.pipeline.pipeline import compile_pipeline, pipeline_arguments
@@ -297,7 +297,7 @@ def submit(job: JobSpec, host: str, *, namespace: str | None = None, schedule: s
 def _refused_as_config_error(host: str, credentials: Credentials, namespace: str | None, api_exception: type,
                              doing: list[str] | None = None):
     """The endpoint's refusals and failures as ConfigError: what was being done, what it answered, what to do."""
-    import urllib3.exceptions
+    import urllib3.exceptions  # with kfp, only when a request is made
 
     doing = doing or ["sending the pipeline"]
     # urllib3's "Retrying ..." warnings go: the error below says what failed (a filter, as kfp's client sets
@@ -331,7 +331,7 @@ class _NoRetryWarnings(logging.Filter):
 
 
 def _client(host: str, namespace: str | None, credentials: Credentials = NO_CREDENTIALS):
-    from kfp import Client
+    from kfp import Client  # kfp: the CLI's start-up time
     from kfp.client import ServiceAccountTokenVolumeCredentials
 
     auth = {}

@@ -8,7 +8,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator, MultipleLocator
+from sklearn import metrics as skm
 
 from automl_vision.report.html import figure_png, plt
 
@@ -22,7 +24,8 @@ FAILED_COLOUR = "#9aa3b2"
 NO_METRIC_Y = -0.14  # where trials without a metric end on the metric axis, below its range
 
 
-def _colours(n: int) -> list:
+def palette(n: int) -> list:
+    """``n`` line colours, distinct for up to ten (twenty beyond that)."""
     cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
     return [cmap(i % cmap.N) for i in range(n)]
 
@@ -61,7 +64,7 @@ def image_sizes(sizes: Sequence[tuple[int, int]]) -> bytes:
 
 
 @dataclass
-class Curve:
+class TrialCurve:
     """One trial's evaluations: ``epochs`` on x, ``values`` of a metric; how it ended."""
 
     name: str
@@ -77,11 +80,11 @@ class Curve:
 LOSSES = (("loss", "validation loss"), ("train_loss", "training loss"))
 
 
-def learning_curves(curves: Sequence[Curve], primary: str, *, top: int = 10) -> bytes:
+def learning_curves(curves: Sequence[TrialCurve], primary: str, *, top: int = 10) -> bytes:
     """The primary metric and the loss per epoch (validation loss where trials report it, else the
     training loss), one line per trial; a trial stopped by the sweep's early-termination rule ends
     with a red X, one stopped by its own early stopping with a black bar."""
-    colours = _colours(len(curves))
+    colours = palette(len(curves))
     show_legend = curves[:top]
     loss, loss_title = next(((k, t) for k, t in LOSSES if any(c.values.get(k) for c in curves)), LOSSES[0])
     with plt.rc_context(STYLE):
@@ -112,8 +115,6 @@ def learning_curves(curves: Sequence[Curve], primary: str, *, top: int = 10) -> 
             ax.set_xlim(0.5, last + 0.5)
             ax.xaxis.set_major_locator(MultipleLocator(max(1, math.ceil(last / 10))))
         handles, labels = axes[0].get_legend_handles_labels()
-        from matplotlib.lines import Line2D
-
         marks = [Line2D([], [], ls="", marker="*", ms=9, color="#777", mec="black", mew=0.5, label="best epoch")]
         if any(c.ended == "policy" for c in curves):
             marks.append(Line2D([], [], ls="", marker="X", ms=10, color="#d62728", label="stopped by the sweep's rule"))
@@ -272,11 +273,9 @@ def confusion_matrix(matrix: np.ndarray, classes: Sequence[str]) -> bytes:
 
 def roc_pr_curves(targets: np.ndarray, probs: np.ndarray, classes: Sequence[str], *, limit: int = 10) -> bytes:
     """One-vs-rest ROC and precision-recall curves per class (``targets``: (N, C) 0/1), plus micro average."""
-    from sklearn import metrics as skm
-
     present = [c for c in range(len(classes)) if 0 < targets[:, c].sum() < len(targets)]
     shown = present[:limit]
-    colours = _colours(len(shown))
+    colours = palette(len(shown))
     legend_rows = math.ceil((len(shown) + 1) / 2)
     with plt.rc_context(STYLE):
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(WIDTH, 4.0 + 0.2 * legend_rows))

@@ -16,6 +16,8 @@ import numpy as np
 from PIL import Image
 
 from automl_vision.data.images import displayed_size
+from automl_vision.data.manifest import is_manifest, read_manifest
+from automl_vision.data.validate import ValidationOptions
 from automl_vision.errors import DataError
 
 MAX_SIZE_READS = 2000  # image headers opened for the size chart; beyond that a seeded sample
@@ -70,12 +72,7 @@ def summarize_records(records, source: str) -> DataSummary:
 
 def summarize_data(source: str | os.PathLike, task) -> DataSummary:
     """A JSONL file, or an ingested dataset (its folder or manifest.parquet)."""
-    from automl_vision.data.validate import is_manifest
-
     if is_manifest(source):
-        from automl_vision.data.manifest import read_manifest
-        from automl_vision.data.validate import ValidationOptions
-
         dataset = read_manifest(source, task, options=ValidationOptions(check_files=False, check_images=False))
         return summarize_records(dataset.records, str(source))
     return summarize_jsonl(source)

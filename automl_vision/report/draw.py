@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
+from matplotlib import font_manager
 from PIL import Image, ImageDraw, ImageFont
 
 # Matplotlib's tab10, so a class has the same colour in the pictures and in the charts.
@@ -27,8 +28,6 @@ def colour(index: int) -> tuple[int, int, int]:
 @lru_cache(maxsize=8)
 def font(size: int) -> ImageFont.ImageFont:
     """DejaVu Sans (shipped with matplotlib) at ``size`` pixels; readable where PIL's bitmap font is not."""
-    from matplotlib import font_manager
-
     return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
 
 

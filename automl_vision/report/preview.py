@@ -18,20 +18,29 @@ import json
 import logging
 import math
 import os
+import random
 import re
+import shutil
+import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
+from automl_vision.data.load import load_dataset
 from automl_vision.errors import ConfigError, DataError
+from automl_vision.models.masks import polygon_to_mask
 from automl_vision.report import html as H
 from automl_vision.report.draw import Annotations, Tile, compose_grid
 from automl_vision.spec import hyperparameters as hps
+from automl_vision.spec.distributions import Choice, is_distribution
+from automl_vision.spec.job import parse_job
 from automl_vision.spec.tasks import (
     CLASSIFICATION_TASKS,
     DETECTION_TASKS,
@@ -115,8 +124,6 @@ def supported(task: ImageTask) -> list[str]:
 def tensor_to_image(x, mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None) -> Image.Image:
     """A (3, H, W) tensor as the model receives it, shown as an RGB image: uint8 as it is; floats
     un-normalized with ``mean``/``std`` when given (else taken as [0, 1]) and clipped to [0, 1]."""
-    import torch
-
     x = x.detach().cpu()
     if x.dtype == torch.uint8:
         return Image.fromarray(np.ascontiguousarray(x.permute(1, 2, 0).numpy()))
@@ -139,8 +146,6 @@ def describe(builder: Callable, transform: Any = None) -> str:
 
 
 def _records(data: str | os.PathLike, task: ImageTask):
-    from automl_vision.data.validate import load_dataset
-
     dataset = load_dataset(data, task)
     if not dataset.records:
         raise DataError(f"{data}: no images")
@@ -151,7 +156,8 @@ def _records(data: str | os.PathLike, task: ImageTask):
 
 @register_augmentation(CLASSIFICATION_TASKS)
 def _classification(task: ImageTask, hp: dict[str, Any], data: str) -> Augmentation:
-    from automl_vision.training.classification import normalization, train_transform
+    # The trainers' transforms (torchvision, seconds to import) only when previewing them; so below.
+    from automl_vision.models.preprocessing import normalization, train_transform
 
     transform = train_transform(hp)
     norm = normalization(hp)  # the weights' own mean/std, which the transform normalized with
@@ -167,8 +173,6 @@ def _classification(task: ImageTask, hp: dict[str, Any], data: str) -> Augmentat
 # --- detection and instance segmentation with torchvision's detectors ------------------------------
 
 def _object_annotations(record, masks: bool) -> Annotations:
-    from automl_vision.evaluation.masks import polygon_to_mask
-
     w, h = record.width, record.height
     objs = record.objects
     boxes = np.asarray([o.box_pixels(w, h) for o in objs], dtype=np.float64).reshape(-1, 4)
@@ -179,14 +183,13 @@ def _object_annotations(record, masks: bool) -> Annotations:
 
 @register_augmentation(DETECTION_TASKS, TORCHVISION_DETECTORS)
 def _torchvision_detector(task: ImageTask, hp: dict[str, Any], data: str) -> Augmentation:
-    from automl_vision.training.detection import DetectionDataset, augment as detection_augment
-
-    from automl_vision.models.detection import InferenceSettings
+    from automl_vision.models.detection import DetectorSettings  # torchvision: see _classification
+    from automl_vision.training.detection_common import DetectionDataset, augment as detection_augment
 
     segmentation = task is ImageTask.IMAGE_INSTANCE_SEGMENTATION
     dataset = _records(data, task)
     classes = list(dataset.classes)
-    tiling = InferenceSettings.from_hyperparameters(hp)
+    tiling = DetectorSettings.from_hyperparameters(hp)
     # The trial's own training dataset: crowd objects left out, crop around boxes, zoom out, flip; with a
     # tile grid, the whole image and each of its tiles are samples of their own.
     train = DetectionDataset(dataset.records, classes, masks=segmentation, train=True,
@@ -223,18 +226,15 @@ def _torchvision_detector(task: ImageTask, hp: dict[str, Any], data: str) -> Aug
 
 @register_augmentation({ImageTask.IMAGE_OBJECT_DETECTION}, YOLO_MODELS)
 def _yolo(task: ImageTask, hp: dict[str, Any], data: str) -> Augmentation:
-    import shutil
-    import tempfile
-    from types import SimpleNamespace
-
-    from automl_vision.models.yolo import prepare_ultralytics, ultralytics_overrides
-    from automl_vision.training.yolo import write_yolo_dataset
+    from automl_vision.models.yolo import prepare_ultralytics  # torchvision: see _classification
+    from automl_vision.training.yolo import ultralytics_overrides, write_yolo_dataset
 
     dataset = _records(data, task)
     classes = list(dataset.classes)
     root = Path(tempfile.mkdtemp(prefix="automl-vision-preview-"))
     try:
         prepare_ultralytics()
+        # ultralytics only after prepare_ultralytics, which sets it up to run offline (read at its import).
         from ultralytics.cfg import get_cfg
         from ultralytics.data import build_yolo_dataset
         from ultralytics.data.utils import check_det_dataset
@@ -289,9 +289,6 @@ def search_space_models(task: ImageTask | str, search_space: Sequence[Mapping[st
     augmentation) of its search space, in search-space order, each ``(model_name, hyperparameters)``:
     the job's training parameters and the values its search-space entry fixes (constants and
     single-value choices). The search space is checked as a job's is (ConfigError)."""
-    from automl_vision.spec.distributions import Choice, is_distribution
-    from automl_vision.spec.job import parse_job
-
     task = parse_task(task)
     job = parse_job({"task": task.value, "training_data": "preview", "search_space": list(search_space or []),
                      "training_parameters": dict(training_parameters or {})}, source="preview")
@@ -372,15 +369,11 @@ def preview_rows(data: str | os.PathLike, task: ImageTask | str, *, count: int =
     items = aug.items
     draws = min(draws, count)
     chosen = choose_items(items, math.ceil(count / draws), hp["seed"])
-    import torch
-
     rows: list[list[Tile]] = []
     remaining = count
     # A private RNG stream: the same seed gives the same pictures, and the caller's RNG state is untouched.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(hp["seed"])
-        import random
-
         state, np_state = random.getstate(), np.random.get_state()
         random.seed(hp["seed"])
         np.random.seed(hp["seed"] % 2**32)

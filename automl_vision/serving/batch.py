@@ -22,6 +22,14 @@ from typing import Any
 from torch.utils.data import DataLoader, Dataset
 
 from automl_vision.data.images import IMAGE_EXTENSIONS
+from automl_vision.data.jsonl import local_jsonl
+from automl_vision.data.storage import (
+    LocationError,
+    default_cache_dir,
+    fetch_all,
+    resolve_url,
+    storage_from_environment,
+)
 from automl_vision.errors import DataError
 from automl_vision.serving.engine import Engine, load_engine
 from automl_vision.serving.images import InvalidImage, decode_image
@@ -75,15 +83,6 @@ def list_inputs(source: str | Path) -> list[BatchInput]:
 
 
 def _jsonl_inputs(source: str) -> list[BatchInput]:
-    from automl_vision.data.storage import (
-        LocationError,
-        default_cache_dir,
-        fetch_all,
-        local_jsonl,
-        resolve_url,
-        storage_from_environment,
-    )
-
     config = storage_from_environment()
     jsonl = local_jsonl(source, config=config)
     items: list[BatchInput] = []

@@ -24,10 +24,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
+import yaml
+
 from automl_vision import __version__
 from automl_vision.errors import AutoMLError, ConfigError
 from automl_vision.kubeapi import status_message
 from automl_vision.serving.settings import FIXED_BY_WEIGHTS, MODEL_SETTING_NAMES, SERVING_SETTINGS, SETTINGS_ENV
+from automl_vision.spec import hyperparameters as hps
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +121,6 @@ def check_model_uri(uri: str) -> list[str]:
 def check_settings(settings: Mapping[str, Any]) -> list[str]:
     """Problems with inference settings given at deploy time. Names and serving values are checked here;
     the model settings' ranges for the package's task and model are checked when the server loads it."""
-    from automl_vision.spec import hyperparameters as hps
-
     problems = []
     allowed = [n for n in MODEL_SETTING_NAMES if n not in FIXED_BY_WEIGHTS] + list(_SERVING)
     for key, value in settings.items():
@@ -225,8 +226,6 @@ def manifest_hash(manifest: Mapping[str, Any]) -> str:
 
 
 def to_yaml(manifest: Mapping[str, Any]) -> str:
-    import yaml
-
     return yaml.safe_dump(dict(manifest), sort_keys=False)
 
 
@@ -235,6 +234,7 @@ def to_yaml(manifest: Mapping[str, Any]) -> str:
 def custom_objects_api(client: Any = None):
     """A ``kubernetes.client.CustomObjectsApi``: from ``client`` (an ApiClient, a Configuration or the API
     itself), else the pod's service account in a cluster, else the kubeconfig."""
+    # The kubernetes client (about 1 s to import) only for the calls to a cluster, here and below.
     from kubernetes import client as k8s
     from kubernetes import config
 
@@ -273,8 +273,8 @@ def check_serving_namespace(namespace: str, client: Any = None) -> None:
     (labelled ``control-plane``): there the predictor would start without its model. Reading a namespace
     is a cluster-wide permission the pipeline's identity may lack: a 403 is logged as a warning and the
     deploy goes on unchecked."""
-    from kubernetes import client as k8s
-    from kubernetes.client.exceptions import ApiException
+    from kubernetes import client as k8s  # the kubernetes client, only for calls to a cluster
+    from kubernetes.client.exceptions import ApiException  # the kubernetes client, only for calls to a cluster
     from urllib3.exceptions import HTTPError
 
     core = k8s.CoreV1Api(custom_objects_api(client).api_client)
@@ -322,7 +322,7 @@ def _api_error(e: Any, what: str, namespace: str) -> AutoMLError:
 
 
 def _call(what: str, namespace: str, fn: Callable[[], Any]) -> Any:
-    from kubernetes.client.exceptions import ApiException
+    from kubernetes.client.exceptions import ApiException  # the kubernetes client, only for calls to a cluster
     from urllib3.exceptions import HTTPError
 
     try:
@@ -416,7 +416,7 @@ def deploy_model(model_uri: str, name: str, namespace: str | None = None, *,
 
 
 def _apply(api, manifest: dict[str, Any], name: str, namespace: str, where: str) -> tuple[dict[str, Any], str]:
-    from kubernetes.client.exceptions import ApiException
+    from kubernetes.client.exceptions import ApiException  # the kubernetes client, only for calls to a cluster
     from urllib3.exceptions import HTTPError
 
     args = (GROUP, VERSION, namespace, PLURAL)

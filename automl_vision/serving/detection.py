@@ -14,7 +14,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from automl_vision.serving.engine import pick_device
+from automl_vision.models.detection import image_to_tensor, load_detector, predict_tensors, scoring_output
+from automl_vision.models.device import pick_device
+from automl_vision.models.yolo import load_yolo, predict_arrays
 from automl_vision.serving.package import ModelPackage
 from automl_vision.serving.settings import InferenceSettings
 from automl_vision.spec.tasks import YOLO_MODELS, ImageTask
@@ -22,8 +24,6 @@ from automl_vision.spec.tasks import YOLO_MODELS, ImageTask
 
 def to_float_tensor(image: Image.Image) -> torch.Tensor:
     """CHW float RGB in [0, 1], what the torchvision detectors take."""
-    from automl_vision.models.detection import image_to_tensor
-
     return image_to_tensor(image)
 
 
@@ -42,13 +42,9 @@ class DetectionEngine:
         overrides = dict(settings.model)
         self.yolo = package.model_name in YOLO_MODELS
         if self.yolo:
-            from automl_vision.models.yolo import load_yolo
-
             loaded = load_yolo(package.path, device, overrides=overrides)
             self._preparer = to_uint8_array
         else:
-            from automl_vision.models.detection import load_detector
-
             loaded = load_detector(package.path, device, overrides=overrides)
             self._preparer = to_float_tensor
         self._model, self._settings = loaded.model, loaded.settings
@@ -60,11 +56,7 @@ class DetectionEngine:
     def predictions(self, prepared: Sequence[Any]) -> list:
         """The raw detections (``ImagePredictions``, pixel coordinates, label indices) of a batch."""
         if self.yolo:
-            from automl_vision.models.yolo import predict_arrays
-
             return predict_arrays(self._model, list(prepared), self._settings)
-        from automl_vision.models.detection import predict_tensors
-
         # torchvision pads a batch to its largest image, which changes what the others' borders look
         # like to the network: only images of one size go through together, so an image gets the
         # same answer whatever else shares its batch (server, batch scoring and evaluation agree).
@@ -80,8 +72,6 @@ class DetectionEngine:
         return out
 
     def infer(self, prepared: Sequence[Any]) -> list[dict[str, Any]]:
-        from automl_vision.models.detection import scoring_output
-
         if not prepared:
             return []
         out = []

@@ -23,6 +23,8 @@ import torch
 from PIL import Image
 
 from automl_vision.errors import ConfigError
+from automl_vision.models.device import pick_device
+from automl_vision.models.preprocessing import valid_transform
 from automl_vision.serving.package import ModelPackage, build_torch_model
 from automl_vision.serving.settings import InferenceSettings
 from automl_vision.spec.tasks import ImageTask
@@ -43,15 +45,6 @@ class Engine(Protocol):
     def infer(self, prepared: Sequence[Any]) -> list[dict[str, Any]]: ...
 
 
-def pick_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={requested!r} but CUDA is not available on this machine")
-    return device
-
-
 # --- classification --------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -66,7 +59,7 @@ class ClassificationPreparer:
 
 def _have_onnxruntime() -> bool:
     try:
-        import onnxruntime  # noqa: F401
+        import onnxruntime  # noqa: F401  (optional at run time: checked, then imported where used)
     except ImportError:
         return False
     return True
@@ -74,7 +67,6 @@ def _have_onnxruntime() -> bool:
 
 class ClassificationEngine:
     def __init__(self, package: ModelPackage, settings: InferenceSettings):
-        from automl_vision.training.classification import valid_transform
 
         self.task, self.labels, self.settings = package.task, list(package.labels), settings
         self.multilabel = package.task is ImageTask.IMAGE_CLASSIFICATION_MULTILABEL
@@ -90,7 +82,7 @@ class ClassificationEngine:
         self._model = None
         self._session = None
         if runtime == "onnx":
-            import onnxruntime as ort
+            import onnxruntime as ort  # only for the ONNX runtime (about 0.5 s to import)
 
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.type == "cuda" else \
                 ["CPUExecutionProvider"]
@@ -137,6 +129,7 @@ class ClassificationEngine:
 # --- detection and instance segmentation -----------------------------------------------------------
 
 def _detection_engine(package: ModelPackage, settings: InferenceSettings) -> Engine:
+    # The detectors (torchvision's detection models, seconds to import) only when serving one.
     from automl_vision.serving.detection import DetectionEngine
 
     return DetectionEngine(package, settings)

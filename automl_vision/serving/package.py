@@ -13,25 +13,22 @@
     README.md           how to serve it
 
 A trial writes the first four; :func:`package_model` adds the rest. The predictor serves any folder
-with the first three (``settings.json`` absent: the trained values). Where ``package.json`` exists,
-every load checks the files it uses against the recorded hashes and refuses a changed one by name
-(``settings.json`` is meant to be edited and is not checked). Files are written under a temporary
-name and renamed into place, so a reader never sees half a file.
+with the first three (``settings.json`` absent: the trained values). Reading, the hash checks
+against ``package.json`` and writing are ``models/package.py``'s (``settings.json`` is meant to be
+edited and is not checked); this module adds the serving parts: inference settings, ONNX export,
+the manifest and the README.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import logging
-import os
-import shutil
 import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -39,22 +36,18 @@ import numpy as np
 
 from automl_vision import __version__
 from automl_vision.errors import ConfigError
-from automl_vision.models.catalogue import IMAGENET_MEAN, IMAGENET_STD
+from automl_vision.models.catalogue import licence_text
+from automl_vision.models.package import (CONFIG_FILE, LABELS_FILE, MANIFEST_FILE, METRICS_FILE, ONNX_FILE,
+                                          PackageContents, atomic_copy, atomic_write, file_hashes, load_state_dict,
+                                          read_json, read_package, sha256_of)
 from automl_vision.serving.settings import SETTINGS_FILE, InferenceSettings, flatten, resolve_settings
-from automl_vision.spec.tasks import ImageTask, parse_task
+from automl_vision.spec.catalogue import IMAGENET_MEAN, IMAGENET_STD
+from automl_vision.spec.tasks import FIXED_SIZE_MODELS, ImageTask
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.json"
-LABELS_FILE = "labels.json"
-METRICS_FILE = "metrics.json"
-ONNX_FILE = "model.onnx"
-MANIFEST_FILE = "package.json"
 README_FILE = "README.md"
-WEIGHTS_SUFFIXES = (".safetensors", ".pt", ".pth")
 FORMAT_VERSION = 1
-#: Class names longer than this are refused: each answer repeats every label.
-MAX_LABEL_LENGTH = 256
 
 #: ONNX Runtime and PyTorch must agree on the logits within ``atol + rtol * max|logit|``.
 ONNX_ATOL = 1e-3
@@ -63,20 +56,11 @@ ONNX_OPSET = 18
 
 
 @dataclass(frozen=True)
-class ModelPackage:
-    """A model package as read from its folder (nothing loaded onto a device yet)."""
+class ModelPackage(PackageContents):
+    """A model package as read from its folder for serving (nothing loaded onto a device yet)."""
 
-    path: Path
-    task: ImageTask
-    model_name: str
-    hyperparameters: dict[str, Any]
-    labels: list[str]
-    weights: Path
-    onnx: Path | None = None
     #: ``settings.json`` as a flat settings layer ({} when the folder has none).
     settings_layer: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    epoch: int | None = None
 
     def settings(self, *layers: tuple[str, Mapping[str, Any]]) -> InferenceSettings:
         """The inference settings: trained values < settings.json < ``layers`` (lowest first)."""
@@ -84,171 +68,29 @@ class ModelPackage:
         return resolve_settings(self.task, self.model_name, self.hyperparameters, base + list(layers))
 
 
-def find_weights(folder: str | Path) -> Path:
-    """The one weights file of a package; a clear error for none or several."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ConfigError(f"model folder not found: {folder}")
-    found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHTS_SUFFIXES)
-    if not found:
-        present = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
-        raise ConfigError(f"{folder}: no weights file (expected one model.safetensors, or a .pt/.pth state dict); "
-                          f"the folder holds: {present}")
-    if len(found) > 1:
-        raise ConfigError(f"{folder}: {len(found)} weights files ({', '.join(p.name for p in found)}); a package "
-                          "holds exactly one, so which model to serve is never a guess")
-    return found[0]
-
-
-def _read_json(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise ConfigError(f"{path.parent}: {path.name} missing ({what}); is this a model package "
-                          "(a trial's outputs/ or a run's best_model/)?")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file renamed into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _atomic_copy(src: Path, dest: Path) -> None:
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    try:
-        shutil.copy2(src, tmp)
-        tmp.replace(dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _recorded_hashes(folder: Path, weights: Path) -> tuple[dict[str, str], bool] | None:
-    """``({file name: sha256}, complete)`` from ``package.json``; None for a folder without one (a
-    trial's outputs). ``complete`` is False for a package made before every file was hashed."""
-    path = folder / MANIFEST_FILE
-    if not path.is_file():
-        return None
-    manifest = _read_json(path, "the package manifest")
-    if not isinstance(manifest, dict):
-        raise ConfigError(f"{path}: expected a JSON object")
-    hashes = manifest.get("sha256")
-    if hashes is None:  # packaged before per-file hashes: only the weights were recorded
-        recorded = (manifest.get("files") or {}).get("weights") or weights.name
-        return ({recorded: manifest["weights_sha256"]} if manifest.get("weights_sha256") else {}), False
-    if not isinstance(hashes, dict) or not all(isinstance(v, str) for v in hashes.values()):
-        raise ConfigError(f"{path}: sha256 must be an object of file name -> hex digest")
-    return hashes, True
-
-
-def verify_files(folder: Path, hashes: Mapping[str, str], used: list[Path]) -> None:
-    """Refuse a package whose files differ from what ``package.json`` records for them."""
-    problems = [f"{name} is listed in {MANIFEST_FILE} but missing" for name in hashes
-                if not (folder / name).is_file()]
-    for path in used:
-        expected = hashes.get(path.name)
-        if expected is None:
-            problems.append(f"{path.name} is not in {MANIFEST_FILE}'s list of files, so it cannot be checked; "
-                            "package the model again (package_model) to include it")
-            continue
-        actual = _sha256(path)
-        if actual != expected:
-            problems.append(f"{path.name} has changed since the package was made: its SHA-256 is {actual[:16]}..., "
-                            f"{MANIFEST_FILE} records {expected[:16]}...; restore the file or package the model "
-                            "again")
-    if problems:
-        raise ConfigError(problems, str(folder))
-
-
 def load_package(folder: str | Path, *, verify: bool = True) -> ModelPackage:
-    """Read and check a package folder; raises ConfigError naming every problem. ``verify``: check the
-    files the model is loaded from against ``package.json`` (off only for re-packaging)."""
-    folder = Path(folder)
-    weights = find_weights(folder)
-    if verify:
-        recorded = _recorded_hashes(folder, weights)
-        if recorded is not None:
-            hashes, complete = recorded
-            used = [weights]
-            if complete:
-                used += [folder / n for n in (CONFIG_FILE, LABELS_FILE, ONNX_FILE) if (folder / n).is_file()]
-            verify_files(folder, hashes, used)
-    config = _read_json(folder / CONFIG_FILE, "task, model_name and hyperparameters")
-    labels = _read_json(folder / LABELS_FILE, "the class names")
-    problems = []
-    if not isinstance(config, dict):
-        raise ConfigError(f"{folder / CONFIG_FILE}: expected a JSON object")
-    for key in ("task", "model_name", "hyperparameters"):
-        if key not in config:
-            problems.append(f"{CONFIG_FILE}: key {key!r} missing")
-    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
-        problems.append(f"{LABELS_FILE}: expected a non-empty list of class names")
-    else:
-        long = [i for i, x in enumerate(labels) if len(x) > MAX_LABEL_LENGTH]
-        if long:
-            problems.append(f"{LABELS_FILE}: class name {long[0]} has {len(labels[long[0]]):,} characters, over the "
-                            f"limit of {MAX_LABEL_LENGTH}" + (f" ({len(long)} such names)" if len(long) > 1 else ""))
-    if problems:
-        raise ConfigError(problems, str(folder))
-    try:
-        task = parse_task(config["task"])
-    except ValueError as e:
-        raise ConfigError(str(e), str(folder / CONFIG_FILE)) from None
-    if config.get("num_classes") not in (None, len(labels)):
-        raise ConfigError(f"config.json says num_classes={config['num_classes']} but labels.json has "
-                          f"{len(labels)} names", str(folder))
+    """Read and check a package folder (``models.package.read_package``) with its ``settings.json``;
+    raises ConfigError naming every problem. ``verify``: check the files the model is loaded from
+    against ``package.json`` (off only for re-packaging)."""
+    contents = read_package(folder, verify=verify)
+    folder = contents.path
     layer = {}
     if (folder / SETTINGS_FILE).is_file():
-        layer = flatten(_read_json(folder / SETTINGS_FILE, "inference settings"), str(folder / SETTINGS_FILE))
-    metrics = _read_json(folder / METRICS_FILE, "metrics") if (folder / METRICS_FILE).is_file() else {}
-    onnx = folder / ONNX_FILE
-    hyperparameters = dict(config["hyperparameters"])
-    if isinstance(config.get("preprocessing"), dict):  # what training normalized with (serving takes the same)
-        hyperparameters["preprocessing"] = config["preprocessing"]
-    return ModelPackage(path=folder, task=task, model_name=config["model_name"],
-                        hyperparameters=hyperparameters, labels=list(labels), weights=weights,
-                        onnx=onnx if onnx.is_file() else None, settings_layer=layer, metrics=metrics,
-                        epoch=config.get("epoch"))
-
-
-def load_state_dict(path: Path) -> dict:
-    """Tensors of a weights file, without unpickling code."""
-    import torch
-
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as e:  # SafetensorError, or OSError for a header that lies about sizes
-            raise ConfigError(f"{path}: not a readable safetensors file ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200] if str(e) else 'no detail'}); the file is corrupt or "
-                              "truncated") from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # an unpickling refusal names the offending global
-        raise ConfigError(f"{path}: not loadable as plain tensors (torch.load weights_only=True): "
-                          f"{str(e).splitlines()[0]}") from None
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]  # a training checkpoint
-    return state
+        layer = flatten(read_json(folder / SETTINGS_FILE, "inference settings"), str(folder / SETTINGS_FILE))
+    hyperparameters = dict(contents.hyperparameters)
+    if isinstance(contents.config.get("preprocessing"), dict):  # what training normalized with (serving takes the same)
+        hyperparameters["preprocessing"] = contents.config["preprocessing"]
+    values = {f.name: getattr(contents, f.name) for f in fields(PackageContents)}
+    return ModelPackage(**{**values, "hyperparameters": hyperparameters}, settings_layer=layer)
 
 
 def build_torch_model(package: ModelPackage):
     """The package's network with its weights, in eval mode, on the CPU."""
-    from automl_vision.models.registry import build_model
+    from automl_vision.models.registry import build_model  # torch and the model libraries: only to build one
 
     options: dict[str, Any] = {}
     if package.task.is_classification:
-        from automl_vision.models.classification import FIXED_SIZE
-
-        if package.model_name in FIXED_SIZE and "train_crop_size" in package.hyperparameters:
+        if package.model_name in FIXED_SIZE_MODELS and "train_crop_size" in package.hyperparameters:
             options["image_size"] = package.hyperparameters["train_crop_size"]
     model = build_model(package.model_name, package.task, len(package.labels), pretrained=False, **options)
     state = load_state_dict(package.weights)
@@ -303,8 +145,8 @@ class OnnxExport:
 def export_classifier_onnx(model, path: Path, crop: int, dynamic_image_size: bool) -> OnnxExport:
     """Export ``model`` (eval mode, CPU) to ``path`` with a dynamic batch (and image size where the
     architecture takes any), then check ONNX Runtime against PyTorch on random images."""
-    import onnxruntime as ort
-    import torch
+    import onnxruntime as ort  # optional, and heavy: only to export
+    import torch  # not at the top: reading a package needs no torch
 
     t0 = time.monotonic()
     sample = torch.randn(2, 3, crop, crop)
@@ -344,12 +186,10 @@ def _export_onnx(package: ModelPackage, settings: InferenceSettings, dest: Path)
     if not package.task.is_classification:
         return OnnxExport(None, reason=f"ONNX export is offered for classification models; {package.model_name} "
                                        f"({package.task.value}) is served with PyTorch")
-    from automl_vision.models.classification import FIXED_SIZE
-
     model = build_torch_model(package)
     try:
         return export_classifier_onnx(model, dest / ONNX_FILE, settings["valid_crop_size"],
-                                      dynamic_image_size=package.model_name not in FIXED_SIZE)
+                                      dynamic_image_size=package.model_name not in FIXED_SIZE_MODELS)
     except Exception as e:  # the exporter's failures are many and untyped; the package says which
         (dest / (ONNX_FILE + ".tmp")).unlink(missing_ok=True)
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
@@ -376,11 +216,11 @@ def package_model(trial_outputs_dir: str | Path, dest_dir: str | Path, *, onnx: 
         dest.mkdir(parents=True, exist_ok=True)
         for item in src.iterdir():
             if item.is_file() and not item.name.endswith(".tmp"):
-                _atomic_copy(item, dest / item.name)
+                atomic_copy(item, dest / item.name)
         package = load_package(dest, verify=False)
     settings = package.settings()
-    _atomic_write(dest / SETTINGS_FILE, json.dumps(settings.to_json(), indent=2) + "\n")
-    digest = _sha256(package.weights)
+    atomic_write(dest / SETTINGS_FILE, json.dumps(settings.to_json(), indent=2) + "\n")
+    digest = sha256_of(package.weights)
     previous = _previous_onnx(dest, digest) if onnx else None
     if previous is not None:
         export = previous  # the same weights were exported and checked when this package was made
@@ -409,20 +249,11 @@ def package_model(trial_outputs_dir: str | Path, dest_dir: str | Path, *, onnx: 
                   "onnx": export.file, "readme": README_FILE},
         "onnx": export.manifest if export.manifest is not None else export.to_json(package, settings),
         # What a load verifies; settings.json is left out on purpose: it is there to be edited.
-        "sha256": {path.name: _sha256(path) for path in (package.weights, dest / CONFIG_FILE, dest / LABELS_FILE,
-                                                         dest / ONNX_FILE) if path.is_file()},
+        "sha256": file_hashes((package.weights, dest / CONFIG_FILE, dest / LABELS_FILE, dest / ONNX_FILE)),
     }
-    _atomic_write(dest / README_FILE, readme(package, settings, export))
-    _atomic_write(dest / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
+    atomic_write(dest / README_FILE, readme(package, settings, export))
+    atomic_write(dest / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
     return PackageResult(dest, export, settings)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _previous_onnx(folder: Path, digest: str) -> OnnxExport | None:
@@ -441,8 +272,6 @@ def _previous_onnx(folder: Path, digest: str) -> OnnxExport | None:
 
 def _licence_text(package: ModelPackage) -> str:
     """The licences of the model's code and of the pretrained weights it started from (the model catalogue)."""
-    from automl_vision.models.catalogue import licence_text
-
     return licence_text(package.model_name, package.hyperparameters)
 
 

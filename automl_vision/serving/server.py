@@ -18,11 +18,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+# kserve.model_server reads sys.argv when imported: this module is imported only to serve.
+import kserve
 import orjson
 from fastapi import Request
 from fastapi.responses import Response
+from kserve.errors import InvalidInput
+from kserve.model_server import app as kserve_app
 
 from automl_vision.errors import DataError
+from automl_vision.serving.predictor import ImageModelPredictor
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +115,6 @@ class OneLineClientErrors(logging.Filter):
 def build_predictor(model_dir: str | Path, name: str = DEFAULT_MODEL_NAME,
                     settings_layers: Sequence[tuple[str, Mapping[str, Any]]] = ()):
     """A loaded :class:`ImageModelPredictor` (raises ConfigError for a bad package or settings)."""
-    from automl_vision.serving.predictor import ImageModelPredictor
-
     predictor = ImageModelPredictor(name, model_dir, settings_layers)
     predictor.load()
     return predictor
@@ -121,8 +124,6 @@ def add_score_route(app, predictor) -> None:
     """``POST /score`` and ``POST /v1/models/<name>:predict``, answered by ``predictor``: the original
     product's body, raw image bytes or KServe v1 ``instances``. Must run before KServe registers its
     own routes (``ModelServer.start``), so that these come first."""
-    from kserve.errors import InvalidInput
-
     async def score(request: Request):
         body = await request.body()
         headers = dict(request.headers.items())
@@ -142,13 +143,9 @@ def serve(model_dir: str | Path, *, port: int = 8080, name: str = DEFAULT_MODEL_
           settings_layers: Sequence[tuple[str, Mapping[str, Any]]] = ()) -> None:
     """Load the package and serve it on ``port`` (all interfaces) until interrupted."""
     predictor = build_predictor(model_dir, name, settings_layers)
-
-    import kserve
-    from kserve.model_server import app
-
-    add_score_route(app, predictor)
+    add_score_route(kserve_app, predictor)
     s = predictor.engine.settings
-    app.add_middleware(RequestLimits, max_bytes=s.max_request_bytes, timeout_s=s.request_timeout_s)
+    kserve_app.add_middleware(RequestLimits, max_bytes=s.max_request_bytes, timeout_s=s.request_timeout_s)
     logging.getLogger("kserve").addFilter(OneLineClientErrors())
     # FastAPI warns on every answer KServe's own routes send with ORJSONResponse; nothing to act on here.
     warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")

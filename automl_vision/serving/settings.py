@@ -26,6 +26,7 @@ from typing import Any
 
 from automl_vision.data.images import DEFAULT_MAX_PIXELS
 from automl_vision.errors import ConfigError
+from automl_vision.models.catalogue import preprocessing
 from automl_vision.spec import hyperparameters as hps
 from automl_vision.spec.tasks import ImageTask
 
@@ -64,8 +65,6 @@ def trained_preprocessing(model_name: str, trained: Mapping[str, Any]) -> dict[s
     recorded = trained.get("preprocessing")
     if isinstance(recorded, Mapping) and all(k in recorded for k in PREPROCESSING_NAMES):
         return {k: recorded[k] for k in PREPROCESSING_NAMES}
-    from automl_vision.models.classification import preprocessing
-
     return preprocessing(model_name, bool(trained.get("pretrained")))
 
 

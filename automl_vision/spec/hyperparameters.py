@@ -15,15 +15,17 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from automl_vision.spec.catalogue import MODELS
 from automl_vision.spec.tasks import (
     ALL_TASKS,
     CLASSIFICATION_TASKS,
     DETECTION_TASKS,
     LAYER_GROUPS,
+    FIXED_SIZE_MODELS,
     TORCHVISION_DETECTORS,
-    VIT_MODELS,
     YOLO_MODELS,
     ImageTask,
+    all_models,
 )
 
 MC = ImageTask.IMAGE_CLASSIFICATION
@@ -265,8 +267,6 @@ def _check_layers_to_freeze(value: int, model: str) -> str | None:
 
 
 def _check_model_name(value: str, model: str) -> str | None:
-    from automl_vision.spec.tasks import all_models
-
     if value not in all_models():
         return "unknown model" + _did_you_mean(value, all_models())
     return None
@@ -413,7 +413,7 @@ HYPERPARAMETERS: tuple[HyperParameter, ...] = (
     HyperParameter("img_size", int, "Training and validation image size.", 640, tasks=_DET_ONLY, models=_YOLO, minimum=32),
     HyperParameter(
         "model_size", str, "yolov5 model size.", "medium", tasks=_DET_ONLY, models=_YOLO,
-        choices=("small", "medium", "large", "xlarge"),
+        choices=tuple(MODELS["yolov5"].sizes),
     ),
     HyperParameter(
         "multi_scale", bool, "Vary the image size by +/-50% during training.", False, tasks=_DET_ONLY, models=_YOLO,
@@ -482,7 +482,7 @@ def cross_checks(task: ImageTask, values: Mapping[str, Any]) -> list[str]:
     """Rules that tie several hyperparameters together, on resolved values."""
     problems = []
     model = values.get("model_name")
-    if model in VIT_MODELS and values.get("valid_crop_size") != values.get("train_crop_size"):
+    if model in FIXED_SIZE_MODELS and values.get("valid_crop_size") != values.get("train_crop_size"):
         problems.append(
             f"{model} needs valid_crop_size == train_crop_size "
             f"(got {values.get('valid_crop_size')} and {values.get('train_crop_size')})"

@@ -19,11 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from automl_vision.errors import ConfigError
 from automl_vision.spec import hyperparameters as hps
+from automl_vision.spec.cluster import DNS_SUBDOMAIN_PATTERN, QUANTITY_PATTERN, DataVolume, Toleration
 from automl_vision.spec.distributions import (
     DISTRIBUTION_TYPES,
     INTEGER_DISTRIBUTIONS,
     Choice,
-    Distribution,
     is_distribution,
 )
 from automl_vision.spec.hyperparameters import did_you_mean
@@ -71,33 +71,6 @@ class Sweep(BaseModel):
     seed: int = Field(0, ge=0, description="Seed of the sampler (ours; the original had none).")
 
 
-#: Kubernetes resource quantities ("4", "500m", "16Gi"), the API server's own pattern.
-_QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
-_DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
-
-
-class Toleration(BaseModel):
-    """A Kubernetes toleration, so trials may run on tainted (e.g. GPU) nodes."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    key: str | None = None
-    operator: Literal["Equal", "Exists"] = "Equal"
-    value: str | None = None
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = Field(None, ge=0)
-
-
-class DataVolume(BaseModel):
-    """A PersistentVolumeClaim mounted into every trial, e.g. the one holding the dataset."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    claim_name: str = Field(pattern=_DNS_SUBDOMAIN)
-    mount_path: str = Field(pattern=r"^/", description="Absolute path inside the trial container.")
-    read_only: bool = True
-
-
 class Compute(BaseModel):
     """Where trials run on a cluster (Katib trials): image, resources, placement, storage access.
 
@@ -122,9 +95,9 @@ class Compute(BaseModel):
                                                    "cluster's shm_size).")
     node_selector: dict[str, str] | None = Field(None, description="default: the GPU pool's (none for CPU trials)")
     tolerations: list[Toleration] | None = Field(None, description="default: the GPU pool's (none for CPU trials)")
-    service_account: str | None = Field(None, pattern=_DNS_SUBDOMAIN)
+    service_account: str | None = Field(None, pattern=DNS_SUBDOMAIN_PATTERN)
     storage_secret: str | None = Field(
-        None, pattern=_DNS_SUBDOMAIN,
+        None, pattern=DNS_SUBDOMAIN_PATTERN,
         description="Secret whose keys all become environment variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
                     "AWS_ENDPOINT_URL_S3, ...) so trials can read s3:// data (default: the cluster's storage "
                     "Secret, its keys mapped as the pipeline's steps get them).")
@@ -133,7 +106,7 @@ class Compute(BaseModel):
     @field_validator("cpu", "memory", "shm_size")
     @classmethod
     def _quantity(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(_QUANTITY, value):
+        if value is not None and not re.fullmatch(QUANTITY_PATTERN, value):
             raise ValueError("not a Kubernetes quantity (e.g. '4', '500m', '16Gi')")
         return value
 
@@ -203,7 +176,7 @@ class JobSpec(BaseModel):
         """Every model a trial of this job may train, in search-space order."""
         models: list[str] = []
         for entry in self.search_space or [{}]:
-            for m in _entry_models(self, entry):
+            for m in entry_models(self, entry):
                 if m not in models:
                     models.append(m)
         return models
@@ -249,7 +222,8 @@ def _as_distribution(value: Any) -> Any:
     return value  # a fixed value: one trial setting
 
 
-def _entry_models(job: JobSpec, entry: Mapping[str, Any]) -> list[str]:
+def entry_models(job: JobSpec, entry: Mapping[str, Any]) -> list[str]:
+    """The models a search-space entry trains: its ``model_name`` values, else the job's model."""
     m = entry.get("model_name")
     if m is None:
         return [str(job.training_parameters.get("model_name", job.task.default_model))]
@@ -287,10 +261,9 @@ def check_job(job: JobSpec) -> list[str]:
         problems.append("training_parameters.model_name: the model is also chosen in search_space; keep one")
     for name, value in tp.items():
         where = f"training_parameters.{name}"
-        if name not in hps.BY_NAME:
-            problems.append(f"{where}: unknown hyperparameter {name!r}{did_you_mean(name, hps.BY_NAME)}")
+        hp = _known(name, where, problems)
+        if hp is None:
             continue
-        hp = hps.BY_NAME[name]
         for m in models:
             if not hp.applies_to(task, m):
                 hint = len(models) > 1 and hp.applies_to(task)
@@ -307,13 +280,12 @@ def check_job(job: JobSpec) -> list[str]:
 
     # search_space: each entry applies to its own models.
     for i, entry in enumerate(job.search_space):
-        entry_models = [m for m in _entry_models(job, entry) if m in task.models]
+        candidates = [m for m in entry_models(job, entry) if m in task.models]
         for name, value in entry.items():
             where = f"search_space[{i}].{name}"
-            if name not in hps.BY_NAME:
-                problems.append(f"{where}: unknown hyperparameter {name!r}{did_you_mean(name, hps.BY_NAME)}")
+            hp = _known(name, where, problems)
+            if hp is None:
                 continue
-            hp = hps.BY_NAME[name]
             if name in tp:
                 problems.append(f"{where}: also set in training_parameters; keep one")
                 continue
@@ -321,12 +293,12 @@ def check_job(job: JobSpec) -> list[str]:
                 problems.append(f"{where}: {name} is fixed for a whole job; set it in training_parameters")
                 continue
             if name != "model_name":
-                outside = [m for m in entry_models if not hp.applies_to(task, m)]
+                outside = [m for m in candidates if not hp.applies_to(task, m)]
                 if outside:
                     problems.append(f"{where}: {hps.why_not(hp, task, outside[0])}")
                     continue
             problems += _check_distribution(where, hp, value, job.sweep.sampling_algorithm,
-                                            entry_models[0] if len(entry_models) == 1 else None, entry_models)
+                                            candidates[0] if len(candidates) == 1 else None, candidates)
 
     # the sampling algorithm's own rules
     algo = job.sweep.sampling_algorithm
@@ -392,7 +364,7 @@ def _cross_check_fixed(job: JobSpec) -> list[str]:
     for i, entry in enumerate(job.search_space or [{}]):
         swept = {k for k, v in entry.items() if is_distribution(v) and not (isinstance(v, Choice) and len(v.values) == 1)}
         fixed = {k: (v.values[0] if isinstance(v, Choice) else v) for k, v in entry.items() if k not in swept}
-        for m in _entry_models(job, entry):
+        for m in entry_models(job, entry):
             given = {**job.training_parameters, **fixed, "model_name": m}
             try:
                 hps.resolve(job.task, given)
@@ -410,6 +382,14 @@ def _rule(e: ValueError) -> str:
     text = str(e)
     head, sep, rest = text.partition(" ")
     return rest if sep and "=" in head else text
+
+
+def _known(name: str, where: str, problems: list[str]) -> hps.HyperParameter | None:
+    """The hyperparameter ``name``, or None with the problem (and the nearest name) added to ``problems``."""
+    hp = hps.BY_NAME.get(name)
+    if hp is None:
+        problems.append(f"{where}: unknown hyperparameter {name!r}{did_you_mean(name, hps.BY_NAME)}")
+    return hp
 
 
 def _short(value: Any) -> str:
@@ -565,7 +545,7 @@ def resolved(job: JobSpec) -> dict[str, Any]:
     out = job.model_dump(mode="json")
     per_model: dict[str, dict[str, Any]] = {}
     for entry in job.search_space or [{}]:
-        for m in _entry_models(job, entry):
+        for m in entry_models(job, entry):
             fixed = {**job.training_parameters, "model_name": m}
             values = hps.resolve(job.task, {k: v for k, v in fixed.items()})
             for k, v in entry.items():

@@ -1,7 +1,8 @@
 """Early-termination policies (spec section 7), with the original SDK's class names.
 
 They are part of the job spec (``sweep.early_termination``) and are used as-is from Python:
-``BanditPolicy(evaluation_interval=2, slack_factor=0.2, delay_evaluation=6)``.
+``BanditPolicy(evaluation_interval=2, slack_factor=0.2, delay_evaluation=6)``. Their rules are the
+functions of :mod:`automl_vision.spec.termination`; :func:`decide` applies whichever a policy is.
 """
 
 from __future__ import annotations
@@ -11,6 +12,13 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from automl_vision.spec.termination import (
+    Decision,
+    bandit_should_terminate,
+    median_stopping_should_terminate,
+    truncation_selection_should_terminate,
+)
+
 
 class _Policy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -19,7 +27,7 @@ class _Policy(BaseModel):
     delay_evaluation: int = Field(0, ge=0, description="Never apply the rule before N reported values.")
 
     def explain(self, trial_id: str, history: Mapping[str, Sequence[float]], *, maximize: bool = True,
-                finished: AbstractSet[str] = frozenset()):
+                finished: AbstractSet[str] = frozenset()) -> Decision:
         """The decision for ``trial_id`` at its latest interval ``n = len(history[trial_id])``, as a
         ``Decision(terminate, rule)`` (``rule``: a sentence with the numbers, for the log).
 
@@ -27,8 +35,6 @@ class _Policy(BaseModel):
         (index 0 is interval 1); ``finished`` is the set of trials that have ended (used by
         ``truncation_selection`` with ``exclude_finished_jobs``).
         """
-        from automl_vision.sweep.policies import decide  # here: spec must import without sweep
-
         return decide(self, trial_id, history, maximize=maximize, finished=finished)
 
     def should_terminate(self, trial_id: str, history: Mapping[str, Sequence[float]], *,
@@ -70,3 +76,15 @@ EarlyTerminationPolicy = Annotated[
 ]
 POLICY_TYPES = {"bandit": BanditPolicy, "median_stopping": MedianStoppingPolicy,
                 "truncation_selection": TruncationSelectionPolicy}
+
+
+def decide(policy, trial_id: str, history: Mapping[str, Sequence[float]], *, maximize: bool = True,
+           finished: AbstractSet[str] = frozenset()) -> Decision:
+    """Apply whichever rule ``policy`` is (see :meth:`_Policy.explain`)."""
+    if isinstance(policy, BanditPolicy):
+        return bandit_should_terminate(policy, trial_id, history, maximize)
+    if isinstance(policy, MedianStoppingPolicy):
+        return median_stopping_should_terminate(policy, trial_id, history, maximize)
+    if isinstance(policy, TruncationSelectionPolicy):
+        return truncation_selection_should_terminate(policy, trial_id, history, maximize, finished)
+    raise TypeError(f"not an early-termination policy: {type(policy).__name__}")

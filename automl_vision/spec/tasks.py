@@ -1,5 +1,7 @@
 """Tasks, their primary metrics and the models offered for each (spec sections 1 and 3).
 
+The models come from the catalogue's rows (``spec/catalogue.py``).
+
 This is the one place that says which metric a task optimizes and in which direction.
 """
 
@@ -7,6 +9,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+
+from automl_vision.spec.catalogue import MODELS, ROWS
 
 
 class ImageTask(str, enum.Enum):
@@ -39,40 +43,22 @@ class ImageTask(str, enum.Enum):
         return TASK_INFO[self].models
 
 
-CLASSIFICATION_MODELS = (
-    "mobilenetv2",
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "resnet101",
-    "resnet152",
-    "resnest50",
-    "resnest101",
-    "seresnext",
-    "vits16r224",
-    "vitb16r224",
-    "vitl16r224",
-)
-DETECTION_MODELS = (
-    "yolov5",
-    "fasterrcnn_resnet18_fpn",
-    "fasterrcnn_resnet34_fpn",
-    "fasterrcnn_resnet50_fpn",
-    "fasterrcnn_resnet101_fpn",
-    "fasterrcnn_resnet152_fpn",
-    "retinanet_resnet50_fpn",
-)
-SEGMENTATION_MODELS = (
-    "maskrcnn_resnet18_fpn",
-    "maskrcnn_resnet34_fpn",
-    "maskrcnn_resnet50_fpn",
-    "maskrcnn_resnet101_fpn",
-    "maskrcnn_resnet152_fpn",
-)
+#: The tasks of each model of the catalogue (a task name that is not a task fails here, at import).
+MODEL_TASKS: dict[str, frozenset[ImageTask]] = {row.name: frozenset(map(ImageTask, row.tasks)) for row in ROWS}
 
-VIT_MODELS = ("vits16r224", "vitb16r224", "vitl16r224")
-YOLO_MODELS = ("yolov5",)
-TORCHVISION_DETECTORS = tuple(m for m in DETECTION_MODELS if m not in YOLO_MODELS) + SEGMENTATION_MODELS
+
+def models_of(task: ImageTask) -> tuple[str, ...]:
+    """The catalogue's models for ``task``, in catalogue order."""
+    return tuple(name for name, tasks in MODEL_TASKS.items() if task in tasks)
+
+
+CLASSIFICATION_MODELS = models_of(ImageTask.IMAGE_CLASSIFICATION)
+DETECTION_MODELS = models_of(ImageTask.IMAGE_OBJECT_DETECTION)
+SEGMENTATION_MODELS = models_of(ImageTask.IMAGE_INSTANCE_SEGMENTATION)
+#: Models whose input size is fixed when built (the ViTs).
+FIXED_SIZE_MODELS = tuple(row.name for row in ROWS if row.fixed_size)
+YOLO_MODELS = tuple(row.name for row in ROWS if row.family == "ultralytics")
+TORCHVISION_DETECTORS = tuple(m for m in DETECTION_MODELS + SEGMENTATION_MODELS if MODELS[m].family == "torchvision")
 
 
 @dataclass(frozen=True)
@@ -85,7 +71,9 @@ class TaskInfo:
 
 TASK_INFO: dict[ImageTask, TaskInfo] = {
     ImageTask.IMAGE_CLASSIFICATION: TaskInfo("accuracy", True, "vitb16r224", CLASSIFICATION_MODELS),
-    ImageTask.IMAGE_CLASSIFICATION_MULTILABEL: TaskInfo("iou", True, "vitb16r224", CLASSIFICATION_MODELS),
+    ImageTask.IMAGE_CLASSIFICATION_MULTILABEL: TaskInfo(
+        "iou", True, "vitb16r224", models_of(ImageTask.IMAGE_CLASSIFICATION_MULTILABEL)
+    ),
     ImageTask.IMAGE_OBJECT_DETECTION: TaskInfo("mean_average_precision", True, "yolov5", DETECTION_MODELS),
     ImageTask.IMAGE_INSTANCE_SEGMENTATION: TaskInfo(
         "mean_average_precision", True, "maskrcnn_resnet50_fpn", SEGMENTATION_MODELS
@@ -96,16 +84,8 @@ CLASSIFICATION_TASKS = frozenset({ImageTask.IMAGE_CLASSIFICATION, ImageTask.IMAG
 DETECTION_TASKS = frozenset({ImageTask.IMAGE_OBJECT_DETECTION, ImageTask.IMAGE_INSTANCE_SEGMENTATION})
 ALL_TASKS = frozenset(ImageTask)
 
-# Number of layer groups `layers_to_freeze` counts over (spec section 4). resnest follows the
-# resnet stem/stage layout; the ViT groups are patch_embed plus the first 12 blocks.
-LAYER_GROUPS: dict[str, int] = {
-    **{m: 5 for m in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnest50", "resnest101")},
-    "mobilenetv2": 19,
-    "seresnext": 5,
-    **{m: 13 for m in VIT_MODELS},
-    "yolov5": 10,
-    **{m: 5 for m in TORCHVISION_DETECTORS},
-}
+#: Number of layer groups `layers_to_freeze` counts over (spec section 4), from the catalogue's rows.
+LAYER_GROUPS: dict[str, int] = {row.name: len(row.layer_groups) for row in ROWS}
 
 
 def parse_task(value: str | ImageTask) -> ImageTask:
@@ -120,4 +100,4 @@ def parse_task(value: str | ImageTask) -> ImageTask:
 
 
 def all_models() -> tuple[str, ...]:
-    return CLASSIFICATION_MODELS + DETECTION_MODELS + SEGMENTATION_MODELS
+    return tuple(MODELS)

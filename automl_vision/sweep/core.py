@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from automl_vision.sweep.policies import Decision, is_evaluation_point
+from automl_vision.spec.termination import Decision, is_evaluation_point
 
 #: Trials whose best metric counts for the leaderboard: they ran as asked, or were stopped on
 #: purpose by the sweep (early termination, their own time limit) with a model of their best epoch.

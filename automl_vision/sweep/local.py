@@ -39,18 +39,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
-from automl_vision.errors import ConfigError
+import torch
+
+from automl_vision.errors import EXIT_DIVERGED, EXIT_OK, ConfigError
 from automl_vision.spec import hyperparameters as hps
 from automl_vision.spec.job import JobSpec, resolved
+from automl_vision.sweep.command import format_argument, trial_arguments
 from automl_vision.sweep.core import FAILED, FINISHED, RANKED, RERUN, SweepState, TrialRecord, trial_id
 from automl_vision.sweep.sampling import Observation, make_sampler
 from automl_vision.training.reporter import KATIB_METRIC_RE, parse_katib_line
-from automl_vision.training.trial import OUTPUTS_DIR, RESULT_FILE, TrialResult
+from automl_vision.training.runfolder import OUTPUTS_DIR, RESULT_FILE, SWEEP_FILE, RunFolder
+from automl_vision.training.trial import TrialResult, default_num_workers
 
 log = logging.getLogger(__name__)
 
-EXIT_DIVERGED = 3
-SWEEP_FILE = "sweep.json"
 LOCK_FILE = ".sweep.lock"
 SWEEP_FORMAT = 1
 #: Seconds a terminated trial gets between SIGTERM and SIGKILL.
@@ -60,7 +62,7 @@ WRITE_INTERVAL_S = 1.0
 #: Job keys a resumed sweep may change (more trials or time; cluster settings local runs ignore).
 MAY_CHANGE_ON_RESUME = frozenset({"limits", "name", "compute"})
 
-__all__ = ["SweepResult", "TrialRecord", "format_leaderboard", "load_sweep", "run_sweep", "trial_arguments"]
+__all__ = ["SweepResult", "TrialRecord", "format_leaderboard", "load_sweep", "run_sweep"]
 
 
 @dataclass
@@ -87,34 +89,8 @@ class SweepResult:
 
 # --- the trial command ---------------------------------------------------------------------------
 
-def trial_arguments(job: JobSpec, parameters: Mapping[str, Any], output_dir: str) -> list[str]:
-    """The arguments of ``automl-vision`` for one trial (the Katib trial template's command)."""
-    args = ["train", "--task", job.task.value, "--training_data", job.training_data]
-    if job.validation_data:
-        args += ["--validation_data", job.validation_data]
-    values = {**job.training_parameters, **parameters}
-    for name in hps.BY_NAME:  # table order, so commands read the same every time
-        if name in values and values[name] is not None:
-            args += [f"--{name}", format_argument(values[name])]
-    args += ["--output-dir", output_dir]
-    return args
-
-
-def format_argument(value: Any) -> str:
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
-
-
 def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def workers_for(threads: int) -> int:
-    """DataLoader workers of a trial given its share of cores (the trial's own rule, on its share)."""
-    return 0 if threads <= 2 else min(8, threads - 1)
 
 
 def visible_gpus(device: str) -> list[str]:
@@ -125,10 +101,6 @@ def visible_gpus(device: str) -> list[str]:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return [g.strip() for g in visible.split(",") if g.strip() and not g.strip().startswith("-")]
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return []
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
@@ -208,6 +180,8 @@ class _Sweep:
         self.concurrency = min(wanted, len(gpus)) if gpus else wanted
         self.free_gpus = list(gpus)
         self.threads = max(1, cpu_count() // self.concurrency)
+        # the rule `train` applies on a machine of its own, applied to this trial's share of the cores
+        self.workers = default_num_workers(processes=self.concurrency)
         self.resources = (f"{self.concurrency} at once" + (f" (one GPU each, {len(gpus)} GPU(s))" if gpus else "")
                           + f", {self.threads} CPU thread(s) each")
         if gpus and wanted > len(gpus):
@@ -223,9 +197,9 @@ class _Sweep:
                 inner = next(iter(sorted(self.run_dir.glob(f"*/**/{SWEEP_FILE}"))), None)
                 hint = f"; the sweep of this run is in {inner.parent}: resume that folder" if inner else ""
                 raise ConfigError(f"{self.run_dir} holds no {SWEEP_FILE}: there is no sweep to resume there{hint}")
-            self._load(json.loads(sweep_file.read_text()))
+            self._load(RunFolder(self.run_dir).sweep())
         elif sweep_file.is_file():
-            previous = json.loads(sweep_file.read_text())
+            previous = RunFolder(self.run_dir).sweep()
             if previous.get("status") != "finished":
                 done = sum(1 for t in previous.get("trials", []) if t.get("status") in FINISHED)
                 raise ConfigError(
@@ -250,7 +224,7 @@ class _Sweep:
         self.elapsed_before = float(doc.get("elapsed_s", 0.0))
         # The trial whose model best_model/ holds, as best_model/ itself says: sweep.json names the best trial
         # even while it runs (a killed sweep runs it again), or before its copy was done.
-        self.best_copied = _best_model_trial(self.run_dir)
+        self.best_copied = RunFolder(self.run_dir).best_model_trial()
         kept = rerun = 0
         for d in doc.get("trials", []):
             rec = TrialRecord.from_json(d, self.primary)
@@ -290,7 +264,7 @@ class _Sweep:
     # -- the loop --------------------------------------------------------------------------------
 
     def run(self) -> None:
-        job, limits = self.job, self.job.limits
+        limits = self.job.limits
         total = self.sampler.total
         policy = "no early termination" if self.policy is None else \
             f"{self.policy.type} early termination ({_policy_settings(self.policy)})"
@@ -381,7 +355,7 @@ class _Sweep:
         if rec.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = rec.gpu
         rec.threads = self.threads
-        cmd = [sys.executable, "-m", "automl_vision", *args, "--num_workers", str(workers_for(self.threads))]
+        cmd = [sys.executable, "-m", "automl_vision", *args, "--num_workers", str(self.workers)]
         console = (trial_dir / "console.log").open("w")
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                                 env=env, start_new_session=True)
@@ -466,7 +440,7 @@ class _Sweep:
             if outcome.best_value is not None:  # the value of the model it saved
                 rec.best_value, rec.best_epoch = outcome.best_value, outcome.best_epoch
         if rec.status == "running":  # it ended on its own
-            if rec.exit_code == 0 and outcome is not None:
+            if rec.exit_code == EXIT_OK and outcome is not None:
                 rec.status = outcome.status
                 rec.reason = (f"completed its {rec.epochs_completed} epoch(s)" if outcome.status == "completed" else
                               f"stopped by its own early stopping after {rec.epochs_completed} epoch(s): "
@@ -532,14 +506,6 @@ class _Sweep:
                 self.best_copied = best.trial_id
 
 
-def _best_model_trial(run_dir: Path) -> str | None:
-    """The trial whose model ``run_dir/best_model/`` holds (None: no complete best_model/ there)."""
-    try:
-        return json.loads((run_dir / "best_model" / "trial.json").read_text()).get("trial_id")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
 def _policy_settings(policy) -> str:
     return ", ".join(f"{k} {v}" for k, v in policy.model_dump().items() if k != "type" and v is not None)
 
@@ -571,7 +537,7 @@ class _Lock:
         self.path = path
 
     def __enter__(self):
-        import fcntl
+        import fcntl  # POSIX only
 
         self.f = self.path.open("a+")
         try:
@@ -597,11 +563,7 @@ class _Lock:
 def load_sweep(run_dir: str | os.PathLike) -> SweepResult:
     """The sweep recorded in ``run_dir/sweep.json`` (finished, running or killed)."""
     run_dir = Path(run_dir)
-    path = run_dir / SWEEP_FILE
-    try:
-        doc = json.loads(path.read_text())
-    except OSError as e:
-        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    doc = RunFolder(run_dir).sweep()
     primary = doc["primary_metric"]
     trials = [TrialRecord.from_json(d, primary) for d in doc["trials"]]
     return SweepResult(run_dir, primary, doc["goal"] == "maximize", trials, doc.get("status", ""),

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from automl_vision.spec.tasks import ImageTask
+
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], hp: Mapping[str, Any]) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
@@ -61,6 +63,12 @@ class EarlyStopping:
         self.best: float | None = None
         self.evaluations = 0
         self.stale = 0
+
+    @classmethod
+    def for_trial(cls, hp: Mapping[str, Any], task: ImageTask) -> "EarlyStopping":
+        """The trial's early stopping: ``early_stopping``, ``_patience``, ``_delay``, in the task's direction."""
+        return cls(hp["early_stopping"], hp["early_stopping_patience"], hp["early_stopping_delay"],
+                   maximize=task.maximize)
 
     def improved(self, value: float) -> bool:
         return self.best is None or (value > self.best if self.maximize else value < self.best)

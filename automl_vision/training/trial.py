@@ -12,13 +12,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from automl_vision.data.storage import upload_folder
 from automl_vision.spec.tasks import ImageTask
-
-RESULT_FILE = "result.json"
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.jsonl"
-LOG_FILE = "train.log"
-OUTPUTS_DIR = "outputs"
+from automl_vision.training.reporter import read_metrics
+from automl_vision.training.runfolder import METRICS_FILE, RESULT_FILE
 
 
 @dataclass(frozen=True)
@@ -87,12 +84,6 @@ def seed_everything(seed: int) -> torch.Generator:
     return g
 
 
-def pick_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
-
-
 def default_num_workers(processes: int = 1) -> int:
     """DataLoader workers of one training process: its share of the cores less its own, at most 8.
 
@@ -119,8 +110,6 @@ class TrialStopped(Exception):
 def stopped_result(output_dir: str | Path, task: ImageTask, duration_s: float) -> TrialResult:
     """The result of a trial stopped from outside, from the evaluations it reported (``metrics.jsonl``):
     status ``terminated``, the best value among them (the model package holds that epoch)."""
-    from automl_vision.training.reporter import read_metrics
-
     primary_metric = task.primary_metric
     rows = [r for r in read_metrics(Path(output_dir) / METRICS_FILE) if primary_metric in r]
     result = TrialResult(status="terminated", primary_metric=primary_metric, duration_s=round(duration_s, 2),
@@ -138,6 +127,4 @@ def upload_trial(output_dir: str | Path, uri: str) -> list[str]:
     """Upload the trial folder (model package, metrics.jsonl, result.json, config.json, logs; not the
     checkpoints) to ``uri`` (s3://bucket/prefix), with the endpoint and credentials of the AWS_*
     environment variables (the storage Secret's keys in a trial pod)."""
-    from automl_vision.data.storage import upload_folder
-
     return upload_folder(output_dir, uri, skip=lambda rel: rel.startswith(NOT_UPLOADED))

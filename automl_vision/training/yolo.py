@@ -1,42 +1,44 @@
 """The yolov5 trial: ultralytics' trainer (its augmentation, loss and EMA) driven by our settings,
-measured and reported like every other model.
+measured, reported, checkpointed and resumed like every other model.
 
 The validated records are written as a YOLO dataset inside the trial folder (``yolo_data/``:
 links to the images, one label file per image, ``data.yaml``); ultralytics writes only under the
-trial folder (``ultralytics/``, its config in ``ultralytics_config/``). At each evaluation the
-predictions ultralytics' validator made (at ``box_score_thresh`` and ``box_iou_thresh``) are
-scored with our metrics against our ground truth (crowd objects included) and reported through
-the metrics reporter; the best model is saved as our package (the YAML-built model's weights in
-safetensors plus ``model_size`` and the inference settings), and early stopping is ours.
+trial folder (``ultralytics/``, its config in ``ultralytics_config/``). ultralytics owns the epoch
+loop; its callbacks drive ours (``training/loop.py``): progress lines and divergence per batch;
+per epoch the predictions ultralytics' validator made (at ``box_score_thresh`` and
+``box_iou_thresh``) are scored with our metrics against our ground truth (crowd objects included)
+and reported, the best model (the EMA weights) is saved as our package, early stopping is ours,
+and checkpoints are ours (``--resume`` restores model, EMA, optimizer and loss scaler).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import time
+import shutil
+from collections.abc import Callable, Mapping
+from copy import copy
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 import yaml
+from torch import nn
 
 from automl_vision.errors import DataError, TrainingDiverged
-from automl_vision.evaluation.detection_metrics import detection_metrics, ground_truth_of
-from automl_vision.evaluation.detections import ImagePredictions
-from automl_vision.training.detection import PER_LABEL_FILE, load_detection_splits, save_detection_model, write_per_label
-from automl_vision.training.optim import EarlyStopping
+from automl_vision.evaluation.detection_metrics import ground_truth_of
+from automl_vision.models import yolo
+from automl_vision.models.detections import ImagePredictions
+from automl_vision.models.device import pick_device
+from automl_vision.models.weights import WeightsSource
+from automl_vision.training.detection_common import (PER_LABEL_FILE, init_from_package, load_detection_splits,
+                                                     score_epoch)
+from automl_vision.training.loop import EpochResult, Progress, TrialLoop
+from automl_vision.training.optim import EarlyStopping, build_optimizer
 from automl_vision.training.reporter import MetricsReporter
-from automl_vision.training.trial import (
-    CONFIG_FILE,
-    METRICS_FILE,
-    OUTPUTS_DIR,
-    TrialResult,
-    TrialSettings,
-    default_num_workers,
-    pick_device,
-)
+from automl_vision.training.trial import TrialResult, TrialSettings, default_num_workers
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +51,6 @@ def _link(src: Path, dst: Path) -> None:
     try:
         os.symlink(os.path.abspath(src), dst)
     except OSError:  # file systems without symlinks
-        import shutil
-
         shutil.copyfile(src, dst)
 
 
@@ -90,88 +90,243 @@ def _device_arg(settings: TrialSettings) -> str:
     return device.type
 
 
-def train_yolo(settings: TrialSettings, reporter: MetricsReporter | None = None) -> TrialResult:
-    """Run one yolov5 trial to the end; returns its result (also written to ``result.json``)."""
-    from automl_vision.models import yolo
+# --- ultralytics' trainer ------------------------------------------------------------------------
 
-    t0 = time.monotonic()
-    hp = settings.hyperparameters
-    task = settings.task
-    out = Path(settings.output_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG_FILE).write_text(json.dumps(settings.to_json(), indent=2))
-    reporter = reporter or MetricsReporter(out / METRICS_FILE)
-    primary = task.primary_metric
-    yolo.prepare_ultralytics(out / "ultralytics_config")
+def lr_lambda(hp: Mapping[str, Any]) -> Callable[[int], float]:
+    """Our scheduler as a function of the (0-based) epoch, the granularity ultralytics steps at.
+    Its own linear warm-up covers ``warmup_cosine_lr_warmup_epochs`` first."""
+    epochs = hp["number_of_epochs"]
+    if hp["lr_scheduler"] == "step":
+        return lambda e: hp["step_lr_gamma"] ** (e // hp["step_lr_step_size"])
+    warmup = min(hp["warmup_cosine_lr_warmup_epochs"], max(epochs - 1, 0))
+    cycles = hp["warmup_cosine_lr_cycles"]
 
-    splits = load_detection_splits(settings)
-    classes = splits.classes
-    index = {c: i for i, c in enumerate(classes)}
-    data_yaml, val_files = write_yolo_dataset(out / YOLO_DATA_DIR, splits, classes)
-    ground_truth = [ground_truth_of(r, index, masks=False) for r in splits.validation]
-    device = _device_arg(settings)
-    workers = settings.num_workers if settings.num_workers is not None else default_num_workers()
-    log.info("yolov5 (%s): %d training and %d validation images, %d classes, device %s", hp["model_size"],
-             len(splits.train), len(splits.validation), len(classes), device)
+    def f(e: int) -> float:
+        if e < warmup:
+            return 1.0
+        progress = (e - warmup) / max(1, epochs - warmup)
+        return max(0.0, 0.5 * (1.0 + math.cos(2.0 * math.pi * cycles * progress)))
 
-    weights = None
-    if getattr(settings, "weights", None):
-        from automl_vision.models.weights import WeightsSource
+    return f
 
-        weights = WeightsSource(settings.weights, settings.s3_endpoint, settings.weights_cache)
-    model = yolo.build_yolo(len(classes), pretrained=hp["pretrained"], model_size=hp["model_size"], weights=weights)
-    model_settings = yolo.YoloSettings.from_hyperparameters(hp).to_json()
 
-    stopper = EarlyStopping(hp["early_stopping"], hp["early_stopping_patience"], hp["early_stopping_delay"],
-                            maximize=task.maximize)
-    result = TrialResult(status="running", primary_metric=primary)
-    steps_per_epoch = max(1, math.ceil(len(splits.train) / hp["training_batch_size"]))
-    last_log = {"t": time.monotonic()}
+def ultralytics_overrides(hp: Mapping[str, Any], data_yaml: Path, project: Path, device: str, workers: int) -> dict:
+    """Our hyperparameters as ultralytics trainer arguments (the rest keep ultralytics' defaults,
+    including its augmentation: mosaic, random affine, flips, HSV)."""
+    batch = hp["training_batch_size"]
+    return {
+        "model": yolo.yaml_name(hp["model_size"]), "data": str(data_yaml), "task": "detect", "mode": "train",
+        "epochs": hp["number_of_epochs"], "batch": batch, "imgsz": hp["img_size"],
+        "device": device, "workers": workers, "seed": hp["seed"], "deterministic": True,
+        "project": str(project), "name": "ultralytics", "exist_ok": True, "plots": False, "verbose": False,
+        "pretrained": False, "val": True, "save": False, "patience": 10**6,  # early stopping is ours
+        "lr0": hp["learning_rate"], "momentum": hp["momentum"] if hp["optimizer"] == "sgd" else hp["beta1"],
+        "weight_decay": hp["weight_decay"],
+        "warmup_epochs": hp["warmup_cosine_lr_warmup_epochs"] if hp["lr_scheduler"] == "warmup_cosine" else 0,
+        # nbs = batch * accumulation: ultralytics then accumulates exactly grad_accumulation_step
+        # batches and leaves weight_decay unscaled.
+        "nbs": batch * hp["grad_accumulation_step"],
+        "multi_scale": 0.5 if hp["multi_scale"] else 0.0,
+        "freeze": hp.get("layers_to_freeze") or None,
+        "conf": hp["box_score_thresh"], "iou": hp["box_iou_thresh"],
+        "amp": device not in ("cpu", "mps"),
+    }
 
-    def batch_end(epoch: int, step: int, loss: float) -> None:
-        if not math.isfinite(loss):
-            raise TrainingDiverged(epoch, step, loss)
-        now = time.monotonic()
-        if step % 20 == 0 or now - last_log["t"] > 10:
-            last_log["t"] = now
-            log.info("epoch %d step %d/%d  loss %.4f", epoch, step, hp["number_of_epochs"] * steps_per_epoch, loss)
 
-    def evaluation(epoch: int, ema_model, collected: dict[str, ImagePredictions], train_loss: float) -> bool:
-        result.epochs_completed = epoch
-        missing = [f for f in val_files if f not in collected]
+def _trainer_class(trial: YoloTrial):
+    """ultralytics' detection trainer with our model, optimizer, schedule, validation cadence and
+    resuming, and a validator that keeps every image's predictions."""
+    yolo.prepare_ultralytics()
+    from ultralytics.models.yolo.detect import DetectionTrainer, DetectionValidator  # after prepare_ultralytics
+
+    model, hp, val_batch = trial.model, trial.hp, trial.hp["validation_batch_size"]
+
+    class Validator(DetectionValidator):
+        """ultralytics' validator, also keeping every image's predictions in original pixels."""
+
+        collected: dict[str, ImagePredictions]
+
+        def init_metrics(self, m):
+            super().init_metrics(m)
+            self.collected = {}
+
+        def update_metrics(self, preds, batch):
+            super().update_metrics(preds, batch)
+            for si, pred in enumerate(preds):
+                pbatch = self._prepare_batch(si, batch)
+                scaled = self.scale_preds(pred, pbatch)
+                self.collected[pbatch["im_file"]] = ImagePredictions(
+                    scaled["bboxes"].float().cpu().numpy(), scaled["cls"].cpu().numpy().astype(np.int64),
+                    scaled["conf"].float().cpu().numpy())
+
+    class Trainer(DetectionTrainer):
+        evaluated = False
+
+        def get_model(self, cfg=None, weights=None, verbose=True):
+            return model
+
+        def get_validator(self):
+            return Validator(self.test_loader, save_dir=self.save_dir, args=copy(self.args), _callbacks=self.callbacks)
+
+        def get_dataloader(self, dataset_path, batch_size=16, rank=0, mode="train"):
+            return super().get_dataloader(dataset_path, val_batch if mode == "val" else batch_size, rank, mode)
+
+        def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
+            # ultralytics' three groups (decayed weights, normalization weights, biases) with our optimizer.
+            # The bias group's name makes ultralytics' warm-up start it at warmup_bias_lr.
+            norm = tuple(v for k, v in nn.__dict__.items() if "Norm" in k)
+            groups: list[list[nn.Parameter]] = [[], [], []]
+            for module in model.modules():
+                for pname, p in module.named_parameters(recurse=False):
+                    if p.requires_grad:
+                        groups[2 if "bias" in pname else 1 if isinstance(module, norm) else 0].append(p)
+            opt = build_optimizer(groups[0], {**hp, "weight_decay": decay})
+            opt.param_groups[0]["param_group"] = "weight"
+            for params, name in ((groups[1], "bn"), (groups[2], "bias")):
+                if params:
+                    opt.add_param_group({"params": params, "weight_decay": 0.0, "param_group": name})
+            return opt
+
+        def _setup_scheduler(self):
+            self.lf = lr_lambda(hp)
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
+
+        def resume_training(self, ckpt):
+            # Our checkpoint, not ultralytics' pickled one: the loop restored the model; the rest goes here.
+            state = trial.resume_state
+            if state is None:
+                return
+            self.optimizer.load_state_dict(state["optimizer"])
+            if state["scaler"]:
+                self.scaler.load_state_dict(state["scaler"])
+            self.ema.ema.load_state_dict(state["task"]["ema"])
+            self.ema.updates = state["task"]["ema_updates"]
+            self.start_epoch = state["epoch"]
+
+        def validate(self):
+            self.evaluated = trial.loop.due(self.epoch + 1)
+            if not self.evaluated:
+                return self.metrics, self.fitness
+            return super().validate()
+
+        def save_model(self):
+            return False  # our package is written by the evaluation hook (safetensors, no pickles)
+
+    return Trainer
+
+
+# --- the trial -----------------------------------------------------------------------------------
+
+class YoloTrial:
+    """A yolov5 trial's side of the epoch loop; ultralytics' callbacks call :meth:`fit`'s hooks."""
+
+    evaluation_files = (PER_LABEL_FILE,)
+
+    def __init__(self, settings: TrialSettings, out: Path):
+        self.settings, self.hp, self.task, self.out = settings, settings.hyperparameters, settings.task, out
+        hp = self.hp
+        yolo.prepare_ultralytics(out / "ultralytics_config")
+        splits = load_detection_splits(settings)
+        self.splits, self.classes = splits, splits.classes
+        index = {c: i for i, c in enumerate(self.classes)}
+        self.data_yaml, self.val_files = write_yolo_dataset(out / YOLO_DATA_DIR, splits, self.classes)
+        self.ground_truth = [ground_truth_of(r, index, masks=False) for r in splits.validation]
+        self.device = _device_arg(settings)
+        self.workers = settings.num_workers if settings.num_workers is not None else default_num_workers()
+        log.info("yolov5 (%s): %d training and %d validation images, %d classes, device %s", hp["model_size"],
+                 len(splits.train), len(splits.validation), len(self.classes), self.device)
+        weights = None
+        if settings.weights:
+            weights = WeightsSource(settings.weights, settings.s3_endpoint, settings.weights_cache)
+        self.model = yolo.build_yolo(len(self.classes), pretrained=hp["pretrained"] and not settings.from_model,
+                                     model_size=hp["model_size"], weights=weights)
+        if settings.from_model:
+            init_from_package(self.model, settings.from_model, hp["model_name"], self.classes)
+        self.stopper = EarlyStopping.for_trial(hp, self.task)
+        self.steps_per_epoch = max(1, math.ceil(len(splits.train) / hp["training_batch_size"]))
+        self.trainer = None
+        self.resume_state: Mapping[str, Any] | None = None
+        self.loop: TrialLoop | None = None
+
+    # --- TaskTrial ---
+
+    def evaluate(self, epoch: int, global_step: int, train_loss: float, out: Path) -> EpochResult:
+        collected = self.trainer.validator.collected
+        missing = [f for f in self.val_files if f not in collected]
         if missing:
             raise DataError(f"ultralytics skipped {len(missing)} validation image(s) it could not read: "
-                            + ", ".join(str(splits.validation[val_files[f]].path) for f in missing[:5]))
-        preds = [ImagePredictions.empty()] * len(ground_truth)
-        for f, k in val_files.items():
+                            + ", ".join(str(self.splits.validation[self.val_files[f]].path) for f in missing[:5]))
+        preds = [ImagePredictions.empty()] * len(self.ground_truth)
+        for f, k in self.val_files.items():
             preds[k] = collected[f]
-        for p in preds:
-            if not (np.isfinite(p.boxes).all() and np.isfinite(p.scores).all()):
-                raise TrainingDiverged(epoch, epoch * steps_per_epoch, math.nan, during="validation")
-        metrics = detection_metrics(ground_truth, preds, classes, task, hp["validation_metric_type"], 0.5)
-        value = metrics.metrics.get(primary)
-        row = {"epoch": epoch, **({primary: value} if value is not None else {}), "train_loss": train_loss,
-               **{k: v for k, v in metrics.metrics.items() if k != primary}}
-        reporter.report(row)
-        write_per_label(out / PER_LABEL_FILE, epoch, metrics)
-        result.history.append({k: (v if v is None or math.isfinite(v) else None) for k, v in row.items()})
-        if value is None or stopper.improved(value):
-            result.best_value = value if value is not None and math.isfinite(value) else None
-            result.best_epoch = epoch
-            save_detection_model(ema_model.float(), out / OUTPUTS_DIR, settings, classes, metrics, epoch,
-                                 model_settings)
-        stop = value is not None and stopper.update(value) and epoch < hp["number_of_epochs"]
-        if stop:
-            log.info("early stopping at epoch %d: %s has not improved for %d evaluations (best %.4f)",
-                     epoch, primary, stopper.patience, stopper.best)
-            result.status = "early_stopped"
-        return stop
+        return score_epoch(epoch, global_step, train_loss, self.ground_truth, preds, self.classes, self.task,
+                           self.hp["validation_metric_type"], 0.5, out)
 
-    hooks = yolo.YoloHooks(batch_end=batch_end, evaluation=evaluation,
-                           should_evaluate=lambda e: e % hp["evaluation_frequency"] == 0)
-    yolo.train_ultralytics(model, hp, data_yaml, out, device, workers, hooks)
-    if result.status == "running":
-        result.status = "completed"
-    result.duration_s = round(time.monotonic() - t0, 2)
-    result.write(out)
-    return result
+    def model_state(self) -> dict[str, torch.Tensor]:
+        return self.trainer.ema.ema.float().state_dict()
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        t = self.trainer
+        return {"model": self.model.state_dict(), "optimizer": t.optimizer.state_dict(),
+                "scheduler": t.scheduler.state_dict(), "scaler": t.scaler.state_dict(),
+                "task": {"ema": t.ema.ema.state_dict(), "ema_updates": int(t.ema.updates)}}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.resume_state = state  # the trainer takes the rest once it has built its optimizer and EMA
+
+    # --- ultralytics' callbacks ---
+
+    def fit(self, loop: TrialLoop, start_epoch: int, global_step: int) -> None:
+        """Train with ultralytics' trainer from ``start_epoch``; everything it writes goes under the trial folder."""
+        self.loop = loop
+        if start_epoch > loop.epochs:
+            return
+        trainer = _trainer_class(self)(overrides=ultralytics_overrides(self.hp, self.data_yaml, self.out, self.device,
+                                                                         self.workers))
+        self.trainer = trainer
+        progress = Progress(loop.epochs, self.steps_per_epoch, bar=self.settings.progress_bar,
+                            first_epoch=start_epoch)
+        steps = {"n": global_step}
+
+        def on_epoch_start(t):
+            progress.start_epoch(t.epoch + 1)
+
+        def on_batch_end(t):
+            steps["n"] += 1
+            loss = float(t.loss.detach())
+            if not math.isfinite(loss):
+                raise TrainingDiverged(t.epoch + 1, steps["n"], loss)
+            progress.advance(t.batch_size)
+            if progress.due():
+                progress.show(loss, t.optimizer.param_groups[0]["lr"])
+
+        def on_fit_epoch_end(t):
+            epoch = t.epoch + 1
+            rate = progress.end_epoch()
+            train_loss = float(sum(float(v) for v in (t.tloss or {}).values()))
+            loop.result.epochs_completed = epoch
+            log.info("epoch %d/%d trained: loss %.4f, %.1f img/s", epoch, loop.epochs, train_loss, rate)
+            stop = False
+            if t.evaluated:
+                t.evaluated = False
+                stop = loop.evaluated(epoch, self.evaluate(epoch, steps["n"], train_loss, self.out))
+            loop.epoch_done(epoch, steps["n"])
+            if stop:
+                loop.stopped_early(epoch)
+                t.stop = True
+
+        trainer.add_callback("on_train_epoch_start", on_epoch_start)
+        trainer.add_callback("on_train_batch_end", on_batch_end)
+        trainer.add_callback("on_fit_epoch_end", on_fit_epoch_end)
+        trainer.train()
+
+
+def train_yolo(settings: TrialSettings, reporter: MetricsReporter | None = None) -> TrialResult:
+    """Run one yolov5 trial to the end; returns its result (also written to ``result.json``)."""
+    loop = TrialLoop(settings, reporter)
+    trial = YoloTrial(settings, Path(settings.output_dir).resolve())
+    loop.attach(trial)
+    start_epoch, global_step = loop.start()
+    trial.fit(loop, start_epoch, global_step)
+    return loop.finish()

@@ -11,7 +11,7 @@ import torch
 from automl_vision.errors import TrainingDiverged
 from automl_vision.spec.hyperparameters import resolve
 from automl_vision.spec.tasks import ImageTask
-from automl_vision.training.augment import DEFAULT_JITTER, BatchPreparer
+from automl_vision.models.preprocessing import DEFAULT_JITTER, BatchPreparer
 from automl_vision.training.classification import (CUDA_SYNC_EVERY, build_training, train_classification,
                                                    train_one_epoch)
 from automl_vision.training.reporter import read_metrics

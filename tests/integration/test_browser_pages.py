@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +14,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from automl_vision.report import write_preview, write_report
+from automl_vision.pipeline.runner import write_run_report
+from automl_vision.report import write_preview
 from automl_vision.report.draw import colour
 from browser_support import browser, kfp_viewer_page, make_box_dataset, make_run_folder, not_blank  # noqa: F401
+from conftest import make_classification_dataset
 
 REPORT_SECTIONS = ["summary", "data", "leaderboard", "curves", "hyperparameters", "evaluation", "predictions"]
 BOX = (22, 14, 61, 47)
@@ -35,11 +35,9 @@ def _open(b, path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> Path:
-    from conftest import make_classification_dataset
-
     root = tmp_path_factory.mktemp("browser-report")
     data = make_classification_dataset(root / "data", n_per_class=6, classes=("red", "green", "blue"), size=32)
-    return write_report(make_run_folder(root, data))
+    return write_run_report(make_run_folder(root, data))
 
 
 def test_preview_page_draws_the_box_on_the_right_screen_pixels(browser, tmp_path):
@@ -143,7 +141,7 @@ def test_report_in_the_pipelines_ui_html_viewer(browser, report, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_real_detection_run_ends_with_its_report(browser, tmp_path):
+def test_a_real_detection_run_ends_with_its_report(browser, tmp_path, cli_main):
     # classification reports are covered above on a run folder with a real model package; here a real
     # run, of the other family of tasks, from the command line to the page
     data = make_box_dataset(tmp_path / "data", n=8)
@@ -155,8 +153,7 @@ def test_a_real_detection_run_ends_with_its_report(browser, tmp_path):
     job_file.write_text(yaml.safe_dump(job))
     run = tmp_path / "run"
     # the library engine: the same run folder and the same report call as the pipeline, without kfp's steps
-    p = subprocess.run([sys.executable, "-m", "automl_vision", "run", str(job_file), "--output-dir", str(run),
-                        "--engine", "library"], capture_output=True, text=True, timeout=600)
+    p = cli_main("run", str(job_file), "--output-dir", str(run), "--engine", "library")
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     assert re.search(r"^report: .*report\.html$", p.stdout, re.M), p.stdout
     assert (run / "evaluation" / "pr_curves.png").is_file() and (run / "evaluation" / "samples.png").is_file()

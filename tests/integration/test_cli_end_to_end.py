@@ -1,12 +1,11 @@
-"""The CLI run for real on tiny data: one trial, a whole job, job validation, exit codes."""
+"""The CLI run for real on tiny data: one trial, a whole job, job validation, exit codes. The commands
+run in this process (``cli_main``); the whole job is the session's shared pipeline run."""
 
 from __future__ import annotations
 
 import csv
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,23 +13,19 @@ import yaml
 
 from automl_vision.training.reporter import KATIB_METRIC_RE
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.usefixtures("one_thread")  # the trials train in this process
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ")
 SMALL = ["--pretrained", "0", "--train_crop_size", "24", "--valid_resize_size", "24", "--valid_crop_size", "24",
          "--training_batch_size", "4", "--validation_batch_size", "8"]
 
 
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "automl_vision", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=600)
-
-
-def test_train_reports_metrics_only_through_the_reporter(tmp_path, make_dataset):
+@pytest.mark.slow
+def test_train_reports_metrics_only_through_the_reporter(tmp_path, make_dataset, cli_main):
     data = make_dataset(tmp_path / "data", n_per_class=6)
     out = tmp_path / "trial"
-    p = cli("train", "--task", "image_classification", "--training_data", str(data), "--model_name", "resnet18",
-            "--number_of_epochs", "2", *SMALL, "--output-dir", str(out))
+    p = cli_main("train", "--task", "image_classification", "--training_data", str(data), "--model_name", "resnet18",
+                 "--number_of_epochs", "2", *SMALL, "--output-dir", str(out))
     assert p.returncode == 0, p.stderr
     # Katib's StdOut collector reads stdout and stderr: only timestamped reporter lines may hold name=value.
     lines = (p.stdout + p.stderr).splitlines()
@@ -57,11 +52,12 @@ def test_train_reports_metrics_only_through_the_reporter(tmp_path, make_dataset)
     assert (out / "train.log").read_text().strip()
 
 
-def test_train_multilabel(tmp_path, make_dataset):
+@pytest.mark.slow
+def test_train_multilabel(tmp_path, make_dataset, cli_main):
     data = make_dataset(tmp_path / "data", n_per_class=6, multilabel=True)
     out = tmp_path / "trial"
-    p = cli("train", "--task", "image_classification_multilabel", "--training_data", str(data),
-            "--model_name", "mobilenetv2", "--number_of_epochs", "1", *SMALL, "--output-dir", str(out))
+    p = cli_main("train", "--task", "image_classification_multilabel", "--training_data", str(data),
+                 "--model_name", "mobilenetv2", "--number_of_epochs", "1", *SMALL, "--output-dir", str(out))
     assert p.returncode == 0, p.stderr
     row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert 0.0 <= float(row["iou"]) <= 1.0
@@ -75,33 +71,34 @@ def test_train_multilabel(tmp_path, make_dataset):
     (["--learning_rate", "2", "--optimizer", "sgdd"],
      ["learning_rate=2 out of range", "optimizer='sgdd' is not allowed", "did you mean 'sgd'?"]),
 ])
-def test_train_bad_hyperparameters_exit_2(tmp_path, make_dataset, extra, expected):
+def test_train_bad_hyperparameters_exit_2(tmp_path, make_dataset, cli_main, extra, expected):
     data = make_dataset(tmp_path / "data", n_per_class=2)
-    p = cli("train", "--task", "image_classification", "--training_data", str(data), *extra,
-            "--output-dir", str(tmp_path / "out"))
+    p = cli_main("train", "--task", "image_classification", "--training_data", str(data), *extra,
+                 "--output-dir", str(tmp_path / "out"))
     assert p.returncode == 2
     for text in expected:
         assert text in p.stderr
 
 
-def test_train_bad_data_exit_2(tmp_path, make_dataset):
+def test_train_bad_data_exit_2(tmp_path, make_dataset, cli_main):
     data = make_dataset(tmp_path / "data", n_per_class=3)
     with data.open("a") as f:
         f.write('{"image_url": "images/missing.png", "label": "red"}\n{"label": "red"\n')
-    p = cli("train", "--task", "image_classification", "--training_data", str(data), "--output-dir",
-            str(tmp_path / "out"))
+    p = cli_main("train", "--task", "image_classification", "--training_data", str(data), "--output-dir",
+                 str(tmp_path / "out"))
     assert p.returncode == 2
     assert f"{data}:7: image_url='images/missing.png': image not found" in p.stderr
     assert f"{data}:8: not valid JSON" in p.stderr
 
 
-def test_train_divergence_exit_3(tmp_path, make_dataset):
+@pytest.mark.slow
+def test_train_divergence_exit_3(tmp_path, make_dataset, cli_main):
     data = make_dataset(tmp_path / "data", n_per_class=8)
     out = tmp_path / "out"
     # Adam with beta2 0 and a learning rate of 1 sends the weights to NaN within the first epoch.
-    p = cli("train", "--task", "image_classification", "--training_data", str(data), "--model_name", "resnet18",
-            "--number_of_epochs", "2", *SMALL, "--optimizer", "adam", "--learning_rate", "1", "--beta2", "0",
-            "--output-dir", str(out))
+    p = cli_main("train", "--task", "image_classification", "--training_data", str(data), "--model_name", "resnet18",
+                 "--number_of_epochs", "2", *SMALL, "--optimizer", "adam", "--learning_rate", "1", "--beta2", "0",
+                 "--output-dir", str(out))
     assert p.returncode == 3, p.stderr
     assert "training diverged" in p.stderr and "global step" in p.stderr
     assert json.loads((out / "result.json").read_text())["status"] == "diverged"
@@ -121,12 +118,12 @@ def _job(data: Path, **changes) -> dict:
     return job
 
 
-def test_run_whole_job(tmp_path, make_dataset):
-    data = make_dataset(tmp_path / "data", n_per_class=6)
-    job_file = tmp_path / "job.yaml"
-    job_file.write_text(yaml.safe_dump(_job(data)))
-    run = tmp_path / "run"
-    p = cli("run", str(job_file), "--output-dir", str(run))
+@pytest.mark.slow
+def test_run_whole_job(reference_pipeline_run):
+    # the session's `automl-vision run job.yaml --output-dir run` of _job(data) (named "shapes"), read only
+    p = reference_pipeline_run
+    run = p.run
+    assert yaml.safe_load(p.job_file.read_text()) == {**_job(p.data), "name": "shapes"}
     assert p.returncode == 0, p.stdout + p.stderr
     assert "leaderboard:" in p.stdout and "best model:" in p.stdout
 
@@ -154,12 +151,12 @@ def test_run_whole_job(tmp_path, make_dataset):
     assert yaml.safe_load((run / "job.yaml").read_text())["task"] == "image_classification"
 
 
-def test_validate_job_names_every_mistake(tmp_path):
+def test_validate_job_names_every_mistake(tmp_path, cli_main):
     job = _job(Path("train.jsonl"), primary_metric="iou", limts={"max_trials": 2})
     job["training_parameters"] = {"number_of_epochs": 0, "min_size": 600, "learning_rat": 0.1}
     job_file = tmp_path / "job.yaml"
     job_file.write_text(yaml.safe_dump(job))
-    p = cli("validate-job", str(job_file))
+    p = cli_main("validate-job", str(job_file))
     assert p.returncode == 2
     for text in ("unknown key 'limts' (did you mean 'limits'?)",
                  "number_of_epochs=0: out of range; expected int >= 1",
@@ -170,10 +167,10 @@ def test_validate_job_names_every_mistake(tmp_path):
     assert p.stderr.startswith(f"error: {job_file}: 5 problems:")
 
 
-def test_validate_job_prints_every_default(tmp_path):
+def test_validate_job_prints_every_default(tmp_path, cli_main):
     job_file = tmp_path / "job.yaml"
     job_file.write_text(yaml.safe_dump(_job(Path("train.jsonl"))))
-    p = cli("validate-job", str(job_file))
+    p = cli_main("validate-job", str(job_file))
     assert p.returncode == 0, p.stderr
     view = yaml.safe_load(p.stdout)
     assert view["primary_metric"] == "accuracy"
@@ -187,7 +184,8 @@ def test_validate_job_prints_every_default(tmp_path):
     assert vit_free["mobilenetv2"]["optimizer"] == "sgd"
 
 
-def test_a_run_whose_every_trial_refuses_its_data_exits_2(tmp_path, make_dataset):
+@pytest.mark.slow
+def test_a_run_whose_every_trial_refuses_its_data_exits_2(tmp_path, make_dataset, cli_main):
     """Validation data with a class the training data lacks: each trial exits 2 naming the lines, and the
     run says so with exit 2 (bad input), not 1 (an internal error)."""
     train = make_dataset(tmp_path / "d", n_per_class=3, classes=("red", "green"), size=16)
@@ -197,7 +195,7 @@ def test_a_run_whose_every_trial_refuses_its_data_exits_2(tmp_path, make_dataset
                                    "validation_data": str(val), "limits": {"max_trials": 1},
                                    "training_parameters": {"number_of_epochs": 1, "pretrained": 0,
                                                            "model_name": "resnet18"}}))
-    p = cli("run", str(job), "--output-dir", str(tmp_path / "run"), "--engine", "library")
+    p = cli_main("run", str(job), "--output-dir", str(tmp_path / "run"), "--engine", "library")
     assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-2000:]
     assert "every trial refused its input (exit 2)" in p.stdout
     console = (tmp_path / "run" / "trials" / "trial-0000" / "console.log").read_text()

@@ -1,5 +1,6 @@
-"""Classification trials for real: real photos from the command line, every model name for both
-tasks through `train`, and a two-process data-parallel run under torchrun (gloo on the CPU)."""
+"""Classification trials for real: real photos from the command line, one model of each model family
+for both tasks through a whole `train` (the other models built as a trial builds them and stepped once),
+and a two-process data-parallel run under torchrun (gloo on the CPU)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,36 @@ import pytest
 import torch
 
 from automl_vision.cli import main
+from automl_vision.models.classification import classifier_head
+from automl_vision.spec import hyperparameters as hps
 from automl_vision.spec.tasks import CLASSIFICATION_MODELS, ImageTask
+from automl_vision.training.classification import build_classifier, build_criterion
+from automl_vision.training.optim import build_optimizer
 from automl_vision.training.reporter import KATIB_METRIC_RE, read_metrics
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TASKS = {ImageTask.IMAGE_CLASSIFICATION: "multiclass", ImageTask.IMAGE_CLASSIFICATION_MULTILABEL: "multilabel"}
+# A whole `train` for one model of each family and head kind, per task: torchvision with an `fc` head
+# (resnets) or a `classifier` head (mobilenetv2), timm convolutional (resnest, seresnext) and timm ViT
+# (fixed input size). The other models take one training step in test_every_other_model_takes_a_training_step.
+TRAINED = {ImageTask.IMAGE_CLASSIFICATION: ("resnet18", "seresnext", "vits16r224"),
+           ImageTask.IMAGE_CLASSIFICATION_MULTILABEL: ("mobilenetv2", "resnest50", "vits16r224")}
+# building these takes more than a few seconds
+LARGE = {"resnet101", "resnet152", "resnest101", "vitb16r224", "vitl16r224"}
+
+
+def _trained() -> list:
+    return [pytest.param(task, model, id=f"{model}-{name}", marks=pytest.mark.slow)
+            for model in CLASSIFICATION_MODELS for task, name in TASKS.items() if model in TRAINED[task]]
+
+
+def _stepped() -> list:
+    """``(model_name, tasks)`` of every model for the tasks it has no whole run of."""
+    stepped = [(model, tuple(t for t in TASKS if model not in TRAINED[t])) for model in CLASSIFICATION_MODELS]
+    return [pytest.param(model, tasks, id=model, marks=[pytest.mark.slow] if model in LARGE else [])
+            for model, tasks in stepped if tasks]
+
 
 FRIDGE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "fridge_small150"
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ")
@@ -40,6 +67,7 @@ def fridge_jsonl(folder: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_fridge_photos_from_the_command_line(tmp_path):
     data = fridge_jsonl(tmp_path / "data")
     out = tmp_path / "trial"
@@ -69,12 +97,18 @@ def test_fridge_photos_from_the_command_line(tmp_path):
     assert result["best_value"] == pytest.approx(max(r["accuracy"] for r in rows), abs=1e-6)
 
 
-@pytest.mark.parametrize("task", [ImageTask.IMAGE_CLASSIFICATION, ImageTask.IMAGE_CLASSIFICATION_MULTILABEL],
-                         ids=["multiclass", "multilabel"])
-@pytest.mark.parametrize("model_name", CLASSIFICATION_MODELS)
-def test_every_model_trains_from_the_cli(tmp_path, make_dataset, capsys, task, model_name):
-    """Each model name, for both classification tasks, through a whole one-epoch ``train`` at 32x32
-    (the command a trial pod runs, called in this process)."""
+def test_every_model_is_trained_or_stepped():
+    assert set(TRAINED[ImageTask.IMAGE_CLASSIFICATION]) | set(TRAINED[ImageTask.IMAGE_CLASSIFICATION_MULTILABEL]) \
+        <= set(CLASSIFICATION_MODELS)
+    covered = [tuple(p.values) for p in _trained()]
+    covered += [(task, p.values[0]) for p in _stepped() for task in p.values[1]]
+    assert sorted(covered, key=str) == sorted(((t, m) for m in CLASSIFICATION_MODELS for t in TASKS), key=str)
+
+
+@pytest.mark.parametrize("task, model_name", _trained())
+def test_every_model_family_trains_from_the_cli(tmp_path, make_dataset, capsys, task, model_name):
+    """One model of each family, for both classification tasks, through a whole one-epoch ``train`` at
+    32x32 (the command a trial pod runs, called in this process)."""
     multilabel = task is ImageTask.IMAGE_CLASSIFICATION_MULTILABEL
     data = make_dataset(tmp_path / "data", n_per_class=3, size=32, multilabel=multilabel)
     out = tmp_path / "out"
@@ -93,6 +127,42 @@ def test_every_model_trains_from_the_cli(tmp_path, make_dataset, capsys, task, m
     assert config["model_name"] == model_name and config["num_classes"] == 2 and config["task"] == task.value
 
 
+@pytest.mark.parametrize("model_name, tasks", _stepped())
+def test_every_other_model_takes_a_training_step(model_name, tasks):
+    """The models of the families trained above, built as a trial builds them (the hyperparameters
+    `train` resolves at 32x32, random init, a head for 2 classes), take one optimizer step on a batch
+    for each task they have no whole run of (one model for both: the build is the same)."""
+    model = None
+    for task in tasks:
+        hp = hps.resolve(task, {"model_name": model_name, "pretrained": False, "train_crop_size": 32,
+                                "valid_resize_size": 32, "valid_crop_size": 32, "training_batch_size": 4,
+                                "validation_batch_size": 4, "learning_rate": 0.001})
+        if model is None:
+            torch.manual_seed(0)
+            model = build_classifier(hp, task, ["green", "red"]).train()
+        images = torch.randn(4, 3, 32, 32)
+        if task is ImageTask.IMAGE_CLASSIFICATION_MULTILABEL:
+            targets = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 1.0]])
+        else:
+            targets = torch.tensor([0, 1, 0, 1])
+        optimizer = build_optimizer(model.parameters(), hp)
+        optimizer.zero_grad()
+        logits = model(images)
+        assert logits.shape == (4, 2) and torch.isfinite(logits).all()
+        loss = build_criterion(task, None)(logits, targets)
+        assert loss.item() >= 0
+        loss.backward()
+        head = classifier_head(model)
+        assert head.weight.shape[0] == 2 and head.weight.grad is not None
+        assert torch.isfinite(head.weight.grad).all() and head.weight.grad.abs().sum() > 0
+        grads = [p.grad for p in model.parameters() if p.requires_grad]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads)
+        before = head.weight.detach().clone()
+        optimizer.step()
+        assert not torch.equal(before, head.weight.detach())
+
+
+@pytest.mark.slow
 def test_data_parallel_under_torchrun(tmp_path, make_dataset):
     data = make_dataset(tmp_path / "data", n_per_class=8)
     out = tmp_path / "trial"

@@ -10,12 +10,15 @@ import logging
 from pathlib import Path
 
 import pytest
+from minio import Minio
+from moto.server import ThreadedMotoServer
 
 from automl_vision.cli import main
 from automl_vision.data import problems as P
+from automl_vision.data.load import load_dataset
 from automl_vision.data.manifest import ingest, read_manifest
 from automl_vision.data.storage import StorageConfig
-from automl_vision.data.validate import ValidationOptions, load_dataset, validate_dataset
+from automl_vision.data.validate import ValidationOptions, validate_dataset
 from automl_vision.errors import DataError
 from automl_vision.spec.tasks import ImageTask
 
@@ -155,8 +158,6 @@ def test_unsupported_or_broken_mltable_files(fridge, text, message):
 
 @pytest.fixture(scope="module")
 def s3_server():
-    from moto.server import ThreadedMotoServer
-
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
@@ -165,8 +166,6 @@ def s3_server():
 
 
 def _upload_folder(s3_server, folder: Path, prefix: str) -> None:
-    from minio import Minio
-
     client = Minio(f"{s3_server[0]}:{s3_server[1]}", access_key=ACCESS_KEY, secret_key=SECRET_KEY, secure=False,
                    region="us-east-1")
     if not client.bucket_exists(BUCKET):

@@ -19,17 +19,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from det_testdata import make_detection_dataset
+from minio import Minio
+from moto.server import ThreadedMotoServer
 from PIL import Image
 
 from automl_vision.cli import main
 from automl_vision.data import problems as P
 from automl_vision.data.classification import read_classification_jsonl
+from automl_vision.data.load import load_dataset, split_jsonl
 from automl_vision.data.manifest import ingest, read_manifest
 from automl_vision.data.problems import InvalidDataError
-from automl_vision.data.split import split_jsonl
 from automl_vision.data.storage import StorageConfig, cache_path
-from automl_vision.data.validate import ValidationOptions, load_dataset, validate_dataset
+from automl_vision.data.validate import ValidationOptions, validate_dataset
 from automl_vision.errors import DataError
+from automl_vision.serving.batch import list_inputs
 from automl_vision.spec.tasks import ImageTask
 
 MC = ImageTask.IMAGE_CLASSIFICATION
@@ -41,8 +45,6 @@ SECRET_KEY = "s3cr3t-never-print-me-9f8e7d"
 
 @pytest.fixture(scope="module")
 def s3_server():
-    from moto.server import ThreadedMotoServer
-
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
@@ -153,8 +155,6 @@ def proxy(s3_server):
 
 
 def _client(host: str, port: int):
-    from minio import Minio
-
     client = Minio(f"{host}:{port}", access_key=ACCESS_KEY, secret_key=SECRET_KEY, secure=False, region="us-east-1")
     if not client.bucket_exists(BUCKET):
         client.make_bucket(BUCKET)
@@ -346,8 +346,6 @@ def test_train_reads_an_s3_jsonl_whose_image_urls_are_relative(s3_server, tmp_pa
 
 
 def test_ingest_of_an_s3_detection_jsonl_matches_the_same_files_read_locally(s3_server, tmp_path):
-    from det_testdata import make_detection_dataset
-
     client = _client(*s3_server)
     root = tmp_path / "det"
     train = make_detection_dataset(root, n=4, size=(48, 40), name="train.jsonl")
@@ -472,8 +470,6 @@ def test_model_inputs_of_an_s3_jsonl_and_of_s3_image_urls_are_fetched(s3_server,
     """What the evaluate step and ``predict``/``evaluate --model`` read: a labelled JSONL in the bucket
     (relative image_url values), and the held-out split that ``split_jsonl`` writes for it (absolute
     s3:// image_url values) — each image fetched into the cache, image_url kept as written."""
-    from automl_vision.serving.batch import list_inputs
-
     client = _client(*s3_server)
     local = make_dataset(tmp_path / "upload", n_per_class=2, size=16)
     _upload_folder(client, local.parent, "cls/inputs")

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from automl_vision.evaluation.detections import ImageGroundTruth
+from automl_vision.models.detections import ImageGroundTruth
 from automl_vision.evaluation.voc import voc_evaluate
-from automl_vision.models.detection import InferenceSettings, build_detector, predict_tensors
+from automl_vision.models.detection import DetectorSettings, build_detector, predict_tensors
 from automl_vision.training.detection import train_step
 
 pytestmark = pytest.mark.slow
@@ -19,7 +19,7 @@ def test_fasterrcnn_overfits_two_images():
     torch.set_num_threads(1)
     try:
         torch.manual_seed(0)
-        settings = InferenceSettings(min_size=64, max_size=64, box_score_thresh=0.05)
+        settings = DetectorSettings(min_size=64, max_size=64, box_score_thresh=0.05)
         model = build_detector("fasterrcnn", 18, 2, pretrained=False, settings=settings)
         model.roi_heads.fg_bg_sampler.batch_size_per_image = 64  # cheaper on a CPU, same step
         g = torch.Generator().manual_seed(0)

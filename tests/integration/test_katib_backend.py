@@ -182,7 +182,7 @@ def _small_job(training_data: str):
 
 
 def test_the_pipeline_backend_needs_trial_outputs_before_it_creates_anything(cluster, tmp_path):
-    from automl_vision.pipeline.settings import ClusterSettings
+    from automl_vision.spec.cluster import ClusterSettings
 
     fake = FakeKubernetes({}, polls=1)
     client, _ = cluster(fake)
@@ -199,7 +199,7 @@ def test_a_best_trial_that_uploaded_nothing_is_an_error_naming_where(cluster, tm
     """Nothing is trained in the step any more: without the best trial's upload there is no model."""
     from kube_testserver import object_store
 
-    from automl_vision.pipeline.settings import ClusterSettings
+    from automl_vision.spec.cluster import ClusterSettings
 
     fake = FakeKubernetes({"colours": ("colours-t1", 0.9, {"learning_rate": "0.02"})}, polls=1)
     client, _ = cluster(fake)

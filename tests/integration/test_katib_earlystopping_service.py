@@ -23,7 +23,7 @@ from automl_vision.earlystopping.collector import RuleSet  # noqa: E402
 from automl_vision.earlystopping.service import EarlyStoppingService, serve  # noqa: E402
 from automl_vision.spec.job import parse_job  # noqa: E402
 from automl_vision.sweep.katib import experiments_from_job  # noqa: E402
-from automl_vision.sweep.policies import decide  # noqa: E402
+from automl_vision.spec.policies import decide  # noqa: E402
 
 # Recorded objective values of earlier trials, one per reported interval (as Katib's DB holds them).
 RECORDED = {

@@ -30,7 +30,7 @@ from kube_testserver import container_env, object_store  # noqa: E402
 
 from automl_vision.data.storage import StorageConfig, download_prefix  # noqa: E402
 from automl_vision.earlystopping.collector import ZERO_TIME, RuleSet, metric_value, parse_text_log  # noqa: E402
-from automl_vision.pipeline.settings import ClusterSettings  # noqa: E402
+from automl_vision.spec.cluster import ClusterSettings  # noqa: E402
 from automl_vision.earlystopping.rules import StopRule  # noqa: E402
 from automl_vision.earlystopping.service import EarlyStoppingService, serve  # noqa: E402
 from automl_vision.spec.job import parse_job  # noqa: E402

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from kserve_crd import check_inference_service
 
-from automl_vision.pipeline.settings import StorageSecret
+from automl_vision.spec.cluster import StorageSecret
 from automl_vision.serving.deploy import CONTROL_PLANE_LABEL, DEFAULT_SERVING_NAMESPACE
 
 ROOT = Path(__file__).resolve().parents[2]

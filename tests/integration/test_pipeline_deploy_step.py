@@ -19,6 +19,8 @@ from kserve_crd import check_inference_service
 from kube_api_fake import FakeKubernetesAPI
 from kube_testserver import serve, write_kubeconfig
 
+from automl_vision.pipeline.components import deploy
+from automl_vision.pipeline.pipeline import build_pipeline
 from automl_vision.serving.deploy import DEFAULT_SERVING_NAMESPACE
 
 MODEL_URI = "minio://mlpipeline/v2/artifacts/automl-vision/run-1/package/model"  # a KFP artifact in its MinIO
@@ -132,9 +134,6 @@ def test_a_control_plane_namespace_is_refused_and_another_one_is_used(tmp_path):
 def test_the_pipeline_and_the_step_deploy_to_the_serving_namespace_by_default():
     """The pipeline's serving_namespace and the component's namespace default to the namespace
     manifests/ create, which is deploy_model's own default."""
-    from automl_vision.pipeline.components import deploy
-    from automl_vision.pipeline.pipeline import build_pipeline
-
     pipeline_inputs = build_pipeline().pipeline_spec.root.input_definitions.parameters
     assert pipeline_inputs["serving_namespace"].default_value.string_value == DEFAULT_SERVING_NAMESPACE
     component_inputs = deploy.pipeline_spec.root.input_definitions.parameters

@@ -4,6 +4,7 @@ pinned; the images run as a non-root user with group-writable folders; the tags 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -17,7 +18,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from automl_vision import __version__
-from automl_vision.pipeline.settings import cpu_image, cuda_image
+from automl_vision.spec.cluster import cpu_image, cuda_image
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +55,7 @@ def wheel(tmp_path_factory) -> Path:
 def test_the_wheel_holds_the_package_and_its_command(wheel):
     assert wheel.name.startswith(f"automl_vision-{__version__}-")
     names = zipfile.ZipFile(wheel).namelist()
-    for module in ("automl_vision/cli.py", "automl_vision/pipeline/components.py", "automl_vision/pipeline/local.py",
+    for module in ("automl_vision/cli/__init__.py", "automl_vision/pipeline/components.py", "automl_vision/pipeline/local.py",
                    "automl_vision/sweep/local.py", "automl_vision/serving/server.py"):
         assert module in names, module
     assert not any(n.startswith(("tests/", "components/", "pipelines/", "manifests/", "images/")) for n in names)
@@ -74,7 +75,6 @@ def test_the_commands_the_dockerfile_runs_exist_and_run(kind):
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == f"automl-vision {__version__}"
     (cmd,) = [args for word, args in steps if word == "CMD"]
-    import json
 
     p = subprocess.run(json.loads(cmd), capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 0 and "run" in p.stdout and "compile" in p.stdout

@@ -24,7 +24,7 @@ from kube_testserver import FakeKubernetes, container_env, object_store, serve, 
 
 from automl_vision.data.storage import StorageConfig, upload_folder  # noqa: E402
 from automl_vision.pipeline.components import ingest  # noqa: E402
-from automl_vision.pipeline.settings import ClusterSettings  # noqa: E402
+from automl_vision.spec.cluster import ClusterSettings  # noqa: E402
 from automl_vision.spec.job import parse_job  # noqa: E402
 from automl_vision.sweep import katib  # noqa: E402
 

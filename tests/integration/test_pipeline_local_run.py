@@ -1,15 +1,19 @@
 """``automl-vision run`` runs the Kubeflow pipeline on kfp's local runner by default: every step on tiny
 data, our progress on the terminal (never the runner's executor JSON), the usual run folder (its
 report.html the report step's page), and a bad input still exits 2 naming the line; ``--engine library``
-keeps the direct path with the same folder."""
+keeps the direct path with the same folder. Runs that only are read come from the session's shared runs;
+the commands run in this process except the run that is killed and its resume."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,11 +26,6 @@ RUN_FILES = {"job.yaml", "resolved_job.json", "leaderboard.csv", "leaderboard.js
              "trials", "report.html"}
 
 
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "automl_vision", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=900)
-
-
 def _job(data: Path) -> dict:
     return {
         "task": "image_classification", "name": "shapes", "training_data": str(data), "limits": {"max_trials": 1},
@@ -37,12 +36,14 @@ def _job(data: Path) -> dict:
     }
 
 
-def test_run_goes_through_every_pipeline_step(tmp_path, make_dataset):
-    data = make_dataset(tmp_path / "data", n_per_class=6)
-    job_file = tmp_path / "job.yaml"
-    job_file.write_text(yaml.safe_dump(_job(data)))
-    run = tmp_path / "run"
-    p = cli("run", str(job_file), "--output-dir", str(run), "--device", "cpu")
+def test_run_goes_through_every_pipeline_step(reference_pipeline_run):
+    # the session's `automl-vision run job.yaml --output-dir run` (the default engine) of a two-trial job
+    # on make_dataset(n_per_class=6), read only; the same run is test_cli_end_to_end's whole job
+    p = reference_pipeline_run
+    data, run = p.data, p.run
+    job = yaml.safe_load(p.job_file.read_text())
+    assert job == {**_job(data), "limits": {"max_trials": 2},
+                   "search_space": [{"model_name": {"type": "choice", "values": ["resnet18", "mobilenetv2"]}}]}
     assert p.returncode == 0, p.stdout + p.stderr
 
     out = p.stdout
@@ -81,36 +82,37 @@ def test_run_goes_through_every_pipeline_step(tmp_path, make_dataset):
     assert str(Path(steps["evaluate"]["outputs"]["evaluation"]["uri"])) in page
     assert not (run / "evaluation").exists()  # the best model was not scored a second time
     model = Path(steps["package"]["outputs"]["model"]["uri"])
-    assert json.loads((model / "package.json").read_text())["model_name"] == "resnet18"
+    best = json.loads((run / "leaderboard.json").read_text())["trials"][0]
+    assert best["model_name"] in ("resnet18", "mobilenetv2")
+    assert json.loads((model / "package.json").read_text())["model_name"] == best["model_name"]
     assert "Got executor_input" in (run / "pipeline.log").read_text()
 
 
-def test_bad_data_fails_at_ingest_with_the_line_and_exit_2(tmp_path, make_dataset):
+def test_bad_data_fails_at_ingest_with_the_line_and_exit_2(tmp_path, make_dataset, cli_main):
     data = make_dataset(tmp_path / "data", n_per_class=3)
     with data.open("a") as f:
         f.write('{"image_url": "images/missing.png", "label": "red"}\n')
     job_file = tmp_path / "job.yaml"
     job_file.write_text(yaml.safe_dump(_job(data)))
-    p = cli("run", str(job_file), "--output-dir", str(tmp_path / "run"))
+    p = cli_main("run", str(job_file), "--output-dir", str(tmp_path / "run"))
     assert p.returncode == 2, p.stdout + p.stderr
     assert "ingest failed" in p.stdout
     assert f"{data}:7" in p.stderr and "images/missing.png" in p.stderr
     assert "Traceback" not in p.stdout + p.stderr
 
 
-def test_the_library_engine_leaves_the_same_run_folder(tmp_path, make_dataset):
-    data = make_dataset(tmp_path / "data", n_per_class=6)
-    job_file = tmp_path / "job.yaml"
-    job_file.write_text(yaml.safe_dump(_job(data)))
-    run = tmp_path / "run"
-    p = cli("run", str(job_file), "--output-dir", str(run), "--engine", "library")
+def test_the_library_engine_leaves_the_same_run_folder(reference_library_run):
+    # the session's `automl-vision run job.yaml --output-dir run --engine library` (one trial), read only;
+    # test_serve_cli checks its packaged best model
+    p = reference_library_run
+    run = p.run
     assert p.returncode == 0, p.stdout + p.stderr
     assert "[pipeline]" not in p.stdout and "best model:" in p.stdout
     assert RUN_FILES <= {x.name for x in run.iterdir()}
     assert not (run / "pipeline").exists()
 
 
-def test_a_sweep_without_a_model_stops_the_pipeline_and_still_leaves_a_report(tmp_path, make_dataset):
+def test_a_sweep_without_a_model_stops_the_pipeline_and_still_leaves_a_report(tmp_path, make_dataset, cli_main):
     data = make_dataset(tmp_path / "data", n_per_class=6)
     job = _job(data)
     # the one trial diverges (adam, learning rate 1, beta2 0): the sweep step fails, so the report step never runs
@@ -122,7 +124,7 @@ def test_a_sweep_without_a_model_stops_the_pipeline_and_still_leaves_a_report(tm
     job_file = tmp_path / "job.yaml"
     job_file.write_text(yaml.safe_dump(job))
     run = tmp_path / "run"
-    p = cli("run", str(job_file), "--output-dir", str(run), "--device", "cpu")
+    p = cli_main("run", str(job_file), "--output-dir", str(run), "--device", "cpu")
     assert p.returncode == 1, p.stdout + p.stderr
     assert ": sweep failed in " in p.stdout and ": report started" not in p.stdout
     assert f"report: {run / 'report.html'}\n" in p.stdout and "no trial produced a model" in p.stdout
@@ -131,10 +133,6 @@ def test_a_sweep_without_a_model_stops_the_pipeline_and_still_leaves_a_report(tm
 
 
 def test_a_killed_pipeline_run_resumes_with_the_library_engine_and_finishes(tmp_path, make_dataset):
-    import os
-    import signal
-    import time
-
     data = make_dataset(tmp_path / "data", n_per_class=6)
     job = _job(data)
     job["limits"] = {"max_trials": 2, "max_concurrent_trials": 1}
@@ -160,7 +158,10 @@ def test_a_killed_pipeline_run_resumes_with_the_library_engine_and_finishes(tmp_
     # and killed while best_model/ was being replaced: it is gone
     shutil.rmtree(inner / "best_model", ignore_errors=True)
 
-    r = cli("run", str(job_file), "--resume", str(run), "--device", "cpu")
+    # in a process of its own, as a user would: the killed run's sweep step (a process of the runner's own)
+    # can hold the sweep's lock for a moment after the kill
+    r = subprocess.run([sys.executable, "-m", "automl_vision", "run", str(job_file), "--resume", str(run), "--device",
+                        "cpu"], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Traceback" not in r.stdout + r.stderr
     assert f"resuming the sweep of the pipeline run {run}" in r.stdout

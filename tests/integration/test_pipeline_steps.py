@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import make_classification_dataset
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Metrics, Model
 
 from automl_vision.errors import AutoMLError
@@ -23,8 +24,6 @@ SMALL = {"number_of_epochs": 1, "pretrained": False, "train_crop_size": 24, "val
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
-    from conftest import make_classification_dataset
-
     root = tmp_path_factory.mktemp("steps")
     data = make_classification_dataset(root / "data", n_per_class=6)
     out = root / "outputs"

@@ -1,32 +1,34 @@
 """predict, evaluate and run close the loop: a run ends with a packaged best model, predict scores
-with it, evaluate scores the model or its predictions file; the ONNX export agrees with PyTorch."""
+with it, evaluate scores the model or its predictions file; the ONNX export agrees with PyTorch.
+predict and evaluate run in this process (``cli_main``); serve, which would start a server, runs in a
+process of its own; the run is the session's shared library-engine run."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from conftest import make_classification_dataset
+from det_testdata import make_detection_dataset
 from PIL import Image
+from safetensors.torch import load_file, save_file
 from serve_testdata import make_package
 
 from automl_vision.serving.engine import load_engine
-from automl_vision.serving.package import load_package
+from automl_vision.serving.package import load_package, package_model
 from automl_vision.spec.tasks import ImageTask
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]  # predict and evaluate run in this process
 
 MC, OD = ImageTask.IMAGE_CLASSIFICATION, ImageTask.IMAGE_OBJECT_DETECTION
 IS = ImageTask.IMAGE_INSTANCE_SEGMENTATION
-
-
-def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "automl_vision", *args], capture_output=True, text=True,
-                          timeout=600, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +38,7 @@ def package(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    import conftest
-
-    return conftest.make_classification_dataset(tmp_path_factory.mktemp("data"), n_per_class=4,
+    return make_classification_dataset(tmp_path_factory.mktemp("data"), n_per_class=4,
                                                 classes=("blue", "red"), size=36)
 
 
@@ -57,10 +57,6 @@ def test_onnx_export_agrees_with_pytorch(package, data):
 
 
 def test_packaging_a_package_again_keeps_its_checked_export(package, tmp_path):
-    import time
-
-    from automl_vision.serving.package import package_model
-
     t0 = time.monotonic()
     again = package_model(package, tmp_path / "again")
     assert time.monotonic() - t0 < 10  # no second export
@@ -69,8 +65,8 @@ def test_packaging_a_package_again_keeps_its_checked_export(package, tmp_path):
     assert (again.path / "model.onnx").read_bytes() == (package / "model.onnx").read_bytes()
 
 
-def test_predict_scores_a_folder_and_a_jsonl_file(package, data, tmp_path):
-    p = cli("predict", str(data.parent / "images"), "--model", str(package), "--out", str(tmp_path / "f.jsonl"))
+def test_predict_scores_a_folder_and_a_jsonl_file(package, data, tmp_path, cli_main):
+    p = cli_main("predict", str(data.parent / "images"), "--model", str(package), "--out", str(tmp_path / "f.jsonl"))
     assert p.returncode == 0, p.stderr
     assert "scored 8/8 images (100%)" in p.stderr and "scored 8 images" in p.stdout
     rows = [json.loads(x) for x in (tmp_path / "f.jsonl").read_text().splitlines()]
@@ -78,13 +74,13 @@ def test_predict_scores_a_folder_and_a_jsonl_file(package, data, tmp_path):
     assert [Path(r["image_url"]).name for r in rows] == names
     assert all((tmp_path / r["image_url"]).resolve().is_file() for r in rows)  # relative to the output file
     assert all(set(r) == {"image_url", "probs", "labels"} for r in rows)
-    p = cli("predict", str(data), "--model", str(package), "--out", str(tmp_path / "j.jsonl"), "--batch-size", "3")
+    p = cli_main("predict", str(data), "--model", str(package), "--out", str(tmp_path / "j.jsonl"), "--batch-size", "3")
     assert p.returncode == 0, p.stderr
     urls = [json.loads(x)["image_url"] for x in (tmp_path / "j.jsonl").read_text().splitlines()]
     assert urls == [json.loads(x)["image_url"] for x in data.read_text().splitlines()]
 
 
-def test_predict_reports_every_unreadable_image(package, data, tmp_path):
+def test_predict_reports_every_unreadable_image(package, data, tmp_path, cli_main):
     folder = tmp_path / "imgs"
     folder.mkdir()
     good = sorted((data.parent / "images").glob("*.png"))[:2]
@@ -92,7 +88,7 @@ def test_predict_reports_every_unreadable_image(package, data, tmp_path):
         (folder / g.name).write_bytes(g.read_bytes())
     (folder / "broken.png").write_bytes(good[0].read_bytes()[:100])
     (folder / "text.jpg").write_bytes(b"not a jpeg")
-    p = cli("predict", str(folder), "--model", str(package), "--out", str(tmp_path / "p.jsonl"))
+    p = cli_main("predict", str(folder), "--model", str(package), "--out", str(tmp_path / "p.jsonl"))
     assert p.returncode == 2
     assert "2 of 4 images could not be scored" in p.stderr
     assert "broken.png: the png image is truncated" in p.stderr and "text.jpg: not an image" in p.stderr
@@ -100,9 +96,9 @@ def test_predict_reports_every_unreadable_image(package, data, tmp_path):
     assert sum("error" in r for r in rows) == 2 and sum("probs" in r for r in rows) == 2
 
 
-def test_evaluate_the_model_then_its_predictions(package, data, tmp_path):
+def test_evaluate_the_model_then_its_predictions(package, data, tmp_path, cli_main):
     out = tmp_path / "eval"
-    p = cli("evaluate", "--model", str(package), "--data", str(data), "--output-dir", str(out))
+    p = cli_main("evaluate", "--model", str(package), "--data", str(data), "--output-dir", str(out))
     assert p.returncode == 0, p.stderr
     for name in ("metrics.json", "predictions.jsonl", "per_class.csv", "per_class.png", "confusion_matrix.png",
                  "roc_pr_curves.png", "samples.png", "report.html"):
@@ -112,8 +108,8 @@ def test_evaluate_the_model_then_its_predictions(package, data, tmp_path):
     assert set(metrics["per_class"]) == {"blue", "red"} and np.asarray(metrics["confusion_matrix"]).sum() == 8
     printed = json.loads(p.stdout)
     assert printed["accuracy"] == metrics["accuracy"]
-    again = cli("evaluate", "--task", "image_classification", "--data", str(data), "--predictions",
-                str(out / "predictions.jsonl"))
+    again = cli_main("evaluate", "--task", "image_classification", "--data", str(data), "--predictions",
+                     str(out / "predictions.jsonl"))
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["accuracy"] == metrics["accuracy"]
     html = (out / "report.html").read_text()
@@ -129,14 +125,14 @@ def test_evaluate_the_model_then_its_predictions(package, data, tmp_path):
     (["--model", "{pkg}", "--data", "{tmp}/green.jsonl", "--output-dir", "{tmp}/o"],
      "classes the model does not know: green"),
 ])
-def test_evaluate_errors(package, data, tmp_path, args, message):
+def test_evaluate_errors(package, data, tmp_path, cli_main, args, message):
     line = json.loads(data.read_text().splitlines()[0])
     (tmp_path / "partial.jsonl").write_text(json.dumps({**line, "probs": [0.5, 0.5], "labels": ["blue", "red"]})
                                             + "\n")
     (tmp_path / "green.jsonl").write_text(json.dumps({"image_url": str(data.parent / line["image_url"]),
                                                       "label": "green"}) + "\n")
     subs = {"{pkg}": str(package), "{data}": str(data), "{tmp}": str(tmp_path)}
-    p = cli("evaluate", *[_sub(a, subs) for a in args])
+    p = cli_main("evaluate", *[_sub(a, subs) for a in args])
     assert p.returncode == 2, p.stderr
     assert message in p.stderr
 
@@ -148,14 +144,12 @@ def _sub(text: str, subs: dict) -> str:
 
 
 @pytest.mark.parametrize("task, model_name", [(OD, "fasterrcnn_resnet18_fpn"), (IS, "maskrcnn_resnet18_fpn")])
-def test_evaluate_a_detection_model_draws_pr_curves_and_samples(tmp_path, task, model_name):
-    from det_testdata import make_detection_dataset
-
+def test_evaluate_a_detection_model_draws_pr_curves_and_samples(tmp_path, cli_main, task, model_name):
     data = make_detection_dataset(tmp_path / "data", n=4, segmentation=task is IS)
     package = make_package(tmp_path, task, model_name)
     (tmp_path / "low.json").write_text(json.dumps({"box_score_thresh": 0.0}))
-    p = cli("evaluate", "--model", str(package), "--data", str(data), "--output-dir", str(tmp_path / "eval"),
-            "--settings", str(tmp_path / "low.json"), "--validation_metric_type", "voc")
+    p = cli_main("evaluate", "--model", str(package), "--data", str(data), "--output-dir", str(tmp_path / "eval"),
+                 "--settings", str(tmp_path / "low.json"), "--validation_metric_type", "voc")
     assert p.returncode == 0, p.stderr
     for name in ("metrics.json", "predictions.jsonl", "per_class.csv", "pr_curves.png", "ap_per_label.png",
                  "samples.png", "report.html"):
@@ -168,17 +162,19 @@ def test_evaluate_a_detection_model_draws_pr_curves_and_samples(tmp_path, task, 
                    for d in json.loads(x)["boxes"])
 
 
-def test_run_ends_with_a_packaged_best_model(tmp_path, data):
-    job = {
-        "task": "image_classification", "training_data": str(data), "limits": {"max_trials": 1},
+def test_run_ends_with_a_packaged_best_model(reference_library_run, data):
+    # the session's `automl-vision run job.yaml --engine library` of one mobilenetv2 trial at 32 px on a copy
+    # of this module's data (reference_runs.LIBRARY_JOB), read only
+    p = reference_library_run
+    assert p.data.read_text() == data.read_text()
+    assert yaml.safe_load(p.job_file.read_text()) == {
+        "task": "image_classification", "training_data": str(p.data), "limits": {"max_trials": 1},
         "search_space": [{"model_name": {"type": "choice", "values": ["mobilenetv2"]}}],
         "training_parameters": {"number_of_epochs": 1, "pretrained": False, "train_crop_size": 32,
                                 "valid_resize_size": 32, "valid_crop_size": 32, "training_batch_size": 4},
     }
-    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
-    p = cli("run", str(tmp_path / "job.yaml"), "--output-dir", str(tmp_path / "run"), "--engine", "library")
     assert p.returncode == 0, p.stdout + p.stderr
-    best = tmp_path / "run" / "best_model"
+    best = p.run / "best_model"
     for name in ("model.safetensors", "config.json", "labels.json", "metrics.json", "settings.json", "package.json",
                  "README.md", "trial.json"):
         assert (best / name).is_file(), name
@@ -192,8 +188,6 @@ def test_run_ends_with_a_packaged_best_model(tmp_path, data):
 
 
 def _other_weights(folder: Path) -> None:
-    from safetensors.torch import load_file, save_file
-
     state = load_file(str(folder / "model.safetensors"))
     save_file({k: v * 0.5 if v.is_floating_point() else v for k, v in state.items()}, str(folder / "model.safetensors"))
 
@@ -213,8 +207,6 @@ def _without_manifest(folder: Path) -> None:
      "model.safetensors: not a readable safetensors file"),
 ], ids=["changed weights", "changed onnx", "corrupt onnx", "corrupt safetensors"])
 def test_serve_refuses_a_changed_or_corrupt_package_with_exit_2(package, tmp_path, damage, settings, message):
-    import shutil
-
     folder = Path(shutil.copytree(package, tmp_path / "pkg"))
     damage(folder)
     (tmp_path / "s.json").write_text(json.dumps(settings))

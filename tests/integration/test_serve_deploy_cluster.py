@@ -15,12 +15,17 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kube_api_fake import FakeKubernetesAPI, serving
 from kserve_crd import check_inference_service
+from kube_api_fake import FakeKubernetesAPI, serving
+from kubernetes import client as k8s
 
 from automl_vision.errors import ConfigError
-from automl_vision.serving.deploy import (DEFAULT_SERVING_NAMESPACE, DeployError, deploy_model,
-                                          inference_service_manifest)
+from automl_vision.serving.deploy import (
+    DEFAULT_SERVING_NAMESPACE,
+    DeployError,
+    deploy_model,
+    inference_service_manifest,
+)
 
 ISVC_PATH = "/apis/serving.kserve.io/v1beta1/namespaces/team-a/inferenceservices"
 NAMESPACE_PATH = "/api/v1/namespaces/team-a"
@@ -171,8 +176,6 @@ def test_an_update_refused_is_a_clear_error(fake_cluster):
 
 
 def test_no_api_server_is_a_clear_error():
-    from kubernetes import client as k8s
-
     config = k8s.Configuration()
     with serving(FakeKServe()) as gone:
         config.host = gone.host

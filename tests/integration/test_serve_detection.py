@@ -11,6 +11,7 @@ import sys
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
 from serve_testdata import make_package, original_request, png_bytes, post_like_sample_client, running_server
 
 from automl_vision.serving.engine import load_engine
@@ -79,8 +80,6 @@ def test_detection_server_answers_boxes_and_a_higher_threshold_returns_fewer(det
 
 
 def test_tiling_is_applied_at_inference_when_configured(detection_package):
-    from PIL import Image
-
     package = load_package(detection_package)
     image = Image.new("RGB", (128, 64), (90, 90, 90))
     answers = {}
@@ -126,8 +125,6 @@ def test_yolov5_package_scores_a_folder(tmp_path):
 
 
 def test_an_image_gets_the_same_boxes_whatever_shares_its_batch(detection_package):
-    from PIL import Image
-
     package = load_package(detection_package)
     engine = load_engine(package, package.settings(("test", {"box_score_thresh": 0.0})))
     small, large = Image.new("RGB", (64, 48), (200, 40, 40)), Image.new("RGB", (96, 80), (40, 40, 200))

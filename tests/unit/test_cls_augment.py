@@ -6,8 +6,8 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as F
 
-from automl_vision.training.augment import (DEFAULT_JITTER, IMAGENET_MEAN, IMAGENET_STD, BatchPreparer,
-                                            adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation)
+from automl_vision.models.preprocessing import (DEFAULT_JITTER, IMAGENET_MEAN, IMAGENET_STD, BatchPreparer,
+                                                adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation)
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ from torch.utils.data import RandomSampler, SequentialSampler
 from automl_vision.errors import ConfigError
 from automl_vision.spec.hyperparameters import resolve
 from automl_vision.spec.tasks import ImageTask
-from automl_vision.training.classification import build_training, class_weights, train_one_epoch
+from automl_vision.training.classification import build_training, train_one_epoch
+from automl_vision.training.classification_data import class_weights
 from automl_vision.training.optim import lr_multiplier
 from automl_vision.training.trial import TrialSettings, default_num_workers
 
@@ -221,7 +222,7 @@ def test_from_model_must_exist(tmp_path, data):
 
 
 def test_per_image_transforms_run_on_one_thread():
-    from automl_vision.training.classification import OneThread
+    from automl_vision.models.preprocessing import OneThread
 
     seen = []
     transform = OneThread(lambda x: seen.append(torch.get_num_threads()) or x + 1)

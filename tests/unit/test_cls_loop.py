@@ -14,8 +14,10 @@ import torch
 from automl_vision.errors import ConfigError, TrainingDiverged
 from automl_vision.spec.hyperparameters import resolve
 from automl_vision.spec.tasks import ImageTask
-from automl_vision.training.classification import (Progress, build_classifier, build_training, load_model_package,
-                                                   save_model, train_classification, train_one_epoch)
+from automl_vision.models.package import read_package
+from automl_vision.training.classification import (build_classifier, build_training, train_classification,
+                                                   train_one_epoch)
+from automl_vision.training.loop import Progress, save_model
 from automl_vision.training.reporter import KATIB_METRIC_RE, read_metrics
 from automl_vision.training.trial import TrialSettings
 
@@ -134,16 +136,17 @@ def test_incremental_training_from_a_model_package(tmp_path, make_dataset):
     old_data = make_dataset(tmp_path / "old", n_per_class=3, classes=("red", "green"))
     old_out = tmp_path / "first"
     train_classification(settings_for(old_data, old_out, number_of_epochs=1))
-    package = load_model_package(old_out / "outputs")
+    package = read_package(old_out / "outputs")
     assert package.labels == ["green", "red"]
+    saved = package.state_dict()
 
     hp = resolve(MC, {**SMALL})
     model = build_classifier(hp, MC, ["blue", "green", "red"], from_model=old_out / "outputs")
     state = model.state_dict()
-    assert torch.equal(state["layer3.0.conv1.weight"], package.state["layer3.0.conv1.weight"])
-    assert torch.equal(state["bn1.running_mean"], package.state["bn1.running_mean"])
-    assert torch.equal(state["fc.weight"][1:], package.state["fc.weight"])  # green, red kept by name
-    assert torch.equal(state["fc.bias"][1:], package.state["fc.bias"])
+    assert torch.equal(state["layer3.0.conv1.weight"], saved["layer3.0.conv1.weight"])
+    assert torch.equal(state["bn1.running_mean"], saved["bn1.running_mean"])
+    assert torch.equal(state["fc.weight"][1:], saved["fc.weight"])  # green, red kept by name
+    assert torch.equal(state["fc.bias"][1:], saved["fc.bias"])
     assert model.fc.out_features == 3
 
     # the trial from the command line's point of view: the same classes, all weights taken over

@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from automl_vision.errors import ConfigError
-from automl_vision.models.classification import CLASSIFIERS, FIXED_SIZE, classifier_head, weights_file
+from automl_vision.models.catalogue import torchvision_weights, weights_file
+from automl_vision.models.classification import classifier_head
 from automl_vision.models.registry import build_model, freeze_layers, layer_group_prefixes
 from automl_vision.models.weights import WeightsSource, locate, s3_endpoint_from_env
-from automl_vision.spec.tasks import CLASSIFICATION_MODELS, LAYER_GROUPS, ImageTask
+from automl_vision.spec.catalogue import MODELS
+from automl_vision.spec.tasks import CLASSIFICATION_MODELS, FIXED_SIZE_MODELS, LAYER_GROUPS, ImageTask
 from weights_testdata import publish_torchvision, torch_bytes
 
 MC = ImageTask.IMAGE_CLASSIFICATION
@@ -66,7 +68,7 @@ def test_weights_files():
     vit = weights_file("vitb16r224")
     assert vit.relpath == f"{vit.hub_id}/model.safetensors" and vit.hub_id.startswith("timm/vit_base_patch16_224")
     assert vit.url == f"https://huggingface.co/{vit.hub_id}/resolve/main/model.safetensors"
-    assert set(CLASSIFIERS) == set(CLASSIFICATION_MODELS)
+    assert {MODELS[m].family for m in CLASSIFICATION_MODELS} == {"torchvision", "timm"}
 
 
 def _seed_torchvision(folder, monkeypatch, name="resnet18"):
@@ -74,9 +76,9 @@ def _seed_torchvision(folder, monkeypatch, name="resnet18"):
     import torchvision
 
     torch.manual_seed(1)
-    source = getattr(torchvision.models, CLASSIFIERS[name][1])(weights=None)
+    source = getattr(torchvision.models, MODELS[name].arch)(weights=None)
     data = torch_bytes(source.state_dict())
-    member = getattr(torchvision.models, CLASSIFIERS[name][2]).DEFAULT
+    member = torchvision_weights(MODELS[name])
     path = folder / publish_torchvision(monkeypatch, member, data, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -90,7 +92,7 @@ def _seed_timm(folder, name):
     path = folder / weights_file(name).relpath
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(2)
-    source = timm.create_model(CLASSIFIERS[name][1], pretrained=False)  # 1000 classes, as published
+    source = timm.create_model(MODELS[name].arch, pretrained=False)  # 1000 classes, as published
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
     return source, path
 
@@ -208,4 +210,4 @@ def test_missing_weights_in_s3(tmp_path, s3):
 
 
 def test_fixed_size_models_are_the_vits():
-    assert FIXED_SIZE == {"vits16r224", "vitb16r224", "vitl16r224"}
+    assert set(FIXED_SIZE_MODELS) == {"vits16r224", "vitb16r224", "vitl16r224"}

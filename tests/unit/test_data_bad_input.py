@@ -19,11 +19,18 @@ from PIL import Image
 from automl_vision.cli import main
 from automl_vision.data import problems as P
 from automl_vision.data.classification import ClassificationSample
+from automl_vision.data.convert.common import image_size
 from automl_vision.data.images import as_displayed, displayed_size, inspect_image, read_rgb, shape_problem
-from automl_vision.data.storage import StorageConfig, local_jsonl, parse_s3
-from automl_vision.data.validate import ValidationOptions, load_dataset, validate_dataset
+from automl_vision.data.jsonl import local_jsonl
+from automl_vision.data.load import load_dataset
+from automl_vision.data.storage import StorageConfig, minio_client, parse_s3
+from automl_vision.data.validate import ValidationOptions, validate_dataset
 from automl_vision.errors import ConfigError, DataError
+from automl_vision.models.preprocessing import valid_transform
+from automl_vision.report.evaluation import _open
 from automl_vision.spec.tasks import ImageTask
+from automl_vision.training.classification_data import ImageClassificationDataset
+from automl_vision.training.detection_common import read_image
 
 MC = ImageTask.IMAGE_CLASSIFICATION
 OD = ImageTask.IMAGE_OBJECT_DETECTION
@@ -80,9 +87,6 @@ def test_resized_size_limit():
 def test_training_readers_refuse_a_thin_image_before_resizing_it(tmp_path):
     """The trial's readers check the image again (a manifest may predate the rule): a data problem at
     file:line instead of the resize asking for hundreds of gigabytes."""
-    from automl_vision.training.classification import ImageClassificationDataset, valid_transform
-    from automl_vision.training.detection import read_image
-
     thin = tmp_path / "thin.png"
     Image.new("RGB", (1_000_000, 1), (9, 9, 9)).save(thin)
     assert thin.stat().st_size < 10_000
@@ -151,7 +155,6 @@ def test_s3_key_with_colon_and_at_is_fetched_bucket_with_colon_refused(tmp_path)
     """Against a real S3 endpoint (moto's server on 127.0.0.1): the key a:b@c.png is read as it is; a
     bucket name with ':' is a problem naming the line."""
     moto_server = pytest.importorskip("moto.server")
-    from automl_vision.data.storage import minio_client
 
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
@@ -230,8 +233,6 @@ def _stored_with_orientation(fmt: str) -> bytes:
 
 @pytest.mark.parametrize("fmt, ext", [("JPEG", "jpg"), ("PNG", "png")])
 def test_exif_orientation_sizes_pixels_and_boxes_are_the_displayed_ones(tmp_path, fmt, ext):
-    from automl_vision.training.detection import read_image
-
     path = tmp_path / f"phone.{ext}"
     path.write_bytes(_stored_with_orientation(fmt))
     with Image.open(path) as im:
@@ -263,9 +264,6 @@ def test_exif_orientation_sizes_pixels_and_boxes_are_the_displayed_ones(tmp_path
 def test_converters_and_report_pictures_see_the_displayed_image(tmp_path):
     """image_details written by the converters, and the pictures the reports draw boxes on, are the
     displayed image too (else a rotated photo's converted size disagrees with validation's)."""
-    from automl_vision.data.convert.common import image_size
-    from automl_vision.evaluation.report import _open
-
     path = tmp_path / "upright.jpg"
     path.write_bytes(_stored_with_orientation("JPEG"))
     assert image_size(path) == (24, 16)

@@ -4,15 +4,20 @@ CSV; JSONL -> COCO and the COCO round trip; none of the original converters' bug
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from automl_vision.data.convert import coco_to_jsonl, convert, export_coco, jsonl_to_coco
 from automl_vision.data.convert.common import mask_to_polygons
-from automl_vision.data.validate import ValidationOptions, load_dataset, validate_dataset
+from automl_vision.data.load import load_dataset
+from automl_vision.data.validate import ValidationOptions, validate_dataset
 from automl_vision.errors import DataError
 from automl_vision.spec.tasks import ImageTask
 
@@ -47,8 +52,6 @@ def _rle_uncompressed(mask: np.ndarray) -> dict:
 
 
 def _rle_compressed(mask: np.ndarray) -> dict:
-    from pycocotools import mask as mask_utils
-
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     return {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
 
@@ -148,9 +151,6 @@ def test_coco_round_trip_keeps_boxes_and_polygons(coco_dir, tmp_path):
 
 
 def test_exported_coco_reads_in_pycocotools_and_scores_itself_perfectly(coco_dir, tmp_path):
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
     jsonl = coco_dir / "train.jsonl"
     convert("coco", coco_dir / "annotations.json", jsonl, images_dir=coco_dir / "images")
     export_coco(load_dataset(jsonl, OD), tmp_path / "gt.json")
@@ -321,8 +321,6 @@ def test_voc_empty_boxes_are_left_out_with_a_note(tmp_path):
 
 
 def test_voc_segmentation_without_masks(tmp_path, voc_dir):
-    import shutil
-
     shutil.rmtree(voc_dir / "SegmentationObject")
     with pytest.raises(DataError, match="instance segmentation needs instance masks in"):
         convert("voc", voc_dir, tmp_path / "o.jsonl", task=IS)

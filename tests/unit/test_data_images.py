@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from automl_vision.data import problems as P
+from automl_vision.data import InvalidDataError, problems as P
 from automl_vision.data.images import DEFAULT_MAX_PIXELS, inspect_image
-from automl_vision.data.validate import ValidationOptions, load_dataset, validate_dataset
+from automl_vision.data.load import load_dataset
+from automl_vision.data.storage import StorageConfig
+from automl_vision.data.validate import ValidationOptions, validate_dataset
 from automl_vision.spec.tasks import ImageTask
 
 MC = ImageTask.IMAGE_CLASSIFICATION
@@ -157,8 +159,6 @@ def test_absolute_paths_are_allowed_anywhere(tmp_path):
 
 
 def test_datastore_uri_mapped_onto_a_local_store_root(tmp_path):
-    from automl_vision.data.storage import StorageConfig
-
     store = tmp_path / "store"
     (store / "image_data").mkdir(parents=True)
     (store / "image_data" / "Image_01.png").write_bytes(GOOD_PNG)
@@ -178,8 +178,6 @@ def test_datastore_uri_mapped_onto_a_local_store_root(tmp_path):
 
 
 def test_load_dataset_raises_listing_every_problem(tmp_path):
-    from automl_vision.data import InvalidDataError
-
     jsonl = _dataset(tmp_path, {"a.png": GOOD_PNG}, [_line("a.png"), _line("b.png"), _line("c.png")])
     with pytest.raises(InvalidDataError) as info:
         load_dataset(jsonl, MC)

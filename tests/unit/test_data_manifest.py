@@ -6,15 +6,17 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from automl_vision.data import load_dataset
 from automl_vision.data.classification import load_classification_splits
+from automl_vision.data.load import split_jsonl
 from automl_vision.data.manifest import ingest, read_manifest, write_manifest
 from automl_vision.data.records import Dataset, ImageRecord, ObjectAnnotation
-from automl_vision.data.split import split_jsonl, split_records
+from automl_vision.data.split import split_records
 from automl_vision.data.validate import ValidationOptions, validate_dataset
 from automl_vision.errors import DataError
 from automl_vision.spec.tasks import ImageTask
@@ -111,8 +113,6 @@ def test_manifest_task_must_match(tmp_path):
 
 
 def test_manifest_not_a_manifest(tmp_path):
-    import pyarrow as pa
-
     pq.write_table(pa.table({"x": [1]}), tmp_path / "other.parquet")
     with pytest.raises(DataError, match="not an automl-vision manifest"):
         read_manifest(tmp_path / "other.parquet")

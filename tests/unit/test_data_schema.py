@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from automl_vision.data import problems as P
+from automl_vision.data import InvalidDataError, problems as P
+from automl_vision.data.storage import StorageConfig
 from automl_vision.data.validate import ValidationOptions, validate_dataset
 from automl_vision.spec.tasks import ImageTask
 
@@ -63,8 +64,6 @@ def test_seed_single_object_with_strings_is_accepted(tmp_path):
 
 
 def _store(tmp_path):
-    from automl_vision.data.storage import StorageConfig
-
     return StorageConfig(store_root=str(tmp_path / "store"))
 
 
@@ -281,8 +280,6 @@ def test_skip_mode_drops_invalid_objects_and_lines_and_says_so(tmp_path):
 
 
 def test_fail_mode_raises_with_every_problem(tmp_path):
-    from automl_vision.data import InvalidDataError
-
     jsonl = _write(tmp_path / "d.jsonl", [_line(_obj(topX=2), url="a.png"), _line(_obj(topY=0.9), url="b.png")])
     with pytest.raises(InvalidDataError) as info:
         validate_dataset(jsonl, OD, options=NO_FILES).raise_if_invalid()
@@ -294,8 +291,6 @@ def test_fail_mode_raises_with_every_problem(tmp_path):
 
 
 def test_long_error_lists_are_cut_in_the_message_only(tmp_path):
-    from automl_vision.data import InvalidDataError
-
     jsonl = _write(tmp_path / "d.jsonl", ["{"] * 150)
     with pytest.raises(InvalidDataError) as info:
         validate_dataset(jsonl, OD, options=NO_FILES).raise_if_invalid()

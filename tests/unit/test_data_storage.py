@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from automl_vision.data.storage import (
-    LocationError,
-    StorageConfig,
-    cache_path,
-    parse_datastores,
-    resolve_url,
-)
-from automl_vision.errors import ConfigError
+from automl_vision.data.jsonl import local_jsonl
+from automl_vision.data.load import load_dataset
+from automl_vision.data.storage import LocationError, StorageConfig, cache_path, parse_datastores, resolve_url
+from automl_vision.data.validate import ValidationOptions, validate_dataset
+from automl_vision.errors import ConfigError, DataError
 
 BASE = "/data/set"
 S3_STORE = StorageConfig(store_root="s3://bucket/prefix")
@@ -148,17 +145,12 @@ def test_relative_to_an_s3_jsonl_may_not_leave_the_data_root(url, root, shown):
                        "of the file itself, not of a folder)"),
 ], ids=["other-scheme", "bucket-only", "folder"])
 def test_jsonl_locations_refused_before_any_request(source, message):
-    from automl_vision.data.storage import local_jsonl
-    from automl_vision.errors import DataError
-
     with pytest.raises(DataError) as info:
         local_jsonl(source, config=StorageConfig(endpoint="http://127.0.0.1:9"))
     assert str(info.value) == message
 
 
 def test_a_local_jsonl_keeps_its_name_and_resolves_against_its_folder(tmp_path):
-    from automl_vision.data.storage import local_jsonl
-
     (tmp_path / "sets").mkdir()
     (tmp_path / "sets" / "t.jsonl").write_text("")
     jsonl = local_jsonl(str(tmp_path / "sets" / "t.jsonl"))
@@ -168,8 +160,6 @@ def test_a_local_jsonl_keeps_its_name_and_resolves_against_its_folder(tmp_path):
 
 
 def test_a_data_root_of_the_other_kind_than_the_jsonl_is_refused(tmp_path):
-    from automl_vision.data.validate import ValidationOptions, validate_dataset
-
     jsonl = tmp_path / "t.jsonl"
     jsonl.write_text('{"image_url": "a.png", "label": "x"}\n')
     with pytest.raises(ConfigError) as info:
@@ -180,9 +170,6 @@ def test_a_data_root_of_the_other_kind_than_the_jsonl_is_refused(tmp_path):
 
 
 def test_an_ingested_dataset_is_not_read_from_object_storage():
-    from automl_vision.data.validate import load_dataset
-    from automl_vision.errors import DataError
-
     with pytest.raises(DataError) as info:
         load_dataset("s3://bkt/runs/ingested/manifest.parquet", "image_classification")
     assert str(info.value).startswith("s3://bkt/runs/ingested/manifest.parquet: an ingested dataset is read from "

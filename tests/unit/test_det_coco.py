@@ -11,8 +11,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from automl_vision.evaluation.coco import STAT_NAMES, coco_evaluate
-from automl_vision.evaluation.detections import ImageGroundTruth, ImagePredictions
-from automl_vision.evaluation.masks import polygon_to_rle
+from automl_vision.models.detections import ImageGroundTruth, ImagePredictions
+from automl_vision.models.masks import polygon_to_rle
 
 
 def _random_case(seed: int, n_images: int = 6, n_classes: int = 3, segm: bool = False):

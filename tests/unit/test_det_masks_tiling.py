@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from automl_vision.evaluation.detections import ImagePredictions
-from automl_vision.evaluation.masks import decode_rle, mask_iou, mask_to_polygon, polygon_to_mask, polygon_to_rle
-from automl_vision.evaluation.tiling import clip_to_window, merge_tile_predictions, pixel_window, tile_boxes
+from automl_vision.models.detections import ImagePredictions
+from automl_vision.models.masks import decode_rle, mask_iou, mask_to_polygon, polygon_to_mask, polygon_to_rle
+from automl_vision.models.tiling import clip_to_window, merge_tile_predictions, pixel_window, tile_boxes
 
 W, H = 40, 20
 
@@ -51,7 +51,7 @@ def test_mask_to_polygon_of_a_disk_is_close_and_limited():
         assert all(0 <= v <= 1 for r in rings for v in r)
     iou = mask_iou([polygon_to_rle(mask_to_polygon(disk, 100), 80, 60)], [polygon_to_rle(mask_to_polygon(disk, 100), 80, 60)])
     assert iou[0, 0] == 1.0
-    from automl_vision.evaluation.masks import encode_mask
+    from automl_vision.models.masks import encode_mask
 
     close = mask_iou([polygon_to_rle(mask_to_polygon(disk, 100), 80, 60)], [encode_mask(disk)])[0, 0]
     coarse = mask_iou([polygon_to_rle(mask_to_polygon(disk, 12), 80, 60)], [encode_mask(disk)])[0, 0]
@@ -59,7 +59,7 @@ def test_mask_to_polygon_of_a_disk_is_close_and_limited():
 
 
 def test_empty_mask_gives_no_polygon():
-    assert mask_to_polygon(np.zeros((5, 5), bool)) == []
+    assert mask_to_polygon(np.zeros((5, 5), bool), 100) == []
     assert not decode_rle(polygon_to_rle([], 5, 5)).any()
 
 

@@ -12,17 +12,19 @@ import torch
 import torchvision
 
 from automl_vision.errors import ConfigError
-from automl_vision.models.detection import (FPN_GROUPS, InferenceSettings, apply_inference_settings, build_detector,
+from automl_vision.models.detection import (DetectorSettings, apply_inference_settings, build_detector,
                                             predict_tensors, scoring_output)
 from automl_vision.models.registry import freeze_layers, get_entry, registered_models
 from automl_vision.spec import hyperparameters as hps
-from automl_vision.spec.tasks import DETECTION_MODELS, SEGMENTATION_MODELS, ImageTask
-from automl_vision.training.detection import crop_around_boxes, hflip, train_step, zoom_out
+from automl_vision.spec.catalogue import FPN_GROUPS, MODELS
+from automl_vision.spec.tasks import DETECTION_MODELS, SEGMENTATION_MODELS, TORCHVISION_DETECTORS, ImageTask
+from automl_vision.training.detection import train_step
+from automl_vision.training.detection_common import crop_around_boxes, hflip, zoom_out
 from weights_testdata import publish_torchvision, torch_bytes
 
 OD = ImageTask.IMAGE_OBJECT_DETECTION
 IS = ImageTask.IMAGE_INSTANCE_SEGMENTATION
-SMALL = InferenceSettings(min_size=64, max_size=96, box_score_thresh=0.0)
+SMALL = DetectorSettings(min_size=64, max_size=96, box_score_thresh=0.0)
 
 
 @pytest.fixture
@@ -38,7 +40,7 @@ def test_every_spec_model_is_registered():
     assert set(registered_models(OD)) == set(DETECTION_MODELS)
     assert set(registered_models(IS)) == set(SEGMENTATION_MODELS)
     assert len(DETECTION_MODELS) == 7 and len(SEGMENTATION_MODELS) == 5
-    for name in DETECTION_MODELS[1:] + SEGMENTATION_MODELS:
+    for name in TORCHVISION_DETECTORS:
         assert get_entry(name, OD if name in DETECTION_MODELS else IS).layer_groups[0] == (
             "backbone.body.conv1.", "backbone.body.bn1.")
     assert get_entry("yolov5", OD).layer_groups == tuple((f"model.{i}.",) for i in range(10))
@@ -62,7 +64,7 @@ def _targets(masks: bool):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [m for m in DETECTION_MODELS + SEGMENTATION_MODELS if m != "yolov5"])
+@pytest.mark.parametrize("name", TORCHVISION_DETECTORS)
 def test_builds_and_trains_one_step(name, one_thread):
     torch.manual_seed(0)
     task = IS if name in SEGMENTATION_MODELS else OD
@@ -83,9 +85,10 @@ def test_builds_and_trains_one_step(name, one_thread):
 
 
 def test_yolov5_builds_every_size_from_yaml():
-    from automl_vision.models.yolo import SIZES, build_yolo, yaml_name
+    from automl_vision.models.yolo import build_yolo, yaml_name
 
-    assert [yaml_name(s) for s in SIZES] == ["yolov5su.yaml", "yolov5mu.yaml", "yolov5lu.yaml", "yolov5xu.yaml"]
+    sizes = MODELS["yolov5"].sizes
+    assert [yaml_name(s) for s in sizes] == ["yolov5su.yaml", "yolov5mu.yaml", "yolov5lu.yaml", "yolov5xu.yaml"]
     model = build_yolo(3, pretrained=False, model_size="small")
     assert model.yaml["nc"] == 3
     model.train()
@@ -187,7 +190,7 @@ def test_yolov5_pretrained_transfers_matching_weights(tmp_path, monkeypatch):
 def test_inference_settings_from_hyperparameters_and_applied():
     hp = hps.resolve(OD, {"model_name": "retinanet_resnet50_fpn", "min_size": 300, "box_score_thresh": 0.2,
                           "tile_grid_size": "3x2", "box_detections_per_img": 7})
-    s = InferenceSettings.from_hyperparameters(hp)
+    s = DetectorSettings.from_hyperparameters(hp)
     assert (s.min_size, s.max_size, s.box_score_thresh, s.tile_grid_size) == (300, 1333, 0.2, (3, 2))
     assert s.to_json()["tile_grid_size"] == "3x2"
     model = build_detector("fasterrcnn", 18, 2, pretrained=False)
@@ -196,9 +199,21 @@ def test_inference_settings_from_hyperparameters_and_applied():
     assert model.roi_heads.detections_per_img == 7
 
 
+def test_inference_defaults_are_the_hyperparameter_tables():
+    from automl_vision.models.yolo import YoloSettings
+
+    assert tuple(vars(DetectorSettings()).values()) == (600, 1333, 0.3, 0.5, 100, None, 0.25, 0.25, 0.5, 100)
+    for name, value in vars(DetectorSettings()).items():
+        task = IS if name in ("mask_pixel_score_threshold", "max_number_of_polygon_points") else OD
+        assert hps.get(name).default_for(task, "retinanet_resnet50_fpn") == value, name
+    assert tuple(vars(YoloSettings()).values()) == (640, "medium", 0.1, 0.5, 300)
+    assert hps.defaults(OD, "yolov5").items() >= {k: v for k, v in vars(YoloSettings()).items()
+                                                  if k != "max_detections"}.items()
+
+
 def test_scoring_output_format():
-    from automl_vision.evaluation.detections import ImagePredictions
-    from automl_vision.evaluation.masks import encode_mask
+    from automl_vision.models.detections import ImagePredictions
+    from automl_vision.models.masks import encode_mask
 
     mask = np.zeros((50, 100), bool)
     mask[10:30, 20:60] = True
@@ -259,7 +274,7 @@ def test_zoom_out_and_flip_move_boxes_with_the_image():
 # --- yolov5 settings mapping ---------------------------------------------------------------------
 
 def test_ultralytics_overrides_follow_our_hyperparameters(tmp_path):
-    from automl_vision.models.yolo import lr_lambda, ultralytics_overrides
+    from automl_vision.training.yolo import lr_lambda, ultralytics_overrides
 
     hp = hps.resolve(OD, {"model_name": "yolov5", "model_size": "large", "img_size": 320, "multi_scale": 1,
                           "optimizer": "adamw", "beta1": 0.8, "grad_accumulation_step": 3,

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from automl_vision.evaluation.detections import ImageGroundTruth, ImagePredictions, box_iou
-from automl_vision.evaluation.masks import encode_mask
+from automl_vision.models.detections import ImageGroundTruth, ImagePredictions, box_iou
+from automl_vision.models.masks import encode_mask
 from automl_vision.evaluation.voc import average_precision, voc_evaluate
 
 A = [0, 0, 10, 10]

@@ -2,7 +2,7 @@
 
 The central property: a frozen rule, checked the way Katib's collector checks it (RuleSet: the
 objective's best value so far, from start_step on), stops a new trial exactly when the policy
-function the local sweep uses (sweep.policies.decide) terminates it at its first evaluation point.
+function the local sweep uses (spec.policies.decide) terminates it at its first evaluation point.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from automl_vision.earlystopping.collector import (
     metric_value,
     parse_text_log,
 )
-from automl_vision.spec.policies import BanditPolicy, MedianStoppingPolicy, TruncationSelectionPolicy
-from automl_vision.sweep.policies import decide
+from automl_vision.spec.policies import BanditPolicy, MedianStoppingPolicy, TruncationSelectionPolicy, decide
+from automl_vision.spec.termination import is_evaluation_point
 
 NEW = "trial-new"  # sorts after "trial-NN": on equal values the new trial is the later (worse) one
 
@@ -110,8 +110,6 @@ def test_no_rule_when_nothing_can_be_cut(policy, history, why):
 def test_first_evaluation_step(interval, delay, k):
     policy = BanditPolicy(evaluation_interval=interval, delay_evaluation=delay, slack_amount=0.1)
     assert es.first_evaluation_step(policy) == k
-    from automl_vision.sweep.policies import is_evaluation_point
-
     assert is_evaluation_point(policy, k) and not any(is_evaluation_point(policy, n) for n in range(1, k))
 
 

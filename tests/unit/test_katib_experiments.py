@@ -12,8 +12,11 @@ import yaml
 
 from automl_vision.cli import main
 from automl_vision.errors import ConfigError
+from automl_vision.pipeline.settings import load_cluster_settings
+from automl_vision.spec.cluster import ClusterSettings
 from automl_vision.spec.job import parse_job
 from automl_vision.sweep import katib
+from automl_vision.sweep.katib.checks import _validate_job
 from spec_example import SPEC_10  # the spec's section 10 example, with its data as the trial pods see it
 
 
@@ -345,11 +348,63 @@ def test_compute_section_round_trips():
     assert spec10().compute is None and "compute" not in spec10().to_dict()
 
 
+@pytest.mark.parametrize("toleration, problem", [
+    ({"operator": "Equal", "value": "gpu"}, "a toleration without a key matches every taint and needs operator Exists"),
+    ({"key": "sku", "operator": "Exists", "value": "gpu"}, "a toleration with operator Exists takes no value"),
+    ({"key": "bad key!", "operator": "Exists"}, "key='bad key!' is not a valid taint key"),
+    ({"key": "/gpu", "operator": "Exists"}, "key='/gpu' is not a valid taint key: its prefix"),
+    ({"key": "sku", "value": "-gpu"}, "value='-gpu' is not a valid taint value"),
+    ({"key": "spot", "operator": "Exists", "effect": "NoSchedule", "toleration_seconds": 60},
+     "toleration_seconds needs effect NoExecute"),
+    ({"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoScheduled"}, "effect"),
+])
+def test_job_and_cluster_settings_check_tolerations_alike(tmp_path, toleration, problem):
+    """One Toleration: a job's compute and the cluster settings' GPU pool refuse the same tolerations."""
+    with pytest.raises(ConfigError) as in_job:
+        parse_job({"task": "image_classification", "training_data": "t.jsonl", "compute": {"tolerations": [toleration]}})
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump({"gpu": {"tolerations": [toleration]}}))
+    with pytest.raises(ConfigError) as in_cluster:
+        load_cluster_settings(path)
+    assert problem in str(in_job.value) and problem in str(in_cluster.value)
+
+
+@pytest.mark.parametrize("volume, problem", [
+    ({"claim_name": "Data_Set", "mount_path": "/data"}, "claim_name"),
+    ({"claim_name": "data", "mount_path": "data"}, "mount_path"),
+    ({"claim_name": "data", "mount_path": "/dev/shm/"}, "a path the training pods mount themselves"),
+])
+def test_job_and_cluster_settings_check_data_volumes_alike(tmp_path, volume, problem):
+    with pytest.raises(ConfigError) as in_job:
+        parse_job({"task": "image_classification", "training_data": "t.jsonl", "compute": {"data_volume": volume}})
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump({"data_volume": volume}))
+    with pytest.raises(ConfigError) as in_cluster:
+        load_cluster_settings(path)
+    assert problem in str(in_job.value) and problem in str(in_cluster.value)
+
+
+def test_a_data_volume_over_the_trial_working_directory_is_refused():
+    with pytest.raises(ConfigError, match="is the trial's working directory"):
+        katib.trial_placement(None, _cluster(data_volume={"claim_name": "data", "mount_path": katib.WORK_DIR}))
+
+
+@pytest.mark.parametrize("toleration", [
+    {"operator": "Exists"},  # every taint
+    {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+    {"key": "kubernetes.azure.com/scalesetpriority", "operator": "Equal", "value": "spot", "effect": "NoSchedule"},
+    {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "toleration_seconds": 30},
+    {"key": "dedicated", "value": ""},
+])
+def test_job_and_cluster_settings_take_the_same_valid_tolerations(toleration):
+    job = parse_job({"task": "image_classification", "training_data": "t.jsonl", "compute": {"tolerations": [toleration]}})
+    cluster = ClusterSettings.model_validate({"gpu": {"tolerations": [toleration]}})
+    assert job.compute.tolerations == cluster.gpu.tolerations
+
+
 # --- the trial pod from the cluster settings ------------------------------------------------------------
 
 def _cluster(**changes):
-    from automl_vision.pipeline.settings import ClusterSettings
-
     data = {"registry": "registry.example.com/ml",
             "gpu": {"node_selector": {"agentpool": "t4"},
                     "tolerations": [{"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]},
@@ -365,13 +420,13 @@ def _cluster(**changes):
 def _trial(exp, name="bccd-1-x7k2m9q4"):
     """The Job Katib's controller creates for one trial, checked as the API server would (kubernetes-validate)."""
     run = katib.substitute_trial(exp, katib.sample_assignment(exp, np.random.default_rng(0)), name, "team-a")
-    assert katib._validate_job(run) == []
+    assert _validate_job(run) == []
     pod = run["spec"]["template"]["spec"]
     return pod, katib.primary_container(run)
 
 
 def test_cluster_settings_reach_the_trial_job():
-    from automl_vision.pipeline.settings import cuda_image
+    from automl_vision.spec.cluster import cuda_image
 
     exp = katib.experiments_from_job(spec10(), name="bccd", cluster=_cluster())[1]
     assert katib.check_experiment(exp) == []
@@ -419,7 +474,7 @@ def test_the_jobs_compute_overrides_the_cluster_settings_key_by_key():
 
 @pytest.mark.parametrize("compute, cluster_changes", [({"gpus": 0}, {}), ({}, {"gpu": None, "shm_size": "2Gi"})])
 def test_cpu_trials_get_the_cpu_image_and_no_gpu_placement(compute, cluster_changes):
-    from automl_vision.pipeline.settings import cpu_image
+    from automl_vision.spec.cluster import cpu_image
 
     job = spec10(compute=compute) if compute else spec10()
     pod, c = _trial(katib.experiments_from_job(job, name="bccd", cluster=_cluster(**cluster_changes))[1])

@@ -16,7 +16,7 @@ import yaml
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
 
 from automl_vision.pipeline.pipeline import OLDEST_KFP_BACKEND, compile_pipeline, for_oldest_backend
-from automl_vision.pipeline.settings import ClusterSettings
+from automl_vision.spec.cluster import ClusterSettings
 from automl_vision.pipeline.specs import PIPELINE_FILE, PIPELINES_DIR
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,7 +16,8 @@ from automl_vision import __version__
 from automl_vision.errors import ConfigError
 from automl_vision.pipeline.pipeline import (DEFAULT_INFERENCE_SERVICE, RUN_PARAMETERS, TRAINING_STEPS,
                                              compile_pipeline, pipeline_arguments)
-from automl_vision.pipeline.settings import SMALLEST_GPU_NODE, ClusterSettings, load_cluster_settings, quantity
+from automl_vision.pipeline.settings import SMALLEST_GPU_NODE, load_cluster_settings
+from automl_vision.spec.cluster import ClusterSettings, quantity
 from automl_vision.pipeline.submit import check_cron
 from automl_vision.serving.deploy import DEFAULT_SERVING_NAMESPACE
 from automl_vision.spec.job import JobSpec, parse_job

@@ -125,7 +125,7 @@ def _compiled(tmp_path, settings, backend):
 
 
 def test_with_katib_the_sweep_step_waits_on_a_cpu_node_without_a_gpu(tmp_path):
-    from automl_vision.pipeline.settings import ClusterSettings
+    from automl_vision.spec.cluster import ClusterSettings
 
     settings = ClusterSettings(registry="registry.example.com/ml", trial_outputs="s3://automl/trials",
                                gpu={"node_selector": {"agentpool": "t4"}})
@@ -154,7 +154,7 @@ def test_with_katib_the_sweep_step_waits_on_a_cpu_node_without_a_gpu(tmp_path):
 
 def test_katib_without_trial_outputs_does_not_compile(tmp_path):
     from automl_vision.errors import ConfigError
-    from automl_vision.pipeline.settings import ClusterSettings
+    from automl_vision.spec.cluster import ClusterSettings
 
     with pytest.raises(ConfigError) as err:
         _compiled(tmp_path, ClusterSettings(registry="registry.example.com/ml"), "katib")
@@ -163,7 +163,7 @@ def test_katib_without_trial_outputs_does_not_compile(tmp_path):
 
 def test_trials_get_the_storage_secret_as_the_steps_do(tmp_path):
     """One source: the Secret keys -> environment names of the compiled steps are the trial pod's."""
-    from automl_vision.pipeline.settings import ClusterSettings
+    from automl_vision.spec.cluster import ClusterSettings
     from automl_vision.spec.job import parse_job
     from automl_vision.sweep import katib
 

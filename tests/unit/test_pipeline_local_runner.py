@@ -9,7 +9,15 @@ from kfp import dsl
 from kfp.dsl import Metrics, Output
 
 from automl_vision.errors import ConfigError, DataError
-from automl_vision.pipeline.local import LOG_FILE, SUMMARY_FILE, PipelineStepFailed, last_exception, run_locally
+from automl_vision.pipeline.local import (
+    LOG_FILE,
+    SUMMARY_FILE,
+    PipelineStepFailed,
+    StepRecord,
+    last_exception,
+    run_locally,
+    step_error,
+)
 
 
 @dsl.component(base_image="python:3.11", install_kfp_package=False)
@@ -21,7 +29,7 @@ def count(n: int, numbers: Output[Metrics]) -> int:
 
 @dsl.component(base_image="python:3.11", install_kfp_package=False)
 def check(n: int, limit: int):
-    from automl_vision.errors import DataError
+    from automl_vision.errors import DataError  # a component's body runs alone in its step's process
 
     if n > limit:
         raise DataError(["data.jsonl:3: label missing", "data.jsonl:5: image_url='x.gif' has an unsupported format"])
@@ -106,8 +114,6 @@ def test_last_exception(lines, expected):
 
 
 def test_a_config_error_stays_a_config_error(tmp_path):
-    from automl_vision.pipeline.local import StepRecord, step_error
-
     step = StepRecord("sweep", status="failed", output_lines=[
         "Traceback (most recent call last):", '  File "x.py", line 1',
         "automl_vision.errors.ConfigError: sweep: search_space[0].model_name: unknown"])

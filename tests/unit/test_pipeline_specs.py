@@ -10,7 +10,7 @@ import yaml
 from kfp import components
 
 from automl_vision import __version__
-from automl_vision.pipeline.settings import PLACEHOLDER_REGISTRY
+from automl_vision.spec.cluster import PLACEHOLDER_REGISTRY
 from automl_vision.pipeline.specs import COMPONENTS, COMPONENTS_DIR, PIPELINE_FILE, PIPELINES_DIR, stale_specs
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,11 +14,10 @@ import math
 import pytest
 
 from automl_vision.spec import policies as spec_policies
-from automl_vision.spec.policies import BanditPolicy, MedianStoppingPolicy, TruncationSelectionPolicy
-from automl_vision.sweep.policies import (
+from automl_vision.spec.policies import BanditPolicy, MedianStoppingPolicy, TruncationSelectionPolicy, decide
+from automl_vision.spec.termination import (
     Decision,
     bandit_should_terminate,
-    decide,
     is_evaluation_point,
     median_stopping_should_terminate,
     natural_key,

@@ -10,9 +10,9 @@ import torch
 import torchvision
 
 from automl_vision.errors import ConfigError
-from automl_vision.models.registry import (build_model, freeze_layers, get_entry, layer_group_prefixes,
-                                           register_model, registered_models)
-from automl_vision.spec.tasks import CLASSIFICATION_MODELS, CLASSIFICATION_TASKS, ImageTask
+from automl_vision.models.registry import build_model, freeze_layers, get_entry, layer_group_prefixes, registered_models
+from automl_vision.spec.catalogue import MODELS, ROWS, index
+from automl_vision.spec.tasks import CLASSIFICATION_MODELS, MODEL_TASKS, ImageTask
 from weights_testdata import publish_torchvision, torch_bytes
 
 MC = ImageTask.IMAGE_CLASSIFICATION
@@ -59,10 +59,34 @@ def test_unknown_model(name, task, fragments):
         assert "did you mean" not in message
 
 
-def test_duplicate_registration_raises():
-    with pytest.raises(ValueError, match="model 'resnet18' registered twice"):
-        register_model("resnet18", tasks=CLASSIFICATION_TASKS, layer_groups=["x."])(lambda n, *, pretrained: None)
+def test_a_model_declared_twice_raises():
+    with pytest.raises(ValueError, match="model 'resnet18' declared twice"):
+        index([*ROWS, MODELS["resnet18"]])
     assert get_entry("resnet18", MC).layer_groups[0] == ("conv1.", "bn1.")
+
+
+def _cheap_options(name: str) -> dict:
+    """Build options that keep a build quick: small inputs, the smallest yolov5."""
+    row = MODELS[name]
+    if row.sizes:
+        return {"model_size": next(iter(row.sizes))}
+    if row.fixed_size:
+        return {"image_size": 32}
+    return {}
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_catalogue_row_builds(name):
+    """Each row's builder makes a model (random weights, no training) whose layer groups name real
+    parameters."""
+    task = min(MODEL_TASKS[name], key=lambda t: t.value)
+    entry = get_entry(name, task)
+    assert entry.layer_groups == MODELS[name].layer_groups
+    model = entry.builder(2, pretrained=False, **_cheap_options(name))
+    names = [n for n, _ in model.named_parameters()]
+    for group in entry.layer_groups:
+        assert any(n.startswith(group) for n in names), (name, group)
 
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenetv2"])

@@ -7,14 +7,16 @@ import json
 import numpy as np
 import pytest
 import torch
+from browser_support import BACKGROUND, make_box_dataset
+from kfp.dsl import HTML
 from PIL import Image
 
 from automl_vision.cli import main
 from automl_vision.errors import ConfigError, DataError
+from automl_vision.pipeline.components import preview
 from automl_vision.report.draw import BOX_WIDTH, colour
 from automl_vision.report.preview import preview_rows, supported, write_preview
 from automl_vision.spec.tasks import ImageTask
-from browser_support import BACKGROUND, make_box_dataset
 
 BOX = (22, 14, 61, 47)  # the white square of make_box_dataset, in its 96 x 72 images
 SQUARE = colour(0)  # the only class, so the first colour
@@ -267,10 +269,6 @@ def test_a_jobs_preview_refuses_what_the_job_would(tmp_path, kwargs, message):
 
 
 def test_the_preview_step_shows_the_jobs_models(tmp_path):
-    from kfp.dsl import HTML
-
-    from automl_vision.pipeline.components import preview
-
     data = make_box_dataset(tmp_path / "d", n=2)
     page = HTML(uri=str(tmp_path / "preview"))
     preview.python_func(task="image_object_detection", training_data=str(data), preview=page, count=2,

@@ -13,9 +13,10 @@ import pytest
 from PIL import Image
 
 from automl_vision.errors import ConfigError
+from automl_vision.pipeline.runner import write_run_report
 from automl_vision.report import write_report
 from automl_vision.report.html import Cell, fmt_number, table
-from automl_vision.report.report import load_run
+from automl_vision.training.runfolder import load_run
 from browser_support import make_run_folder
 
 SECTIONS = ("summary", "data", "leaderboard", "curves", "hyperparameters", "evaluation", "predictions")
@@ -28,7 +29,7 @@ def run_folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     data = make_classification_dataset(root / "data", n_per_class=6, classes=("red", "green", "blue"), size=32)
     run = make_run_folder(root, data)
-    write_report(run)
+    write_run_report(run)
     return run
 
 
@@ -82,7 +83,7 @@ def test_evaluation_scores_the_best_model_on_its_own_validation_split(run_folder
 
 
 def test_a_given_evaluation_is_shown_not_scored_again(run_folder, tmp_path):
-    from automl_vision.report.report import Evaluation
+    from automl_vision.report.rescore import Evaluation
 
     # the evaluate step's files as a cluster leaves them: its images remote URIs, which this machine cannot open
     given, scored = tmp_path / "evaluation", tmp_path / "validation.jsonl"
@@ -122,7 +123,7 @@ def test_a_run_without_any_model_still_gets_a_report(tmp_path, make_dataset):
     for row in board["trials"]:
         row.update(rank=None, status="failed", best_value=None)
     (run / "leaderboard.json").write_text(json.dumps(board))
-    sections = _sections(write_report(run).read_text())
+    sections = _sections(write_run_report(run).read_text())
     assert tuple(sections) == SECTIONS
     assert "No trial produced a model, so there is nothing to evaluate." in sections["evaluation"]
     assert "No trial produced a metric to compare." in sections["hyperparameters"]
@@ -132,7 +133,7 @@ def test_missing_data_is_said_not_hidden(tmp_path, make_dataset):
     data = make_dataset(tmp_path / "data", n_per_class=4)
     run = make_run_folder(tmp_path, data)
     shutil.rmtree(tmp_path / "data")
-    sections = _sections(write_report(run).read_text())
+    sections = _sections(write_run_report(run).read_text())
     assert "cannot read" in sections["data"] and "file not found" in sections["data"]
     assert "Cannot score the best model on its validation images" in sections["evaluation"]
 
@@ -147,7 +148,7 @@ def test_broken_run_folders_name_the_problem(tmp_path, make_dataset, setup, mess
     run = make_run_folder(tmp_path, data, with_model=False)
     setup(run)
     with pytest.raises(ConfigError, match=re.escape(message)):
-        write_report(run)
+        write_run_report(run)
 
 
 def test_table_escapes_text_and_sorts_by_value():

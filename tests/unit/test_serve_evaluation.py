@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from automl_vision.errors import DataError
-from automl_vision.evaluation.detections import ImageGroundTruth, ImagePredictions
-from automl_vision.evaluation.report import evaluate_predictions, pr_curves
+from automl_vision.models.detections import ImageGroundTruth, ImagePredictions
+from automl_vision.evaluation.scoring import pr_curves
+from automl_vision.report.evaluation import evaluate_predictions
 from automl_vision.evaluation.voc import average_precision, voc_evaluate
 from automl_vision.spec.tasks import ImageTask
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 
+import numpy as np
 import pytest
 from PIL import Image
 from serve_testdata import jpeg_bytes, png_bytes
@@ -83,13 +84,6 @@ def test_size_limits_that_hold_let_the_image_through():
 def test_a_phone_photo_is_served_as_displayed():
     """A JPEG stored sideways with EXIF orientation 6 reaches the model as a viewer shows it, as training
     reads it, so boxes come back on the displayed pixels."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    from automl_vision.serving.images import decode_image
-
     shown = np.zeros((16, 24, 3), dtype=np.uint8)
     shown[...] = (0, 0, 255)
     shown[:4, :8] = (255, 0, 0)

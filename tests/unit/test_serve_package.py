@@ -10,8 +10,9 @@ from PIL import Image
 from serve_testdata import save_random_trial
 
 from automl_vision.errors import ConfigError
+from automl_vision.models.package import find_weights
 from automl_vision.serving.engine import load_engine
-from automl_vision.serving.package import find_weights, load_package, package_model
+from automl_vision.serving.package import load_package, package_model
 from automl_vision.spec.tasks import ImageTask
 
 MC, ML = ImageTask.IMAGE_CLASSIFICATION, ImageTask.IMAGE_CLASSIFICATION_MULTILABEL

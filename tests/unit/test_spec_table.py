@@ -7,6 +7,8 @@ wrong row fails a test.
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 
@@ -65,6 +67,14 @@ def test_every_model_of_spec_section_3_is_offered_for_its_task(task):
 
 def test_all_models_lists_each_model_once():
     assert sorted(all_models()) == sorted(set(CLASSIFIERS + DETECTORS + SEGMENTERS))
+
+
+def test_the_model_lists_do_not_import_torch():
+    """The task lists come from the catalogue's rows, which name their builders without importing them."""
+    code = ("import sys, automl_vision.spec.tasks, automl_vision.models.registry; "
+            "print(sorted(m for m in ('torch', 'torchvision', 'timm', 'ultralytics') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 # --- defaults (spec sections 4 and 5) -------------------------------------------------------------

@@ -107,7 +107,8 @@ import numpy as np  # noqa: E402
 
 from automl_vision.cli import main  # noqa: E402
 from automl_vision.data.split import split_label_sets  # noqa: E402
-from automl_vision.data.validate import ValidationOptions, load_dataset, validate_dataset  # noqa: E402
+from automl_vision.data.load import load_dataset  # noqa: E402
+from automl_vision.data.validate import ValidationOptions, validate_dataset  # noqa: E402
 from automl_vision.spec.tasks import ImageTask  # noqa: E402
 
 OD = ImageTask.IMAGE_OBJECT_DETECTION

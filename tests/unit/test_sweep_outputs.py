@@ -5,24 +5,26 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import pytest
 
 from automl_vision.errors import ConfigError
 from automl_vision.spec.job import parse_job
+from automl_vision.sweep.command import trial_arguments
 from automl_vision.sweep.core import TrialRecord
 from automl_vision.sweep.local import (
     LOCK_FILE,
     SweepResult,
     _Lock,
+    _Sweep,
     format_leaderboard,
     load_sweep,
     run_sweep,
-    trial_arguments,
     visible_gpus,
-    workers_for,
     write_leaderboard,
 )
+from automl_vision.training.trial import default_num_workers
 
 JOB = {"task": "image_classification", "training_data": "/data/train.jsonl",
        "limits": {"max_trials": 3},
@@ -151,9 +153,16 @@ def test_one_sweep_per_run_folder(tmp_path):
         pass
 
 
-@pytest.mark.parametrize("threads, workers", [(1, 0), (2, 0), (3, 2), (8, 7), (16, 8)])
-def test_workers_for_a_share_of_cores(threads, workers):
-    assert workers_for(threads) == workers
+@pytest.mark.parametrize("cores, concurrent", [(1, 1), (2, 1), (3, 1), (4, 2), (6, 4), (8, 1), (16, 2), (32, 1)])
+def test_trials_get_the_workers_train_would_on_their_cores(monkeypatch, tmp_path, cores, concurrent):
+    """A trial's DataLoader workers are those ``train`` picks by itself on a machine of the trial's share of cores."""
+    job = parse_job({**JOB, "limits": {"max_trials": 8, "max_concurrent_trials": concurrent}})
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    sweep = _Sweep(job, tmp_path, "cpu", print, False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(sweep.threads)), raising=False)
+    assert sweep.workers == default_num_workers()
+    if (cores, concurrent) == (2, 1):
+        assert sweep.workers == 1  # one worker decodes while the model computes, as in `train`
 
 
 @pytest.mark.parametrize("device, env, gpus", [

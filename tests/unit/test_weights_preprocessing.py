@@ -12,11 +12,10 @@ import torch
 from PIL import Image
 
 from automl_vision.errors import ConfigError
+from automl_vision.models.preprocessing import BatchPreparer, normalization, valid_transform
 from automl_vision.serving.package import load_package, package_model
 from automl_vision.serving.settings import resolve_settings
 from automl_vision.spec.tasks import ImageTask
-from automl_vision.training.augment import BatchPreparer
-from automl_vision.training.classification import normalization, valid_transform
 from serve_testdata import save_random_trial
 
 MC = ImageTask.IMAGE_CLASSIFICATION

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from automl_vision.data.images import FORMAT_OF_EXTENSION, IMAGE_EXTENSIONS
+from automl_vision.data.images import FORMAT_OF_EXTENSION, IMAGE_EXTENSIONS, displayed_size
 from automl_vision.errors import DataError
 
 
@@ -70,10 +71,6 @@ def details(path: Path | str, width: int | None, height: int | None) -> dict[str
 
 def image_size(path: Path) -> tuple[int, int] | None:
     """Width and height from the image header, or None if it cannot be read."""
-    from PIL import Image
-
-    from automl_vision.data.images import displayed_size
-
     try:
         with Image.open(path) as im:
             return displayed_size(im)  # the image as displayed: what image_details and the boxes describe
@@ -96,7 +93,7 @@ def mask_to_polygons(mask: np.ndarray) -> list[list[float]]:
     Points sit at pixel centres (+0.5), as detectron2 does; regions too small to give 3 points are
     dropped.
     """
-    import cv2
+    import cv2  # only to convert masks (about 0.2 s to import; loading a dataset imports this package)
 
     m = np.ascontiguousarray(mask.astype(np.uint8))
     if not m.any():

@@ -19,6 +19,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path, PureWindowsPath
 
 import numpy as np
+from PIL import Image
 
 from automl_vision.data.convert.common import (
     Conversion,
@@ -182,8 +183,6 @@ def voc_to_jsonl(source: str | os.PathLike, out_dir: str | os.PathLike, *,
         instance_mask = None
         mask_file = masks / sub / (xml.stem + ".png")
         if mask_file.is_file():
-            from PIL import Image
-
             with Image.open(mask_file) as m:
                 instance_mask = np.asarray(m)
             if instance_mask.shape[:2] != (int(height), int(width)):

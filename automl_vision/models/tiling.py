@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from automl_vision.evaluation.detections import ImagePredictions, box_iou
+from automl_vision.models.detections import ImagePredictions, box_iou
 
 Tile = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels
 

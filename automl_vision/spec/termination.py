@@ -1,9 +1,12 @@
-"""Early-termination rules (spec section 7) as pure functions.
+"""Early-termination rules (spec section 7) as pure functions, the one place they are written.
 
-Every function takes a policy from :mod:`automl_vision.spec.policies`, the id of the trial to judge
-and ``history``: trial id -> that trial's primary-metric values, one per reported interval (index 0
-is interval 1). The decision is for ``trial_id`` at its latest interval ``n = len(history[trial_id])``.
-Each returns a :class:`Decision`; ``decision.rule`` is a sentence with the numbers, for the log.
+Every rule takes a policy of :mod:`automl_vision.spec.policies` (read by its fields only), the id
+of the trial to judge and ``history``: trial id -> that trial's primary-metric values, one per
+reported interval (index 0 is interval 1). The decision is for ``trial_id`` at its latest interval
+``n = len(history[trial_id])``. Each returns a :class:`Decision`; ``decision.rule`` is a sentence
+with the numbers, for the log. The local sweep applies them through the policies' ``explain``; the
+Katib early-stopping service freezes the same thresholds into its stop rules
+(:mod:`automl_vision.earlystopping.rules`).
 
 Non-finite values (NaN, +/-inf) count as the worst possible value: -inf when maximizing, +inf when
 minimizing.
@@ -17,12 +20,11 @@ import statistics
 from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 
-from automl_vision.spec.policies import BanditPolicy, MedianStoppingPolicy, TruncationSelectionPolicy
-
 __all__ = [
     "Decision",
     "bandit_should_terminate",
-    "decide",
+    "bandit_threshold",
+    "clean",
     "is_evaluation_point",
     "median_stopping_should_terminate",
     "natural_key",
@@ -73,21 +75,21 @@ def _worst(maximize: bool) -> float:
     return -math.inf if maximize else math.inf
 
 
-def _clean(value: float, maximize: bool) -> float:
+def clean(value: float, maximize: bool) -> float:
     """A metric value with any non-finite value replaced by the worst possible one."""
     value = float(value)
     return value if math.isfinite(value) else _worst(maximize)
 
 
 def _best(values: Sequence[float], maximize: bool) -> float:
-    cleaned = [_clean(v, maximize) for v in values]
+    cleaned = [clean(v, maximize) for v in values]
     if not cleaned:
         return _worst(maximize)
     return max(cleaned) if maximize else min(cleaned)
 
 
 def _mean(values: Sequence[float], maximize: bool) -> float:
-    cleaned = [_clean(v, maximize) for v in values]
+    cleaned = [clean(v, maximize) for v in values]
     if any(math.isinf(v) for v in cleaned):
         return _worst(maximize)
     return math.fsum(cleaned) / len(cleaned)
@@ -126,38 +128,44 @@ def _verdict(terminate: bool) -> str:
 # --------------------------------------------------------------------------- rules
 
 
-def bandit_should_terminate(
-    policy: BanditPolicy, trial_id: str, history: History, maximize: bool = True
-) -> Decision:
+def bandit_threshold(policy, best: float, maximize: bool) -> tuple[float, str]:
+    """The bandit's threshold from the best value of all trials, and its formula for the log.
+
+    Maximize: ``best / (1 + slack_factor)`` or ``best - slack_amount``; minimize:
+    ``best * (1 + slack_factor)`` or ``best + slack_amount``. A trial whose own best is worse than the
+    threshold (below it when maximizing, above it when minimizing) is terminated.
+    """
+    if policy.slack_factor is not None:
+        s = policy.slack_factor
+        if maximize:
+            return best / (1 + s), f"{_fmt(best)} / (1 + {_fmt(s)})"
+        return best * (1 + s), f"{_fmt(best)} * (1 + {_fmt(s)})"
+    a = policy.slack_amount
+    if maximize:
+        return best - a, f"{_fmt(best)} - {_fmt(a)}"
+    return best + a, f"{_fmt(best)} + {_fmt(a)}"
+
+
+def _worse(own: float, threshold: float, maximize: bool) -> tuple[bool, str]:
+    """Whether ``own`` is strictly worse than ``threshold``, and the comparison as shown in the log."""
+    if maximize:
+        return own < threshold, "<" if own < threshold else ">="
+    return own > threshold, ">" if own > threshold else "<="
+
+
+def bandit_should_terminate(policy, trial_id: str, history: History, maximize: bool = True) -> Decision:
     """Bandit: terminate when the trial's best so far is outside the slack of the best of all trials.
 
     ``own`` = best of the trial's values up to ``n``; ``best`` = best value of any trial (itself
-    included) over intervals 1..n. Maximize: ``own < best / (1 + slack_factor)`` or
-    ``own < best - slack_amount``. Minimize: ``own > best * (1 + slack_factor)`` or
-    ``own > best + slack_amount``.
+    included) over intervals 1..n; the threshold is :func:`bandit_threshold`.
     """
     n, skip = _gate(policy, trial_id, history)
     if skip:
         return skip
     own = _best(history[trial_id][:n], maximize)
     best = _best([v for values in history.values() for v in values[:n]], maximize)
-    if policy.slack_factor is not None:
-        s = policy.slack_factor
-        if maximize:
-            threshold, formula = best / (1 + s), f"{_fmt(best)} / (1 + {_fmt(s)})"
-        else:
-            threshold, formula = best * (1 + s), f"{_fmt(best)} * (1 + {_fmt(s)})"
-    else:
-        a = policy.slack_amount
-        if maximize:
-            threshold, formula = best - a, f"{_fmt(best)} - {_fmt(a)}"
-        else:
-            threshold, formula = best + a, f"{_fmt(best)} + {_fmt(a)}"
-    terminate = own < threshold if maximize else own > threshold
-    if maximize:
-        op = "<" if terminate else ">="
-    else:
-        op = ">" if terminate else "<="
+    threshold, formula = bandit_threshold(policy, best, maximize)
+    terminate, op = _worse(own, threshold, maximize)
     return Decision(
         terminate,
         f"bandit: best {_fmt(own)} {op} {formula} = {_fmt(threshold)} at interval {n} "
@@ -165,9 +173,7 @@ def bandit_should_terminate(
     )
 
 
-def median_stopping_should_terminate(
-    policy: MedianStoppingPolicy, trial_id: str, history: History, maximize: bool = True
-) -> Decision:
+def median_stopping_should_terminate(policy, trial_id: str, history: History, maximize: bool = True) -> Decision:
     """Median stopping: terminate when the trial's best up to ``n`` is strictly worse than the median
     of the running averages (intervals 1..n) of the OTHER trials that have reported at least ``n``
     values. No such trials: no termination."""
@@ -185,11 +191,7 @@ def median_stopping_should_terminate(
             False, f"median_stopping: no other trial has reported {n} or more values -> continue"
         )
     median = statistics.median(means)
-    terminate = own < median if maximize else own > median
-    if maximize:
-        op = "<" if terminate else ">="
-    else:
-        op = ">" if terminate else "<="
+    terminate, op = _worse(own, median, maximize)
     return Decision(
         terminate,
         f"median_stopping: best {_fmt(own)} {op} median {_fmt(median)} of {len(means)} other "
@@ -198,7 +200,7 @@ def median_stopping_should_terminate(
 
 
 def truncation_selection_should_terminate(
-    policy: TruncationSelectionPolicy,
+    policy,
     trial_id: str,
     history: History,
     maximize: bool = True,
@@ -221,7 +223,7 @@ def truncation_selection_should_terminate(
     cut = k * policy.truncation_percentage // 100
 
     def worse_first(t: str) -> tuple:
-        v = _clean(history[t][n - 1], maximize)
+        v = clean(history[t][n - 1], maximize)
         goodness = v if maximize else -v
         # ascending goodness = worst first; for equal values the later id sorts first (is worse)
         return goodness, _Reversed(natural_key(t))
@@ -229,28 +231,10 @@ def truncation_selection_should_terminate(
     ranked = sorted(cohort, key=worse_first)
     position = ranked.index(trial_id)  # 0 = worst
     terminate = position < cut
-    value = _clean(history[trial_id][n - 1], maximize)
+    value = clean(history[trial_id][n - 1], maximize)
     return Decision(
         terminate,
         f"truncation_selection: value {_fmt(value)} ranks {position + 1} of {k} from the worst at "
         f"interval {n}; the worst {cut} ({policy.truncation_percentage}% of {k}, rounded down) "
         f"are cut -> {_verdict(terminate)}",
     )
-
-
-def decide(
-    policy,
-    trial_id: str,
-    history: History,
-    *,
-    maximize: bool = True,
-    finished: Set[str] = frozenset(),
-) -> Decision:
-    """Apply whichever rule ``policy`` is."""
-    if isinstance(policy, BanditPolicy):
-        return bandit_should_terminate(policy, trial_id, history, maximize)
-    if isinstance(policy, MedianStoppingPolicy):
-        return median_stopping_should_terminate(policy, trial_id, history, maximize)
-    if isinstance(policy, TruncationSelectionPolicy):
-        return truncation_selection_should_terminate(policy, trial_id, history, maximize, finished)
-    raise TypeError(f"not an early-termination policy: {type(policy).__name__}")

@@ -1,9 +1,10 @@
 """The run report: one self-contained ``report.html`` a person reads to judge a run.
 
-    write_report("runs/my-run")  ->  runs/my-run/report.html
+    write_report("runs/my-run", score_model=evaluate_model)  ->  runs/my-run/report.html
 
 It reads only the run folder (job.yaml, leaderboard.json, trials/*/metrics.jsonl and result.json,
-sweep.json when the sweep wrote one, best_model/) and the data the job names. Where those live
+sweep.json when the sweep wrote one, best_model/; through ``training.runfolder``) and the data the job
+names, and scores the best model again with the scorer it is given (``rescore``). Where those live
 elsewhere (the pipeline's report step: the ingested dataset and the evaluate step's output are
 artifacts of their own), ``training_data`` and ``evaluation`` say where, and the best model is not
 scored a second time.
@@ -17,6 +18,7 @@ table sorter: the file opens with no network, and in the Kubeflow Pipelines UI's
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import logging
@@ -24,18 +26,25 @@ import math
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
+from PIL import Image
 
 from automl_vision.data.images import as_displayed
-from automl_vision.errors import AutoMLError, ConfigError
+from automl_vision.data.manifest import is_manifest
+from automl_vision.errors import AutoMLError
+from automl_vision.models.catalogue import licence_text
 from automl_vision.report import charts
 from automl_vision.report import html as H
 from automl_vision.report.data_summary import DataSummary, summarize_data
-from automl_vision.spec.tasks import ImageTask, parse_task
+from automl_vision.report.draw import Annotations, Tile, compose_grid
+from automl_vision.report.preview import preview_rows, supported
+from automl_vision.report.rescore import Evaluation, ScoreModel, Scores, evaluate_best, given_evaluation
+from automl_vision.spec.tasks import ImageTask
+from automl_vision.training.runfolder import RunData, TrialView, load_run, read_json
 
 log = logging.getLogger(__name__)
 
@@ -44,79 +53,7 @@ REPORT_FILE = "report.html"
 SOURCE_KEY = "source_training_data"
 PREDICTION_TILES = 12
 PREVIEW_SAMPLES = 8
-
-#: The status of a trial the sweep's early-termination rule stopped.
-POLICY_STATUSES = frozenset({"terminated"})
-#: The trial's own early stopping (its primary metric stopped improving).
-EARLY_STOPPED = "early_stopped"
 FAILED_STATUSES = frozenset({"failed", "diverged", "timeout"})
-
-
-@dataclass
-class TrialView:
-    """What the report knows about one trial."""
-
-    trial_id: str
-    status: str
-    model_name: str
-    parameters: dict[str, Any]
-    best_value: float | None
-    best_epoch: int | None
-    epochs_completed: int
-    duration_s: float
-    message: str
-    rank: int | None
-    evaluations: list[dict[str, Any]] = field(default_factory=list)
-    hyperparameters: dict[str, Any] = field(default_factory=dict)
-    ended_by: str = ""  # the rule that ended the trial, in words ("" when it ran to the end)
-
-    @property
-    def ended(self) -> str:
-        if self.status in POLICY_STATUSES:
-            return "policy"
-        if self.status == EARLY_STOPPED:
-            return "early_stopping"
-        return ""
-
-
-@dataclass
-class RunData:
-    run_dir: Path
-    job: dict[str, Any]
-    task: ImageTask
-    primary: str
-    maximize: bool
-    trials: list[TrialView]
-    sweep_info: dict[str, Any]
-
-    @property
-    def best(self) -> TrialView | None:
-        ranked = [t for t in self.trials if t.rank == 1]
-        return ranked[0] if ranked else None
-
-
-# --- reading the run folder ---------------------------------------------------------------------
-
-def _read_json(path: Path, default: Any = None) -> Any:
-    if not path.is_file():
-        return default
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-
-
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    from automl_vision.training.reporter import read_metrics
-
-    return read_metrics(path)
-
-
-def _sweep_trials(sweep_info: Any) -> dict[str, dict[str, Any]]:
-    """trial id -> its entry in ``sweep.json`` (status, ``reason``: why it ended, ``history``)."""
-    if not isinstance(sweep_info, dict) or not isinstance(sweep_info.get("trials"), list):
-        return {}
-    return {str(t["trial_id"]): t for t in sweep_info["trials"] if isinstance(t, dict) and t.get("trial_id")}
 
 
 def _own_early_stopping_rule(t: TrialView, primary: str) -> str:
@@ -128,55 +65,13 @@ def _own_early_stopping_rule(t: TrialView, primary: str) -> str:
             f"(tracked after the first {delay}); best {H.fmt_number(t.best_value)} at epoch {t.best_epoch}")
 
 
-def load_run(run_dir: str | os.PathLike) -> RunData:
-    """Everything the report shows, read from the run folder."""
-    run_dir = Path(run_dir)
-    job_file = run_dir / "job.yaml"
-    if not job_file.is_file():
-        raise ConfigError(f"{run_dir}: no job.yaml; is this a run folder (automl-vision run --output-dir)?")
-    job = yaml.safe_load(job_file.read_text()) or {}
-    try:
-        task = parse_task(job.get("task"))
-    except ValueError as e:
-        raise ConfigError(str(e), str(job_file)) from None
-    board = _read_json(run_dir / "leaderboard.json", {}) or {}
-    sweep_info = _read_json(run_dir / "sweep.json", {}) or {}
-    recorded = _sweep_trials(sweep_info)
-    primary = board.get("primary_metric", task.primary_metric)
-    maximize = board.get("goal", "maximize" if task.maximize else "minimize") == "maximize"
-    trials = []
-    rows = board.get("trials") or []
-    if not rows:  # a run cut short before its first leaderboard: list the trial folders
-        rows = [{"trial_id": p.name, "status": "unknown", "parameters": {}}
-                for p in sorted((run_dir / "trials").glob("*")) if p.is_dir()]
-    for row in rows:
-        tid = row["trial_id"]
-        tdir = run_dir / "trials" / tid
-        result = _read_json(tdir / "result.json", {}) or {}
-        config = _read_json(tdir / "config.json", {}) or {}
-        params = dict(row.get("parameters") or {})
-        t = TrialView(
-            trial_id=tid, status=row.get("status") or result.get("status", "unknown"),
-            model_name=row.get("model_name") or params.get("model_name")
-            or config.get("hyperparameters", {}).get("model_name", ""),
-            parameters=params, best_value=row.get("best_value"), best_epoch=row.get("best_epoch"),
-            epochs_completed=row.get("epochs_completed") or result.get("epochs_completed", 0),
-            duration_s=float(row.get("duration_s") or result.get("duration_s") or 0.0),
-            message=row.get("reason") or row.get("message") or result.get("message", ""), rank=row.get("rank"),
-            evaluations=_read_metrics(tdir / "metrics.jsonl"),
-            hyperparameters=config.get("hyperparameters", {}),
-        )
-        entry = recorded.get(tid, {})
-        if not t.evaluations and entry.get("history"):  # a trial killed before it wrote its metrics file
-            t.evaluations = [dict(h) for h in entry["history"]]
-        if not t.evaluations and board.get("history", {}).get(tid):
-            t.evaluations = [{"epoch": float(i + 1), primary: v} for i, v in enumerate(board["history"][tid])]
-        if t.ended == "early_stopping":
-            t.ended_by = _own_early_stopping_rule(t, primary)
-        elif t.ended == "policy":
-            t.ended_by = entry.get("reason") or t.message or "stopped by the sweep's early-termination rule"
-        trials.append(t)
-    return RunData(run_dir, job, task, primary, maximize, trials, sweep_info if isinstance(sweep_info, dict) else {})
+def _ended_by(t: TrialView, primary: str) -> str:
+    """The rule that ended the trial, in words ("" when it ran to the end)."""
+    if t.ended == "early_stopping":
+        return _own_early_stopping_rule(t, primary)
+    if t.ended == "policy":
+        return t.stop_reason or t.message or "stopped by the sweep's early-termination rule"
+    return ""
 
 
 # --- sections ------------------------------------------------------------------------------------
@@ -212,8 +107,6 @@ def _summary(run: RunData) -> H.Section:
         ("run folder", str(run.run_dir.resolve())),
     ]
     if best is not None:
-        from automl_vision.models.catalogue import licence_text
-
         facts.append(("best model's licences", licence_text(best.model_name, best.hyperparameters)))
     space = yaml.safe_dump(job.get("search_space") or [], sort_keys=False).strip()
     body = (H.cards(cards)
@@ -232,8 +125,6 @@ def _training_data_text(job: dict) -> str:
 
 
 def _validation_text(training_data: str | None) -> str:
-    from automl_vision.data.validate import is_manifest
-
     if training_data and is_manifest(training_data):
         return "the validation split of the ingested dataset"
     return "a split of the training data (split_ratio of each trial)"
@@ -287,9 +178,6 @@ def _data_block(what: str, s: DataSummary, detection: bool) -> str:
 
 
 def _preview_block(run: RunData) -> str:
-    from automl_vision.report.draw import compose_grid
-    from automl_vision.report.preview import preview_rows, supported
-
     source = run.best or next((t for t in run.trials if t.hyperparameters), None)
     head = "<h3>What the model was fed</h3>"
     if source is None or not run.job.get("training_data"):
@@ -341,7 +229,7 @@ def _leaderboard(run: RunData) -> H.Section:
             v = t.parameters.get(n)
             numeric = isinstance(v, (int, float)) and not isinstance(v, bool)
             cells.append(H.Cell(H.fmt_number(v), v if numeric else None, numeric))
-        cells.append(H.Cell(t.ended_by or t.message, css="why"))
+        cells.append(H.Cell(_ended_by(t, run.primary) or t.message, css="why"))
         rows.append(cells)
         css.append("best" if t.rank == 1 else "")
     body = (H.table(headers, rows, sortable=True, row_css=css, table_id="leaderboard-table")
@@ -366,7 +254,7 @@ def _curves(run: RunData) -> H.Section:
             ys = [e.get(key) for e in t.evaluations]
             if all(isinstance(y, (int, float)) for y in ys):
                 values[key] = [float(y) for y in ys]
-        curves.append(charts.Curve(t.trial_id, epochs, values, t.ended,
+        curves.append(charts.TrialCurve(t.trial_id, epochs, values, t.ended,
                                    float(t.best_epoch) if t.best_epoch is not None else None,
                                    f"{t.trial_id} {t.model_name}".strip()))
     if not curves:
@@ -378,7 +266,7 @@ def _curves(run: RunData) -> H.Section:
     stopped = [t for t in run.trials if t.ended]
     if stopped:
         rows = [[H.Cell(t.trial_id), H.Cell("stopped by the sweep's rule" if t.ended == "policy" else "its own early stopping"),
-                 H.Cell(str(t.epochs_completed), t.epochs_completed, True), H.Cell(t.ended_by)] for t in stopped]
+                 H.Cell(str(t.epochs_completed), t.epochs_completed, True), H.Cell(_ended_by(t, run.primary))] for t in stopped]
         body += "<h3>Trials that ended early</h3>" + H.table(["trial", "how", ("after epoch", True), "rule"], rows)
     else:
         body += H.note("Every trial ran to its last epoch (none was stopped early).")
@@ -405,9 +293,6 @@ def _hyperparameters(run: RunData) -> H.Section:
     return H.Section("hyperparameters", title, body)
 
 
-EVALUATION_DIR = "evaluation"
-#: Validation images the best model is scored on for the report; beyond that, the first ones.
-MAX_EVALUATION_IMAGES = 1000
 #: The evaluation's pictures shown in the report, in this order (those the task produces).
 EVALUATION_PICTURES = (
     ("confusion_matrix.png", "Confusion matrix: rows are the true class, columns the predicted one; the diagonal is "
@@ -419,87 +304,10 @@ EVALUATION_PICTURES = (
 )
 
 
-@dataclass
-class _Evaluation:
-    folder: Path
-    data: Path  # the validation JSONL scored
-    images: int
-    total: int
-    metrics: dict[str, Any]
-    scored_by: str = ""  # who scored the best model, when not this report
 
 
-@dataclass(frozen=True)
-class Evaluation:
-    """The best model's evaluation written before the report (the pipeline's evaluate step):
-    ``folder`` holds ``evaluate_model``'s files, ``data`` is the labelled JSONL it scored."""
-
-    folder: str | os.PathLike
-    data: str | os.PathLike
-    scored_by: str = "the pipeline's evaluate step"
-
-
-def _validation_jsonl(run: RunData, best: TrialView, folder: Path) -> tuple[Path, int, int]:
-    """The best trial's validation images as a JSONL file (its own split), at most MAX_EVALUATION_IMAGES."""
-    from automl_vision.data.split import split_jsonl
-
-    hp = best.hyperparameters
-    source = run.job.get("validation_data")
-    if source:
-        path = Path(source)
-    else:
-        training = run.job.get("training_data")
-        if not training or not str(training).endswith(".jsonl"):
-            raise ConfigError(f"the validation split of {training} can only be rebuilt from a JSONL file")
-        path = split_jsonl(training, run.task, folder / "split", ratio=hp.get("split_ratio", 0.2),
-                           seed=hp.get("seed", 0)).validation
-    lines = [ln for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
-    if len(lines) <= MAX_EVALUATION_IMAGES:
-        return Path(path), len(lines), len(lines)
-    capped = folder / "validation_first.jsonl"
-    base = Path(path).resolve().parent
-    out = []
-    for ln in lines[:MAX_EVALUATION_IMAGES]:
-        row = json.loads(ln)
-        url = row.get("image_url", "")
-        if isinstance(url, str) and "://" not in url and not os.path.isabs(url):
-            row["image_url"] = str(base / url)  # the capped copy lives elsewhere
-        out.append(json.dumps(row))
-    capped.write_text("\n".join(out) + "\n", encoding="utf-8")
-    return capped, MAX_EVALUATION_IMAGES, len(lines)
-
-
-def _evaluate_best(run: RunData, best: TrialView) -> _Evaluation:
-    """Score ``best_model/`` on the best trial's validation images with the evaluation the
-    ``evaluate`` command runs (the serving engine's predictions, then the metrics and pictures)."""
-    from automl_vision.evaluation.report import evaluate_model
-
-    folder = run.run_dir / EVALUATION_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    data, n, total = _validation_jsonl(run, best, folder)
-    t0 = time.monotonic()
-    result = evaluate_model(run.run_dir / "best_model", data, folder)
-    log.info("report: best model scored on %d validation images in %.1f s", n, time.monotonic() - t0)
-    return _Evaluation(folder, data, n, total, result.metrics)
-
-
-def _given_evaluation(given: Evaluation) -> _Evaluation:
-    """An evaluation written before the report, read back (its metrics.json, the data it scored)."""
-    from automl_vision.evaluation.report import METRICS_FILE
-
-    folder, data = Path(given.folder), Path(given.data)
-    metrics = _read_json(folder / METRICS_FILE)
-    if not isinstance(metrics, dict):
-        raise ConfigError(f"{folder}: no {METRICS_FILE}; it is not the output of an evaluation")
-    if not data.is_file():
-        raise ConfigError(f"{data}: file not found (the validation data the evaluation scored)")
-    n = metrics.get("images")
-    if not isinstance(n, int) or isinstance(n, bool):
-        n = sum(1 for ln in data.read_text(encoding="utf-8").splitlines() if ln.strip())
-    return _Evaluation(folder, data, n, n, metrics, given.scored_by)
-
-
-def _evaluation_and_predictions(run: RunData, given: Evaluation | None = None) -> list[H.Section]:
+def _evaluation_and_predictions(run: RunData, given: Evaluation | None = None,
+                                score_model: ScoreModel | None = None) -> list[H.Section]:
     best = run.best
     title_e, title_p = "Best model evaluation", "Sample predictions"
     if best is None:
@@ -508,7 +316,7 @@ def _evaluation_and_predictions(run: RunData, given: Evaluation | None = None) -
     package_dir = run.run_dir / "best_model"
     intro = H.note(f"The best model is {best.trial_id} ({best.model_name}), saved at epoch {best.best_epoch}; its "
                    f"package is {package_dir}.")
-    metrics = _read_json(package_dir / "metrics.json", {}) or {}
+    metrics = read_json(package_dir / "metrics.json", {}) or {}
     metric_table = ""
     scalars = {k: v for k, v in metrics.items() if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)}
     if scalars:
@@ -518,8 +326,11 @@ def _evaluation_and_predictions(run: RunData, given: Evaluation | None = None) -
         metric_table = (f"<h3>Metrics the trial recorded for that epoch</h3><p>{H.esc(run.primary)}: "
                         f"<b>{H.fmt_number(metrics.get(run.primary))}</b>.</p>"
                         f"<details><summary>All {len(keys)} metrics</summary>{table}</details>")
+    if given is None and score_model is None:
+        msg = H.note("The best model was not scored for this report (neither an evaluation nor a scorer was given).")
+        return [H.Section("evaluation", title_e, intro + msg + metric_table), H.Section("predictions", title_p, msg)]
     try:
-        ev = _given_evaluation(given) if given is not None else _evaluate_best(run, best)
+        ev = given_evaluation(given) if given is not None else evaluate_best(run, best, score_model)
     except AutoMLError as e:
         msg = H.note(f"Cannot score the best model on its validation images: {e}")
         return [H.Section("evaluation", title_e, intro + msg + metric_table), H.Section("predictions", title_p, msg)]
@@ -554,8 +365,6 @@ def _evaluation_and_predictions(run: RunData, given: Evaluation | None = None) -
 
 
 def _per_class_table(path: Path) -> str:
-    import csv
-
     if not path.is_file():
         return ""
     with path.open(newline="") as f:
@@ -585,14 +394,9 @@ def _is_number(x: str) -> bool:
         return False
 
 
-def _classification_grid(ev: _Evaluation, *, multilabel: bool) -> str:
+def _classification_grid(ev: Scores, *, multilabel: bool) -> str:
     """Validation images with the model's answer and the truth, mistakes first (from predictions.jsonl);
     "" when none of the chosen images can be opened on this machine."""
-    import numpy as np
-    from PIL import Image
-
-    from automl_vision.report.draw import Annotations, Tile, compose_grid
-
     def url_key(url: str, base: Path) -> str:
         return url if "://" in url or os.path.isabs(url) else str((base / url).resolve())
 
@@ -654,10 +458,12 @@ def _classification_grid(ev: _Evaluation, *, multilabel: bool) -> str:
 # --- the report ----------------------------------------------------------------------------------
 
 def build_report(run_dir: str | os.PathLike, *, training_data: str | os.PathLike | None = None,
-                 evaluation: Evaluation | None = None, name: str | None = None,
-                 source_data: str | None = None) -> str:
+                 evaluation: Evaluation | None = None, score_model: ScoreModel | None = None,
+                 name: str | None = None, source_data: str | None = None) -> str:
     """The report's HTML text. ``training_data``: where the data the sweep trained on is now, when not
     where job.yaml says; ``evaluation``: the best model's evaluation already written (not scored again);
+    else ``score_model`` scores the best model on its validation split for the report (the pipeline's
+    ``evaluate_model``, which needs the serving engine above this package);
     ``name`` and ``source_data``: the job's name and the training data as the user gave it, when the
     run folder's job.yaml does not hold them (a pipeline's sweep step sees the ingested data only)."""
     run = load_run(run_dir)
@@ -670,7 +476,7 @@ def build_report(run_dir: str | os.PathLike, *, training_data: str | os.PathLike
         job[SOURCE_KEY] = str(source_data)
     run = dataclasses.replace(run, job=job)
     sections = [_summary(run), _data_section(run), _leaderboard(run), _curves(run), _hyperparameters(run),
-                *_evaluation_and_predictions(run, evaluation)]
+                *_evaluation_and_predictions(run, evaluation, score_model)]
     name = run.job.get("name") or run.run_dir.name
     best = run.best
     subtitle = (f"{run.task.value}, {len(run.trials)} trial(s); best {run.primary} "
@@ -680,12 +486,13 @@ def build_report(run_dir: str | os.PathLike, *, training_data: str | os.PathLike
 
 def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,
                  training_data: str | os.PathLike | None = None, evaluation: Evaluation | None = None,
-                 name: str | None = None, source_data: str | None = None) -> Path:
+                 score_model: ScoreModel | None = None, name: str | None = None,
+                 source_data: str | None = None) -> Path:
     """Write the run's ``report.html`` (default: into the run folder) and return its path; the keywords
     are :func:`build_report`'s."""
     t0 = time.monotonic()
-    text = build_report(run_dir, training_data=training_data, evaluation=evaluation, name=name,
-                        source_data=source_data)
+    text = build_report(run_dir, training_data=training_data, evaluation=evaluation, score_model=score_model,
+                        name=name, source_data=source_data)
     path = Path(out) if out is not None else Path(run_dir) / REPORT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

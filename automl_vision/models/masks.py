@@ -87,7 +87,7 @@ def _simplify(rings: list[np.ndarray], max_points: int) -> list[np.ndarray]:
     return kept
 
 
-def mask_to_polygon(mask: np.ndarray, max_points: int = 100) -> list[list[float]]:
+def mask_to_polygon(mask: np.ndarray, max_points: int) -> list[list[float]]:
     """Normalized rings (outer boundaries and holes, to be combined with XOR) of a bool mask,
     with at most ``max_points`` points in all; an empty mask gives ``[]``."""
     if max_points < 3:

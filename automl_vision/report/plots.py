@@ -1,8 +1,8 @@
-"""Evaluation pictures (PNG bytes): confusion matrices, ROC and PR curves, per-class tables, detection PR
-curves and AP per label, and sample images with their true and predicted labels, boxes and masks.
+"""The pictures of an evaluation (PNG bytes): confusion matrices, ROC and PR curves, per-class tables,
+detection PR curves and AP per label, and sample images with their true and predicted labels, boxes and masks.
 
-The confusion matrix and ROC/PR charts are the run report's own (``report/charts.py``) so a model
-looks the same in both; the rest is drawn here in the same style.
+The confusion matrix and ROC/PR charts are the run report's own (``charts.py``) so a model looks the
+same in both; the rest is drawn here in the same style.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from automl_vision.evaluation.scoring import PRCurve
 from automl_vision.report import charts
 from automl_vision.report.draw import Annotations, Tile, compose_grid
 from automl_vision.report.html import figure_png, image_png, plt
@@ -72,21 +73,12 @@ def table_png(headers: Sequence[str], rows: Sequence[Sequence[str]], title: str 
         return figure_png(fig)
 
 
-@dataclass(frozen=True)
-class PRCurve:
-    """One label's precision/recall points (one per distinct score, decreasing score)."""
-
-    recall: np.ndarray
-    precision: np.ndarray
-    average_precision: float | None
-
-
 def detection_pr_png(curves: Mapping[str, PRCurve], *, limit: int = 12, iou_threshold: float = 0.5) -> bytes:
     """Precision-recall curve per label (the monotone, interpolated curve AP is the area under)."""
     shown = [(name, c) for name, c in curves.items() if c.average_precision is not None][:limit]
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(WIDTH * 0.6, 4.3))
-        colours = charts._colours(max(1, len(shown)))
+        colours = charts.palette(max(1, len(shown)))
         for k, (name, c) in enumerate(shown):
             r = np.concatenate(([0.0], c.recall, [c.recall[-1] if len(c.recall) else 0.0]))
             p = np.concatenate(([c.precision[0] if len(c.precision) else 0.0], c.precision, [0.0]))

@@ -1,0 +1,39 @@
+"""Evaluating a model package: serving's batch scoring writes ``predictions.jsonl`` (through the same
+engine the server uses), then the report's evaluation scores that file and writes the metrics and pictures.
+
+It sits here, above both, because scoring images needs the serving engine and the pictures are the
+report's; ``automl-vision evaluate --model`` and the pipeline's evaluate step call it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from automl_vision.evaluation.scoring import PREDICTIONS_FILE
+from automl_vision.report.evaluation import EvaluationResult, evaluate_predictions
+from automl_vision.serving.batch import predict_batch
+from automl_vision.serving.package import load_package
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_model(model_dir: str | os.PathLike, data: str | os.PathLike, output_dir: str | os.PathLike, *,
+                   settings_layers: Sequence[tuple[str, Mapping[str, Any]]] = (), metric_type: str = "coco_voc",
+                   iou_threshold: float = 0.5, batch_size: int | None = None,
+                   num_workers: int | None = None) -> EvaluationResult:
+    """Score ``data``'s images with the package, write ``predictions.jsonl``, then evaluate it."""
+    package = load_package(model_dir)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    batch = predict_batch(model_dir, data, out / PREDICTIONS_FILE, settings_layers=settings_layers,
+                          batch_size=batch_size, num_workers=num_workers)
+    log.info("scored %d images in %.1f s (%.1f images/s)", batch.images, batch.seconds, batch.images_per_second)
+    result = evaluate_predictions(package.task, data, out / PREDICTIONS_FILE, out, metric_type=metric_type,
+                                  iou_threshold=iou_threshold,
+                                  title=f"{package.model_name} on {Path(data).name}")
+    result.files.insert(1, out / PREDICTIONS_FILE)
+    return result
