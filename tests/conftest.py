@@ -28,6 +28,7 @@ def pytest_collection_modifyitems(config, items):
 
 # --- tiny synthetic datasets ---------------------------------------------------------------------
 
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import subprocess  # noqa: E402
@@ -87,6 +88,29 @@ def one_thread():
 
 # --- the CLI in this process ---------------------------------------------------------------------
 
+@contextlib.contextmanager
+def restored_logging():
+    """The CLI sets up logging for its process; put back what the test runner had when the block ends."""
+    root, ours = logging.getLogger(), logging.getLogger("automl_vision")
+    handlers, levels = root.handlers[:], (root.level, ours.level)
+    try:
+        yield
+    finally:
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(levels[0])
+        ours.setLevel(levels[1])
+        logging.captureWarnings(False)
+
+
+@pytest.fixture
+def cli_logging():
+    with restored_logging():
+        yield
+
+
 @pytest.fixture
 def cli_main(capfd):
     """``automl-vision`` run in this process: ``cli_main(*args)`` returns a ``CompletedProcess`` with the
@@ -95,22 +119,13 @@ def cli_main(capfd):
     from automl_vision.cli import main  # here, not at the top: collecting the tests need not import the CLI
 
     def run(*args) -> subprocess.CompletedProcess:
-        root, ours = logging.getLogger(), logging.getLogger("automl_vision")
-        handlers, levels = root.handlers[:], (root.level, ours.level)
-        capfd.readouterr()
-        try:
-            code = main([str(a) for a in args])
-        except SystemExit as e:  # argparse's usage errors
-            code = e.code if isinstance(e.code, int) else 2
-        finally:
+        with restored_logging():
+            capfd.readouterr()
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as e:  # argparse's usage errors
+                code = e.code if isinstance(e.code, int) else 2
             out, err = capfd.readouterr()
-            for handler in root.handlers:
-                if handler not in handlers:
-                    handler.close()
-            root.handlers[:] = handlers
-            root.setLevel(levels[0])
-            ours.setLevel(levels[1])
-            logging.captureWarnings(False)
         return subprocess.CompletedProcess(["automl-vision", *map(str, args)], code, out, err)
 
     return run

@@ -298,20 +298,6 @@ def _put_lines(client, key: str, rows: list) -> str:
     return f"s3://{BUCKET}/{key}"
 
 
-@pytest.fixture
-def cli_logging():
-    """The CLI sets up logging for its process; put back what the test runner had when the test ends."""
-    root, ours = logging.getLogger(), logging.getLogger("automl_vision")
-    handlers, levels = list(root.handlers), (root.level, ours.level)
-    yield
-    for handler in root.handlers:
-        if handler not in handlers:
-            handler.close()
-    root.handlers[:] = handlers
-    root.setLevel(levels[0])
-    ours.setLevel(levels[1])
-
-
 def _s3_environment(monkeypatch, s3_server, home: Path) -> None:
     """What a trial pod gets from the cluster's storage Secret; HOME moved so the default cache is the test's."""
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{s3_server[1]}")
