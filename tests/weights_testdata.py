@@ -16,6 +16,8 @@ import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pytest
+
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
@@ -115,3 +117,19 @@ def publish_torchvision(monkeypatch, weights_member, data: bytes, stem: str) -> 
     name = hashed_name(stem, data)
     monkeypatch.setattr(weights_member.value, "url", f"https://download.pytorch.org/models/{name}")
     return name
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """A real S3 server on 127.0.0.1 with a bucket ``models``, its credentials in the environment:
+    (a Minio client, the endpoint URL)."""
+    from minio import Minio
+
+    from kube_testserver import object_store
+
+    with object_store("models") as secret:
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            monkeypatch.setenv(name, secret[name])
+        endpoint = secret["AWS_ENDPOINT_URL"]
+        yield (Minio(endpoint[len("http://"):], access_key=secret["AWS_ACCESS_KEY_ID"],
+                     secret_key=secret["AWS_SECRET_ACCESS_KEY"], secure=False), endpoint)

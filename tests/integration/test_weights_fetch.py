@@ -21,7 +21,7 @@ from automl_vision.models import catalogue
 from automl_vision.models.registry import build_model
 from automl_vision.models.weights import MANIFEST, WeightsSource, WeightsUnavailable, locate
 from automl_vision.spec.tasks import ImageTask
-from weights_testdata import WeightsServer, publish_torchvision, torch_bytes
+from weights_testdata import WeightsServer, publish_torchvision, s3, torch_bytes  # noqa: F401 (s3: a fixture)
 
 MC = ImageTask.IMAGE_CLASSIFICATION
 R18 = torchvision.models.ResNet18_Weights.DEFAULT
@@ -280,15 +280,3 @@ def test_fetch_to_s3_and_read_from_it(server, env, monkeypatch, s3):
     assert path.read_bytes() == data
 
 
-@pytest.fixture
-def s3(monkeypatch):
-    from minio import Minio
-
-    from kube_testserver import object_store
-
-    with object_store("models") as secret:
-        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-            monkeypatch.setenv(name, secret[name])
-        endpoint = secret["AWS_ENDPOINT_URL"]
-        yield (Minio(endpoint[len("http://"):], access_key=secret["AWS_ACCESS_KEY_ID"],
-                     secret_key=secret["AWS_SECRET_ACCESS_KEY"], secure=False), endpoint)

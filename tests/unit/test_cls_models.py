@@ -15,7 +15,7 @@ from automl_vision.models.registry import build_model, freeze_layers, layer_grou
 from automl_vision.models.weights import WeightsSource, locate, s3_endpoint_from_env
 from automl_vision.spec.catalogue import MODELS
 from automl_vision.spec.tasks import CLASSIFICATION_MODELS, FIXED_SIZE_MODELS, LAYER_GROUPS, ImageTask
-from weights_testdata import publish_torchvision, torch_bytes
+from weights_testdata import publish_torchvision, s3, torch_bytes  # noqa: F401 (s3: a fixture)
 
 MC = ImageTask.IMAGE_CLASSIFICATION
 ML = ImageTask.IMAGE_CLASSIFICATION_MULTILABEL
@@ -169,20 +169,6 @@ def test_s3_endpoint_from_env(env, expected):
 
 
 # --- s3:// prefix, against a real S3 server on 127.0.0.1 ----------------------------------------------
-
-@pytest.fixture
-def s3(monkeypatch):
-    from minio import Minio
-
-    from kube_testserver import object_store
-
-    with object_store("models") as secret:
-        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-            monkeypatch.setenv(name, secret[name])
-        endpoint = secret["AWS_ENDPOINT_URL"]
-        yield (Minio(endpoint[len("http://"):], access_key=secret["AWS_ACCESS_KEY_ID"],
-                     secret_key=secret["AWS_SECRET_ACCESS_KEY"], secure=False), endpoint)
-
 
 def test_weights_from_s3(tmp_path, s3, monkeypatch):
     client, endpoint = s3

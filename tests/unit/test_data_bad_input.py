@@ -8,8 +8,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +29,7 @@ from automl_vision.report.evaluation import _open
 from automl_vision.spec.tasks import ImageTask
 from automl_vision.training.classification_data import ImageClassificationDataset
 from automl_vision.training.detection_common import read_image
+from image_bytes import png_claiming
 
 MC = ImageTask.IMAGE_CLASSIFICATION
 OD = ImageTask.IMAGE_OBJECT_DETECTION
@@ -41,15 +40,6 @@ def _png(image: Image.Image, **save) -> bytes:
     buf = io.BytesIO()
     image.save(buf, "PNG", **save)
     return buf.getvalue()
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A PNG whose header says width x height, with almost no pixel data (decoding it fails)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def _write(folder: Path, lines: list, name: str = "train.jsonl") -> Path:

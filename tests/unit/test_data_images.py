@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ from automl_vision.data.load import load_dataset
 from automl_vision.data.storage import StorageConfig
 from automl_vision.data.validate import ValidationOptions, validate_dataset
 from automl_vision.spec.tasks import ImageTask
+from image_bytes import png_claiming
 
 MC = ImageTask.IMAGE_CLASSIFICATION
 OD = ImageTask.IMAGE_OBJECT_DETECTION
@@ -32,15 +31,6 @@ def _bytes(image: Image.Image, fmt: str) -> bytes:
     buf = io.BytesIO()
     image.save(buf, fmt)
     return buf.getvalue()
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height pixels (the shape of a decompression bomb)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def _dataset(tmp_path: Path, files: dict[str, bytes], lines: list) -> Path:

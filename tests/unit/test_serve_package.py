@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -51,6 +52,15 @@ def test_settings_json_changes_the_served_settings(trial_outputs, tmp_path):
     assert settings["valid_resize_size"] == 40 and settings.max_batch_size == 5
 
 
+def _refused(package: Path, tmp_path: Path, change, message: str) -> None:
+    """A copy of ``package`` changed by ``change`` is refused with ``message``."""
+    folder = shutil.copytree(package, tmp_path / "pkg")
+    change(folder)
+    with pytest.raises(ConfigError) as e:
+        load_package(folder)
+    assert message in str(e.value)
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda d: (d / "model.safetensors").unlink(), "no weights file (expected one model.safetensors"),
     (lambda d: shutil.copy(d / "model.safetensors", d / "extra.pt"), "2 weights files (extra.pt, model.safetensors)"),
@@ -61,11 +71,7 @@ def test_settings_json_changes_the_served_settings(trial_outputs, tmp_path):
      "config.json: key 'model_name' missing"),
 ])
 def test_load_package_refuses(trial_outputs, tmp_path, change, message):
-    folder = shutil.copytree(trial_outputs, tmp_path / "pkg")
-    change(folder)
-    with pytest.raises(ConfigError) as e:
-        load_package(folder)
-    assert message in str(e.value)
+    _refused(trial_outputs, tmp_path, change, message)
 
 
 def test_find_weights_missing_folder(tmp_path):
@@ -141,11 +147,7 @@ def test_the_manifest_records_a_hash_of_every_file_a_load_uses(packaged, tmp_pat
     (lambda d: (d / "config.json").unlink(), "config.json is listed in package.json but missing"),
 ])
 def test_a_changed_package_file_is_refused_by_name(packaged, tmp_path, change, message):
-    folder = shutil.copytree(packaged, tmp_path / "pkg")
-    change(folder)
-    with pytest.raises(ConfigError) as e:
-        load_package(folder)
-    assert message in str(e.value)
+    _refused(packaged, tmp_path, change, message)
 
 
 def test_a_package_with_only_the_weights_hash_still_checks_the_weights(packaged, tmp_path):
