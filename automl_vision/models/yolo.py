@@ -10,6 +10,7 @@ heads ultralytics maintains), never from ``.pt`` names, which would download.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -53,7 +54,11 @@ def prepare_ultralytics(config_dir: str | Path | None = None) -> Path:
     """
     if "ultralytics" in sys.modules:
         return Path(os.environ.get("YOLO_CONFIG_DIR", ""))
-    root = Path(config_dir) if config_dir else Path(tempfile.mkdtemp(prefix="automl-vision-ultralytics-"))
+    if config_dir:
+        root = Path(config_dir)
+    else:
+        root = Path(tempfile.mkdtemp(prefix="automl-vision-ultralytics-"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
     user_dir = root / "Ultralytics"  # ultralytics appends this to YOLO_CONFIG_DIR
     user_dir.mkdir(parents=True, exist_ok=True)
     settings = user_dir / "settings.json"
