@@ -13,6 +13,26 @@ import pytest
 os.environ.setdefault("AUTOML_VISION_OFFLINE", "1")
 
 
+def _own_cores() -> None:
+    """Under pytest-xdist, give each worker its own share of the cores, set before torch loads.
+
+    Every worker's torch would otherwise start one thread per core of the machine, and so would the
+    trials and servers its tests start: on 2 cores with 2 workers, 4 or more busy threads contend for
+    2 cores and a small model's epoch takes 10 times as long. Subprocesses inherit the share, and the
+    code sizes its threads, trials and data workers from it (``os.sched_getaffinity``), as it does in a
+    container given a CPU limit.
+    """
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not (worker and count and hasattr(os, "sched_setaffinity")):
+        return
+    cores, index, count = sorted(os.sched_getaffinity(0)), int(worker.removeprefix("gw")), int(count)
+    if len(cores) >= count:
+        os.sched_setaffinity(0, cores[index::count])
+
+
+_own_cores()
+
+
 def pytest_collection_modifyitems(config, items):
     gpu_items = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu_items:
