@@ -28,7 +28,7 @@ demo: $(STAMP)
 # One pytest worker per core (pytest-xdist), each test file on one worker so that a module's shared
 # fixtures (a trained model, a server) are built once; runs that several files read are built once per
 # session for all workers (tests/reference_runs.py); the slowest tests are listed at the end.
-PYTEST_ARGS ?= -n auto --dist loadfile --durations=25 --durations-min=2
+PYTEST_ARGS ?= -n auto --dist loadfile --no-loadscope-reorder --durations=25 --durations-min=2
 
 # lint-imports: the package's layers and no import cycles (contracts in pyproject.toml), in seconds, first.
 test: $(STAMP) browser

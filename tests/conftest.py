@@ -3,6 +3,7 @@ the CLI run in the test's process (``cli_main``) and the runs several modules sh
 
 from __future__ import annotations
 
+import collections
 import os
 
 import pytest
@@ -33,7 +34,20 @@ def _own_cores() -> None:
 _own_cores()
 
 
+SHARED_RUNS = ("reference_pipeline_run", "reference_library_run")
+
+
 def pytest_collection_modifyitems(config, items):
+    # The order pytest-xdist hands whole files out in (`--no-loadscope-reorder` in the Makefile), each
+    # file's tests in their own order: files with the most slow tests first, so that the long files start
+    # at once and the many short ones fill the workers' gaps at the end; among them, the files that read
+    # the shared runs last, so that the first worker has built the runs by then (`_shared_runs_first`)
+    # and no worker sits waiting for them.
+    slow = collections.Counter(item.path for item in items if item.get_closest_marker("slow"))
+    shared = {item.path for item in items if set(SHARED_RUNS) & set(getattr(item, "fixturenames", ()))}
+    items.sort(key=lambda item: (not slow[item.path], item.path in shared, -slow[item.path]))
+    config.stash[_SHARED_RUNS_USED] = [name for name in SHARED_RUNS
+                                       if any(name in getattr(item, "fixturenames", ()) for item in items)]
     gpu_items = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu_items:
         return  # no torch import for CPU-only runs
@@ -152,6 +166,18 @@ def cli_main(capfd):
 
 
 # --- runs shared by the modules that read them (tests/reference_runs.py) -----------------------------
+
+_SHARED_RUNS_USED = pytest.StashKey[list]()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_runs_first(request):
+    """The first xdist worker builds the shared runs the selected tests read before its first test; the
+    other workers meanwhile run the files that do not read them (ordered first)."""
+    if os.environ.get("PYTEST_XDIST_WORKER") == "gw0":
+        for name in request.config.stash.get(_SHARED_RUNS_USED, []):
+            request.getfixturevalue(name)
+
 
 @pytest.fixture(scope="session")
 def reference_pipeline_run(tmp_path_factory):

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from automl_vision.errors import ConfigError
+
+
+def available_cpus() -> int:
+    """The cores this process may run on: its CPU affinity (what a container's CPU set or ``taskset``
+    leaves it), else the machine's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
 
 
 def pick_device(requested: str) -> torch.device:

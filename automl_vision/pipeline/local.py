@@ -33,6 +33,7 @@ from typing import Any
 
 from automl_vision.errors import AutoMLError, ConfigError, DataError
 from automl_vision.spec.job import JobSpec, load_job, resolved
+from automl_vision.training.runfolder import replace_folder
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ PIPELINE_ROOT = "pipeline"  # RUN_DIR/pipeline: kfp's local pipeline root
 LOG_FILE = "pipeline.log"
 SUMMARY_FILE = "pipeline_run.json"
 SWEEP_STEP, SWEEP_RUN_OUTPUT = "sweep", "run"
+PACKAGE_STEP, PACKAGE_OUTPUT = "package", "model"
 REPORT_STEP, REPORT_OUTPUT, REPORT_FILE = "report", "report", "report.html"
 PREVIEW_STEP, PREVIEW_OUTPUT, PREVIEW_FILE = "preview", "preview", "preview.html"
 #: (step, output, file in RUN_DIR): the steps' HTML pages copied into the run folder after the run (kfp names
@@ -228,6 +230,19 @@ def _move_up(sweep_dir: Path, run_dir: Path) -> None:
     sweep_dir.rmdir()
 
 
+def _best_model_from_package(run: LocalRun) -> None:
+    """``best_model/`` becomes the package step's model (with its checked ONNX export): the sweep step
+    left the best trial's package without one. Kept as the sweep left it when the package step failed."""
+    record, package = run.step(PACKAGE_STEP), run.artifact_path(PACKAGE_STEP, PACKAGE_OUTPUT)
+    if record is None or record.status != "succeeded" or package is None or not package.is_dir():
+        return
+    target = run.run_dir / "best_model"
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(package, tmp)
+    replace_folder(tmp, target)
+
+
 def run_locally(pipeline, arguments: dict[str, Any], run_dir: str | Path, *,
                 echo: Callable[[str], None] = print) -> LocalRun:
     """Run any pipeline on kfp's local runner (``SubprocessRunner(use_venv=False)``: each step a
@@ -288,6 +303,7 @@ def _collect(run: LocalRun, job: JobSpec) -> None:
         run.step(SWEEP_STEP).outputs[SWEEP_RUN_OUTPUT]["uri"] = str(run.run_dir)
         # the sweep ran on the ingest step's split; job.yaml keeps the job as the user gave it
         _write_job(job, run.run_dir)
+        _best_model_from_package(run)
     for step, output, name in RUN_FOLDER_OUTPUTS:
         record, path = run.step(step), run.artifact_path(step, output)
         if record is not None and record.status == "succeeded" and path is not None and path.is_file():

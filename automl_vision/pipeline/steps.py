@@ -104,7 +104,8 @@ def run_sweep_step(job: Mapping[str, Any], run_dir: str | os.PathLike, *, backen
     if backend == "local":
         from automl_vision.sweep.local import run_sweep  # torch: only the local backend trains here
 
-        return run_sweep(local_job, run_dir, device=device, echo=echo)
+        # onnx: the package step exports the model the evaluate step scored
+        return run_sweep(local_job, run_dir, device=device, echo=echo, onnx=False)
     katib_job = parse_job({**job, "training_data": katib_training_data,
                            "validation_data": katib_validation_data or None}, source="sweep (katib)")
     return run_katib_backend(katib_job, run_dir, cluster=settings, local_job=local_job,

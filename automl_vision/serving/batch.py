@@ -31,6 +31,7 @@ from automl_vision.data.storage import (
     storage_from_environment,
 )
 from automl_vision.errors import DataError
+from automl_vision.models.device import available_cpus
 from automl_vision.serving.engine import Engine, load_engine
 from automl_vision.serving.images import InvalidImage, decode_image
 from automl_vision.serving.package import load_package
@@ -157,7 +158,7 @@ def _collate(rows):
 
 
 def _default_workers() -> int:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = available_cpus()
     return 0 if cpus <= 2 else min(8, cpus - 1)
 
 

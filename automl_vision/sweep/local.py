@@ -42,18 +42,21 @@ from typing import IO, Any
 import torch
 
 from automl_vision.errors import EXIT_DIVERGED, EXIT_OK, ConfigError
+from automl_vision.models.device import available_cpus
 from automl_vision.spec import hyperparameters as hps
 from automl_vision.spec.job import JobSpec, resolved
 from automl_vision.sweep.command import format_argument, trial_arguments
 from automl_vision.sweep.core import FAILED, FINISHED, RANKED, RERUN, SweepState, TrialRecord, trial_id
 from automl_vision.sweep.sampling import Observation, make_sampler
 from automl_vision.training.reporter import KATIB_METRIC_RE, parse_katib_line
-from automl_vision.training.runfolder import OUTPUTS_DIR, RESULT_FILE, SWEEP_FILE, RunFolder
+from automl_vision.training.runfolder import OUTPUTS_DIR, RESULT_FILE, SWEEP_FILE, RunFolder, replace_folder
 from automl_vision.training.trial import TrialResult, default_num_workers
 
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".sweep.lock"
+#: How long a sweep waits for the lock of a run folder a killed sweep may still hold.
+LOCK_WAIT_S = 10.0
 SWEEP_FORMAT = 1
 #: Seconds a terminated trial gets between SIGTERM and SIGKILL.
 KILL_GRACE_S = 5.0
@@ -88,10 +91,6 @@ class SweepResult:
 
 
 # --- the trial command ---------------------------------------------------------------------------
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
 
 def visible_gpus(device: str) -> list[str]:
     """GPUs to hand out one per trial: none for ``cpu`` or an explicit ``cuda:N`` (every trial uses
@@ -159,8 +158,10 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
 # --- the sweep -----------------------------------------------------------------------------------
 
 class _Sweep:
-    def __init__(self, job: JobSpec, run_dir: Path, device: str, echo: Callable[[str], None], resume: bool):
+    def __init__(self, job: JobSpec, run_dir: Path, device: str, echo: Callable[[str], None], resume: bool,
+                 onnx: bool = True):
         self.job, self.run_dir, self.device, self.echo, self.resume = job, run_dir, device, echo, resume
+        self.onnx = onnx
         self.task = job.task
         self.primary = job.task.primary_metric
         self.policy = job.sweep.early_termination
@@ -179,7 +180,7 @@ class _Sweep:
         wanted = job.limits.max_concurrent_trials
         self.concurrency = min(wanted, len(gpus)) if gpus else wanted
         self.free_gpus = list(gpus)
-        self.threads = max(1, cpu_count() // self.concurrency)
+        self.threads = max(1, available_cpus() // self.concurrency)
         # the rule `train` applies on a machine of its own, applied to this trial's share of the cores
         self.workers = default_num_workers(processes=self.concurrency)
         self.resources = (f"{self.concurrency} at once" + (f" (one GPU each, {len(gpus)} GPU(s))" if gpus else "")
@@ -321,6 +322,10 @@ class _Sweep:
             self.echo(f"sweep: stopped, {self.stopped_because}; {len(todo)} trial(s) not started")
         self.status = "finished"
         self._write(force=True)
+        best = self.result().best
+        if self.onnx and best is not None:
+            # once, for the final best: exporting on every change of the best would hold the scheduler up
+            _write_best_model(self.result(), best, onnx=True)
 
     def _start(self, index: int, total: int) -> int:
         """Start trial ``index``; returns 1 when it failed before starting (an invalid sample), else 0."""
@@ -511,13 +516,17 @@ def _policy_settings(policy) -> str:
 
 
 def run_sweep(job: JobSpec, run_dir: str | os.PathLike, *, device: str = "auto",
-              echo: Callable[[str], None] = print, resume: bool = False) -> SweepResult:
+              echo: Callable[[str], None] = print, resume: bool = False, onnx: bool = True) -> SweepResult:
     """Run every trial of ``job`` into ``run_dir`` and write the leaderboard, ``sweep.json`` and the
-    best model; with ``resume``, continue the sweep a killed run left in ``run_dir``."""
+    best model; with ``resume``, continue the sweep a killed run left in ``run_dir``.
+
+    ``best_model/`` follows the best trial while the sweep runs; with ``onnx``, the final best model is
+    packaged with its ONNX export once the sweep has finished (the pipeline leaves that to its package
+    step)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with _Lock(run_dir / LOCK_FILE):
-        sweep = _Sweep(job, run_dir, device, echo, resume)
+        sweep = _Sweep(job, run_dir, device, echo, resume, onnx)
         sweep.prepare()
         sweep.run()
         result = sweep.result()
@@ -531,22 +540,32 @@ def run_sweep(job: JobSpec, run_dir: str | os.PathLike, *, device: str = "auto",
 
 
 class _Lock:
-    """One sweep at a time per run folder (released by the OS if the process dies)."""
+    """One sweep at a time per run folder (released by the OS if the process dies).
 
-    def __init__(self, path: Path):
-        self.path = path
+    A sweep killed a moment ago may hold the lock until the kernel has torn its process down (seconds
+    for a large one), so a resume started right after the kill waits up to ``wait_s`` for it."""
+
+    def __init__(self, path: Path, wait_s: float = LOCK_WAIT_S):
+        self.path, self.wait_s = path, wait_s
 
     def __enter__(self):
         import fcntl  # POSIX only
 
         self.f = self.path.open("a+")
-        try:
-            fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.f.seek(0)
-            holder = self.f.read().strip() or "?"
-            self.f.close()
-            raise ConfigError(f"{self.path.parent} is in use by another sweep (process {holder})") from None
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            try:
+                fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                self.f.seek(0)
+                holder = self.f.read().strip() or "?"
+                self.f.close()
+                raise ConfigError(f"{self.path.parent} is in use by another sweep (process {holder}, still "
+                                  f"running after {self.wait_s:g} s)") from None
         self.f.seek(0)
         self.f.truncate()
         self.f.write(str(os.getpid()))
@@ -622,8 +641,9 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def _write_best_model(result: SweepResult, best: TrialRecord) -> bool:
-    """Copy the best trial's model package to ``best_model/``; False when it left none."""
+def _write_best_model(result: SweepResult, best: TrialRecord, *, onnx: bool = False) -> bool:
+    """Copy the best trial's model package to ``best_model/`` (with ``onnx``, its ONNX export, checked
+    against PyTorch); False when it left none."""
     source = result.run_dir / "trials" / best.trial_id / OUTPUTS_DIR
     if not (source / "model.safetensors").is_file():
         log.warning("%s has the best %s but left no model in %s", best.trial_id, result.primary_metric, source)
@@ -633,27 +653,10 @@ def _write_best_model(result: SweepResult, best: TrialRecord) -> bool:
     shutil.rmtree(tmp, ignore_errors=True)
     from automl_vision.serving.package import package_model  # settings.json, ONNX export, README
 
-    package_model(source, tmp)
+    package_model(source, tmp, onnx=onnx)
     (tmp / "trial.json").write_text(json.dumps(best.to_json(result.primary_metric), indent=2))
     replace_folder(tmp, target)
     return True
-
-
-def replace_folder(new: Path, target: Path) -> None:
-    """Put the folder ``new`` in place of ``target``: the old one is renamed aside and deleted only once the
-    new one is in place (two renames: a reader never finds a half-deleted or half-written folder, and a
-    crash leaves the old one at ``target`` or beside it as ``*.old``, never neither)."""
-    old = target.with_name(target.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        target.replace(old)
-    try:
-        new.replace(target)
-    except OSError:
-        if old.exists() and not target.exists():
-            old.replace(target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def format_leaderboard(result: SweepResult, limit: int = 20) -> str:

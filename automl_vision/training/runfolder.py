@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -215,3 +216,20 @@ def load_run(run_dir: str | os.PathLike) -> RunData:
             t.evaluations = [{"epoch": float(i + 1), primary: v} for i, v in enumerate(board["history"][tid])]
         trials.append(t)
     return RunData(folder.path, job, task, primary, maximize, trials, sweep_info)
+
+
+def replace_folder(new: Path, target: Path) -> None:
+    """Put the folder ``new`` in place of ``target``: the old one is renamed aside and deleted only once the
+    new one is in place (two renames: a reader never finds a half-deleted or half-written folder, and a
+    crash leaves the old one at ``target`` or beside it as ``*.old``, never neither)."""
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.replace(old)
+    try:
+        new.replace(target)
+    except OSError:
+        if old.exists() and not target.exists():
+            old.replace(target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

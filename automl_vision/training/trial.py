@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from automl_vision.models.device import available_cpus
 from automl_vision.data.storage import upload_folder
 from automl_vision.spec.tasks import ImageTask
 from automl_vision.training.reporter import read_metrics
@@ -91,8 +92,7 @@ def default_num_workers(processes: int = 1) -> int:
     two cores, one worker decodes and augments while the model computes (``benchmarks/data_stalls.py``
     compares worker counts); with one core, workers would only take turns with the training.
     """
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    share = cpus // max(1, processes)
+    share = available_cpus() // max(1, processes)
     return max(0, min(8, share - 1))
 
 

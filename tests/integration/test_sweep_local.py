@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from automl_vision.spec.job import parse_job
-from automl_vision.sweep.local import cpu_count, run_sweep
+from automl_vision.models.device import available_cpus
+from automl_vision.sweep.local import run_sweep
 from automl_vision.sweep.sampling import sample_trials
 
 pytestmark = pytest.mark.slow
@@ -100,7 +101,7 @@ def test_concurrent_trials_and_a_failure(tmp_path, data):
     # two at once, the cores divided between them
     sweep = json.loads((tmp_path / "run" / "sweep.json").read_text())
     assert sweep["max_concurrent_trials"] == 2
-    assert all(t["threads"] == max(1, cpu_count() // 2) for t in sweep["trials"])
+    assert all(t["threads"] == max(1, available_cpus() // 2) for t in sweep["trials"])
     first, second = sorted(sweep["trials"], key=lambda t: t["index"])[:2]
     assert second["started_at"] <= first["ended_at"]  # the second started before the first ended
 

@@ -202,7 +202,7 @@ def test_package_files_are_renamed_into_place_not_rewritten(packaged, tmp_path):
 
 
 def test_best_model_is_replaced_without_a_moment_without_one(tmp_path):
-    from automl_vision.sweep.local import replace_folder
+    from automl_vision.training.runfolder import replace_folder
 
     target, new = tmp_path / "best_model", tmp_path / "best_model.tmp"
     target.mkdir()

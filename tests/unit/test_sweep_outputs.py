@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import threading
+import time
 
 import pytest
 
@@ -146,11 +148,23 @@ def test_invalid_samples_fail_and_max_failed_trials_stops_the_sweep(tmp_path):
 
 def test_one_sweep_per_run_folder(tmp_path):
     with _Lock(tmp_path / LOCK_FILE):
-        with pytest.raises(ConfigError, match="is in use by another sweep"):
-            with _Lock(tmp_path / LOCK_FILE):
+        with pytest.raises(ConfigError, match=r"is in use by another sweep \(process \d+, still running after 0.3 s\)"):
+            with _Lock(tmp_path / LOCK_FILE, wait_s=0.3):
                 pass
     with _Lock(tmp_path / LOCK_FILE):  # released
         pass
+
+
+def test_a_resume_waits_for_the_lock_of_a_sweep_that_is_going_away(tmp_path):
+    # a killed sweep's process holds the lock until the kernel has torn it down
+    held = _Lock(tmp_path / LOCK_FILE).__enter__()
+    timer = threading.Timer(0.5, held.__exit__, (None, None, None))
+    timer.start()
+    t0 = time.monotonic()
+    with _Lock(tmp_path / LOCK_FILE, wait_s=10):
+        waited = time.monotonic() - t0
+    timer.join()
+    assert 0.4 < waited < 5
 
 
 @pytest.mark.parametrize("cores, concurrent", [(1, 1), (2, 1), (3, 1), (4, 2), (6, 4), (8, 1), (16, 2), (32, 1)])
