@@ -163,13 +163,13 @@ def test_evaluate_a_detection_model_draws_pr_curves_and_samples(tmp_path, cli_ma
 
 
 def test_run_ends_with_a_packaged_best_model(reference_library_run, data):
-    # the session's `automl-vision run job.yaml --engine library` of one mobilenetv2 trial at 32 px on a copy
+    # the session's `automl-vision run job.yaml --engine library` of one resnet18 trial at 32 px on a copy
     # of this module's data (reference_runs.LIBRARY_JOB), read only
     p = reference_library_run
     assert p.data.read_text() == data.read_text()
     assert yaml.safe_load(p.job_file.read_text()) == {
         "task": "image_classification", "training_data": str(p.data), "limits": {"max_trials": 1},
-        "search_space": [{"model_name": {"type": "choice", "values": ["mobilenetv2"]}}],
+        "search_space": [{"model_name": {"type": "choice", "values": ["resnet18"]}}],
         "training_parameters": {"number_of_epochs": 1, "pretrained": False, "train_crop_size": 32,
                                 "valid_resize_size": 32, "valid_crop_size": 32, "training_batch_size": 4},
     }
