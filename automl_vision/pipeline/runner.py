@@ -53,7 +53,7 @@ class JobRun:
     def summary(self) -> str:
         """The lines that end a run with a model: the best trial and where the files are."""
         best = self.result.best
-        model = (best.parameters.get("model_name") or self.job.training_parameters.get("model_name")
+        model = (best.model_name or self.job.training_parameters.get("model_name")
                  or self.job.task.default_model)
         return (f"\nbest trial: {best.trial_id} ({model}), "
                 f"{self.job.task.primary_metric} {best.best_value:.4f}\n"

@@ -58,10 +58,13 @@ class TrialRecord:
     pid: int | None = None
     #: Seconds from the sweep's decision to stop the trial to the end of its process.
     stop_s: float | None = None
+    #: The model it trained where the sampled parameters do not say (set in training_parameters, or the
+    #: task's default).
+    model: str | None = None
 
     @property
     def model_name(self) -> str | None:
-        return self.parameters.get("model_name")
+        return self.parameters.get("model_name") or self.model
 
     def to_json(self, primary_metric: str) -> dict[str, Any]:
         d = asdict(self)

@@ -346,6 +346,7 @@ class _Sweep:
             self.echo(f"[{tid}] failed before start: {rec.reason}")
             self._write(force=True)
             return 1
+        rec.model = values.get("model_name")
         rec.planned_epochs = values["number_of_epochs"]
         rec.planned_intervals = math.ceil(values["number_of_epochs"] / values["evaluation_frequency"])
         trial_dir = self.run_dir / "trials" / tid
@@ -605,7 +606,7 @@ def _leaderboard_rows(result: SweepResult) -> list[dict[str, Any]]:
             "rank": rank if ranked else None,
             "trial_id": t.trial_id,
             "status": t.status,
-            "model_name": t.parameters.get("model_name", ""),
+            "model_name": t.model_name or "",
             "best_value": t.best_value,
             "best_epoch": t.best_epoch,
             "epochs_completed": t.epochs_completed,

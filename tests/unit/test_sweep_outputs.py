@@ -198,3 +198,18 @@ def test_trial_arguments_are_the_katib_command():
     assert args == ["train", "--task", "image_classification", "--training_data", "/data/train.jsonl",
                     "--model_name", "mobilenetv2", "--number_of_epochs", "2", "--learning_rate", "0.02",
                     "--pretrained", "0", "--output-dir", "/out"]
+
+
+def test_the_leaderboard_names_a_model_set_in_training_parameters(tmp_path):
+    # the model is not a sampled parameter here: the record keeps the one the trial was given
+    job = parse_job({**JOB, "training_data": str(tmp_path / "missing.jsonl"), "limits": {"max_trials": 1},
+                     "search_space": [{"learning_rate": {"type": "choice", "values": [0.01]}}],
+                     "training_parameters": {"number_of_epochs": 1, "model_name": "mobilenetv2"}})
+    result = run_sweep(job, tmp_path / "run", device="cpu", echo=lambda s: None)
+    (trial,) = result.trials
+    assert trial.status == "failed" and trial.parameters == {"learning_rate": 0.01}
+    assert trial.model_name == "mobilenetv2"
+    assert load_sweep(tmp_path / "run").trials[0].model_name == "mobilenetv2"  # kept in sweep.json
+    board = json.loads((tmp_path / "run" / "leaderboard.json").read_text())
+    assert board["trials"][0]["model_name"] == "mobilenetv2"
+    assert format_leaderboard(result).splitlines()[1].split()[:4] == ["-", "trial-0000", "failed", "mobilenetv2"]

@@ -288,7 +288,7 @@ def _trial_record(trial: str, index: int, folder, task, fixed: Mapping[str, Any]
     config = json.loads((folder / CONFIG_FILE).read_text()) if (folder / CONFIG_FILE).is_file() else {}
     values = config.get("hyperparameters", {})
     params = {**fixed, **{k: values[k] for k in swept if k in values}}
-    rec = TrialRecord(trial, index, params)
+    rec = TrialRecord(trial, index, params, model=values.get("model_name") or fixed.get("model_name"))
     for row in read_metrics(folder / METRICS_FILE):
         if primary in row:
             rec.values.append(float(row[primary]))
