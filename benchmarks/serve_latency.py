@@ -44,7 +44,7 @@ def build_package(root: Path, model_name: str, crop: int) -> Path:
     import torch
 
     from automl_vision.models.registry import build_model
-    from automl_vision.serving.package import package_model
+    from automl_vision.serving.export import package_model
     from automl_vision.spec import hyperparameters as hps
     from automl_vision.spec.tasks import ImageTask
     from automl_vision.training.loop import save_model

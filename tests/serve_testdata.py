@@ -62,7 +62,7 @@ def save_random_trial(out: Path, task: ImageTask, model_name: str, classes=("blu
 
 def make_package(root: Path, task: ImageTask, model_name: str, *, onnx: bool = False, **given) -> Path:
     """A full model package (``package_model``) of a random-init model."""
-    from automl_vision.serving.package import package_model
+    from automl_vision.serving.export import package_model
 
     outputs = save_random_trial(root / "trial", task, model_name, **given)
     return package_model(outputs, root / "package", onnx=onnx).path

@@ -112,3 +112,22 @@ def split_jsonl(path: str | os.PathLike, task: ImageTask, out_dir: str | os.Path
     for k in targets:
         os.replace(tmp[k], targets[k])
     return SplitFiles(targets["train"], targets["validation"], counts["train"], counts["validation"])
+
+
+def first_lines_jsonl(path: str | os.PathLike, limit: int, out: str | os.PathLike) -> tuple[Path, int, int]:
+    """``(file, kept, total)``: ``path`` itself when it has at most ``limit`` labelled lines, else its
+    first ``limit`` lines written to ``out`` (a relative image_url made absolute, as it is read from
+    elsewhere)."""
+    lines = [ln for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if len(lines) <= limit:
+        return Path(path), len(lines), len(lines)
+    base = Path(path).resolve().parent
+    rows = []
+    for ln in lines[:limit]:
+        row = json.loads(ln)
+        url = row.get("image_url", "")
+        if isinstance(url, str) and "://" not in url and not os.path.isabs(url):
+            row["image_url"] = str(base / url)
+        rows.append(json.dumps(row))
+    Path(out).write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return Path(out), limit, len(lines)

@@ -199,10 +199,11 @@ def predict_tensors(model: nn.Module, images: Sequence[torch.Tensor], settings: 
     """Detections (pixel coordinates) on float CHW images in [0, 1], already on the model's device.
 
     With a tile grid, each image and each of its tiles goes through the model and the boxes are
-    merged (spec section 9); the model is assumed to be in eval mode.
+    merged (spec section 9); the model is assumed to be in eval mode. ``model`` may also be its ONNX
+    Runtime stand-in (``models/onnx_detectors.py``).
     """
     if settings.tile_grid_size is None:
-        outputs = model(list(images))
+        outputs = _same_size_batches(model, list(images))
         return [_to_predictions(o, settings, with_masks) for o in outputs]
     if with_masks:
         raise ConfigError("tiling (tile_grid_size) is available for object detection only")
@@ -211,12 +212,28 @@ def predict_tensors(model: nn.Module, images: Sequence[torch.Tensor], settings: 
         h, w = image.shape[-2:]
         windows = [pixel_window(t, w, h) for t in tile_boxes(w, h, settings.tile_grid_size, settings.tile_overlap_ratio)]
         crops = [image] + [image[:, y1:y2, x1:x2] for x1, y1, x2, y2 in windows]
-        outputs = model(crops)
+        outputs = _same_size_batches(model, crops)
         sources = [_to_predictions(o, settings, False) for o in outputs]
         offsets = [(0, 0)] + [(x1, y1) for x1, y1, _, _ in windows]
         results.append(merge_tile_predictions(sources, offsets, settings.tile_predictions_nms_thresh,
                                               settings.box_detections_per_img))
     return results
+
+
+def _same_size_batches(model, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """The model's outputs for ``images``, which go through it in batches of one size each: torchvision pads
+    a batch to its largest image, which changes what the others' borders look like to the network, so an
+    image (or tile) gets the same answer whatever shares its batch, and the same as from the ONNX export."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, t in enumerate(images):
+        groups.setdefault(tuple(t.shape), []).append(i)
+    if len(groups) == 1:
+        return model(images)
+    out: list = [None] * len(images)
+    for indices in groups.values():
+        for i, o in zip(indices, model([images[i] for i in indices])):
+            out[i] = o
+    return out
 
 
 def scoring_output(pred: ImagePredictions, classes: Sequence[str], width: int, height: int,

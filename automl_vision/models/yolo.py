@@ -159,8 +159,9 @@ class YoloSettings:
 
 
 @torch.inference_mode()
-def predict_arrays(model: nn.Module, images: Sequence[np.ndarray], settings: YoloSettings) -> list[ImagePredictions]:
-    """Detections (original pixels) on HWC uint8 RGB arrays: letterbox to ``img_size``, NMS, scale back."""
+def predict_arrays(model, images: Sequence[np.ndarray], settings: YoloSettings) -> list[ImagePredictions]:
+    """Detections (original pixels) on HWC uint8 RGB arrays: letterbox to ``img_size``, NMS, scale back.
+    ``model``: the DetectionModel in eval mode, or its ONNX Runtime stand-in (``OnnxYolo``)."""
     prepare_ultralytics()
     # ultralytics reads its settings file when first imported: only after prepare_ultralytics()
     from ultralytics.data.augment import LetterBox
@@ -169,7 +170,7 @@ def predict_arrays(model: nn.Module, images: Sequence[np.ndarray], settings: Yol
 
     if not images:
         return []
-    device = next(model.parameters()).device
+    device = next(model.parameters()).device if isinstance(model, nn.Module) else model.device
     letterbox = LetterBox((settings.img_size, settings.img_size), auto=False, stride=int(model.stride.max()))
     batch = np.stack([letterbox(image=im) for im in images])
     x = torch.from_numpy(batch).permute(0, 3, 1, 2).to(device).float() / 255

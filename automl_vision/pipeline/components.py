@@ -188,16 +188,25 @@ def report(
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def package(run: Input[Artifact], model: Output[Model]):
-    """Package the best trial's model for serving: weights, labels, inference settings, an ONNX
-    export checked against PyTorch where the model allows, and a README."""
+def package(run: Input[Artifact], validation_split: Input[Dataset], model: Output[Model],
+            validation_data: str = ""):
+    """Package the best trial's model for serving: weights, labels, inference settings, a README, and
+    an ONNX export kept only when it scores the validation data (validation_data when given, else the
+    ingest step's validation split) like the trained model: answers per image within tolerances, primary
+    metric within 0.5 points."""
     import os
 
-    from automl_vision.serving.package import package_model
+    from automl_vision.pipeline.steps import validation_jsonl
+    from automl_vision.serving.export import package_model
 
-    result = package_model(os.path.join(run.path, "best_model"), model.path)
+    data = validation_jsonl(validation_data, validation_split.path)
+    result = package_model(os.path.join(run.path, "best_model"), model.path, validation_data=data)
+    gate = result.onnx.gate or {}
     model.metadata.update({"task": result.settings.task.value, "model_name": result.settings.model_name,
-                           "onnx": result.onnx.file is not None})
+                           "onnx": result.onnx.file is not None,
+                           "onnx_check": gate.get("reason") or result.onnx.reason})
+    print(f"ONNX export {'kept' if result.onnx.file else 'left out'}: {gate.get('reason') or result.onnx.reason}",
+          flush=True)
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)

@@ -109,7 +109,8 @@ def _build_pipeline(settings: ClusterSettings | None, backend: str):
         reported = C.report(run=swept.outputs["run"], dataset=data.outputs["dataset"],
                             evaluation=scored.outputs["evaluation"], validation_split=data.outputs["validation"],
                             validation_data=validation_data, job_name=name, training_data=training_data)
-        packaged = C.package(run=swept.outputs["run"])
+        packaged = C.package(run=swept.outputs["run"], validation_split=data.outputs["validation"],
+                             validation_data=validation_data)
         for step in (data, shown, swept, scored, reported, packaged):
             configure_step(step, sweep_settings if step is swept else settings)
         with dsl.If(deploy == True, name="deploy-requested"):  # noqa: E712 (a pipeline condition, not a bool)

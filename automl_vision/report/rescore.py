@@ -9,7 +9,6 @@ so lives above the report); the pipeline's report step passes its evaluate step'
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from automl_vision.data.load import split_jsonl
+from automl_vision.data.load import first_lines_jsonl, split_jsonl
 from automl_vision.errors import ConfigError
 from automl_vision.evaluation.scoring import METRICS_FILE
 from automl_vision.training.runfolder import RunData, TrialView, read_json
@@ -68,20 +67,7 @@ def _validation_jsonl(run: RunData, best: TrialView, folder: Path) -> tuple[Path
             raise ConfigError(f"the validation split of {training} can only be rebuilt from a JSONL file")
         path = split_jsonl(training, run.task, folder / "split", ratio=hp.get("split_ratio", 0.2),
                            seed=hp.get("seed", 0)).validation
-    lines = [ln for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
-    if len(lines) <= MAX_EVALUATION_IMAGES:
-        return Path(path), len(lines), len(lines)
-    capped = folder / "validation_first.jsonl"
-    base = Path(path).resolve().parent
-    out = []
-    for ln in lines[:MAX_EVALUATION_IMAGES]:
-        row = json.loads(ln)
-        url = row.get("image_url", "")
-        if isinstance(url, str) and "://" not in url and not os.path.isabs(url):
-            row["image_url"] = str(base / url)  # the capped copy lives elsewhere
-        out.append(json.dumps(row))
-    capped.write_text("\n".join(out) + "\n", encoding="utf-8")
-    return capped, MAX_EVALUATION_IMAGES, len(lines)
+    return first_lines_jsonl(path, MAX_EVALUATION_IMAGES, folder / "validation_first.jsonl")
 
 
 def evaluate_best(run: RunData, best: TrialView, score_model: ScoreModel) -> Scores:

@@ -7,6 +7,7 @@ coordinates normalized to the image; instance segmentation adds each object's ``
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,12 +15,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from automl_vision.models.detection import image_to_tensor, load_detector, predict_tensors, scoring_output
+from automl_vision.errors import ConfigError
+from automl_vision.models.detection import (DetectorSettings, image_to_tensor, load_detector, predict_tensors,
+                                            scoring_output)
 from automl_vision.models.device import pick_device
-from automl_vision.models.yolo import load_yolo, predict_arrays
-from automl_vision.serving.package import ModelPackage
+from automl_vision.models.onnx_detectors import OnnxTorchvisionDetector, OnnxYolo, graph_settings_problem
+from automl_vision.models.yolo import YoloSettings, load_yolo, predict_arrays
+from automl_vision.serving.package import ModelPackage, have_onnxruntime
 from automl_vision.serving.settings import InferenceSettings
 from automl_vision.spec.tasks import YOLO_MODELS, ImageTask
+
+log = logging.getLogger(__name__)
 
 
 def to_float_tensor(image: Image.Image) -> torch.Tensor:
@@ -37,17 +43,24 @@ class DetectionEngine:
         self.task, self.labels, self.settings = package.task, list(package.labels), settings
         self.segmentation = package.task is ImageTask.IMAGE_INSTANCE_SEGMENTATION
         device = pick_device(settings.device)
-        self.device, self._device = str(device), device
-        self.runtime = "pytorch"
         overrides = dict(settings.model)
         self.yolo = package.model_name in YOLO_MODELS
-        if self.yolo:
-            loaded = load_yolo(package.path, device, overrides=overrides)
-            self._preparer = to_uint8_array
+        self._preparer = to_uint8_array if self.yolo else to_float_tensor
+        self.runtime = onnx_runtime_choice(package, settings, device.type)
+        if self.runtime == "onnx":
+            device = pick_device("cpu")
+            model_settings = {**package.config.get("model_settings", {}), **overrides}
+            if self.yolo:
+                self._settings = YoloSettings.from_hyperparameters(model_settings)
+                self._model = OnnxYolo(package.onnx, int(package.onnx_info.get("stride", 32)))
+            else:
+                self._settings = DetectorSettings.from_hyperparameters(model_settings)
+                self._model = OnnxTorchvisionDetector(package.onnx, self._settings.to_json(),
+                                                      with_masks=self.segmentation)
         else:
-            loaded = load_detector(package.path, device, overrides=overrides)
-            self._preparer = to_float_tensor
-        self._model, self._settings = loaded.model, loaded.settings
+            loaded = (load_yolo if self.yolo else load_detector)(package.path, device, overrides=overrides)
+            self._model, self._settings = loaded.model, loaded.settings
+        self.device, self._device = str(device), device
 
     @property
     def preparer(self):
@@ -57,19 +70,9 @@ class DetectionEngine:
         """The raw detections (``ImagePredictions``, pixel coordinates, label indices) of a batch."""
         if self.yolo:
             return predict_arrays(self._model, list(prepared), self._settings)
-        # torchvision pads a batch to its largest image, which changes what the others' borders look
-        # like to the network: only images of one size go through together, so an image gets the
-        # same answer whatever else shares its batch (server, batch scoring and evaluation agree).
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, t in enumerate(prepared):
-            groups.setdefault(tuple(t.shape), []).append(i)
-        out: list = [None] * len(prepared)
-        for indices in groups.values():
-            preds = predict_tensors(self._model, [prepared[i].to(self._device) for i in indices], self._settings,
-                                    with_masks=self.segmentation)
-            for i, p in zip(indices, preds):
-                out[i] = p
-        return out
+        # images of one size go through together (models/detection.py), tiles included
+        return predict_tensors(self._model, [t.to(self._device) for t in prepared], self._settings,
+                               with_masks=self.segmentation)
 
     def infer(self, prepared: Sequence[Any]) -> list[dict[str, Any]]:
         if not prepared:
@@ -79,3 +82,26 @@ class DetectionEngine:
             h, w = (x.shape[0], x.shape[1]) if self.yolo else (x.shape[-2], x.shape[-1])
             out.append(scoring_output(pred, self.labels, w, h, self._settings, polygons=self.segmentation))
         return out
+
+
+def onnx_runtime_choice(package: ModelPackage, settings: InferenceSettings, device_type: str) -> str:
+    """``onnx`` or ``pytorch`` for a detector: ``auto`` takes ONNX Runtime on the CPU when the package has
+    an export (``model.onnx`` is only kept when it passed its checks) whose graph allows the settings;
+    ``onnx`` asked for and not possible is an error that says why."""
+    wanted = settings.runtime
+    if wanted == "pytorch" or (wanted == "auto" and device_type != "cpu"):
+        return "pytorch"
+    if package.onnx is None:
+        why = f"{package.path} has no model.onnx (see its package.json for why)"
+    elif not have_onnxruntime():
+        why = "onnxruntime is not installed"
+    else:
+        model_settings = {**package.config.get("model_settings", {}), **settings.model}
+        why = graph_settings_problem(package.onnx_info.get("graph_settings") or {}, model_settings)
+    if why is None:
+        return "onnx"
+    if wanted == "onnx":
+        raise ConfigError(f"runtime='onnx': {why}; serve with runtime='pytorch' or 'auto'")
+    if package.onnx is not None:
+        log.info("serving %s with PyTorch: %s", package.model_name, why)
+    return "pytorch"

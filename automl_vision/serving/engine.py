@@ -25,7 +25,7 @@ from PIL import Image
 from automl_vision.errors import ConfigError
 from automl_vision.models.device import pick_device
 from automl_vision.models.preprocessing import valid_transform
-from automl_vision.serving.package import ModelPackage, build_torch_model
+from automl_vision.serving.package import ModelPackage, build_torch_model, have_onnxruntime
 from automl_vision.serving.settings import InferenceSettings
 from automl_vision.spec.tasks import ImageTask
 
@@ -57,14 +57,6 @@ class ClassificationPreparer:
         return self.transform(image)
 
 
-def _have_onnxruntime() -> bool:
-    try:
-        import onnxruntime  # noqa: F401  (optional at run time: checked, then imported where used)
-    except ImportError:
-        return False
-    return True
-
-
 class ClassificationEngine:
     def __init__(self, package: ModelPackage, settings: InferenceSettings):
 
@@ -75,7 +67,7 @@ class ClassificationEngine:
         self.device = str(device)
         runtime = settings.runtime
         if runtime == "auto":
-            runtime = "onnx" if device.type == "cpu" and package.onnx is not None and _have_onnxruntime() else "pytorch"
+            runtime = "onnx" if device.type == "cpu" and package.onnx is not None and have_onnxruntime() else "pytorch"
         if runtime == "onnx" and package.onnx is None:
             raise ConfigError(f"runtime='onnx' but {package.path} has no model.onnx (see its package.json for why)")
         self.runtime = runtime

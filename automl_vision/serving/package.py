@@ -34,12 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from automl_vision import __version__
 from automl_vision.errors import ConfigError
 from automl_vision.models.catalogue import licence_text
-from automl_vision.models.package import (CONFIG_FILE, LABELS_FILE, MANIFEST_FILE, METRICS_FILE, ONNX_FILE,
-                                          PackageContents, atomic_copy, atomic_write, file_hashes, load_state_dict,
-                                          read_json, read_package, sha256_of)
+from automl_vision.models.package import MANIFEST_FILE, ONNX_FILE, PackageContents, load_state_dict, read_json, read_package
 from automl_vision.serving.settings import SETTINGS_FILE, InferenceSettings, flatten, resolve_settings
 from automl_vision.spec.catalogue import IMAGENET_MEAN, IMAGENET_STD
 from automl_vision.spec.tasks import FIXED_SIZE_MODELS, ImageTask
@@ -61,6 +58,9 @@ class ModelPackage(PackageContents):
 
     #: ``settings.json`` as a flat settings layer ({} when the folder has none).
     settings_layer: dict[str, Any] = field(default_factory=dict)
+    #: ``package.json``'s description of ``model.onnx`` ({} without one): its inputs, outputs, the
+    #: settings fixed in the graph, the checks it passed.
+    onnx_info: dict[str, Any] = field(default_factory=dict)
 
     def settings(self, *layers: tuple[str, Mapping[str, Any]]) -> InferenceSettings:
         """The inference settings: trained values < settings.json < ``layers`` (lowest first)."""
@@ -81,7 +81,12 @@ def load_package(folder: str | Path, *, verify: bool = True) -> ModelPackage:
     if isinstance(contents.config.get("preprocessing"), dict):  # what training normalized with (serving takes the same)
         hyperparameters["preprocessing"] = contents.config["preprocessing"]
     values = {f.name: getattr(contents, f.name) for f in fields(PackageContents)}
-    return ModelPackage(**{**values, "hyperparameters": hyperparameters}, settings_layer=layer)
+    onnx_info: dict[str, Any] = {}
+    if contents.onnx is not None and (folder / MANIFEST_FILE).is_file():
+        manifest = read_json(folder / MANIFEST_FILE, "package manifest")
+        entry = manifest.get("onnx") if isinstance(manifest, dict) else None
+        onnx_info = entry if isinstance(entry, dict) else {}
+    return ModelPackage(**{**values, "hyperparameters": hyperparameters}, settings_layer=layer, onnx_info=onnx_info)
 
 
 def build_torch_model(package: ModelPackage):
@@ -105,6 +110,14 @@ def build_torch_model(package: ModelPackage):
 
 # --- ONNX ------------------------------------------------------------------------------------------
 
+def have_onnxruntime() -> bool:
+    try:
+        import onnxruntime  # noqa: F401  (optional at run time: checked, then imported where used)
+    except ImportError:
+        return False
+    return True
+
+
 @dataclass
 class OnnxExport:
     """What ``package.json`` says about the ONNX file."""
@@ -118,10 +131,17 @@ class OnnxExport:
     dynamic_image_size: bool = False
     #: The manifest entry as an earlier packaging of the same weights wrote it (reused, not re-exported).
     manifest: dict | None = None
+    #: A detector's graph: inputs, outputs, the settings fixed in it (``models/onnx_detectors.py``).
+    description: dict | None = None
+    #: The export gate's figures (``serving/export.py``).
+    gate: dict | None = None
 
     def to_json(self, package: ModelPackage, settings: InferenceSettings) -> dict[str, Any]:
         if self.file is None:
-            return {"file": None, "reason": self.reason}
+            return {"file": None, "reason": self.reason, **({"gate": self.gate} if self.gate else {})}
+        if self.description is not None:
+            return {"file": self.file, **self.description, "gate": self.gate,
+                    "export_seconds": round(self.seconds, 1)}
         crop = settings.model.get("valid_crop_size")
         hw = ["height", "width"] if self.dynamic_image_size else [crop, crop]
         multilabel = package.task is ImageTask.IMAGE_CLASSIFICATION_MULTILABEL
@@ -138,20 +158,22 @@ class OnnxExport:
                        "activation": "sigmoid" if multilabel else "softmax"},
             "checked_against_pytorch": {"max_abs_diff": self.max_abs_diff, "tolerance": self.tolerance,
                                         "input_shapes": self.checked_shapes},
+            "gate": self.gate,
             "export_seconds": round(self.seconds, 1),
         }
 
 
 def export_classifier_onnx(model, path: Path, crop: int, dynamic_image_size: bool) -> OnnxExport:
     """Export ``model`` (eval mode, CPU) to ``path`` with a dynamic batch (and image size where the
-    architecture takes any), then check ONNX Runtime against PyTorch on random images."""
+    architecture takes any), then check ONNX Runtime against PyTorch on random images; the file is
+    removed when they disagree."""
     import onnxruntime as ort  # optional, and heavy: only to export
     import torch  # not at the top: reading a package needs no torch
 
     t0 = time.monotonic()
     sample = torch.randn(2, 3, crop, crop)
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic_image_size else {0: "batch"}
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path
     # The exporter prints its progress on stdout; a run's output keeps only its own lines.
     with contextlib.redirect_stdout(io.StringIO()) as printed, warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -177,87 +199,13 @@ def export_classifier_onnx(model, path: Path, crop: int, dynamic_image_size: boo
             return OnnxExport(None, reason=f"ONNX Runtime and PyTorch disagree on input {list(shape)}: max "
                               f"|difference| of the logits {diff:.3g} > tolerance {allowed:.3g}",
                               max_abs_diff=diff, tolerance=allowed)
-    tmp.replace(path)
-    return OnnxExport(path.name, max_abs_diff=worst, tolerance=tolerance, checked_shapes=[list(s) for s in shapes],
+    return OnnxExport(ONNX_FILE, max_abs_diff=worst, tolerance=tolerance, checked_shapes=[list(s) for s in shapes],
                       seconds=time.monotonic() - t0, dynamic_image_size=dynamic_image_size)
 
 
-def _export_onnx(package: ModelPackage, settings: InferenceSettings, dest: Path) -> OnnxExport:
-    if not package.task.is_classification:
-        return OnnxExport(None, reason=f"ONNX export is offered for classification models; {package.model_name} "
-                                       f"({package.task.value}) is served with PyTorch")
-    model = build_torch_model(package)
-    try:
-        return export_classifier_onnx(model, dest / ONNX_FILE, settings["valid_crop_size"],
-                                      dynamic_image_size=package.model_name not in FIXED_SIZE_MODELS)
-    except Exception as e:  # the exporter's failures are many and untyped; the package says which
-        (dest / (ONNX_FILE + ".tmp")).unlink(missing_ok=True)
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        return OnnxExport(None, reason=f"torch.onnx.export failed for {package.model_name}: "
-                                       f"{type(e).__name__}: {first[:300]}")
-
-
-# --- packaging -------------------------------------------------------------------------------------
-
-@dataclass
-class PackageResult:
-    path: Path
-    onnx: OnnxExport
-    settings: InferenceSettings
-
-
-def package_model(trial_outputs_dir: str | Path, dest_dir: str | Path, *, onnx: bool = True) -> PackageResult:
-    """Turn a trial's ``outputs/`` into a full package in ``dest_dir``: the trial's files plus
-    ``settings.json``, ``model.onnx`` (where the model allows; checked against PyTorch),
-    ``package.json`` and ``README.md``. ``dest_dir`` may be the trial's folder itself."""
-    src, dest = Path(trial_outputs_dir), Path(dest_dir)
-    package = load_package(src, verify=False)
-    if dest.resolve() != src.resolve():
-        dest.mkdir(parents=True, exist_ok=True)
-        for item in src.iterdir():
-            if item.is_file() and not item.name.endswith(".tmp"):
-                atomic_copy(item, dest / item.name)
-        package = load_package(dest, verify=False)
-    settings = package.settings()
-    atomic_write(dest / SETTINGS_FILE, json.dumps(settings.to_json(), indent=2) + "\n")
-    digest = sha256_of(package.weights)
-    previous = _previous_onnx(dest, digest) if onnx else None
-    if previous is not None:
-        export = previous  # the same weights were exported and checked when this package was made
-    elif onnx:
-        export = _export_onnx(package, settings, dest)
-    else:
-        export = OnnxExport(None, reason="not requested")
-    if export.file is None:
-        (dest / ONNX_FILE).unlink(missing_ok=True)
-        log.info("no ONNX export: %s", export.reason)
-    elif previous is not None:
-        log.info("ONNX export of these weights already checked against PyTorch; kept")
-    else:
-        log.info("ONNX export checked against PyTorch: max |difference| %.2g (tolerance %.2g), %.1f s",
-                 export.max_abs_diff, export.tolerance, export.seconds)
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "created_by": f"automl-vision {__version__}",
-        "task": package.task.value,
-        "model_name": package.model_name,
-        "num_classes": len(package.labels),
-        "epoch": package.epoch,
-        "weights_sha256": digest,
-        "files": {"weights": package.weights.name, "config": CONFIG_FILE, "labels": LABELS_FILE,
-                  "settings": SETTINGS_FILE, "metrics": METRICS_FILE if (dest / METRICS_FILE).is_file() else None,
-                  "onnx": export.file, "readme": README_FILE},
-        "onnx": export.manifest if export.manifest is not None else export.to_json(package, settings),
-        # What a load verifies; settings.json is left out on purpose: it is there to be edited.
-        "sha256": file_hashes((package.weights, dest / CONFIG_FILE, dest / LABELS_FILE, dest / ONNX_FILE)),
-    }
-    atomic_write(dest / README_FILE, readme(package, settings, export))
-    atomic_write(dest / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
-    return PackageResult(dest, export, settings)
-
-
-def _previous_onnx(folder: Path, digest: str) -> OnnxExport | None:
-    """The ONNX export already in ``folder`` (packaged before, e.g. by the sweep), if it is of these weights."""
+def previous_onnx(folder: Path, digest: str, data: str | Path | None) -> OnnxExport | None:
+    """The ONNX export already in ``folder`` (packaged before, e.g. by the sweep), if it is of these
+    weights and was gated on the same validation data (or on none, when none is given now)."""
     try:
         manifest = json.loads((folder / MANIFEST_FILE).read_text())
     except (OSError, json.JSONDecodeError):
@@ -265,9 +213,13 @@ def _previous_onnx(folder: Path, digest: str) -> OnnxExport | None:
     entry = manifest.get("onnx") or {}
     if manifest.get("weights_sha256") != digest or not entry.get("file") or not (folder / ONNX_FILE).is_file():
         return None
+    gate = entry.get("gate") or {}
+    if not gate.get("passed") or gate.get("data") != (None if data is None else str(data)):
+        return None
     check = entry.get("checked_against_pytorch") or {}
     return OnnxExport(entry["file"], max_abs_diff=check.get("max_abs_diff"), tolerance=check.get("tolerance"),
-                      checked_shapes=check.get("input_shapes") or [], manifest=entry)
+                      checked_shapes=check.get("input_shapes") or [], manifest=entry, gate=gate,
+                      description=entry if "graph_settings" in entry else None)
 
 
 def _licence_text(package: ModelPackage) -> str:
@@ -293,7 +245,18 @@ def readme(package: ModelPackage, settings: InferenceSettings, export: OnnxExpor
                   '"label": "%s", "score": 0.93, "polygon": [[0.1, 0.2, 0.5, 0.2, 0.5, 0.9]]}]}]' % package.labels[0])
     settings_lines = "\n".join(f"| `{k}` | `{json.dumps(v)}` |" for k, v in settings.to_json()["model_settings"].items())
     serving_lines = "\n".join(f"| `{k}` | `{json.dumps(v)}` |" for k, v in settings.serving().items())
-    if export.file:
+    if export.file and export.description is not None:
+        d = export.description
+        outputs = ", ".join(f"`{k}` `{v}`" for k, v in d["outputs"].items())
+        gate = export.gate or {}
+        onnx_text = (f"`{ONNX_FILE}` (opset {d['opset']}) takes `images` (float32, `[batch, 3, height, width]`, RGB "
+                     f"scaled to [0, 1]{', letterboxed to img_size' if 'stride' in d else ''}) and returns {outputs}. "
+                     + (f"Fixed in the graph: {json.dumps(d['graph_settings'])} (box_score_thresh may be raised "
+                        "and box_detections_per_img lowered when loading; other changes are served with PyTorch). "
+                        if d.get("graph_settings") else "Score threshold, NMS and scaling back are applied outside "
+                        "the graph (ultralytics' functions), so every setting applies. ")
+                     + f"Checked against PyTorch: {gate.get('reason', 'not checked')}.")
+    elif export.file:
         onnx_text = (f"`{ONNX_FILE}` takes `image` (float32, `[batch, 3, H, W]`, RGB scaled to [0, 1] then "
                      f"normalized with mean {list(settings.get('mean', IMAGENET_MEAN))} and std "
                      f"{list(settings.get('std', IMAGENET_STD))}, after resizing ({settings.get('interpolation', 'bilinear')}) "
@@ -301,7 +264,8 @@ def readme(package: ModelPackage, settings: InferenceSettings, export: OnnxExpor
                      f"{settings.get('valid_crop_size')}) and returns `logits` (`[batch, {len(package.labels)}]`; "
                      f"apply {'a sigmoid' if task is ImageTask.IMAGE_CLASSIFICATION_MULTILABEL else 'a softmax'}). "
                      f"Checked against PyTorch: max |difference| {export.max_abs_diff:.2g} "
-                     f"(tolerance {export.tolerance:.2g}).")
+                     f"(tolerance {export.tolerance:.2g})"
+                     + (f"; {export.gate['reason']}." if export.gate else "."))
     else:
         onnx_text = f"No ONNX export: {export.reason}."
     return f"""# {package.model_name} for {task.value}

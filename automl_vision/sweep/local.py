@@ -325,7 +325,22 @@ class _Sweep:
         best = self.result().best
         if self.onnx and best is not None:
             # once, for the final best: exporting on every change of the best would hold the scheduler up
-            _write_best_model(self.result(), best, onnx=True)
+            _write_best_model(self.result(), best, onnx=True, validation_data=self._gate_data(best))
+
+    def _gate_data(self, best: TrialRecord) -> str | None:
+        """The labelled JSONL the final ONNX export is checked on: the job's validation data, else the best
+        trial's own validation split (rebuilt from JSONL training data; None for other sources)."""
+        if self.job.validation_data:
+            return str(self.job.validation_data)
+        training = str(self.job.training_data)
+        config = self.run_dir / "trials" / best.trial_id / OUTPUTS_DIR / "config.json"
+        if not training.endswith(".jsonl") or not config.is_file():
+            return None
+        from automl_vision.data.load import split_jsonl  # reads and validates the data: only here
+
+        hp = json.loads(config.read_text()).get("hyperparameters", {})
+        return str(split_jsonl(training, self.task, self.run_dir / "export_check",
+                               ratio=hp.get("split_ratio", 0.2), seed=hp.get("seed", 0)).validation)
 
     def _start(self, index: int, total: int) -> int:
         """Start trial ``index``; returns 1 when it failed before starting (an invalid sample), else 0."""
@@ -642,9 +657,10 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def _write_best_model(result: SweepResult, best: TrialRecord, *, onnx: bool = False) -> bool:
-    """Copy the best trial's model package to ``best_model/`` (with ``onnx``, its ONNX export, checked
-    against PyTorch); False when it left none."""
+def _write_best_model(result: SweepResult, best: TrialRecord, *, onnx: bool = False,
+                      validation_data: str | None = None) -> bool:
+    """Copy the best trial's model package to ``best_model/`` (with ``onnx``, its ONNX export, gated on
+    ``validation_data``); False when it left none."""
     source = result.run_dir / "trials" / best.trial_id / OUTPUTS_DIR
     if not (source / "model.safetensors").is_file():
         log.warning("%s has the best %s but left no model in %s", best.trial_id, result.primary_metric, source)
@@ -652,9 +668,9 @@ def _write_best_model(result: SweepResult, best: TrialRecord, *, onnx: bool = Fa
     target = result.run_dir / "best_model"
     tmp = result.run_dir / "best_model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    from automl_vision.serving.package import package_model  # settings.json, ONNX export, README
+    from automl_vision.serving.export import package_model  # settings.json, ONNX export, README
 
-    package_model(source, tmp, onnx=onnx)
+    package_model(source, tmp, onnx=onnx, validation_data=validation_data)
     (tmp / "trial.json").write_text(json.dumps(best.to_json(result.primary_metric), indent=2))
     replace_folder(tmp, target)
     return True

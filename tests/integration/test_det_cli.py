@@ -77,6 +77,46 @@ def _write_predictions(path: Path, rows, responses) -> Path:
     return path
 
 
+def _packaged_with_onnx(outputs: Path, dest: Path, validation: Path) -> Path:
+    """The trial packaged as a run packages it: the ONNX export gated on the validation data."""
+    from automl_vision.serving.export import package_model
+
+    result = package_model(outputs, dest, validation_data=validation)
+    gate = result.onnx.gate or {}
+    assert result.onnx.file == "model.onnx" and (dest / "model.onnx").is_file(), result.onnx.reason
+    assert gate["passed"] and gate["data"] == str(validation) and gate["images"] == 3, gate
+    assert gate["onnx"] == pytest.approx(gate["pytorch"], abs=0.005)
+    return dest
+
+
+def _answers(package_dir: Path, images, runtime: str, **settings) -> tuple[str, list[dict]]:
+    from automl_vision.serving.engine import load_engine
+    from automl_vision.serving.package import load_package
+
+    package = load_package(package_dir)
+    engine = load_engine(package, package.settings(("test", {"runtime": runtime, **settings})))
+    return engine.runtime, engine.infer([engine.preparer(im) for im in images])
+
+
+def _same_answers(ours: list[dict], theirs: list[dict]) -> int:
+    """Both runtimes' answers agree box for box (sorted by score): labels, coordinates within 1e-3 of the
+    image, scores within 1e-3, polygons with as many points within 2 pixels' worth; returns the box count."""
+    count = 0
+    for a, b in zip(ours, theirs, strict=True):
+        assert len(a["boxes"]) == len(b["boxes"])
+        for x, y in zip(sorted(a["boxes"], key=lambda d: -d["score"]), sorted(b["boxes"], key=lambda d: -d["score"])):
+            assert x["label"] == y["label"] and x["score"] == pytest.approx(y["score"], abs=1e-3)
+            assert [x["box"][k] for k in sorted(x["box"])] == pytest.approx([y["box"][k] for k in sorted(y["box"])],
+                                                                           abs=1e-3)
+            if "polygon" in x:
+                from automl_vision.models.masks import polygon_to_mask
+
+                mx, my = polygon_to_mask(x["polygon"], 96, 80), polygon_to_mask(y["polygon"], 96, 80)
+                assert (mx & my).sum() >= 0.9 * (mx | my).sum()
+            count += 1
+    return count
+
+
 def test_fasterrcnn_with_tiling_trains_serves_and_evaluates(tiny, tmp_path):
     out = tmp_path / "trial"
     p = cli("train", "--task", "image_object_detection", "--training_data", str(tiny["train3"]),
@@ -107,6 +147,38 @@ def test_fasterrcnn_with_tiling_trains_serves_and_evaluates(tiny, tmp_path):
     assert scores["mean_average_precision"] == pytest.approx(float(rows[-1]["mean_average_precision"]), abs=1e-5)
     assert scores["coco_map"] == pytest.approx(float(rows[-1]["coco_map"]), abs=1e-4)
 
+    # The ONNX export: gated on the validation data, served by default on the CPU, tiles and all.
+    packaged = _packaged_with_onnx(out / "outputs", tmp_path / "package", tiny["val"])
+    runtime, onnx_answers = _answers(packaged, images, "auto")
+    assert runtime == "onnx"
+    assert _same_answers(onnx_answers, _answers(packaged, images, "pytorch")[1]) > 0
+    # Resizing and a stricter score threshold are applied outside the graph; NMS is fixed in it.
+    changed = {"box_score_thresh": 0.3, "box_detections_per_img": 5, "min_size": 80}
+    runtime, answers = _answers(packaged, images, "auto", **changed)
+    assert runtime == "onnx" and _same_answers(answers, _answers(packaged, images, "pytorch", **changed)[1]) >= 0
+    assert _answers(packaged, images[:1], "auto", box_nms_thresh=0.3)[0] == "pytorch"
+    from automl_vision.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"box_nms_thresh=0.3 \(exported with 0.5\)"):
+        _answers(packaged, images[:1], "onnx", box_nms_thresh=0.3)
+
+    # An export that does not score like the trained model is caught: the same network with other weights.
+    import torch
+
+    from automl_vision.models.onnx_detectors import export_torchvision_detector
+    from automl_vision.serving.export import gate_export
+    from automl_vision.serving.package import load_package
+
+    other = load_detector(out / "outputs")
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in other.model.roi_heads.box_predictor.parameters():
+            p.normal_(0, 0.5)
+    wrong = tmp_path / "wrong.onnx"
+    description = export_torchvision_detector(other.model, wrong, other.settings.to_json(), with_masks=False)
+    gate = gate_export(load_package(packaged), wrong, description, tiny["val"])
+    assert not gate.passed and "ONNX Runtime's answers differ from PyTorch's on" in gate.reason, gate.reason
+
 
 def test_maskrcnn_trains_and_serves_polygons(tiny, tmp_path):
     out = tmp_path / "trial"
@@ -126,6 +198,10 @@ def test_maskrcnn_trains_and_serves_polygons(tiny, tmp_path):
     assert all("polygon" in d and all(len(ring) % 2 == 0 for ring in d["polygon"]) for d in dets)
     assert all(sum(len(ring) for ring in d["polygon"]) // 2 <= 100 for d in dets)
 
+    packaged = _packaged_with_onnx(out / "outputs", tmp_path / "package", tiny["seg_val"])
+    runtime, onnx_answers = _answers(packaged, images, "auto")
+    assert runtime == "onnx" and _same_answers(onnx_answers, _answers(packaged, images, "pytorch")[1]) > 0
+
 
 def test_retinanet_trains(tiny, tmp_path):
     out = tmp_path / "trial"
@@ -133,6 +209,7 @@ def test_retinanet_trains(tiny, tmp_path):
             "--validation_data", str(tiny["val"]), "--model_name", "retinanet_resnet50_fpn", *TORCHVISION_SMALL,
             "--optimizer", "adamw", "--learning_rate", "0.0001", "--layers_to_freeze", "2", "--output-dir", str(out))
     check_trial(p, out, set())
+    _packaged_with_onnx(out / "outputs", tmp_path / "package", tiny["val"])
 
 
 def test_yolov5_trains_through_ultralytics_and_reports_through_ours(tiny, tmp_path):
@@ -156,6 +233,14 @@ def test_yolov5_trains_through_ultralytics_and_reports_through_ours(tiny, tmp_pa
     _, images = _images(tiny["val"])
     responses = predict_images(package.model, images, package.settings, package.classes)
     assert len(responses) == 3 and all(d["label"] in ("blue", "red") for r in responses for d in r["boxes"])
+
+    # The ONNX export takes any batch: three images at once answer as each alone, and as PyTorch does.
+    packaged = _packaged_with_onnx(out / "outputs", tmp_path / "package", tiny["val"])
+    runtime, together = _answers(packaged, images, "auto", box_score_thresh=0.0)
+    assert runtime == "onnx"
+    alone = [_answers(packaged, [im], "onnx", box_score_thresh=0.0)[1][0] for im in images]
+    assert _same_answers(together, alone) == _same_answers(together, _answers(packaged, images, "pytorch",
+                                                                              box_score_thresh=0.0)[1]) > 0
 
 
 def test_bccd_short_run_gives_finite_loss_and_a_metric(tmp_path):

@@ -120,7 +120,8 @@ def test_yolo_resumes_from_its_checkpoint(data, tmp_path):
 def test_the_package_reader_reads_what_training_writes(tmp_path, task, model_name):
     from serve_testdata import save_random_trial
 
-    from automl_vision.serving.package import build_torch_model, load_package, package_model
+    from automl_vision.serving.export import package_model
+    from automl_vision.serving.package import build_torch_model, load_package
 
     outputs = save_random_trial(tmp_path / "trial", task, model_name)
     package = read_package(outputs)

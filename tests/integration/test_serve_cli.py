@@ -22,7 +22,8 @@ from safetensors.torch import load_file, save_file
 from serve_testdata import make_package
 
 from automl_vision.serving.engine import load_engine
-from automl_vision.serving.package import load_package, package_model
+from automl_vision.serving.export import package_model
+from automl_vision.serving.package import load_package
 from automl_vision.spec.tasks import ImageTask
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]  # predict and evaluate run in this process

@@ -13,7 +13,8 @@ from serve_testdata import save_random_trial
 from automl_vision.errors import ConfigError
 from automl_vision.models.package import find_weights
 from automl_vision.serving.engine import load_engine
-from automl_vision.serving.package import load_package, package_model
+from automl_vision.serving.export import package_model
+from automl_vision.serving.package import load_package
 from automl_vision.spec.tasks import ImageTask
 
 MC, ML = ImageTask.IMAGE_CLASSIFICATION, ImageTask.IMAGE_CLASSIFICATION_MULTILABEL

@@ -13,7 +13,8 @@ from PIL import Image
 
 from automl_vision.errors import ConfigError
 from automl_vision.models.preprocessing import BatchPreparer, normalization, valid_transform
-from automl_vision.serving.package import load_package, package_model
+from automl_vision.serving.export import package_model
+from automl_vision.serving.package import load_package
 from automl_vision.serving.settings import resolve_settings
 from automl_vision.spec.tasks import ImageTask
 from serve_testdata import save_random_trial
