@@ -10,6 +10,14 @@
 
     python benchmarks/serve_latency.py [--model-name resnet18] [--rounds 3] [--requests 32] [--clients 1,8,32]
 
+With ``--detectors``, instead: each detector (``fasterrcnn_resnet18_fpn,maskrcnn_resnet18_fpn,...``)
+packaged with its ONNX export (gated on synthetic images: the weights are random), then the engine's
+whole prediction (resize, network, NMS, masks) per image with ONNX Runtime against PyTorch, in-process,
+at batch 1, 8 and 32, on BCCD's 640x480 photos (goal: ONNX at most 0.8x PyTorch's time).
+
+    python benchmarks/serve_latency.py --detectors fasterrcnn_resnet18_fpn,retinanet_resnet50_fpn,yolov5 \
+        [--min-size 480] [--batches 1,8,32]
+
 A random-init model of the real architecture is packaged (what is timed does not depend on the
 weights' values); requests are the fridge_small150 photos, base64 in the original's request body.
 """
@@ -33,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 FRIDGE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fridge_small150"
+BCCD = FRIDGE.parent / "bccd" / "JPEGImages"
 
 
 # `automl-vision serve` sleeps idle OpenMP threads (see cmd_serve); the in-process figures use the
@@ -161,8 +170,93 @@ def load(url: str, bodies: list[bytes], clients: int, requests: int) -> dict:
             "throughput": len(latencies) / elapsed}
 
 
+def build_detector_package(root: Path, model_name: str, min_size: int) -> Path:
+    """A random-init detector saved as a trial saves it, packaged with its ONNX export."""
+    import torch
+
+    from automl_vision.models.registry import build_model
+    from automl_vision.serving.export import package_model
+    from automl_vision.spec import hyperparameters as hps
+    from automl_vision.spec.tasks import MODEL_TASKS, YOLO_MODELS
+    from automl_vision.training.loop import save_model
+    from automl_vision.training.trial import TrialSettings
+
+    task = min(MODEL_TASKS[model_name], key=lambda t: t.value)
+    yolo = model_name in YOLO_MODELS
+    given = {"img_size": min_size, "model_size": "small"} if yolo else {"min_size": min_size,
+                                                                         "max_size": round(min_size * 1333 / 800)}
+    hp = hps.resolve(task, {"model_name": model_name, "pretrained": False, **given})
+    classes = ["Platelets", "RBC", "WBC"]
+    torch.manual_seed(0)
+    if yolo:
+        model = build_model(model_name, task, len(classes), pretrained=False, model_size=hp["model_size"])
+    else:
+        from automl_vision.models.detection import DetectorSettings
+
+        model = build_model(model_name, task, len(classes), pretrained=False,
+                            settings=DetectorSettings.from_hyperparameters(hp))
+    settings = TrialSettings(task=task, training_data="-", validation_data=None, hyperparameters=hp,
+                             output_dir=str(root / "trial"))
+    metric = "mean_average_precision"
+    save_model(model.eval(), root / "trial" / "outputs", settings, classes, {metric: 0.0, "per_label": {}}, 1)
+    return package_model(root / "trial" / "outputs", root / "package").path
+
+
+def detection_main(args) -> None:
+    import torch
+    from PIL import Image
+
+    from automl_vision.serving.engine import load_engine
+    from automl_vision.serving.package import load_package
+
+    batches = [int(x) for x in args.batches.split(",")]
+    photos = sorted(BCCD.glob("*.jpg"))[:max(batches)]
+    if len(photos) < max(batches):
+        raise SystemExit(f"{BCCD}: {len(photos)} photos, {max(batches)} needed")
+    images = [Image.open(p).convert("RGB") for p in photos]
+    cores = len(os.sched_getaffinity(0))
+    print(f"machine: {cores} CPU cores, load average {os.getloadavg()[0]:.1f}, torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads); {len(images)} BCCD photos {images[0].width}x{images[0].height}, "
+          f"min_size/img_size {args.min_size}")
+    figures: dict = {"cores": cores, "min_size": args.min_size, "models": {}}
+    for model_name in args.detectors.split(","):
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.monotonic()
+            package = build_detector_package(Path(tmp), model_name, args.min_size)
+            entry = json.loads((package / "package.json").read_text())["onnx"]
+            print(f"\n{model_name}: packaged in {time.monotonic() - t0:.1f} s (export {entry.get('export_seconds')} s); "
+                  f"ONNX: {'kept, ' + entry['gate']['reason'] if entry.get('file') else entry.get('reason')}")
+            if not entry.get("file"):
+                continue
+            pkg = load_package(package)
+            engines = {rt: load_engine(pkg, pkg.settings(("benchmark", {"runtime": rt, "device": "cpu"})))
+                       for rt in ("pytorch", "onnx")}
+            prepared = {rt: [e.preparer(im) for im in images] for rt, e in engines.items()}
+            rows = {}
+            for n in batches:
+                times: dict = {rt: [] for rt in engines}
+                for rt, e in engines.items():  # warm-up
+                    e.predictions(prepared[rt][:n])
+                for i in range(args.rounds):
+                    for rt in (list(engines) if i % 2 == 0 else list(engines)[::-1]):
+                        t1 = time.perf_counter()
+                        engines[rt].predictions(prepared[rt][:n])
+                        times[rt].append((time.perf_counter() - t1) / n)
+                per = {rt: statistics.median(v) * 1000 for rt, v in times.items()}
+                rows[n] = {"pytorch_ms_per_image": per["pytorch"], "onnx_ms_per_image": per["onnx"],
+                           "onnx_over_pytorch": per["onnx"] / per["pytorch"]}
+                print(f"  batch {n:>2}: PyTorch {per['pytorch']:7.1f} ms/image, ONNX Runtime {per['onnx']:7.1f} "
+                      f"ms/image, ratio {per['onnx'] / per['pytorch']:.2f}x")
+            figures["models"][model_name] = {"export_seconds": entry.get("export_seconds"), "batches": rows}
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--detectors", help="comma-separated detector models: time them instead (see above)")
+    ap.add_argument("--min-size", type=int, default=480, help="with --detectors: min_size (img_size for yolov5)")
+    ap.add_argument("--batches", default="1,8,32", help="with --detectors: batch sizes")
     ap.add_argument("--model-name", default="resnet18")
     ap.add_argument("--crop", type=int, default=224)
     ap.add_argument("--rounds", type=int, default=3,
@@ -171,6 +265,9 @@ def main() -> None:
     ap.add_argument("--clients", default="1,8,32")
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args()
+    if args.detectors:
+        detection_main(args)
+        return
     clients = [int(x) for x in args.clients.split(",")]
 
     import torch

@@ -44,6 +44,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torchvision.models.detection.roi_heads import paste_masks_in_image
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +194,6 @@ class OnnxTorchvisionDetector:
     ``settings`` applied."""
 
     def __init__(self, path: str | Path, settings: Mapping[str, Any], *, with_masks: bool):
-        from torchvision.models.detection.transform import GeneralizedRCNNTransform
-
         self.session = ort_session(path)
         self.score_thresh = float(settings["box_score_thresh"])
         self.detections = int(settings["box_detections_per_img"])
@@ -216,8 +216,6 @@ class OnnxTorchvisionDetector:
 
     def _one(self, answers: list[np.ndarray], row: int, resized: tuple[int, int],
              original: tuple[int, int]) -> dict[str, torch.Tensor]:
-        from torchvision.models.detection.transform import resize_boxes
-
         n = int(answers[3][row])
         scores = torch.from_numpy(answers[1][row, :n].copy())
         # The graph's rows are sorted by score; torchvision keeps scores strictly above the threshold.
@@ -225,8 +223,6 @@ class OnnxTorchvisionDetector:
         boxes = resize_boxes(torch.from_numpy(answers[0][row, :n].copy())[keep], resized, original)
         result = {"boxes": boxes, "scores": scores[keep], "labels": torch.from_numpy(answers[2][row, :n].copy())[keep]}
         if self.with_masks:
-            from torchvision.models.detection.roi_heads import paste_masks_in_image
-
             probs = torch.from_numpy(answers[4][row, :n].copy())[keep]
             result["masks"] = paste_masks_in_image(probs, boxes, original)
         return result

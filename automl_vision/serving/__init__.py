@@ -10,7 +10,8 @@ __all__ = ["ModelPackage", "load_package", "package_model"]
 
 
 def __getattr__(name: str):
-    if name == "package_model":  # packaging imports torch and the engines: only when asked for
+    if name == "package_model":
+        # packaging imports torch and the engines: only when asked for
         from automl_vision.serving.export import package_model
 
         return package_model

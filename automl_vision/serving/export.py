@@ -28,12 +28,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from automl_vision import __version__
 from automl_vision.data.load import first_lines_jsonl
 from automl_vision.errors import AutoMLError
+from automl_vision.evaluation.detection_metrics import score_predictions
+from automl_vision.evaluation.scoring import score_classification
+from automl_vision.models.detection import load_detector
+from automl_vision.models.masks import polygon_to_mask
+from automl_vision.models.onnx_detectors import export_torchvision_detector, export_yolo
+from automl_vision.models.yolo import load_yolo
 from automl_vision.models.package import (CONFIG_FILE, LABELS_FILE, MANIFEST_FILE, METRICS_FILE, ONNX_FILE,
                                           atomic_copy, atomic_write, file_hashes, sha256_of)
+from automl_vision.serving.batch import predict_batch
 from automl_vision.serving.engine import Engine, load_engine
 from automl_vision.serving.package import (FORMAT_VERSION, README_FILE, ModelPackage, OnnxExport, build_torch_model,
                                            export_classifier_onnx, load_package, previous_onnx, readme)
@@ -62,10 +70,6 @@ _SYNTHETIC_SIZES = ((96, 80), (128, 128), (80, 112), (96, 80))
 # --- export ----------------------------------------------------------------------------------------
 
 def _export_detector(package: ModelPackage, settings: InferenceSettings, path: Path) -> OnnxExport:
-    from automl_vision.models.detection import load_detector
-    from automl_vision.models.onnx_detectors import export_torchvision_detector, export_yolo
-    from automl_vision.models.yolo import load_yolo
-
     t0 = time.monotonic()
     overrides = dict(settings.model)
     if package.model_name in YOLO_MODELS:
@@ -137,8 +141,6 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _mask_iou(a: list, b: list) -> float:
-    from automl_vision.models.masks import polygon_to_mask
-
     ma = polygon_to_mask(a, _MASK_RASTER, _MASK_RASTER)
     mb = polygon_to_mask(b, _MASK_RASTER, _MASK_RASTER)
     union = np.logical_or(ma, mb).sum()
@@ -208,8 +210,6 @@ def _detector_limits(engine: Engine) -> tuple[float, int | None]:
 
 
 def _synthetic_images():
-    from PIL import Image
-
     rng = np.random.default_rng(0)
     images = []
     for k, (w, h) in enumerate(_SYNTHETIC_SIZES):
@@ -221,12 +221,8 @@ def _synthetic_images():
 
 def _primary(task: ImageTask, data: Path, predictions: Path) -> float | None:
     if task.is_classification:
-        from automl_vision.evaluation.scoring import score_classification
-
         value = score_classification(task, data, predictions)[0].get(task.primary_metric)
     else:
-        from automl_vision.evaluation.detection_metrics import score_predictions
-
         value = score_predictions(task, data, predictions).metrics.get(task.primary_metric)
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
@@ -235,8 +231,6 @@ def gate_export(package: ModelPackage, onnx_file: Path, description: Mapping[str
                 *, max_images: int = GATE_MAX_IMAGES, margin_points: float = GATE_MARGIN_POINTS) -> GateResult:
     """Score the same images with the trained model (PyTorch) and ``onnx_file``, both on the CPU through
     the serving engines, and compare (see the module's docstring)."""
-    from automl_vision.serving.batch import predict_batch
-
     t0 = time.monotonic()
     reference = load_engine(package, package.settings(("export gate", {"runtime": "pytorch", "device": "cpu"})))
     candidate_package = dataclasses.replace(package, onnx=onnx_file, onnx_info=dict(description))

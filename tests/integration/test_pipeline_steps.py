@@ -148,13 +148,16 @@ def test_report_of_a_sweep_without_a_model_says_so(tmp_path, make_dataset):
 
 def test_package_writes_a_servable_model(swept, tmp_path):
     model = Model(uri=str(tmp_path / "model"))
-    package.python_func(run=swept["run"], model=model)
+    package.python_func(run=swept["run"], validation_split=swept["validation"], model=model)
     folder = Path(model.path)
     manifest = json.loads((folder / "package.json").read_text())
     assert manifest["task"] == "image_classification" and manifest["model_name"] == "resnet18"
     assert (folder / "model.safetensors").is_file() and (folder / "labels.json").is_file()
+    # the ONNX export was gated on the ingest step's validation split
+    gate = manifest["onnx"]["gate"]
+    assert gate["data"] == str(Path(swept["validation"].path) / "validation.jsonl") and gate["metric"] == "accuracy"
     assert model.metadata == {"task": "image_classification", "model_name": "resnet18",
-                              "onnx": manifest["files"]["onnx"] is not None}
+                              "onnx": manifest["files"]["onnx"] is not None, "onnx_check": gate["reason"]}
 
 
 def test_preview_writes_a_self_contained_page(swept, tmp_path):
