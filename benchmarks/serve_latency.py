@@ -202,14 +202,44 @@ def build_detector_package(root: Path, model_name: str, min_size: int) -> Path:
     return package_model(root / "trial" / "outputs", root / "package").path
 
 
+def detection_servers(package: Path, photos: list[Path], args, clients: list[int], tmp: Path) -> list[dict]:
+    """``automl-vision serve`` with ONNX Runtime, micro-batching off (max_batch_size 1) and on (8), one BCCD
+    photo per request from 1 and more concurrent clients: throughput and p95 against one lone request."""
+    bodies = [json.dumps({"input_data": {"columns": ["image"], "data": [base64.b64encode(p.read_bytes()).decode()]}}
+                         ).encode() for p in photos]
+    out = []
+    servers = {mbs: Server(package, {"runtime": "onnx", "max_batch_size": mbs, "max_batch_latency_ms": 20},
+                           tmp / f"server-{mbs}.log") for mbs in (1, 8)}
+    try:
+        for mbs, server in servers.items():
+            alone = None
+            for n in clients:
+                r = load(server.url + "/v1/models/model:predict", bodies, n, max(args.requests, 2 * n))
+                p95 = percentile(r["latencies"], 95) * 1e3
+                rate = r["throughput"]
+                if n == clients[0]:
+                    alone = (percentile(r["latencies"], 50) * 1e3, rate)
+                out.append({"max_batch_size": mbs, "clients": n, "p95_ms": p95, "req_per_s": rate,
+                            "errors": r["errors"]})
+                print(f"  server max_batch_size {mbs:>2}, {n:>2} clients: {rate:6.2f} req/s "
+                      f"({rate / alone[1]:.2f}x one client's), p95 {p95:7.0f} ms ({p95 / alone[0]:.2f}x one "
+                      f"client's p50), errors {r['errors']}")
+    finally:
+        for server in servers.values():
+            server.stop()
+    return out
+
+
 def detection_main(args) -> None:
     import torch
     from PIL import Image
 
     from automl_vision.serving.engine import load_engine
-    from automl_vision.serving.package import load_package
+    from automl_vision.serving.package import have_runtime, load_package
 
     batches = [int(x) for x in args.batches.split(",")]
+    runtimes = ["pytorch", "onnx"] + (["openvino"] if have_runtime("openvino") else [])
+    clients = [int(x) for x in args.clients.split(",")]
     photos = sorted(BCCD.glob("*.jpg"))[:max(batches)]
     if len(photos) < max(batches):
         raise SystemExit(f"{BCCD}: {len(photos)} photos, {max(batches)} needed")
@@ -230,7 +260,7 @@ def detection_main(args) -> None:
                 continue
             pkg = load_package(package)
             engines = {rt: load_engine(pkg, pkg.settings(("benchmark", {"runtime": rt, "device": "cpu"})))
-                       for rt in ("pytorch", "onnx")}
+                       for rt in runtimes}
             prepared = {rt: [e.preparer(im) for im in images] for rt, e in engines.items()}
             rows = {}
             for n in batches:
@@ -243,11 +273,12 @@ def detection_main(args) -> None:
                         engines[rt].predictions(prepared[rt][:n])
                         times[rt].append((time.perf_counter() - t1) / n)
                 per = {rt: statistics.median(v) * 1000 for rt, v in times.items()}
-                rows[n] = {"pytorch_ms_per_image": per["pytorch"], "onnx_ms_per_image": per["onnx"],
-                           "onnx_over_pytorch": per["onnx"] / per["pytorch"]}
-                print(f"  batch {n:>2}: PyTorch {per['pytorch']:7.1f} ms/image, ONNX Runtime {per['onnx']:7.1f} "
-                      f"ms/image, ratio {per['onnx'] / per['pytorch']:.2f}x")
-            figures["models"][model_name] = {"export_seconds": entry.get("export_seconds"), "batches": rows}
+                rows[n] = {f"{rt}_ms_per_image": v for rt, v in per.items()}
+                print(f"  batch {n:>2}: " + ", ".join(f"{rt} {v:7.1f} ms/image" for rt, v in per.items()) + "; "
+                      + ", ".join(f"{rt}/pytorch {per[rt] / per['pytorch']:.2f}x" for rt in runtimes[1:]))
+            figures["models"][model_name] = {"export_seconds": entry.get("export_seconds"), "batches": rows,
+                                             "server": detection_servers(package, photos, args, clients,
+                                                                         Path(tmp))}
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
 
@@ -274,7 +305,7 @@ def main() -> None:
     from PIL import Image
 
     from automl_vision.serving.engine import load_engine
-    from automl_vision.serving.package import load_package
+    from automl_vision.serving.package import have_runtime, load_package
 
     photos = sorted(FRIDGE.glob("*.jpg"))[:32]
     if not photos:
@@ -293,7 +324,8 @@ def main() -> None:
         manifest = json.loads((package / "package.json").read_text())["onnx"]
         print(f"packaged {args.model_name} (crop {args.crop}) in {time.monotonic() - t0:.1f} s; ONNX: "
               f"{manifest.get('file') or manifest.get('reason')}")
-        runtimes = ["pytorch", "onnx"] if manifest.get("file") else ["pytorch"]
+        runtimes = ["pytorch"] + (["onnx"] + (["openvino"] if have_runtime("openvino") else [])
+                                  if manifest.get("file") else [])
         pkg = load_package(package)
         engines = {rt: load_engine(pkg, pkg.settings(("bench", {"runtime": rt}))) for rt in runtimes}
         images = [engines["pytorch"].preparer(Image.open(p).convert("RGB")) for p in photos]
@@ -328,9 +360,9 @@ def main() -> None:
     for rt in runtimes:
         print(f"{rt:<9}{med[(rt, 1)] * 1e3:>12.1f}{med[(rt, 8)] * 1e3:>12.1f}{med[(rt, 32)] * 1e3:>13.1f}"
               f"{32 / med[(rt, 32)]:>14.1f}")
-    if "onnx" in runtimes:
-        print("ONNX Runtime / eager PyTorch latency: " + ", ".join(
-            f"batch {bs} {med[('onnx', bs)] / med[('pytorch', bs)]:.2f}x" for bs in (1, 8, 32)) + "  (goal <= 0.8x)")
+    for rt in runtimes[1:]:
+        print(f"{rt} / eager PyTorch latency: " + ", ".join(
+            f"batch {bs} {med[(rt, bs)] / med[('pytorch', bs)]:.2f}x" for bs in (1, 8, 32)) + "  (goal <= 0.8x)")
     figures["forward_ms"] = {f"{rt}_b{bs}": v * 1e3 for (rt, bs), v in med.items()}
     raw_ms = med[("pytorch", 1)] * 1e3
     raw_tput = max(bs / med[("pytorch", bs)] for bs in (1, 8, 32))

@@ -47,6 +47,8 @@ from torch import nn
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
+from automl_vision.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 #: The TorchScript exporter's opset for the detectors (ONNX Runtime 1.16+ runs it).
@@ -75,6 +77,34 @@ def ort_session(path: str | Path):
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     options.log_severity_level = 3  # the Loop's subgraph renames are warnings, one per initializer
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class OpenVinoSession:
+    """OpenVINO on the CPU behind ONNX Runtime's ``run(None, {name: array})``: the same ``model.onnx``,
+    compiled by OpenVINO, in full float32 (on CPUs with bfloat16 units OpenVINO would otherwise compute
+    in bfloat16, and answer differently from the checked export)."""
+
+    def __init__(self, path: str | Path):
+        import openvino  # optional: the openvino extra
+
+        self.compiled = openvino.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        self.request = self.compiled.create_infer_request()
+        self.outputs = list(self.compiled.outputs)
+
+    def run(self, output_names, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        answers = self.request.infer(dict(feed))
+        return [np.asarray(answers[o]) for o in self.outputs]
+
+
+def onnx_session(path: str | Path, runtime: str = "onnx"):
+    """What runs ``model.onnx``: ONNX Runtime (``onnx``) or OpenVINO (``openvino``), on the CPU."""
+    try:
+        return OpenVinoSession(path) if runtime == "openvino" else ort_session(path)
+    except Exception as e:  # both raise their own untyped errors for a bad model file
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        name = "OpenVINO" if runtime == "openvino" else "ONNX Runtime"
+        raise ConfigError(f"{path}: {name} cannot load it ({first[:300]}); the file is corrupt or truncated: "
+                          "package the model again, or serve with runtime='pytorch'") from None
 
 
 # --- torchvision detectors -----------------------------------------------------------------------
@@ -188,13 +218,13 @@ def graph_settings_problem(graph: Mapping[str, Any], settings: Mapping[str, Any]
 
 
 class OnnxTorchvisionDetector:
-    """ONNX Runtime in place of a torchvision detector in eval mode: called with a list of CHW float
+    """ONNX Runtime (or OpenVINO) in place of a torchvision detector in eval mode: called with a list of CHW float
     images, it answers torchvision's list of ``{"boxes", "scores", "labels"[, "masks"]}`` (masks pasted
     into the image as torchvision does), with ``box_score_thresh`` and ``box_detections_per_img`` of
     ``settings`` applied."""
 
-    def __init__(self, path: str | Path, settings: Mapping[str, Any], *, with_masks: bool):
-        self.session = ort_session(path)
+    def __init__(self, path: str | Path, settings: Mapping[str, Any], *, with_masks: bool, runtime: str = "onnx"):
+        self.session = onnx_session(path, runtime)
         self.score_thresh = float(settings["box_score_thresh"])
         self.detections = int(settings["box_detections_per_img"])
         self.with_masks = with_masks
@@ -258,13 +288,13 @@ def export_yolo(model: nn.Module, path: Path) -> dict[str, Any]:
 
 
 class OnnxYolo:
-    """ONNX Runtime in place of a yolov5 DetectionModel in eval mode: ``[B, 3, H, W]`` in, the head's
+    """ONNX Runtime (or OpenVINO) in place of a yolov5 DetectionModel in eval mode: ``[B, 3, H, W]`` in, the head's
     raw ``[B, 4 + C, anchors]`` out (what ultralytics' NMS takes)."""
 
     device = torch.device("cpu")
 
-    def __init__(self, path: str | Path, stride: int):
-        self.session = ort_session(path)
+    def __init__(self, path: str | Path, stride: int, runtime: str = "onnx"):
+        self.session = onnx_session(path, runtime)
         self.stride = torch.tensor([float(stride)])
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

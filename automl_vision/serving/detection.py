@@ -21,7 +21,7 @@ from automl_vision.models.detection import (DetectorSettings, image_to_tensor, l
 from automl_vision.models.device import pick_device
 from automl_vision.models.onnx_detectors import OnnxTorchvisionDetector, OnnxYolo, graph_settings_problem
 from automl_vision.models.yolo import YoloSettings, load_yolo, predict_arrays
-from automl_vision.serving.package import ModelPackage, have_onnxruntime
+from automl_vision.serving.package import ModelPackage, have_runtime
 from automl_vision.serving.settings import InferenceSettings
 from automl_vision.spec.tasks import YOLO_MODELS, ImageTask
 
@@ -47,16 +47,16 @@ class DetectionEngine:
         self.yolo = package.model_name in YOLO_MODELS
         self._preparer = to_uint8_array if self.yolo else to_float_tensor
         self.runtime = onnx_runtime_choice(package, settings, device.type)
-        if self.runtime == "onnx":
+        if self.runtime in ("onnx", "openvino"):
             device = pick_device("cpu")
             model_settings = {**package.config.get("model_settings", {}), **overrides}
             if self.yolo:
                 self._settings = YoloSettings.from_hyperparameters(model_settings)
-                self._model = OnnxYolo(package.onnx, int(package.onnx_info.get("stride", 32)))
+                self._model = OnnxYolo(package.onnx, int(package.onnx_info.get("stride", 32)), self.runtime)
             else:
                 self._settings = DetectorSettings.from_hyperparameters(model_settings)
                 self._model = OnnxTorchvisionDetector(package.onnx, self._settings.to_json(),
-                                                      with_masks=self.segmentation)
+                                                      with_masks=self.segmentation, runtime=self.runtime)
         else:
             loaded = (load_yolo if self.yolo else load_detector)(package.path, device, overrides=overrides)
             self._model, self._settings = loaded.model, loaded.settings
@@ -85,23 +85,24 @@ class DetectionEngine:
 
 
 def onnx_runtime_choice(package: ModelPackage, settings: InferenceSettings, device_type: str) -> str:
-    """``onnx`` or ``pytorch`` for a detector: ``auto`` takes ONNX Runtime on the CPU when the package has
-    an export (``model.onnx`` is only kept when it passed its checks) whose graph allows the settings;
-    ``onnx`` asked for and not possible is an error that says why."""
+    """``onnx``, ``openvino`` or ``pytorch`` for a detector: ``auto`` takes ONNX Runtime on the CPU when the
+    package has an export (``model.onnx`` is only kept when it passed its checks) whose graph allows the
+    settings; ``onnx`` or ``openvino`` asked for and not possible is an error that says why."""
     wanted = settings.runtime
     if wanted == "pytorch" or (wanted == "auto" and device_type != "cpu"):
         return "pytorch"
     if package.onnx is None:
         why = f"{package.path} has no model.onnx (see its package.json for why)"
-    elif not have_onnxruntime():
-        why = "onnxruntime is not installed"
+    elif not have_runtime("openvino" if wanted == "openvino" else "onnx"):
+        why = ("openvino is not installed (pip install 'automl-vision[openvino]')" if wanted == "openvino"
+               else "onnxruntime is not installed")
     else:
         model_settings = {**package.config.get("model_settings", {}), **settings.model}
         why = graph_settings_problem(package.onnx_info.get("graph_settings") or {}, model_settings)
     if why is None:
-        return "onnx"
-    if wanted == "onnx":
-        raise ConfigError(f"runtime='onnx': {why}; serve with runtime='pytorch' or 'auto'")
+        return "openvino" if wanted == "openvino" else "onnx"
+    if wanted != "auto":
+        raise ConfigError(f"runtime={wanted!r}: {why}; serve with runtime='pytorch' or 'auto'")
     if package.onnx is not None:
         log.info("serving %s with PyTorch: %s", package.model_name, why)
     return "pytorch"

@@ -25,7 +25,8 @@ from PIL import Image
 from automl_vision.errors import ConfigError
 from automl_vision.models.device import pick_device
 from automl_vision.models.preprocessing import valid_transform
-from automl_vision.serving.package import ModelPackage, build_torch_model, have_onnxruntime
+from automl_vision.models.onnx_detectors import onnx_session
+from automl_vision.serving.package import ModelPackage, build_torch_model, have_runtime
 from automl_vision.serving.settings import InferenceSettings
 from automl_vision.spec.tasks import ImageTask
 
@@ -67,13 +68,17 @@ class ClassificationEngine:
         self.device = str(device)
         runtime = settings.runtime
         if runtime == "auto":
-            runtime = "onnx" if device.type == "cpu" and package.onnx is not None and have_onnxruntime() else "pytorch"
-        if runtime == "onnx" and package.onnx is None:
-            raise ConfigError(f"runtime='onnx' but {package.path} has no model.onnx (see its package.json for why)")
+            runtime = "onnx" if device.type == "cpu" and package.onnx is not None and have_runtime() else "pytorch"
+        if runtime in ("onnx", "openvino") and package.onnx is None:
+            raise ConfigError(f"runtime={runtime!r} but {package.path} has no model.onnx (see its package.json for why)")
+        if runtime == "openvino" and not have_runtime("openvino"):
+            raise ConfigError("runtime='openvino': openvino is not installed (pip install 'automl-vision[openvino]')")
         self.runtime = runtime
         self._model = None
         self._session = None
-        if runtime == "onnx":
+        if runtime == "openvino":
+            self._session = onnx_session(package.onnx, "openvino")
+        elif runtime == "onnx":
             import onnxruntime as ort  # only for the ONNX runtime (about 0.5 s to import)
 
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.type == "cuda" else \

@@ -110,12 +110,11 @@ def build_torch_model(package: ModelPackage):
 
 # --- ONNX ------------------------------------------------------------------------------------------
 
-def have_onnxruntime() -> bool:
-    try:
-        import onnxruntime  # noqa: F401  (optional at run time: checked, then imported where used)
-    except ImportError:
-        return False
-    return True
+def have_runtime(runtime: str = "onnx") -> bool:
+    """Whether the package that runs ``model.onnx`` for ``runtime`` (onnx: onnxruntime; openvino) is installed."""
+    import importlib.util  # only to look the package up
+
+    return importlib.util.find_spec("openvino" if runtime == "openvino" else "onnxruntime") is not None
 
 
 @dataclass

@@ -77,7 +77,7 @@ def _check_preprocessing(key: str, value: Any) -> str | None:
         return f"{key}={value!r}: expected three numbers (RGB){', above 0' if key == 'std' else ''}"
     return None
 
-_RUNTIMES = ("auto", "pytorch", "onnx")
+_RUNTIMES = ("auto", "pytorch", "onnx", "openvino")
 #: max_batch_size when unset. On the CPU batching pays only when requests overlap (1.1-1.5x throughput
 #: with 8-32 clients) and costs a lone client the batch wait (benchmarks/serve_latency.py); GPUs batch well.
 CPU_BATCH, GPU_BATCH = 1, 16
@@ -107,7 +107,8 @@ SERVING_SETTINGS: tuple[hps.HyperParameter, ...] = (
     hps.HyperParameter("runtime", str, "auto, pytorch, or onnx (ONNX Runtime on the CPU, with the package's "
                        "model.onnx, which packaging keeps only when it scores the validation data like the trained "
                        "model). auto: ONNX Runtime on the CPU when the package has model.onnx and, for a detector, "
-                       "the settings fixed in its graph are unchanged; else PyTorch.", "auto", choices=_RUNTIMES,
+                       "the settings fixed in its graph are unchanged; else PyTorch. openvino: OpenVINO on the CPU with the same "
+                       "model.onnx (the openvino extra; never chosen by auto).", "auto", choices=_RUNTIMES,
                        origin="extension"),
     hps.HyperParameter("device", str, "auto, cpu, cuda or cuda:N.", "auto", origin="extension",
                        check=lambda v, _m: None if v in ("auto", "cpu", "cuda") or

@@ -119,7 +119,7 @@ def _same_answers(ours: list[dict], theirs: list[dict], above: float = 0.0) -> i
     return count
 
 
-def test_fasterrcnn_with_tiling_trains_serves_and_evaluates(tiny, tmp_path):
+def test_fasterrcnn_with_tiling_trains_serves_and_evaluates(tiny, tmp_path, monkeypatch):
     out = tmp_path / "trial"
     p = cli("train", "--task", "image_object_detection", "--training_data", str(tiny["train3"]),
             "--validation_data", str(tiny["val"]), "--model_name", "fasterrcnn_resnet18_fpn", *TORCHVISION_SMALL,
@@ -153,7 +153,11 @@ def test_fasterrcnn_with_tiling_trains_serves_and_evaluates(tiny, tmp_path):
     packaged = _packaged_with_onnx(out / "outputs", tmp_path / "package", tiny["val"])
     runtime, onnx_answers = _answers(packaged, images, "auto")
     assert runtime == "onnx"
-    assert _same_answers(onnx_answers, _answers(packaged, images, "pytorch")[1]) > 0
+    pytorch_answers = _answers(packaged, images, "pytorch")[1]
+    assert _same_answers(onnx_answers, pytorch_answers) > 0
+    # OpenVINO runs the same file (an option, never chosen by auto)
+    runtime, openvino_answers = _answers(packaged, images, "openvino")
+    assert runtime == "openvino" and _same_answers(openvino_answers, pytorch_answers, above=0.02) > 0
     # Resizing and a stricter score threshold are applied outside the graph; NMS is fixed in it.
     changed = {"box_score_thresh": 0.3, "box_detections_per_img": 5, "min_size": 80}
     runtime, answers = _answers(packaged, images, "auto", **changed)
@@ -180,6 +184,37 @@ def test_fasterrcnn_with_tiling_trains_serves_and_evaluates(tiny, tmp_path):
     description = export_torchvision_detector(other.model, wrong, other.settings.to_json(), with_masks=False)
     gate = gate_export(load_package(packaged), wrong, description, tiny["val"])
     assert not gate.passed and "ONNX Runtime's answers differ from PyTorch's on" in gate.reason, gate.reason
+
+    # Packaging with such an export keeps PyTorch only and says why, in package.json and the README.
+    import automl_vision.serving.export as export_module
+    from automl_vision.serving.package import OnnxExport
+
+    def other_weights(package, settings, path):
+        return OnnxExport("model.onnx", description=export_torchvision_detector(
+            other.model, path, other.settings.to_json(), with_masks=False))
+
+    with monkeypatch.context() as m:
+        m.setattr(export_module, "_export", other_weights)
+        refused = export_module.package_model(out / "outputs", tmp_path / "refused", validation_data=tiny["val"])
+    entry = json.loads((tmp_path / "refused" / "package.json").read_text())["onnx"]
+    assert refused.onnx.file is None and entry["file"] is None and not (tmp_path / "refused" / "model.onnx").exists()
+    assert entry["reason"].startswith("the export failed its check: ONNX Runtime's answers differ") and \
+        entry["gate"]["passed"] is False and entry["gate"]["failed_images"]
+    assert entry["reason"] in (tmp_path / "refused" / "README.md").read_text()
+    assert not list((tmp_path / "refused").glob("*.tmp"))
+    assert _answers(tmp_path / "refused", images[:1], "auto")[0] == "pytorch"
+
+    # An exporter that cannot write the graph: the package names the model and the error.
+    def exporter_fails(*args, **kwargs):
+        raise RuntimeError("Exporting the operator 'torchvision::nms' to ONNX opset version 17 is not supported")
+
+    with monkeypatch.context() as m:
+        m.setattr(torch.onnx, "export", exporter_fails)
+        failed = export_module.package_model(out / "outputs", tmp_path / "unexported", validation_data=tiny["val"])
+    assert failed.onnx.file is None and failed.onnx.reason == (
+        "torch.onnx.export failed for fasterrcnn_resnet18_fpn: RuntimeError: Exporting the operator "
+        "'torchvision::nms' to ONNX opset version 17 is not supported; served with PyTorch")
+    assert not (tmp_path / "unexported" / "model.onnx").exists()
 
 
 def test_maskrcnn_trains_and_serves_polygons(tiny, tmp_path):
@@ -243,6 +278,8 @@ def test_yolov5_trains_through_ultralytics_and_reports_through_ours(tiny, tmp_pa
     alone = [_answers(packaged, [im], "onnx", box_score_thresh=0.0)[1][0] for im in images]
     pytorch = _answers(packaged, images, "pytorch", box_score_thresh=0.0)[1]
     assert _same_answers(together, alone, above=0.002) == _same_answers(together, pytorch, above=0.002) > 0
+    openvino = _answers(packaged, images, "openvino", box_score_thresh=0.0)[1]
+    assert _same_answers(openvino, pytorch, above=0.002) > 0
 
 
 def test_bccd_short_run_gives_finite_loss_and_a_metric(tmp_path):
