@@ -254,7 +254,8 @@ def detection_main(args) -> None:
             t0 = time.monotonic()
             package = build_detector_package(Path(tmp), model_name, args.min_size)
             entry = json.loads((package / "package.json").read_text())["onnx"]
-            print(f"\n{model_name}: packaged in {time.monotonic() - t0:.1f} s (export {entry.get('export_seconds')} s); "
+            print(f"\n{model_name}: packaged in {time.monotonic() - t0:.1f} s "
+                  f"(export {entry.get('export_seconds')} s); "
                   f"ONNX: {'kept, ' + entry['gate']['reason'] if entry.get('file') else entry.get('reason')}")
             if not entry.get("file"):
                 continue

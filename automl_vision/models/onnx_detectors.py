@@ -15,7 +15,8 @@ size (the engines group them so, as torchvision would otherwise pad them):
   probabilities before they are pasted into the image (done outside the graph, by torchvision's
   ``paste_masks_in_image``, as its own post-processing does). K is ``box_detections_per_img``.
 * Inside the graph, from the export's settings: normalization, NMS (``box_nms_thresh``), the score
-  floor (``box_score_thresh``) and K. Outside it, applied per load: the resizing, a higher ``box_score_thresh`` or a lower ``box_detections_per_img`` (filtering the graph's sorted
+  floor (``box_score_thresh``) and K. Outside it, applied per load: the resizing, a higher
+  ``box_score_thresh`` or a lower ``box_detections_per_img`` (filtering the graph's sorted
   detections gives what the model would with those settings, since greedy NMS never lets a box be
   suppressed by a lower-scored one), the mask threshold, polygons and tiling.
 * The batch is an ONNX ``Loop`` over the images: torchvision's detectors keep per-image lists

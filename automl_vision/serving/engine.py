@@ -70,7 +70,8 @@ class ClassificationEngine:
         if runtime == "auto":
             runtime = "onnx" if device.type == "cpu" and package.onnx is not None and have_runtime() else "pytorch"
         if runtime in ("onnx", "openvino") and package.onnx is None:
-            raise ConfigError(f"runtime={runtime!r} but {package.path} has no model.onnx (see its package.json for why)")
+            raise ConfigError(f"runtime={runtime!r} but {package.path} has no model.onnx (see its package.json "
+                              "for why)")
         if runtime == "openvino" and not have_runtime("openvino"):
             raise ConfigError("runtime='openvino': openvino is not installed (pip install 'automl-vision[openvino]')")
         self.runtime = runtime

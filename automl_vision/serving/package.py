@@ -6,17 +6,17 @@
     labels.json         the class names, in the order of the model's outputs
     metrics.json        validation metrics of the saved epoch
     settings.json       inference settings (spec section 9), changeable at load time
-    model.onnx          the ONNX export where the model allows it, checked against PyTorch
+    model.onnx          the ONNX export, kept only when it scored like the trained model (the gate)
     package.json        what the package holds with the SHA-256 of each file the model is loaded from
-                        (weights, model.onnx, config.json, labels.json), the ONNX check's figures or
-                        why there is no export
+                        (weights, model.onnx, config.json, labels.json), the ONNX graph, the gate's
+                        figures or why there is no export
     README.md           how to serve it
 
-A trial writes the first four; :func:`package_model` adds the rest. The predictor serves any folder
-with the first three (``settings.json`` absent: the trained values). Reading, the hash checks
-against ``package.json`` and writing are ``models/package.py``'s (``settings.json`` is meant to be
-edited and is not checked); this module adds the serving parts: inference settings, ONNX export,
-the manifest and the README.
+A trial writes the first four; ``serving/export.py``'s ``package_model`` adds the rest. The predictor
+serves any folder with the first three (``settings.json`` absent: the trained values). Reading, the
+hash checks against ``package.json`` and writing are ``models/package.py``'s (``settings.json`` is
+meant to be edited and is not checked); this module adds the serving parts: reading a package for
+serving, the classifier's ONNX export, the manifest's ONNX entry and the README.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ import numpy as np
 
 from automl_vision.errors import ConfigError
 from automl_vision.models.catalogue import licence_text
-from automl_vision.models.package import MANIFEST_FILE, ONNX_FILE, PackageContents, load_state_dict, read_json, read_package
+from automl_vision.models.package import (MANIFEST_FILE, ONNX_FILE, PackageContents, load_state_dict, read_json,
+                                          read_package)
 from automl_vision.serving.settings import SETTINGS_FILE, InferenceSettings, flatten, resolve_settings
 from automl_vision.spec.catalogue import IMAGENET_MEAN, IMAGENET_STD
 from automl_vision.spec.tasks import FIXED_SIZE_MODELS, ImageTask
@@ -172,14 +173,13 @@ def export_classifier_onnx(model, path: Path, crop: int, dynamic_image_size: boo
     t0 = time.monotonic()
     sample = torch.randn(2, 3, crop, crop)
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic_image_size else {0: "batch"}
-    tmp = path
     # The exporter prints its progress on stdout; a run's output keeps only its own lines.
     with contextlib.redirect_stdout(io.StringIO()) as printed, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (sample,), str(tmp), input_names=["image"], output_names=["logits"],
+        torch.onnx.export(model, (sample,), str(path), input_names=["image"], output_names=["logits"],
                           dynamic_shapes=(axes,), dynamo=True, external_data=False, opset_version=ONNX_OPSET)
     log.debug("torch.onnx.export: %s", printed.getvalue().strip())
-    session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     shapes = [(1, 3, crop, crop), (3, 3, crop, crop)]
     if dynamic_image_size:
         shapes.append((2, 3, crop + 32, crop + 16))
@@ -194,7 +194,7 @@ def export_classifier_onnx(model, path: Path, crop: int, dynamic_image_size: boo
         allowed = ONNX_ATOL + ONNX_RTOL * float(np.abs(ref).max())
         worst, tolerance = max(worst, diff), max(tolerance, allowed)
         if not diff <= allowed:
-            tmp.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
             return OnnxExport(None, reason=f"ONNX Runtime and PyTorch disagree on input {list(shape)}: max "
                               f"|difference| of the logits {diff:.3g} > tolerance {allowed:.3g}",
                               max_abs_diff=diff, tolerance=allowed)

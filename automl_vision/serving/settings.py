@@ -104,11 +104,11 @@ SERVING_SETTINGS: tuple[hps.HyperParameter, ...] = (
     hps.HyperParameter("request_timeout_s", float, "A client must send its whole request body within this "
                        "many seconds, else it gets a 408 and the connection is closed (slow clients).",
                        DEFAULT_REQUEST_TIMEOUT_S, minimum=0.1, maximum=3600.0, origin="extension"),
-    hps.HyperParameter("runtime", str, "auto, pytorch, or onnx (ONNX Runtime on the CPU, with the package's "
+    hps.HyperParameter("runtime", str, "auto, pytorch, onnx (ONNX Runtime on the CPU, with the package's "
                        "model.onnx, which packaging keeps only when it scores the validation data like the trained "
-                       "model). auto: ONNX Runtime on the CPU when the package has model.onnx and, for a detector, "
-                       "the settings fixed in its graph are unchanged; else PyTorch. openvino: OpenVINO on the CPU with the same "
-                       "model.onnx (the openvino extra; never chosen by auto).", "auto", choices=_RUNTIMES,
+                       "model) or openvino (OpenVINO on the CPU with the same model.onnx; the openvino extra). "
+                       "auto: ONNX Runtime on the CPU when the package has model.onnx and, for a detector, the "
+                       "settings fixed in its graph are unchanged; else PyTorch.", "auto", choices=_RUNTIMES,
                        origin="extension"),
     hps.HyperParameter("device", str, "auto, cpu, cuda or cuda:N.", "auto", origin="extension",
                        check=lambda v, _m: None if v in ("auto", "cpu", "cuda") or
