@@ -68,16 +68,19 @@ def _quiet_export(model: nn.Module, args: tuple, path: Path, **kwargs: Any) -> N
     log.debug("torch.onnx.export: %s", printed.getvalue().strip())
 
 
-def ort_session(path: str | Path):
-    """An ONNX Runtime CPU session that neither spins idle threads nor logs its graph rewrites."""
+def ort_session(path: str | Path, cuda: bool = False):
+    """An ONNX Runtime session (CPU, or CUDA first with ``cuda``) that neither spins idle threads nor logs
+    its graph rewrites."""
     import onnxruntime as ort  # optional at run time, and 0.5 s to import
 
     options = ort.SessionOptions()
-    # Idle ONNX Runtime threads spin by default, taking the cores that decode the next images.
+    # Idle ONNX Runtime threads spin by default, taking the cores that decode the next requests' images
+    # (and any PyTorch work) in this same process.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     options.log_severity_level = 3  # the Loop's subgraph renames are warnings, one per initializer
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), options, providers=providers)
 
 
 class OpenVinoSession:
@@ -97,10 +100,11 @@ class OpenVinoSession:
         return [np.asarray(answers[o]) for o in self.outputs]
 
 
-def onnx_session(path: str | Path, runtime: str = "onnx"):
-    """What runs ``model.onnx``: ONNX Runtime (``onnx``) or OpenVINO (``openvino``), on the CPU."""
+def onnx_session(path: str | Path, runtime: str = "onnx", cuda: bool = False):
+    """What runs ``model.onnx``: ONNX Runtime (``onnx``; with ``cuda`` on the GPU where it can) or OpenVINO
+    (``openvino``, on the CPU); a file neither can load is a ConfigError naming it."""
     try:
-        return OpenVinoSession(path) if runtime == "openvino" else ort_session(path)
+        return OpenVinoSession(path) if runtime == "openvino" else ort_session(path, cuda)
     except Exception as e:  # both raise their own untyped errors for a bad model file
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         name = "OpenVINO" if runtime == "openvino" else "ONNX Runtime"

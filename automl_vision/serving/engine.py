@@ -77,25 +77,8 @@ class ClassificationEngine:
         self.runtime = runtime
         self._model = None
         self._session = None
-        if runtime == "openvino":
-            self._session = onnx_session(package.onnx, "openvino")
-        elif runtime == "onnx":
-            import onnxruntime as ort  # only for the ONNX runtime (about 0.5 s to import)
-
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.type == "cuda" else \
-                ["CPUExecutionProvider"]
-            options = ort.SessionOptions()
-            # Idle ONNX Runtime threads spin by default, taking the cores that decode the next
-            # requests' images (and any PyTorch work) in this same process.
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-            try:
-                self._session = ort.InferenceSession(str(package.onnx), options, providers=providers)
-            except Exception as e:  # ONNX Runtime raises its own untyped errors for a bad model file
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                raise ConfigError(f"{package.onnx}: ONNX Runtime cannot load it ({first[:300]}); the file is "
-                                  "corrupt or truncated: package the model again, or serve with "
-                                  "runtime='pytorch'") from None
+        if runtime in ("onnx", "openvino"):
+            self._session = onnx_session(package.onnx, runtime, cuda=device.type == "cuda")
         else:
             self._model = build_torch_model(package).to(device)
             self._device = device

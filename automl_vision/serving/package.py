@@ -22,6 +22,7 @@ serving, the classifier's ONNX export, the manifest's ONNX entry and the README.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import logging
@@ -113,8 +114,6 @@ def build_torch_model(package: ModelPackage):
 
 def have_runtime(runtime: str = "onnx") -> bool:
     """Whether the package that runs ``model.onnx`` for ``runtime`` (onnx: onnxruntime; openvino) is installed."""
-    import importlib.util  # only to look the package up
-
     return importlib.util.find_spec("openvino" if runtime == "openvino" else "onnxruntime") is not None
 
 
