@@ -13,6 +13,8 @@ from pathlib import Path
 import yaml
 from kube_api_fake import FakeKubernetesAPI, now, serving
 
+from automl_vision.serving.deploy import DEFAULT_SERVING_NAMESPACE
+
 
 class FakeKubernetes(FakeKubernetesAPI):
     """The API server, and Katib's controller as a script: an Experiment runs for ``polls`` GETs, then
@@ -62,6 +64,25 @@ class FakeKubernetes(FakeKubernetesAPI):
                     {"name": exp["spec"]["objective"]["objectiveMetricName"], "latest": str(value - 0.01), "max": str(value),
                      "min": "0.1"},
                     {"name": "loss", "latest": "0.42", "max": "1.3", "min": "0.40"}]}})
+
+
+class ReadyOnRead(FakeKubernetesAPI):
+    """KServe's controller as a script: an InferenceService is Ready, with its URL, once it is read; the
+    namespaces of a full Kubeflow (``kubeflow`` labelled control-plane), ``team-a`` and the serving one
+    manifests/ create."""
+
+    def __init__(self):
+        super().__init__()
+        self.add_namespace("kubeflow", {"control-plane": "kubeflow", "istio-injection": "enabled"})
+        self.add_namespace("team-a")
+        self.add_namespace(DEFAULT_SERVING_NAMESPACE, {"app.kubernetes.io/part-of": "automl-vision"})
+
+    def on_get(self, plural: str, obj: dict) -> None:
+        if plural == "inferenceservices":
+            meta = obj["metadata"]
+            obj["status"] = {"observedGeneration": meta["generation"],
+                             "url": f"http://{meta['name']}.{meta['namespace']}.example.com",
+                             "conditions": [{"type": "Ready", "status": "True"}]}
 
 
 @contextlib.contextmanager

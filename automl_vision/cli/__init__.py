@@ -9,7 +9,7 @@ error. ``main`` also serves in-process callers:
 
 Modules: ``common`` (shared flags and logging), ``run`` (run, validate-job, demo, leaderboard),
 ``train`` (train, weights), ``data`` (data, preview), ``serve`` (evaluate, serve, predict, deploy),
-``cluster`` (compile, katib, katib-config, doctor).
+``registry`` (register), ``cluster`` (compile, katib, katib-config, doctor).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import argparse
 import sys
 
 from automl_vision import __version__
-from automl_vision.cli import cluster, data, run, serve, train
+from automl_vision.cli import cluster, data, registry, run, serve, train
 from automl_vision.cli.common import log
 from automl_vision.errors import (
     EXIT_BAD_INPUT,
@@ -34,7 +34,8 @@ from automl_vision.errors import (
 #: The verbs, in the order ``--help`` lists them.
 _VERBS = (run.add_run, train.add_train, run.add_validate, run.add_demo, run.add_leaderboard, train.add_weights,
           data.add_data, data.add_preview, serve.add_evaluate, cluster.add_compile, cluster.add_katib,
-          serve.add_serve, serve.add_predict, serve.add_deploy, cluster.add_doctor, cluster.add_katib_config)
+          serve.add_serve, serve.add_predict, serve.add_deploy, registry.add_register, cluster.add_doctor,
+          cluster.add_katib_config)
 
 
 def build_parser() -> argparse.ArgumentParser:

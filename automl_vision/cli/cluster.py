@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from automl_vision.cli.common import TOKEN_FILE_HELP, setup_logging, write_file
-from automl_vision.cli.run import add_pipeline_options
+from automl_vision.cli.run import add_pipeline_options, add_registry_options
 from automl_vision.earlystopping.katib_config import (
     CONFIGMAP_NAME,
     DEFAULT_IMAGE,
@@ -34,6 +34,7 @@ def add_compile(sub) -> None:
     p.add_argument("--cluster-settings", metavar="FILE", help="images (its registry key is required), GPU pool, "
                                                              "secrets (YAML; see docs/kubeflow.md)")
     add_pipeline_options(p, "default of the run: ")
+    add_registry_options(p, "default of the run: ")
     p.set_defaults(func=cmd_compile)
 
 
@@ -43,8 +44,12 @@ def cmd_compile(args) -> int:
 
     setup_logging(args.verbose)
     job = load_job(args.job) if args.job else None
+    if args.registry and not args.registry.startswith(("http://", "https://")):
+        raise ConfigError(f"--registry {args.registry}: a pipeline on a cluster records versions in a Kubeflow Model "
+                          "Registry; give its REST service's http(s):// URL", "compile")
     path = compile_pipeline(args.out, settings=load_cluster_settings(args.cluster_settings), job=job,
-                            backend=args.backend, inference_service=args.deploy)
+                            backend=args.backend, inference_service=args.deploy, registry=args.registry or "",
+                            registered_model=args.registered_model, promotion_margin=args.promotion_margin)
     print(f"pipeline package written to {path}", flush=True)
     return EXIT_OK
 

@@ -33,6 +33,7 @@ def add_run(sub) -> None:
                                                              "required), GPU pool, secrets (YAML; see docs/kubeflow.md)")
     p.add_argument("--token-file", metavar="FILE", help="with --kubeflow: " + TOKEN_FILE_HELP)
     add_pipeline_options(p, "with --kubeflow: ")
+    add_registry_options(p)
     p.set_defaults(func=cmd_run)
 
 
@@ -42,7 +43,21 @@ def add_pipeline_options(p, prefix: str = "") -> None:
                    help=prefix + "where the sweep's trials run: local, one after another in the sweep step's pod "
                                  "(default); katib, as Katib Experiments, one trial pod each (docs/katib.md)")
     p.add_argument("--deploy", metavar="NAME", help=prefix + "serve the packaged model as the KServe "
-                                                             "InferenceService NAME (created, or updated)")
+                                                             "InferenceService NAME (created, or updated) when "
+                                                             "the registry's gate promotes it")
+
+
+def add_registry_options(p, prefix: str = "") -> None:
+    """The register step's run parameters (docs/kubeflow.md, "Model registry")."""
+    p.add_argument("--registry", metavar="URL|FOLDER",
+                   help=prefix + "where each run's model is registered: a Kubeflow Model Registry's REST URL, or "
+                                 "(runs on this machine) a folder; default here: model_registry/ beside the run "
+                                 "folder, on a cluster: none; '' for none")
+    p.add_argument("--registered-model", metavar="NAME", default="",
+                   help=prefix + "the registered model's name (default: the job's name, else automl-vision-<task>)")
+    p.add_argument("--promotion-margin", metavar="POINTS", type=float, default=0.0,
+                   help=prefix + "percentage points of the primary metric a new version must gain over the "
+                                 "champion to be promoted (default: 0, any better model)")
 
 
 def cmd_run(args) -> int:
@@ -63,14 +78,18 @@ def cmd_run(args) -> int:
     from automl_vision.pipeline.runner import default_run_dir  # lazy: CLI start-up
 
     run_dir = Path(args.output_dir) if args.output_dir else default_run_dir(job)
-    return run_here(job, run_dir, args.device, engine=args.engine)
+    return run_here(job, run_dir, args.device, engine=args.engine, registry=args.registry,
+                    registered_model=args.registered_model, promotion_margin=args.promotion_margin)
 
 
-def run_here(job, run_dir: Path, device: str = "auto", resume: bool = False, engine: str = "pipeline") -> int:
-    """Run the job on this machine, say how it went, and choose the exit code."""
+def run_here(job, run_dir: Path, device: str = "auto", resume: bool = False, engine: str = "pipeline",
+             **registry) -> int:
+    """Run the job on this machine, say how it went, and choose the exit code. ``registry``: the register
+    step's settings (``run_job``)."""
     from automl_vision.pipeline.runner import run_job  # lazy: CLI start-up
 
-    run = run_job(job, run_dir, device, resume=resume, engine=engine, echo=lambda s: print(s, flush=True))
+    run = run_job(job, run_dir, device, resume=resume, engine=engine, echo=lambda s: print(s, flush=True),
+                  **registry)
     if run.result.best is None:
         if run.every_trial_refused:
             print(f"\nno trial produced a model: every trial refused its input (exit {EXIT_BAD_INPUT}); the "
@@ -91,7 +110,9 @@ def _submit_job(job, args) -> int:
 
     done = submit(job, args.kubeflow, namespace=args.namespace, schedule=args.schedule, experiment=args.experiment,
                   settings=load_cluster_settings(args.cluster_settings), device=args.device, backend=args.backend,
-                  inference_service=args.deploy, credentials=find_credentials(args.token_file))
+                  inference_service=args.deploy, credentials=find_credentials(args.token_file),
+                  registry=args.registry or "", registered_model=args.registered_model,
+                  promotion_margin=args.promotion_margin)
     print(f"{done.kind} created: {done.id} (experiment {done.experiment_id})\n{done.url}", flush=True)
     return EXIT_OK
 

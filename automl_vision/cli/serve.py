@@ -7,6 +7,7 @@ import os
 import sys
 
 from automl_vision.cli.common import TASKS_HELP, log, settings_layers, setup_logging, task_flag, write_file
+from automl_vision.cli.registry import REGISTRY_HELP, REGISTRY_TOKEN_HELP
 from automl_vision.errors import EXIT_OK, ConfigError
 
 
@@ -152,8 +153,16 @@ def add_deploy(sub) -> None:
                                    "(automl-vision serve in the project's image), or update the one of that "
                                    "name. Credentials: the pod's service account in a cluster, else the "
                                    "kubeconfig. See docs/serving.md.")
-    p.add_argument("--model-uri", required=True, help="the package: s3://, gs://, pvc://claim/path, or an "
-                                                      "http(s) URL of a .zip/.tar.gz of it")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model-uri", help="the package: s3://, gs://, pvc://claim/path, or an http(s) URL of a "
+                                            ".zip/.tar.gz of it")
+    source.add_argument("--registered-model", metavar="NAME",
+                        help="deploy a version of this registered model (with --registry; see --model-version); "
+                             "the version then records where it is served")
+    p.add_argument("--model-version", default="champion",
+                   help="with --registered-model: a version name, latest or champion (default: champion)")
+    p.add_argument("--registry", metavar="URL|FOLDER", help="with --registered-model: " + REGISTRY_HELP)
+    p.add_argument("--registry-token-file", metavar="FILE", help="with --registered-model: " + REGISTRY_TOKEN_HELP)
     p.add_argument("--name", required=True, help="InferenceService name (a DNS-1035 label); also the model name "
                                                  "in the URLs")
     p.add_argument("--namespace", default="automl-vision-serving",
@@ -183,6 +192,18 @@ def cmd_deploy(args) -> int:
     from automl_vision.serving.settings import read_settings_file  # lazy: CLI start-up
 
     setup_logging(args.verbose)
+    version = None
+    if args.registered_model:
+        from automl_vision.registry.register import resolve_version  # the registry client: only when named
+        from automl_vision.registry.store import open_registry, read_token  # (as above)
+
+        if not args.registry:
+            raise ConfigError("--registered-model needs --registry URL|FOLDER", "deploy")
+        registry = open_registry(args.registry, token=read_token(args.registry_token_file))
+        version = resolve_version(registry, args.registered_model, args.model_version)
+        args.model_uri = version.uri
+        print(f"{args.registered_model} version {version.version}"
+              + (" (champion)" if version.champion else "") + f": {version.uri}", file=sys.stderr)
     options = dict(image=args.image, cpu=args.cpu, memory=args.memory, cpu_limit=args.cpu_limit,
                    memory_limit=args.memory_limit, gpu=args.gpu, service_account=args.service_account,
                    min_replicas=args.min_replicas, max_replicas=args.max_replicas,
@@ -197,4 +218,9 @@ def cmd_deploy(args) -> int:
                           **options)
     print(f"InferenceService {result['namespace']}/{result['name']} {result['action']}"
           + (f": {result['url']}" if result["url"] else ""), flush=True)
+    if version is not None:
+        from automl_vision.registry.register import record_deployment  # as above
+
+        record_deployment(registry, version, name=result["name"], namespace=result["namespace"], url=result["url"])
+        print(f"recorded on {args.registered_model} version {version.version} in {registry.location}", flush=True)
     return EXIT_OK

@@ -12,6 +12,8 @@ The images already hold kfp, so nothing is pip-installed when a step starts.
 No ``from __future__ import annotations`` here: kfp reads the parameter annotations as objects.
 """
 
+from typing import NamedTuple
+
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
@@ -138,17 +140,23 @@ def evaluate(
     report: Output[HTML],
     evaluation: Output[Artifact],
     validation_data: str = "",
+    registry: str = "",
+    registered_model: str = "",
+    job_name: str = "",
 ):
     """Score the best model on the validation images (validation_data when given, else the held-out
     split): the metrics of training, per-class figures, the confusion matrix and the micro-averaged
     one-vs-rest ROC curve (classification_metrics), ROC/PR or AP plots and sample predictions (report),
-    every file (evaluation)."""
+    every file (evaluation). With a registry, also the champion of registered_model (default: job_name)
+    on the same images, for the register step's gate (champion_* metrics, evaluation/champion.json)."""
+    import functools
     import math
     import os
     import shutil
 
     from automl_vision.evaluation.scoring import PREDICTIONS_FILE
     from automl_vision.pipeline.evaluate import evaluate_model
+    from automl_vision.pipeline.registration import registered_model_name, score_champion
     from automl_vision.pipeline.steps import classification_roc, validation_jsonl
 
     data = validation_jsonl(validation_data, validation_split.path)
@@ -162,6 +170,10 @@ def evaluate(
     if roc is not None:
         classification_metrics.log_roc_curve(*roc)
     shutil.copyfile(os.path.join(evaluation.path, "report.html"), report.path)
+    champion = score_champion(registry, registered_model_name(registered_model, job_name, result.task.value), data,
+                              evaluation.path, task=result.task.value, echo=functools.partial(print, flush=True))
+    if champion is not None and champion.value is not None:
+        metrics.log_metric(f"champion_{champion.metric}", champion.value)
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
@@ -174,17 +186,28 @@ def report(
     validation_data: str = "",
     job_name: str = "",
     training_data: str = "",
+    registration: Input[Artifact] = None,
 ):
-    """The run report (job_name, and training_data as the user gave it, shown in its summary): summary, the ingested data, the sortable leaderboard, every trial's learning curve
-    with the early terminations and the rule that ended each, hyperparameters against the metric, and
-    the evaluate step's pictures and sample predictions (evaluation, of the validation data it scored):
-    an HTML page with the pictures inline."""
+    """The run report (job_name, and training_data as the user gave it, shown in its summary): summary, the
+    ingested data, the sortable leaderboard, every trial's learning curve with the early terminations and
+    the rule that ended each, hyperparameters against the metric, the evaluate step's pictures and sample
+    predictions (evaluation, of the validation data it scored), and the registered version with the gate's
+    decision (registration): an HTML page with the pictures inline."""
+    import json
+    import os
+
     from automl_vision.pipeline.steps import validation_jsonl
+    from automl_vision.registry.register import REGISTRATION_FILE
     from automl_vision.report.rescore import Evaluation
     from automl_vision.report.run_report import write_report
 
+    registered = None
+    if registration is not None and os.path.isfile(os.path.join(registration.path, REGISTRATION_FILE)):
+        with open(os.path.join(registration.path, REGISTRATION_FILE)) as f:
+            registered = json.load(f)
     write_report(run.path, report.path, training_data=dataset.path, name=job_name, source_data=training_data,
-                 evaluation=Evaluation(evaluation.path, validation_jsonl(validation_data, validation_split.path)))
+                 evaluation=Evaluation(evaluation.path, validation_jsonl(validation_data, validation_split.path)),
+                 registration=registered)
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
@@ -210,6 +233,47 @@ def package(run: Input[Artifact], validation_split: Input[Dataset], model: Outpu
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def register(
+    model: Input[Model],
+    evaluation: Input[Artifact],
+    dataset: Input[Dataset],
+    run: Input[Artifact],
+    registration: Output[Artifact],
+    registry: str = "",
+    registered_model: str = "",
+    job_name: str = "",
+    task: str = "",
+    promotion_margin: float = 0.0,
+    training_data: str = "",
+    validation_data: str = "",
+    run_id: str = "",
+    image: str = "",
+) -> NamedTuple("Registered", [("promoted", bool), ("version", str), ("registered_model", str)]):
+    """Register the package as a new version of registered_model (default: job_name) in registry (a
+    Kubeflow Model Registry URL; a folder: a local registry; '': none), with the run's metadata (task,
+    model and hyperparameters, the evaluate step's metrics, data URIs and the manifest's hash, run id,
+    Katib Experiment, image, licences), once per run (a retry completes it). The gate: the version is
+    promoted to champion only when its primary metric beats the champion's, scored by the evaluate step
+    on the same images, by more than promotion_margin points (the first version always is)."""
+    import collections
+    import functools
+
+    from automl_vision.pipeline.registration import register_model_step, registered_model_name
+    from automl_vision.pipeline.steps import storage_uri
+
+    name = registered_model_name(registered_model, job_name, task)
+    doc = register_model_step(registry, name, model.path, evaluation.path, registration.path, run_id=run_id,
+                              package_uri=storage_uri(model.uri), margin_points=promotion_margin,
+                              training_data=training_data, validation_data=validation_data, dataset=dataset.path,
+                              run_dir=run.path, image=image, job_name=job_name,
+                              echo=functools.partial(print, flush=True))
+    registration.metadata.update({"registered_model": name, "version": doc["version"], "champion": doc["champion"],
+                                  "gate": doc["decision"]["reason"]})
+    outputs = collections.namedtuple("Registered", ["promoted", "version", "registered_model"])
+    return outputs(bool(doc["champion"]), doc["version"], name)
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def deploy(
     model: Input[Model],
     inference_service_name: str,
@@ -220,14 +284,19 @@ def deploy(
     settings: dict = {},
     wait: bool = True,
     timeout_minutes: float = 15.0,
+    registry: str = "",
+    registered_model: str = "",
+    model_version: str = "",
 ):
     """Serve the package as a KServe InferenceService: create it, or update the one of that name (a
     retraining updates the same endpoint); with wait, until it is Ready. namespace: one without the
     control-plane label KServe skips ('': automl-vision-serving, which manifests/ create);
     image: default automl-vision-cpu of this version; service_account: the identity KServe downloads the
-    package with. inference_service: the manifest sent, with name, namespace, action and URL."""
+    package with. inference_service: the manifest sent, with name, namespace, action and URL. With a
+    registry, the version model_version of registered_model records where it is served."""
     import json
 
+    from automl_vision.pipeline.registration import deployed_in_registry
     from automl_vision.pipeline.steps import storage_uri
     from automl_vision.serving.deploy import deploy_model
 
@@ -239,7 +308,9 @@ def deploy(
     inference_service.metadata.update({k: done[k] or "" for k in ("name", "namespace", "action", "url")})
     print(f"InferenceService {done['namespace']}/{done['name']} {done['action']}" +
           (f": {done['url']}" if done["url"] else ""), flush=True)
+    deployed_in_registry(registry, registered_model, model_version, name=done["name"], namespace=done["namespace"],
+                         url=done["url"])
 
 
 #: Every step, in pipeline order (components/ holds one spec per entry); deploy only runs when asked.
-STEPS = (ingest, preview, sweep, evaluate, report, package, deploy)
+STEPS = (ingest, preview, sweep, evaluate, package, register, report, deploy)

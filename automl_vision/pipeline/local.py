@@ -44,6 +44,10 @@ SWEEP_STEP, SWEEP_RUN_OUTPUT = "sweep", "run"
 PACKAGE_STEP, PACKAGE_OUTPUT = "package", "model"
 REPORT_STEP, REPORT_OUTPUT, REPORT_FILE = "report", "report", "report.html"
 PREVIEW_STEP, PREVIEW_OUTPUT, PREVIEW_FILE = "preview", "preview", "preview.html"
+REGISTER_STEP, REGISTER_OUTPUT, REGISTRATION_FILE = "register", "registration", "registration.json"
+#: Without a registry given, a local run keeps its versions in this folder beside the run folder, so the
+#: next run of the job (into a new or the same run folder) finds the champion there.
+LOCAL_REGISTRY_DIR = "model_registry"
 #: (step, output, file in RUN_DIR): the steps' HTML pages copied into the run folder after the run (kfp names
 #: an artifact's file after the output, without .html, which a browser may not open as a page)
 RUN_FOLDER_OUTPUTS = ((REPORT_STEP, REPORT_OUTPUT, REPORT_FILE), (PREVIEW_STEP, PREVIEW_OUTPUT, PREVIEW_FILE))
@@ -99,6 +103,14 @@ class LocalRun:
         return Path(art["uri"]) if isinstance(art, dict) and "uri" in art else None
 
     @property
+    def registration(self) -> dict[str, Any] | None:
+        """What the register step recorded (``registration.json``; None when it did not run or failed)."""
+        record, path = self.step(REGISTER_STEP), self.artifact_path(REGISTER_STEP, REGISTER_OUTPUT)
+        if record is None or record.status != "succeeded" or path is None or not (path / REGISTRATION_FILE).is_file():
+            return None
+        return json.loads((path / REGISTRATION_FILE).read_text())
+
+    @property
     def report_file(self) -> Path | None:
         """``RUN_DIR/report.html`` when the report step wrote it in this run (None when it failed or never ran)."""
         record, path = self.step(REPORT_STEP), self.run_dir / REPORT_FILE
@@ -124,6 +136,12 @@ class LocalRun:
                 path = copied[step, output]  # the page's copy in the run folder, named .html
             if path is not None and path.exists():
                 lines.append(f"{what + ':':11s} {path}")
+        registered = self.registration
+        if registered and registered.get("version"):
+            decision = registered["decision"]
+            lines.append(f"registry:   {registered['registered_model']} version {registered['version']} in "
+                         f"{registered['registry']}; {'champion' if registered['champion'] else 'not promoted'}: "
+                         f"{decision['reason']}")
         return "\n".join(lines)
 
     def summary(self) -> dict[str, Any]:
@@ -140,9 +158,11 @@ class LocalRun:
         raise step_error(failed, self.run_dir / LOG_FILE)
 
 
-def run_pipeline_locally(job: JobSpec, run_dir: str | Path, *, device: str = "auto",
+def run_pipeline_locally(job: JobSpec, run_dir: str | Path, *, device: str = "auto", registry: str | None = None,
+                         registered_model: str = "", promotion_margin: float = 0.0,
                          echo: Callable[[str], None] = print) -> LocalRun:
-    """Run the whole pipeline for ``job`` on kfp's local runner into ``run_dir``.
+    """Run the whole pipeline for ``job`` on kfp's local runner into ``run_dir``. ``registry``: a Kubeflow
+    Model Registry URL or a local registry folder, '' none; None: ``LOCAL_REGISTRY_DIR`` beside ``run_dir``.
 
     Returns the run whether or not every step succeeded; ``LocalRun.raise_for_failure`` raises the
     failed step's error.
@@ -152,13 +172,23 @@ def run_pipeline_locally(job: JobSpec, run_dir: str | Path, *, device: str = "au
         pipeline_arguments,
     )
 
-    arguments = pipeline_arguments(job, device=device)
+    if registry is None:
+        registry = str(default_registry(run_dir))
+    elif registry and "://" not in registry:
+        registry = str(Path(registry).absolute())  # the steps run in other folders
+    arguments = pipeline_arguments(job, device=device, registry=registry, registered_model=registered_model,
+                                   promotion_margin=promotion_margin)
     # the job as given, from the start: what `run --resume` checks a killed run's job against
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     _write_job(job, Path(run_dir))
     run = run_locally(automl_vision_pipeline, arguments, run_dir, echo=echo)
     _collect(run, job)
     return run
+
+
+def default_registry(run_dir: str | Path) -> Path:
+    """The local registry of a run on this machine without a registry given: beside its run folder."""
+    return Path(run_dir).absolute().parent / LOCAL_REGISTRY_DIR
 
 
 def resume_run(job: JobSpec, run_dir: str | Path, *, device: str = "auto", echo: Callable[[str], None] = print):
@@ -311,6 +341,8 @@ def _collect(run: LocalRun, job: JobSpec) -> None:
             if moved:  # the page was written before the sweep's folder moved up: show where it is now
                 text = text.replace(html.escape(str(sweep_dir)), html.escape(str(run.run_dir)))
             (run.run_dir / name).write_text(text, encoding="utf-8")
+    if run.registration is not None:
+        (run.run_dir / REGISTRATION_FILE).write_text(json.dumps(run.registration, indent=2))
     (run.run_dir / SUMMARY_FILE).write_text(json.dumps(run.summary(), indent=2))
 
 

@@ -1,7 +1,12 @@
 """The AutoML pipeline: its parameters are the job's own top-level keys, its steps the components.
 
-    ingest -> preview -> sweep -> evaluate -> report (also reads ingest's data and sweep's run)
-                               -> package -> deploy (only with deploy=True)
+    ingest -> preview -> sweep -> evaluate -> package -> register -> report (also reads ingest's data,
+                                                                  sweep's run and evaluate's pictures)
+                                                       -> deploy (only with deploy=True, when promoted)
+
+evaluate also scores the registry's champion on the same images; register records the run's version
+(in a Kubeflow Model Registry, a local registry folder, or nowhere) and promotes it only when it beats
+the champion (``automl_vision.pipeline.registration``).
 
 The same pipeline runs on kfp's local runner (``automl-vision run``; platform settings are ignored
 there) and on a cluster (``compile``, ``run --kubeflow``), where each step gets the settings of
@@ -20,7 +25,10 @@ from kfp import compiler, dsl
 from kfp import kubernetes as k8s
 
 from automl_vision.pipeline import components as C
+from automl_vision.errors import ConfigError
 from automl_vision.pipeline.steps import check_sweep_backend
+from automl_vision.registry.gate import DEFAULT_MARGIN_POINTS
+from automl_vision.registry.records import registered_model_name
 from automl_vision.serving.deploy import DEFAULT_SERVING_NAMESPACE
 from automl_vision.spec.cluster import PLACEHOLDER_REGISTRY, SHM_PATH, ClusterSettings, quantity
 from automl_vision.spec.job import JobSpec
@@ -35,7 +43,8 @@ TRAINING_STEPS = ("sweep", "evaluate")
 #: /dev/shm of a Katib sweep step (it launches and waits; the trials train): the container runtime's default.
 LAUNCHER_SHM_SIZE = "64Mi"
 #: The pipeline's parameters that are not keys of the job: how and where the job runs.
-RUN_PARAMETERS = ("device", "backend", "deploy", "inference_service_name", "serving_namespace")
+RUN_PARAMETERS = ("device", "backend", "deploy", "inference_service_name", "serving_namespace", "registry",
+                  "registered_model", "promotion_margin")
 #: The deploy step's InferenceService unless another name is given (as in manifests/kserve/inferenceservice.yaml).
 DEFAULT_INFERENCE_SERVICE = "automl-vision-model"
 #: What the pipeline's description says when its images name the placeholder registry (the committed package).
@@ -88,6 +97,9 @@ def _build_pipeline(settings: ClusterSettings | None, backend: str):
         deploy: bool = False,
         inference_service_name: str = DEFAULT_INFERENCE_SERVICE,
         serving_namespace: str = DEFAULT_SERVING_NAMESPACE,
+        registry: str = "",
+        registered_model: str = "",
+        promotion_margin: float = DEFAULT_MARGIN_POINTS,
         name: str = "",
     ):
         data = C.ingest(task=task, training_data=training_data, validation_data=validation_data,
@@ -103,20 +115,33 @@ def _build_pipeline(settings: ClusterSettings | None, backend: str):
                         device=device, backend=backend, katib_training_data=training_data,
                         katib_validation_data=validation_data, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                         cluster=settings.model_dump_json(), compiled_for=sweep_backend).after(shown)
+        # the new model and the registry's champion, scored on the same images (the register step's gate)
         scored = C.evaluate(run=swept.outputs["run"], validation_split=data.outputs["validation"],
-                            validation_data=validation_data)
-        # the report shows the evaluate step's pictures rather than scoring the model again
-        reported = C.report(run=swept.outputs["run"], dataset=data.outputs["dataset"],
-                            evaluation=scored.outputs["evaluation"], validation_split=data.outputs["validation"],
-                            validation_data=validation_data, job_name=name, training_data=training_data)
+                            validation_data=validation_data, registry=registry, registered_model=registered_model,
+                            job_name=name)
         packaged = C.package(run=swept.outputs["run"], validation_split=data.outputs["validation"],
                              validation_data=validation_data)
-        for step in (data, shown, swept, scored, reported, packaged):
+        registered = C.register(model=packaged.outputs["model"], evaluation=scored.outputs["evaluation"],
+                                dataset=data.outputs["dataset"], run=swept.outputs["run"], registry=registry,
+                                registered_model=registered_model, job_name=name, task=task,
+                                promotion_margin=promotion_margin, training_data=training_data,
+                                validation_data=validation_data, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                                image=settings.cpu_image)
+        # the report shows the evaluate step's pictures rather than scoring the model again, and the version
+        reported = C.report(run=swept.outputs["run"], dataset=data.outputs["dataset"],
+                            evaluation=scored.outputs["evaluation"], validation_split=data.outputs["validation"],
+                            validation_data=validation_data, job_name=name, training_data=training_data,
+                            registration=registered.outputs["registration"])
+        for step in (data, shown, swept, scored, packaged, registered, reported):
             configure_step(step, sweep_settings if step is swept else settings)
         with dsl.If(deploy == True, name="deploy-requested"):  # noqa: E712 (a pipeline condition, not a bool)
-            served = C.deploy(model=packaged.outputs["model"], inference_service_name=inference_service_name,
-                              namespace=serving_namespace, image=settings.cpu_image).after(scored)
-            configure_step(served, settings)
+            # only a promoted version replaces the model in service
+            with dsl.If(registered.outputs["promoted"] == True, name="promoted"):  # noqa: E712
+                served = C.deploy(model=packaged.outputs["model"], inference_service_name=inference_service_name,
+                                  namespace=serving_namespace, image=settings.cpu_image, registry=registry,
+                                  registered_model=registered.outputs["registered_model"],
+                                  model_version=registered.outputs["version"])
+                configure_step(served, settings)
 
     return automl_vision_pipeline
 
@@ -161,23 +186,32 @@ automl_vision_pipeline = build_pipeline()
 
 
 def run_arguments(*, device: str = "auto", backend: str = "local", inference_service: str | None = None,
-                  serving_namespace: str = "") -> dict[str, Any]:
+                  serving_namespace: str = "", registry: str = "", registered_model: str = "",
+                  promotion_margin: float = DEFAULT_MARGIN_POINTS) -> dict[str, Any]:
     """The pipeline's run parameters (``RUN_PARAMETERS``): ``inference_service`` a name deploys the
     package as that InferenceService (in ``serving_namespace``; '': ``DEFAULT_SERVING_NAMESPACE``, the
-    pipeline parameter's own default); None: no deploy."""
+    pipeline parameter's own default); None: no deploy. ``registry``: a Kubeflow Model Registry URL or a
+    local registry folder ('': none), ``registered_model`` the name there ('': the job's name),
+    ``promotion_margin`` the points a new version must gain over the champion."""
     check_sweep_backend(backend)
+    if promotion_margin < 0:
+        raise ConfigError(f"promotion_margin {promotion_margin}: a number of percentage points, 0 or more")
     return {"device": device, "backend": backend, "deploy": inference_service is not None,
             "inference_service_name": inference_service or DEFAULT_INFERENCE_SERVICE,
-            "serving_namespace": serving_namespace or DEFAULT_SERVING_NAMESPACE}
+            "serving_namespace": serving_namespace or DEFAULT_SERVING_NAMESPACE, "registry": registry,
+            "registered_model": registered_model, "promotion_margin": float(promotion_margin)}
 
 
 def pipeline_arguments(job: JobSpec, *, device: str = "auto", backend: str = "local",
-                       inference_service: str | None = None, serving_namespace: str = "") -> dict[str, Any]:
+                       inference_service: str | None = None, serving_namespace: str = "", registry: str = "",
+                       registered_model: str = "", promotion_margin: float = DEFAULT_MARGIN_POINTS) -> dict[str, Any]:
     """The pipeline's arguments for ``job``: its top-level keys, under the same names, and the run
     parameters (:func:`run_arguments`). With backend katib, the job is translated into its Katib
     Experiments here, so that what Katib cannot run (data on this machine, ...) fails before a run starts."""
     arguments = run_arguments(device=device, backend=backend, inference_service=inference_service,
-                              serving_namespace=serving_namespace)
+                              serving_namespace=serving_namespace, registry=registry,
+                              registered_model=registered_model, promotion_margin=promotion_margin)
+    registered_model_name(registered_model, job.name or "", job.task.value)  # a bad name fails before the run
     if backend == "katib":
         experiments_from_job(job)
     d = job.to_dict()

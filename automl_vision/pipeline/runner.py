@@ -63,14 +63,18 @@ class JobRun:
 
 
 def run_job(job: JobSpec, run_dir: Path, device: str = "auto", resume: bool = False, engine: str = "pipeline",
-            echo: Callable[[str], None] = print) -> JobRun:
+            echo: Callable[[str], None] = print, registry: str | None = None, registered_model: str = "",
+            promotion_margin: float = 0.0) -> JobRun:
     """Run (or with ``resume``, continue) ``job`` into ``run_dir``; echo the leaderboard and the report's
     path. A step before the sweep that failed raises its error; one after it is left to the caller
-    (``JobRun.pipeline.raise_for_failure``), which first says what the sweep produced."""
+    (``JobRun.pipeline.raise_for_failure``), which first says what the sweep produced. ``registry``,
+    ``registered_model``, ``promotion_margin``: the pipeline's register step (``run_pipeline_locally``)."""
     started = time.monotonic()
     pipeline = None
     if engine == "pipeline" and not resume:
-        pipeline = run_pipeline_locally(job, run_dir, device=device, echo=echo)
+        pipeline = run_pipeline_locally(job, run_dir, device=device, registry=registry,
+                                        registered_model=registered_model, promotion_margin=promotion_margin,
+                                        echo=echo)
         result = pipeline.sweep_result()
         if result is None:  # a step before the sweep failed
             pipeline.raise_for_failure()

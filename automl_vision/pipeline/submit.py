@@ -245,11 +245,14 @@ def run_name(job: JobSpec) -> str:
 def submit(job: JobSpec, host: str, *, namespace: str | None = None, schedule: str | None = None,
            experiment: str = DEFAULT_EXPERIMENT, settings: ClusterSettings | None = None,
            service_account: str | None = None, device: str = "auto", backend: str = "local",
-           inference_service: str | None = None, credentials: Credentials | None = None) -> Submitted:
+           inference_service: str | None = None, credentials: Credentials | None = None,
+           registry: str = "", registered_model: str = "", promotion_margin: float = 0.0) -> Submitted:
     """Compile the pipeline and start it on ``host`` (a run, or with ``schedule`` a recurring run);
     ``backend`` runs the sweep's trials in its pod (local) or as Katib Experiments (katib),
-    ``inference_service`` deploys the packaged model as that KServe InferenceService; ``credentials``
-    (default :func:`find_credentials`) authenticate every request."""
+    ``inference_service`` deploys the packaged model as that KServe InferenceService (when the registry's
+    gate promotes it); ``registry`` (a Kubeflow Model Registry URL), ``registered_model`` and
+    ``promotion_margin`` are the register step's; ``credentials`` (default :func:`find_credentials`)
+    authenticate every request."""
     # kfp: the CLI's start-up time (this module's checks serve commands that never compile)
     from kfp_server_api.exceptions import ApiException
 
@@ -263,7 +266,13 @@ def submit(job: JobSpec, host: str, *, namespace: str | None = None, schedule: s
         if value and "://" not in value:
             log.warning("%s is a path on this machine (%s): the pipeline's pods read it as it is, so it must be "
                         "on the data volume of the cluster settings or in the image", key, value)
-    arguments = pipeline_arguments(job, device=device, backend=backend, inference_service=inference_service)
+    if registry and not registry.startswith(("http://", "https://")):
+        raise ConfigError(f"registry {registry!r}: a pipeline on a cluster records versions in a Kubeflow Model "
+                          "Registry; give its REST service's http(s):// URL (a local registry folder is for "
+                          "runs on this machine)")
+    arguments = pipeline_arguments(job, device=device, backend=backend, inference_service=inference_service,
+                                   registry=registry, registered_model=registered_model,
+                                   promotion_margin=promotion_margin)
     with tempfile.TemporaryDirectory(prefix="automl-vision-") as folder:
         # compiled as `compile --backend B --deploy NAME` would: the sweep step is placed for its backend
         package = str(compile_pipeline(Path(folder) / "pipeline.yaml",

@@ -455,12 +455,43 @@ def _classification_grid(ev: Scores, *, multilabel: bool) -> str:
     return H.img(H.image_png(grid), "predictions on validation images", H.esc(caption))
 
 
+def _registry_section(registration: dict[str, Any]) -> H.Section:
+    """The registered version and the champion/challenger gate's decision (the pipeline's register step)."""
+    decision = registration.get("decision") or {}
+    if not registration.get("version"):
+        return H.Section("registry", "Model registry", H.note(H.esc(decision.get("reason") or "not registered")))
+    promoted = bool(registration.get("champion"))
+    metric = decision.get("metric", "")
+    cards = [("registered model", registration.get("registered_model", "")),
+             ("version", registration["version"]),
+             ("gate", "promoted to champion" if promoted else "not promoted"),
+             (f"this model's {metric}", H.fmt_number(decision.get("value"))),
+             (f"champion's {metric}", H.fmt_number(decision.get("champion_value"))
+              if decision.get("champion_version") else "no champion")]
+    metadata = registration.get("metadata") or {}
+    facts = [("registry", registration.get("registry", "")),
+             ("why", decision.get("reason", "")),
+             ("champion compared", f"version {decision['champion_version']}" if decision.get("champion_version")
+              else "none"),
+             ("margin", f"{decision.get('margin_points', 0):g} points"),
+             ("model artifact", registration.get("uri") or "-"),
+             ("data manifest sha256", metadata.get("data_manifest_sha256") or "-"),
+             ("run id", metadata.get("run_id") or "-")]
+    body = (H.cards(cards)
+            + "<p>Each run registers its best model as a new version; it becomes the <b>champion</b> (what a "
+              "deploy serves) only when it scores better than the current champion on the same validation "
+              "images, by more than the margin.</p>" + H.key_values(facts))
+    return H.Section("registry", "Model registry", body)
+
+
 # --- the report ----------------------------------------------------------------------------------
 
 def build_report(run_dir: str | os.PathLike, *, training_data: str | os.PathLike | None = None,
                  evaluation: Evaluation | None = None, score_model: ScoreModel | None = None,
-                 name: str | None = None, source_data: str | None = None) -> str:
-    """The report's HTML text. ``training_data``: where the data the sweep trained on is now, when not
+                 name: str | None = None, source_data: str | None = None,
+                 registration: dict[str, Any] | None = None) -> str:
+    """The report's HTML text. ``registration``: the register step's record (the version and the gate's
+    decision), shown after the summary. ``training_data``: where the data the sweep trained on is now, when not
     where job.yaml says; ``evaluation``: the best model's evaluation already written (not scored again);
     else ``score_model`` scores the best model on its validation split for the report (the pipeline's
     ``evaluate_model``, which needs the serving engine above this package);
@@ -475,7 +506,8 @@ def build_report(run_dir: str | os.PathLike, *, training_data: str | os.PathLike
     if source_data:
         job[SOURCE_KEY] = str(source_data)
     run = dataclasses.replace(run, job=job)
-    sections = [_summary(run), _data_section(run), _leaderboard(run), _curves(run), _hyperparameters(run),
+    sections = [_summary(run), *([_registry_section(registration)] if registration else []), _data_section(run),
+                _leaderboard(run), _curves(run), _hyperparameters(run),
                 *_evaluation_and_predictions(run, evaluation, score_model)]
     name = run.job.get("name") or run.run_dir.name
     best = run.best
@@ -487,12 +519,12 @@ def build_report(run_dir: str | os.PathLike, *, training_data: str | os.PathLike
 def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,
                  training_data: str | os.PathLike | None = None, evaluation: Evaluation | None = None,
                  score_model: ScoreModel | None = None, name: str | None = None,
-                 source_data: str | None = None) -> Path:
+                 source_data: str | None = None, registration: dict[str, Any] | None = None) -> Path:
     """Write the run's ``report.html`` (default: into the run folder) and return its path; the keywords
     are :func:`build_report`'s."""
     t0 = time.monotonic()
     text = build_report(run_dir, training_data=training_data, evaluation=evaluation, score_model=score_model,
-                        name=name, source_data=source_data)
+                        name=name, source_data=source_data, registration=registration)
     path = Path(out) if out is not None else Path(run_dir) / REPORT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 from kserve_crd import check_inference_service
-from kube_api_fake import FakeKubernetesAPI
-from kube_testserver import serve, write_kubeconfig
+from kube_testserver import ReadyOnRead, serve, write_kubeconfig
 
 from automl_vision.pipeline.components import deploy
 from automl_vision.pipeline.pipeline import build_pipeline
@@ -37,23 +36,6 @@ for call in json.loads(sys.argv[1]):
     deploy.python_func(model=Model(uri=call.pop("model")), inference_service=out, **call)
     print({RESULT!r} + json.dumps({{"metadata": out.metadata, "file": json.load(open(out.path))}}), flush=True)
 """
-
-
-class ReadyOnRead(FakeKubernetesAPI):
-    """KServe's controller as a script: an InferenceService is Ready, with its URL, once it is read."""
-
-    def __init__(self):
-        super().__init__()
-        self.add_namespace("kubeflow", {"control-plane": "kubeflow", "istio-injection": "enabled"})
-        self.add_namespace("team-a")
-        self.add_namespace(DEFAULT_SERVING_NAMESPACE, {"app.kubernetes.io/part-of": "automl-vision"})
-
-    def on_get(self, plural: str, obj: dict) -> None:
-        if plural == "inferenceservices":
-            meta = obj["metadata"]
-            obj["status"] = {"observedGeneration": meta["generation"],
-                             "url": f"http://{meta['name']}.{meta['namespace']}.example.com",
-                             "conditions": [{"type": "Ready", "status": "True"}]}
 
 
 def run_step(tmp_path: Path, host: str, calls: list[dict]) -> tuple[subprocess.CompletedProcess, list[dict]]:
