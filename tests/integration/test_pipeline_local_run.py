@@ -21,7 +21,7 @@ import yaml
 
 pytestmark = pytest.mark.slow
 
-STEPS = ("ingest", "preview", "sweep", "evaluate", "report", "package")
+STEPS = ("ingest", "preview", "sweep", "evaluate", "package", "register", "report")
 RUN_FILES = {"job.yaml", "resolved_job.json", "leaderboard.csv", "leaderboard.json", "sweep.json", "best_model",
              "trials", "report.html"}
 
@@ -49,7 +49,7 @@ def test_run_goes_through_every_pipeline_step(reference_pipeline_run):
     out = p.stdout
     for step in STEPS:
         assert f": {step} started" in out and f": {step} succeeded in " in out, step
-    assert "[pipeline] step 6/6:" in out
+    assert "[pipeline] step 7/7:" in out
     assert "[trial-0000] epoch 1" in out  # the sweep's own progress comes through
     for noise in ("executor_input", "KFP Executor", '"outputFile"', "Streamed logs", "DockerRunner"):
         assert noise not in out + p.stderr, noise
@@ -61,7 +61,7 @@ def test_run_goes_through_every_pipeline_step(reference_pipeline_run):
     assert f"preview:    {run / 'preview.html'}\n" in out
     assert "Augmentation preview" in (run / "preview.html").read_text()
 
-    assert RUN_FILES <= {x.name for x in run.iterdir()}
+    assert RUN_FILES | {"registration.json"} <= {x.name for x in run.iterdir()}  # the library engine registers nothing
     assert yaml.safe_load((run / "job.yaml").read_text())["training_data"] == str(data)  # the job as given
     summary = json.loads((run / "pipeline_run.json").read_text())
     steps = {s["name"]: s for s in summary["steps"]}
