@@ -19,23 +19,19 @@ import re
 import urllib.error
 import urllib.request
 
+import mr_openapi.api.model_registry_service_api as generated_api
 import pytest
-
-pytest.importorskip("model_registry", reason="the Model Registry client (pip install model-registry)")
-pytest.importorskip("openapi_core", reason="the OpenAPI validator the fake is built on (pip install openapi-core)")
-
-import mr_openapi.api.model_registry_service_api as generated_api  # noqa: E402
-from model_registry import ModelRegistry  # noqa: E402
-from model_registry.core import ModelRegistryAPIClient  # noqa: E402
-from model_registry.exceptions import StoreError  # noqa: E402
-from model_registry.types import RegisteredModel  # noqa: E402
-from mr_openapi.exceptions import (  # noqa: E402
+from model_registry import ModelRegistry
+from model_registry.core import ModelRegistryAPIClient
+from model_registry.exceptions import StoreError
+from model_registry.types import RegisteredModel
+from model_registry_fake import PREFIX, FakeModelRegistry, serving
+from mr_openapi.exceptions import (
     ConflictException,
     ForbiddenException,
     ServiceException,
     UnauthorizedException,
 )
-from model_registry_fake import PREFIX, FakeModelRegistry, serving  # noqa: E402
 
 METADATA = {"dataset": "bccd", "epochs": 12, "map50": 0.734, "champion": True}
 

@@ -112,7 +112,7 @@ def test_a_pipeline_with_every_cluster_setting_fits_the_oldest_backend(backend, 
                             backend=sweep_backend)
     parsed = check_package(backend, path)
     platform = list(yaml.safe_load_all(path.read_text()))[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert len(parsed) == 7
+    assert len(parsed) == 8
     # what the settings asked for is still there, in the fields this backend reads
     evaluate, ingest = platform["exec-evaluate"], platform["exec-ingest"]
     for config in (evaluate, ingest):

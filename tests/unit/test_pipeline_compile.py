@@ -25,9 +25,13 @@ from automl_vision.spec.job import JobSpec, parse_job
 REGISTRY = "registry.example.com/ml"
 #: the default cluster settings with the one key a cluster always needs
 CLUSTER = ClusterSettings(registry=REGISTRY)
-STEPS = {"ingest", "preview", "sweep", "evaluate", "report", "package"}
-#: deploy runs inside the condition on the pipeline's `deploy` parameter
+STEPS = {"ingest", "preview", "sweep", "evaluate", "package", "register", "report"}
+#: deploy runs inside the condition on the pipeline's `deploy` parameter, and in it on the gate's promotion
 ALL_STEPS = STEPS | {"deploy"}
+
+
+def _deploy_task(spec: dict) -> dict:
+    return spec["components"]["comp-condition-2"]["dag"]["tasks"]["deploy"]
 
 
 def _job(**changes) -> JobSpec:
@@ -75,7 +79,8 @@ def test_parameters_are_the_job_keys(tmp_path):
     assert set(args) - set(RUN_PARAMETERS) == job_keys
     assert {k: args[k] for k in RUN_PARAMETERS} == {"device": "auto", "backend": "local", "deploy": False,
                                                    "inference_service_name": DEFAULT_INFERENCE_SERVICE,
-                                                   "serving_namespace": DEFAULT_SERVING_NAMESPACE}
+                                                   "serving_namespace": DEFAULT_SERVING_NAMESPACE,
+                                                   "registry": "", "registered_model": "", "promotion_margin": 0.0}
     # the run's arguments and the pipeline's own parameter defaults agree
     assert inputs["serving_namespace"]["defaultValue"] == DEFAULT_SERVING_NAMESPACE
     assert {k for k, v in inputs.items() if not v.get("isOptional")} == {"task", "training_data"}
@@ -96,7 +101,7 @@ def test_a_job_becomes_the_defaults(tmp_path):
 def test_gpu_steps_get_the_pool_shm_and_every_step_the_secret(tmp_path):
     _, spec, executors = _compile(tmp_path)
     containers = {k.removeprefix("exec-"): v["container"] for k, v in spec["deploymentSpec"]["executors"].items()}
-    tasks = {**spec["root"]["dag"]["tasks"], **spec["components"]["comp-condition-1"]["dag"]["tasks"]}
+    tasks = {**spec["root"]["dag"]["tasks"], "deploy": _deploy_task(spec)}
     for step in ALL_STEPS:
         config, container = executors[f"exec-{step}"], containers[step]
         assert config["secretAsEnv"][0]["secretName"] == "automl-vision-storage"
@@ -136,7 +141,7 @@ def test_cluster_settings_change_images_pool_and_volumes(tmp_path):
     assert executors["exec-sweep"]["nodeSelector"]["labels"] == {"agentpool": "gpunc"}
     assert "tolerations" not in executors["exec-sweep"]
     assert executors["exec-evaluate"]["emptyDirMounts"][0]["sizeLimit"] == "16Gi"
-    deploy = spec["components"]["comp-condition-1"]["dag"]["tasks"]["deploy"]
+    deploy = _deploy_task(spec)
     assert deploy["inputs"]["parameters"]["image"]["runtimeValue"]["constant"] == containers["ingest"]["image"]
     for step in ALL_STEPS:
         assert "secretAsEnv" not in executors[f"exec-{step}"]
@@ -151,16 +156,25 @@ def test_without_a_gpu_pool_every_step_runs_on_cpu(tmp_path):
     assert executors["exec-sweep"]["emptyDirMounts"][0]["mountPath"] == "/dev/shm"
 
 
-def test_deploy_runs_only_when_asked_after_evaluate_on_the_package(tmp_path):
+def test_deploy_runs_only_when_asked_and_promoted_by_the_registry_gate(tmp_path):
     _, spec, _ = _compile(tmp_path)
     condition = spec["root"]["dag"]["tasks"]["condition-1"]
     assert condition["taskInfo"]["name"] == "deploy-requested"
     assert condition["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--deploy'] == true"
-    assert set(condition["dependentTasks"]) == {"evaluate", "package"}  # a model that failed evaluation is not served
-    deploy = spec["components"]["comp-condition-1"]["dag"]["tasks"]["deploy"]
+    # after register, which runs after evaluate: a model that failed evaluation or the gate is not served
+    assert set(condition["dependentTasks"]) == {"package", "register"}
+    assert set(spec["root"]["dag"]["tasks"]["register"]["dependentTasks"]) >= {"evaluate", "package"}
+    promoted = spec["components"]["comp-condition-1"]["dag"]["tasks"]["condition-2"]
+    assert promoted["taskInfo"]["name"] == "promoted"
+    assert promoted["triggerPolicy"]["condition"] == \
+        "inputs.parameter_values['pipelinechannel--register-promoted'] == true"
+    deploy = _deploy_task(spec)
     assert deploy["inputs"]["artifacts"]["model"] == {"componentInputArtifact": "pipelinechannel--package-model"}
     assert deploy["inputs"]["parameters"]["inference_service_name"] == {
         "componentInputParameter": "pipelinechannel--inference_service_name"}
+    # the deployed version records where it serves
+    assert deploy["inputs"]["parameters"]["model_version"] == {
+        "componentInputParameter": "pipelinechannel--register-version"}
     inputs = spec["root"]["inputDefinitions"]["parameters"]
     assert inputs["deploy"]["defaultValue"] is False and inputs["backend"]["defaultValue"] == "local"
 
@@ -171,15 +185,19 @@ def test_the_report_step_reads_the_run_the_data_and_the_evaluation(tmp_path):
     artifacts = {name: (a["taskOutputArtifact"]["producerTask"], a["taskOutputArtifact"]["outputArtifactKey"])
                  for name, a in task["inputs"]["artifacts"].items()}
     assert artifacts == {"run": ("sweep", "run"), "dataset": ("ingest", "dataset"),
-                         "evaluation": ("evaluate", "evaluation"), "validation_split": ("ingest", "validation")}
+                         "evaluation": ("evaluate", "evaluation"), "validation_split": ("ingest", "validation"),
+                         "registration": ("register", "registration")}
     assert task["inputs"]["parameters"]["validation_data"] == {"componentInputParameter": "validation_data"}
-    assert set(task["dependentTasks"]) == {"ingest", "sweep", "evaluate"}
+    assert set(task["dependentTasks"]) == {"ingest", "sweep", "evaluate", "register"}
     outputs = spec["components"]["comp-report"]["outputDefinitions"]["artifacts"]
     assert outputs == {"report": {"artifactType": {"schemaTitle": "system.HTML", "schemaVersion": "0.0.1"}}}
     container = spec["deploymentSpec"]["executors"]["exec-report"]["container"]
     assert container["image"] == f"{REGISTRY}/automl-vision-cpu:{__version__}"
     assert "accelerator" not in container["resources"]  # no GPU
     assert "report" not in spec["components"]["comp-condition-1"]["dag"]["tasks"]
+    registered = spec["root"]["dag"]["tasks"]["register"]
+    assert registered["inputs"]["parameters"]["run_id"] == {"runtimeValue": {"constant": "{{$.pipeline_job_uuid}}"}}
+    assert registered["inputs"]["parameters"]["registry"] == {"componentInputParameter": "registry"}
 
 
 def test_the_sweep_step_gets_the_backend_the_job_uris_and_the_run_id(tmp_path):
