@@ -50,9 +50,9 @@ def add_pipeline_options(p, prefix: str = "") -> None:
 def add_registry_options(p, prefix: str = "") -> None:
     """The register step's run parameters (docs/kubeflow.md, "Model registry")."""
     p.add_argument("--registry", metavar="URL|FOLDER",
-                   help=prefix + "where each run's model is registered: a Kubeflow Model Registry's REST URL, or "
-                                 "(runs on this machine) a folder; default here: model_registry/ beside the run "
-                                 "folder, on a cluster: none; '' for none")
+                   help=prefix + "where each run's model is registered: on this machine a folder (default: "
+                                 "model_registry/ beside the run folder); on a cluster (--kubeflow, compile) a "
+                                 "Kubeflow Model Registry's REST URL (default: none); '' for none")
     p.add_argument("--registered-model", metavar="NAME", default="",
                    help=prefix + "the registered model's name (default: the job's name, else automl-vision-<task>)")
     p.add_argument("--promotion-margin", metavar="POINTS", type=float, default=0.0,

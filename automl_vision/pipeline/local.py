@@ -172,9 +172,14 @@ def run_pipeline_locally(job: JobSpec, run_dir: str | Path, *, device: str = "au
         pipeline_arguments,
     )
 
+    if registry and "://" in registry:
+        raise ConfigError(f"registry {registry}: a run on this machine leaves its package on this machine, which a "
+                          "Kubeflow Model Registry cannot point a cluster at; run with a local registry folder (the "
+                          "default) and then `automl-vision register RUN_DIR --registry URL --upload s3://...`, or "
+                          "run the job on Kubeflow with --kubeflow")
     if registry is None:
         registry = str(default_registry(run_dir))
-    elif registry and "://" not in registry:
+    elif registry:
         registry = str(Path(registry).absolute())  # the steps run in other folders
     arguments = pipeline_arguments(job, device=device, registry=registry, registered_model=registered_model,
                                    promotion_margin=promotion_margin)

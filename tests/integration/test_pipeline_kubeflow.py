@@ -204,8 +204,8 @@ def test_run_on_kubeflow_sends_the_compiled_pipeline_and_the_job(api_server, job
         f"{REGISTRY}/automl-vision-cpu:{__version__}"
     # what the API server does first: parse into its message types (unknown fields are refused)
     parsed = json_format.ParseDict(run["pipeline_spec"]["pipeline_spec"], pipeline_spec_pb2.PipelineSpec())
-    assert set(parsed.root.dag.tasks) == {"ingest", "preview", "sweep", "evaluate", "report", "package",
-                                          "condition-1"}
+    assert set(parsed.root.dag.tasks) == {"ingest", "preview", "sweep", "evaluate", "package", "register",
+                                          "report", "condition-1"}
     assert run["runtime_config"]["parameters"]["backend"] == "local"
     assert run["runtime_config"]["parameters"]["deploy"] is False
     json_format.ParseDict(run["pipeline_spec"]["platform_spec"], pipeline_spec_pb2.PlatformSpec())

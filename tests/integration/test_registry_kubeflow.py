@@ -202,3 +202,11 @@ def test_cli_register_uploads_the_package_and_deploy_records_where_it_serves(fak
                        "--registry-token-file", str(token), "--name", "x")
     assert missing.returncode != 0 and "has no '9' version (versions: 1 (champion))" in missing.stderr
     assert fake.rejected == [] and fake.bad_responses == []
+
+
+def test_a_run_on_this_machine_is_not_registered_in_a_cluster_registry(tmp_path, cli_main):
+    job = tmp_path / "job.yaml"
+    job.write_text("task: image_classification\ntraining_data: train.jsonl\n")
+    p = cli_main("run", str(job), "--output-dir", str(tmp_path / "run"), "--registry", "http://127.0.0.1:9")
+    assert p.returncode == 2 and "register RUN_DIR --registry URL --upload s3://" in p.stderr
+    assert not (tmp_path / "run").exists()
