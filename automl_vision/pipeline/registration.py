@@ -18,17 +18,18 @@ from pathlib import Path
 from typing import Any
 
 from automl_vision.errors import ConfigError
-from automl_vision.pipeline.evaluate import evaluate_model
 from automl_vision.registry.gate import DEFAULT_MARGIN_POINTS, ChampionScore, GateDecision, decide
 from automl_vision.registry.records import registered_model_name, version_metadata
 from automl_vision.registry.register import (REGISTRATION_FILE, Registration, champion_score, record_deployment,
                                              register_run, resolve_version)
 from automl_vision.registry.store import open_registry, read_token
-from automl_vision.report.evaluation import METRICS_FILE
 from automl_vision.serving.package import load_package
 
 log = logging.getLogger(__name__)
 
+#: In the evaluate step's output: its metrics (``report.evaluation.METRICS_FILE``; that module loads torch, which
+#: the register step does without).
+METRICS_FILE = "metrics.json"
 #: In the evaluate step's output: the champion's score on the same validation data (and its files in champion/).
 CHAMPION_FILE = "champion.json"
 CHAMPION_DIR = "champion"
@@ -52,10 +53,13 @@ def score_champion(registry: str, model: str, data: str | os.PathLike, evaluatio
     out = Path(evaluation_dir)
 
     def score(folder: Path) -> tuple[str, float | None]:
+        # the serving engine (torch, seconds to import): only to score a champion; the register step needs none
+        from automl_vision.pipeline.evaluate import evaluate_model
+
         package = load_package(folder)
         if package.task.value != task:
-            raise ConfigError(f"the champion of the registered model {model!r} is a {package.task.value} model, this "
-                              f"run's is {task}: register this job under another name (the pipeline's "
+            raise ConfigError(f"the champion of the registered model {model!r} is a model for {package.task.value}, "
+                              f"this run's is for {task}: register this job under another name (the pipeline's "
                               "registered_model parameter)")
         result = evaluate_model(folder, data, out / CHAMPION_DIR)
         return package.task.primary_metric, result.primary

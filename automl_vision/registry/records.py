@@ -20,6 +20,7 @@ from automl_vision.data.manifest import MANIFEST_FILE
 from automl_vision.errors import ConfigError
 from automl_vision.models.catalogue import default_model_size, weights_file
 from automl_vision.serving.package import load_package
+from automl_vision.spec.catalogue import MODELS
 from automl_vision.spec.tasks import parse_task
 
 #: In the run folder of a sweep on Katib: its Experiments and the one whose trial won.
@@ -62,18 +63,18 @@ def headline_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 def licences(model_name: str, hyperparameters: Mapping[str, Any]) -> dict[str, str]:
-    """The licences of the model's code and of the pretrained weights it started from (the catalogue's)."""
-    name = model_name
-    try:
-        f = weights_file(name)
-        if f.library == "ultralytics":
-            f = weights_file(f"{model_name}:{hyperparameters.get('model_size', default_model_size())}")
-    except Exception:  # a model outside the catalogue: nothing known to state
+    """The licences of the model's code and of the pretrained weights it started from (the catalogue's); the
+    weights' file is looked up (torchvision's or timm's tables: torch) only for a fine-tuned model."""
+    row = MODELS.get(model_name)
+    if row is None:  # a model outside the catalogue: nothing known to state
         return {"code_licence": "unknown", "weights_licence": "unknown"}
-    pretrained = bool(hyperparameters.get("pretrained"))
-    return {"code_licence": f.code_licence or "unknown",
-            "weights_licence": (f.weights_licence or "unknown") if pretrained else "none (trained from scratch)",
-            "pretrained_weights": f.url if pretrained else ""}
+    if not hyperparameters.get("pretrained"):
+        return {"code_licence": row.code_licence, "weights_licence": "none (trained from scratch)",
+                "pretrained_weights": ""}
+    f = weights_file(f"{model_name}:{hyperparameters.get('model_size', default_model_size())}" if row.sizes
+                     else model_name)
+    return {"code_licence": f.code_licence or "unknown", "weights_licence": f.weights_licence or "unknown",
+            "pretrained_weights": f.url}
 
 
 def katib_experiment(run_dir: str | os.PathLike | None) -> str:

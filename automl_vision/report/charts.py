@@ -297,6 +297,7 @@ def roc_pr_curves(targets: np.ndarray, probs: np.ndarray, classes: Sequence[str]
                xlim=(-0.01, 1.01), ylim=(-0.01, 1.01))
         a2.set(xlabel="recall", ylabel="precision", title="precision-recall", xlim=(-0.01, 1.01), ylim=(-0.01, 1.01))
         for a in (a1, a2):  # under each chart: a legend inside would hide the curves
-            a.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False)
+            if a.get_legend_handles_labels()[0]:  # none when no class has both kinds of images
+                a.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False)
         fig.tight_layout()
         return figure_png(fig)

@@ -20,7 +20,9 @@ import pytest
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Metrics, Model
 from safetensors.torch import load_file, save_file
 
+from automl_vision.errors import ConfigError
 from automl_vision.pipeline.components import evaluate, register, report
+from automl_vision.pipeline.registration import score_champion
 from automl_vision.registry.store import LocalRegistry
 from automl_vision.serving.batch import predict_batch
 
@@ -146,3 +148,13 @@ def test_retraining_promotes_only_a_better_model(reference_pipeline_run, tmp_pat
                                  registration=Artifact(uri=str(tmp_path / "retry")), registry=str(registry),
                                  job_name="shapes", task="image_classification", run_id="run-3")
     assert tuple(again) == (True, "3", "shapes") and len(LocalRegistry(registry).versions("shapes")) == 3
+
+
+def test_a_champion_of_another_task_is_not_compared(reference_pipeline_run, tmp_path):
+    # the job's name reused for a detection job: its evaluate step refuses to score a classifier as its champion
+    registry = reference_pipeline_run.run.parent / "model_registry"
+    with pytest.raises(ConfigError, match="is a model for image_classification, this run's is for "
+                                          "image_object_detection: register this job under another name"):
+        score_champion(str(registry), "shapes", reference_pipeline_run.data, tmp_path,
+                       task="image_object_detection")
+    assert not (tmp_path / "champion.json").exists()

@@ -10,7 +10,7 @@ import pytest
 
 from automl_vision.errors import ConfigError
 from automl_vision.registry.gate import ChampionScore, GateDecision, decide
-from automl_vision.registry.records import registered_model_name
+from automl_vision.registry.records import katib_experiment, registered_model_name
 from automl_vision.registry.register import register_run, resolve_version
 from automl_vision.registry.store import LOCAL_REGISTRY_FILE, LocalRegistry, RegistryError, open_registry
 
@@ -149,3 +149,24 @@ def test_a_registry_that_stores_no_packages_needs_their_uri_and_gets_nothing_wit
         register_run(remote, "m", run_id="r", package_dir=_package(tmp_path), metadata={},
                      decision=decide("accuracy", 0.5, None))
     assert remote.versions("m") == []
+
+
+def test_the_katib_experiment_of_a_run(tmp_path):
+    assert katib_experiment(tmp_path) == ""  # a sweep that did not run on Katib
+    (tmp_path / "katib.json").write_text(json.dumps({"experiments": ["run-7-0", "run-7-1"],
+                                                     "best_experiment": "run-7-1"}))
+    assert katib_experiment(tmp_path) == "run-7-1"
+
+
+def test_the_register_step_reads_the_evaluate_steps_metrics_without_loading_torch():
+    # the step's own imports: a process that only registers starts in a fraction of a second, not seconds
+    import subprocess  # (only this test starts a process)
+    import sys
+
+    from automl_vision.pipeline.registration import METRICS_FILE
+    from automl_vision.report.evaluation import METRICS_FILE as WRITTEN
+
+    assert METRICS_FILE == WRITTEN
+    code = ("import sys; from automl_vision.pipeline.registration import register_model_step; "
+            "from automl_vision.registry.store import KubeflowRegistry; print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
