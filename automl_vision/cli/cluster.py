@@ -22,6 +22,7 @@ from automl_vision.earlystopping.katib_config import (
     update_document,
 )
 from automl_vision.errors import EXIT_OK, ConfigError
+from automl_vision.registry.store import check_cluster_registry
 from automl_vision.spec.job import Compute, load_job
 
 
@@ -44,9 +45,7 @@ def cmd_compile(args) -> int:
 
     setup_logging(args.verbose)
     job = load_job(args.job) if args.job else None
-    if args.registry and not args.registry.startswith(("http://", "https://")):
-        raise ConfigError(f"--registry {args.registry}: a pipeline on a cluster records versions in a Kubeflow Model "
-                          "Registry; give its REST service's http(s):// URL", "compile")
+    check_cluster_registry(args.registry or "")
     path = compile_pipeline(args.out, settings=load_cluster_settings(args.cluster_settings), job=job,
                             backend=args.backend, inference_service=args.deploy, registry=args.registry or "",
                             registered_model=args.registered_model, promotion_margin=args.promotion_margin)

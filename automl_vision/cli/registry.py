@@ -46,10 +46,8 @@ def _run_facts(run_dir: Path | None) -> dict:
     facts: dict = {"job": {}, "registration": {}, "evaluation": None}
     if run_dir is None:
         return facts
-    for key, name in (("registration", "registration.json"),):
-        path = run_dir / name
-        if path.is_file():
-            facts[key] = json.loads(path.read_text())
+    if (run_dir / "registration.json").is_file():
+        facts["registration"] = json.loads((run_dir / "registration.json").read_text())
     if (run_dir / "job.yaml").is_file():
         import yaml  # only for a run folder
 
@@ -66,7 +64,7 @@ def _run_facts(run_dir: Path | None) -> dict:
 def cmd_register(args) -> int:
     # the registry's modules read packages (torch, the client): not at CLI start-up
     from automl_vision.data.storage import upload_folder
-    from automl_vision.registry.gate import GateDecision
+    from automl_vision.registry.gate import GateDecision, decide
     from automl_vision.registry.records import file_sha256, registered_model_name, version_metadata
     from automl_vision.registry.register import register_run
     from automl_vision.registry.store import open_registry, read_token
@@ -106,7 +104,7 @@ def cmd_register(args) -> int:
         decision = GateDecision(True, "promoted by hand (register --champion)", metric, value,
                                 champion.version if champion else "")
     elif champion is None:
-        decision = GateDecision(True, "no champion yet: the first version is promoted", metric, value)
+        decision = decide(metric, value, None)  # the first version
     else:
         decision = GateDecision(False, f"registered by hand: version {champion.version} stays the champion (give "
                                        "--champion to promote this one; the pipeline's gate compares both on the "

@@ -26,6 +26,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from automl_vision.errors import ConfigError
+from automl_vision.registry.store import check_cluster_registry
 from automl_vision.spec.cluster import ClusterSettings
 from automl_vision.spec.job import JobSpec
 
@@ -266,10 +267,7 @@ def submit(job: JobSpec, host: str, *, namespace: str | None = None, schedule: s
         if value and "://" not in value:
             log.warning("%s is a path on this machine (%s): the pipeline's pods read it as it is, so it must be "
                         "on the data volume of the cluster settings or in the image", key, value)
-    if registry and not registry.startswith(("http://", "https://")):
-        raise ConfigError(f"registry {registry!r}: a pipeline on a cluster records versions in a Kubeflow Model "
-                          "Registry; give its REST service's http(s):// URL (a local registry folder is for "
-                          "runs on this machine)")
+    check_cluster_registry(registry)
     arguments = pipeline_arguments(job, device=device, backend=backend, inference_service=inference_service,
                                    registry=registry, registered_model=registered_model,
                                    promotion_margin=promotion_margin)

@@ -22,8 +22,7 @@ from automl_vision.data.storage import download_prefix
 from automl_vision.errors import ConfigError
 from automl_vision.serving.package import FORMAT_VERSION
 from automl_vision.registry.gate import ChampionScore, GateDecision
-from automl_vision.registry.store import (CHAMPION_LABEL, Registry, RegistryError, VersionRecord, is_url,
-                                          now_iso)
+from automl_vision.registry.store import CHAMPION_LABEL, Registry, RegistryError, VersionRecord, now_iso
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +159,3 @@ def champion_score(registry: Registry, model: str, score: Callable[[Path], tuple
     metric, value = score(folder)
     return ChampionScore(champion.version, metric, value, champion.uri)
 
-
-def local_or_url(location: str) -> str:
-    """A registry location as shown: URLs as they are, folders absolute."""
-    return location if is_url(location) else str(Path(location).absolute())

@@ -39,8 +39,6 @@ CHAMPION_LABEL = "champion"
 #: The local registry: a folder holding this file and a copy of every registered package under models/.
 LOCAL_REGISTRY_FILE = "registry.json"
 LOCAL_MODELS = "models"
-#: Where the registry's REST API lives under its address (the client adds it).
-REST_PATH = "/api/model_registry/v1alpha3"
 #: What the registry server may refuse, in words, by HTTP status.
 _STATUS_MEANING = {400: "the registry rejected the request as malformed", 401: "the registry refused the token",
                    403: "permission denied", 404: "not found", 409: "a conflicting record exists"}
@@ -424,6 +422,14 @@ def _error_detail(e: Exception) -> str:
 
 def is_url(location: str) -> bool:
     return location.startswith(("http://", "https://"))
+
+
+def check_cluster_registry(location: str) -> None:
+    """A pipeline on a cluster records versions in a Kubeflow Model Registry ('' none): a folder is refused."""
+    if location and not is_url(location):
+        raise ConfigError(f"registry {location!r}: a pipeline on a cluster records versions in a Kubeflow Model "
+                          "Registry; give its REST service's http(s):// URL (a local registry folder is for runs on "
+                          "this machine: a step's pod keeps no folder)")
 
 
 def open_registry(location: str, *, token: str | None = None, author: str = "automl-vision") -> Registry:

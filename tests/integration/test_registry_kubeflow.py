@@ -210,3 +210,9 @@ def test_a_run_on_this_machine_is_not_registered_in_a_cluster_registry(tmp_path,
     p = cli_main("run", str(job), "--output-dir", str(tmp_path / "run"), "--registry", "http://127.0.0.1:9")
     assert p.returncode == 2 and "register RUN_DIR --registry URL --upload s3://" in p.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_pipeline_for_a_cluster_refuses_a_registry_folder(tmp_path, cli_main):
+    p = cli_main("compile", "--out", str(tmp_path / "p.yaml"), "--registry", str(tmp_path / "model_registry"))
+    assert p.returncode == 2 and "a pipeline on a cluster records versions in a Kubeflow Model Registry" in p.stderr
+    assert not (tmp_path / "p.yaml").exists()
