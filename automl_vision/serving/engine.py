@@ -62,6 +62,7 @@ class ClassificationEngine:
     def __init__(self, package: ModelPackage, settings: InferenceSettings):
 
         self.task, self.labels, self.settings = package.task, list(package.labels), settings
+        self.package = package
         self.multilabel = package.task is ImageTask.IMAGE_CLASSIFICATION_MULTILABEL
         self._preparer = ClassificationPreparer(valid_transform(dict(settings.model)))
         device = pick_device(settings.device)
@@ -86,6 +87,15 @@ class ClassificationEngine:
     @property
     def preparer(self) -> ClassificationPreparer:
         return self._preparer
+
+    @property
+    def explain_device(self) -> torch.device:
+        """Where explanations run: the engine's device, the CPU under ONNX Runtime or OpenVINO."""
+        return self._device if self._model is not None else torch.device(self.device)
+
+    def torch_model(self) -> torch.nn.Module:
+        """The PyTorch network (the served one, or built from the package when another runtime serves)."""
+        return self._model if self._model is not None else build_torch_model(self.package)
 
     def logits(self, batch: torch.Tensor) -> np.ndarray:
         """The raw forward pass: a ``[N, 3, H, W]`` float batch to ``[N, C]`` logits."""

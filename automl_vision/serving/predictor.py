@@ -32,6 +32,7 @@ from automl_vision.errors import DataError
 from automl_vision.serving import protocol
 from automl_vision.serving.batching import MicroBatcher
 from automl_vision.serving.engine import Engine, load_engine
+from automl_vision.serving.explain import Explainer
 from automl_vision.serving.images import InvalidImage, b64decode, check_size, decode_image
 from automl_vision.serving.package import ModelPackage, load_package
 
@@ -45,6 +46,8 @@ V2_INPUT_HINT = ('send one input of datatype BYTES holding base64-encoded images
 class _Job:
     request: protocol.ParsedRequest
     prepared: list[Any]
+    #: Per image: the checked explanation parameters, or None.
+    explain: list[Any] | None = None
 
 
 @dataclass
@@ -65,6 +68,7 @@ class ImageModelPredictor(kserve.Model):
         self.package: ModelPackage | None = None
         self.engine: Engine | None = None
         self.batcher: MicroBatcher | None = None
+        self.explainer: Explainer | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def load(self) -> bool:
@@ -73,6 +77,7 @@ class ImageModelPredictor(kserve.Model):
         self.engine = load_engine(self.package, settings)
         self.batcher = MicroBatcher(self.engine.infer, settings.batch_size_for(self.engine.device),
                                     settings.max_batch_latency_ms / 1000)
+        self.explainer = Explainer(self.engine)
         self.ready = True
         return self.ready
 
@@ -99,15 +104,19 @@ class ImageModelPredictor(kserve.Model):
     async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> _Job:
         try:
             request = self._parse(payload, headers or {})
+            explain = self._explain_params(request)
             loop = asyncio.get_running_loop()
             prepared = await loop.run_in_executor(None, self._prepare_all, request)
         except DataError as e:
             raise InvalidInput(str(e)) from None
-        return _Job(request, prepared)
+        return _Job(request, prepared, explain)
 
     async def predict(self, payload: _Job, headers: dict[str, str] | None = None,
                       response_headers: dict[str, str] | None = None) -> _Answer:
         results = await self.batcher.submit(payload.prepared)
+        if payload.explain and any(p is not None for p in payload.explain):
+            loop = asyncio.get_running_loop()
+            results = await loop.run_in_executor(None, self._explain_all, payload, results)
         return _Answer(payload.request, results)
 
     async def postprocess(self, result: _Answer, headers: dict[str, str] | None = None,
@@ -120,6 +129,29 @@ class ImageModelPredictor(kserve.Model):
         return self._v2_response(result)
 
     # --- helpers -----------------------------------------------------------------------------------
+    def _explain_params(self, request: protocol.ParsedRequest) -> list[Any] | None:
+        """The checked parameters of each image that asks for an explanation; the limits are the
+        ``explain_max_*`` settings (a 400 beyond them, before any work)."""
+        asked = request.explained()
+        if not asked:
+            return None
+        limit = self.engine.settings.explain_max_images
+        if limit == 0:
+            raise protocol.BadRequest("explanations are turned off on this server (explain_max_images=0); send "
+                                      "model_explainability false or leave it out")
+        if len(asked) > limit:
+            raise protocol.BadRequest(f"{len(asked)} images ask for an explanation (model_explainability); this "
+                                      f"server explains at most {limit} per request (explain_max_images): send "
+                                      "them in several requests")
+        out: list[Any] = [None] * len(request.images)
+        for i in asked:
+            out[i] = self.explainer.parse(request.explain[i], f"{request.where[i]}.xai_parameters")
+        return out
+
+    def _explain_all(self, job: _Job, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [self.explainer.explain(x, r, p) if p is not None else r
+                for x, r, p in zip(job.prepared, results, job.explain)]
+
     def _parse(self, payload: Any, headers: Mapping[str, str]) -> protocol.ParsedRequest:
         if isinstance(payload, InferRequest):
             return self._parse_v2(payload)

@@ -3,11 +3,14 @@
 * the original product's: ``{"input_data": {"columns": ["image"], "index": [0, ...], "data": ["<base64>", ...]}}``
   (pandas "split" style: ``index`` optional, rows may also be lists ``[["<base64>"], ...]`` or objects
   ``[{"image": "<base64>"}, ...]``; base64 with line breaks, as ``base64.encodebytes`` writes it);
-  answered with a JSON list, one entry per image;
+  answered with a JSON list, one entry per image. A row may also be the original's explanation request,
+  a JSON object or that object as a JSON string: ``{"image_base64": "<base64>", "model_explainability":
+  true, "xai_parameters": {...}}``;
 * raw image bytes (``Content-Type`` ``image/*``, ``application/octet-stream`` or none): one image,
   answered like the original (a list of one);
 * KServe v1: ``{"instances": ["<base64>" | {"b64": ...} | {"image": {"b64": ...}}, ...]}``,
-  answered with ``{"predictions": [...]}``;
+  answered with ``{"predictions": [...]}``; an instance object may carry ``model_explainability`` and
+  ``xai_parameters`` as the original's rows do;
 * the Open Inference Protocol v2 (read in ``predictor.py``, where KServe's types live).
 
 Any other shape is a :class:`BadRequest` whose message shows the expected one.
@@ -47,6 +50,41 @@ class ParsedRequest:
     request_id: str | None = None
     outputs: list[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Per image: None (no explanation asked), else the request's ``xai_parameters`` (None: the defaults).
+    explain: list[Any] | None = None
+
+    def explained(self) -> list[int]:
+        return [i for i, e in enumerate(self.explain or []) if e is not None]
+
+
+#: The keys of the original's explanation row (its scoring schema for explainability).
+EXPLAIN_ROW_KEYS = ("image_base64", "model_explainability", "xai_parameters")
+
+
+def _explanation_row(row: Mapping, at: str) -> tuple[Any, Any]:
+    """``(base64 image, xai_parameters or None)`` of an explanation row; None as the second value when
+    ``model_explainability`` is absent or false."""
+    unknown = [k for k in row if k not in EXPLAIN_ROW_KEYS]
+    if unknown:
+        raise BadRequest(f"{at}: unknown key(s) {', '.join(map(str, unknown))}; an explanation row has "
+                         f"{', '.join(EXPLAIN_ROW_KEYS)}")
+    if "image_base64" not in row:
+        raise BadRequest(f"{at}: image_base64 missing; expected {{\"image_base64\": \"<base64 image>\", "
+                         "\"model_explainability\": true, \"xai_parameters\": {...}}")
+    return row["image_base64"], _explain_flag(row, at)
+
+
+def _explain_flag(row: Mapping, at: str) -> Any:
+    flag = row.get("model_explainability", False)
+    if not isinstance(flag, bool):
+        raise BadRequest(f"{at}.model_explainability={_show(flag)}: expected true or false")
+    if not flag:
+        return None
+    params = row.get("xai_parameters")
+    if params is not None and not isinstance(params, Mapping):
+        raise BadRequest(f"{at}.xai_parameters must be a JSON object like {{\"xai_algorithm\": \"xrai\"}}, got a "
+                         f"JSON {_kind(params)}")
+    return dict(params or {})
 
 
 def _empty(where: str) -> BadRequest:
@@ -86,21 +124,36 @@ def _parse_original(data: Any) -> ParsedRequest:
             got = f"{len(index)} entries" if isinstance(index, list) else f"a JSON {_kind(index)}"
             raise BadRequest(f"input_data.index must be a list with one entry per row of input_data.data "
                              f"({len(rows)}), got {got}")
-    images, where = [], []
+    images, where, explain = [], [], []
     for i, row in enumerate(rows):
         at = f"input_data.data[{i}]"
         if isinstance(row, list):
             if len(row) != len(columns):
                 raise BadRequest(f"{at}: a row of {len(row)} values for {len(columns)} columns {_show(columns)}")
             row = row[col]
-        elif isinstance(row, Mapping):
-            if "image" not in row:
+        if isinstance(row, str) and row.lstrip()[:1] == "{":  # the original's row: the object as a JSON string
+            try:
+                row = orjson.loads(row)
+            except orjson.JSONDecodeError as e:
+                raise BadRequest(f"{at}: a string starting with {{ is read as a JSON object, but it is not valid "
+                                 f"JSON ({e.msg})") from None
+            if not isinstance(row, Mapping):
+                raise BadRequest(f"{at}: expected a base64 image or a JSON object, got a JSON {_kind(row)}")
+        wanted = None
+        if isinstance(row, Mapping):
+            if "image_base64" in row:
+                row, wanted = _explanation_row(row, at)
+            elif "image" in row:
+                wanted = _explain_flag(row, at)
+                row = row["image"]
+            else:
                 keys = ", ".join(map(str, row)) or "none"
-                raise BadRequest(f"{at}: a row object needs the key \"image\"; its keys: {keys}")
-            row = row["image"]
+                raise BadRequest(f"{at}: a row object needs the key \"image\" (or the original's \"image_base64\"); "
+                                 f"its keys: {keys}")
         images.append(b64decode(row, at))
         where.append(at)
-    return ParsedRequest(ORIGINAL, images, where)
+        explain.append(wanted)
+    return ParsedRequest(ORIGINAL, images, where, explain=explain)
 
 
 def _parse_instances(instances: Any) -> ParsedRequest:
@@ -108,12 +161,14 @@ def _parse_instances(instances: Any) -> ParsedRequest:
         raise BadRequest(f"instances must be a list, got a JSON {_kind(instances)}")
     if not instances:
         raise _empty("instances")
-    images, where = [], []
+    images, where, explain = [], [], []
     for i, inst in enumerate(instances):
         at = f"instances[{i}]"
         value = inst
+        wanted = None
         if isinstance(value, Mapping):
-            for key in ("image", "image_bytes", "data"):
+            wanted = _explain_flag(value, at)
+            for key in ("image", "image_bytes", "image_base64", "data"):
                 if key in value:
                     value = value[key]
                     break
@@ -124,7 +179,8 @@ def _parse_instances(instances: Any) -> ParsedRequest:
                 value = value["b64"]
         images.append(b64decode(value, at))
         where.append(at)
-    return ParsedRequest(INSTANCES, images, where)
+        explain.append(wanted)
+    return ParsedRequest(INSTANCES, images, where, explain=explain)
 
 
 #: Content types under which a body may be either JSON or an image: it is JSON when it starts like JSON

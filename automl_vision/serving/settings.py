@@ -9,7 +9,8 @@ Two groups, one flat namespace:
   ``mask_pixel_score_threshold`` and ``max_number_of_polygon_points``. They are rows of the
   hyperparameter table, checked by the same rules as in training.
 * serving settings, ours: ``max_batch_size``, ``max_batch_latency_ms``, ``max_image_pixels``,
-  ``max_aspect_ratio``, ``max_request_bytes``, ``request_timeout_s``, ``runtime``, ``device``.
+  ``max_aspect_ratio``, ``max_request_bytes``, ``request_timeout_s``, ``runtime``, the explanation
+  limits ``explain_max_images``, ``explain_max_steps``, ``explain_max_masks``, and ``device``.
 
 Precedence, lowest first: the trained values (the package's ``config.json``) < the package's
 ``settings.json`` < the ``AUTOML_VISION_SETTINGS`` environment variable (read by the CLI) <
@@ -110,6 +111,14 @@ SERVING_SETTINGS: tuple[hps.HyperParameter, ...] = (
                        "auto: ONNX Runtime on the CPU when the package has model.onnx and, for a detector, the "
                        "settings fixed in its graph are unchanged; else PyTorch.", "auto", choices=_RUNTIMES,
                        origin="extension"),
+    hps.HyperParameter("explain_max_images", int, "Most images of one request that may ask for an explanation "
+                       "(model_explainability); more is a 400. 0 turns explanations off.", 4, minimum=0,
+                       maximum=1024, origin="extension"),
+    hps.HyperParameter("explain_max_steps", int, "Most n_steps a request may ask of xrai and integrated_gradients "
+                       "(xrai runs twice that many forward and backward passes per explained class); more is a 400.",
+                       200, minimum=2, maximum=1000, origin="extension"),
+    hps.HyperParameter("explain_max_masks", int, "Most num_masks a request may ask of d_rise (one detector pass "
+                       "per mask); more is a 400.", 2000, minimum=1, maximum=20000, origin="extension"),
     hps.HyperParameter("device", str, "auto, cpu, cuda or cuda:N.", "auto", origin="extension",
                        check=lambda v, _m: None if v in ("auto", "cpu", "cuda") or
                        (v.startswith("cuda:") and v[5:].isdigit()) else "expected auto, cpu, cuda or cuda:N"),
@@ -131,6 +140,9 @@ class InferenceSettings:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
     runtime: str = "auto"
+    explain_max_images: int = 4
+    explain_max_steps: int = 200
+    explain_max_masks: int = 2000
     device: str = "auto"
     #: Where each value that differs from training came from, for the log.
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)

@@ -1,0 +1,146 @@
+"""Explanations of a loaded engine's answers, in the original product's response shape.
+
+A classifier's answer gains ``visualizations`` (a base64 PNG; multi-label: a list, one per explained
+label) and/or ``attributions`` (``[3, crop, crop]``; multi-label: a list of them). The explained classes
+are the most probable one, or for multi-label every label whose probability is at least
+``confidence_score_threshold_multilabel``, most probable first.
+
+A detector's answer (beyond the original, which explains no detector) gains, on each of its ``max_boxes``
+highest-scoring boxes, ``visualizations`` (a base64 PNG) and/or ``attributions`` (the D-RISE map,
+``[height, width]`` of the image as sent). D-RISE calls the engine's own prediction, whatever runtime
+serves it (PyTorch, ONNX Runtime, OpenVINO), with the engine's settings (tiling included).
+
+Gradients need PyTorch: a classifier served by ONNX Runtime is explained by the package's PyTorch network,
+built on the first explanation.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from automl_vision.explain import params as P
+from automl_vision.explain.classification import ClassifierExplainer, explained_classes
+from automl_vision.explain.detection import Detection, drise
+from automl_vision.explain.pictures import classification_picture, detection_picture
+from automl_vision.serving.engine import Engine
+from automl_vision.spec.tasks import ImageTask
+
+log = logging.getLogger(__name__)
+
+
+def _b64(png: bytes) -> str:
+    return base64.b64encode(png).decode("ascii")
+
+
+def _rounded(values: np.ndarray) -> list:
+    """Attributions as JSON numbers (float32 precision is all they carry)."""
+    return np.asarray(values, dtype=np.float32).tolist()
+
+
+class Explainer:
+    """Explains one engine's answers; one explanation at a time (each is tens to thousands of passes)."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.task: ImageTask = engine.task
+        self._classifier: ClassifierExplainer | None = None
+        self._lock = threading.Lock()
+
+    def limits(self) -> P.ExplainLimits:
+        s = self.engine.settings
+        return P.ExplainLimits(max_steps=s.explain_max_steps, max_masks=s.explain_max_masks)
+
+    def parse(self, value: Any, where: str = "xai_parameters", algorithm: str | None = None) -> P.ExplainParams:
+        return P.parse_params(value, self.task, where, self.limits(), algorithm)
+
+    def classifier(self) -> ClassifierExplainer:
+        if self._classifier is None:
+            engine = self.engine
+            t0 = time.monotonic()
+            explainer = ClassifierExplainer(engine.torch_model(), engine.settings["mean"], engine.settings["std"])
+            self._classifier = explainer.to(engine.explain_device)
+            log.info("explanations: %s's network ready on %s in %.1f s (Grad-CAM layer %s)",
+                     engine.settings.model_name, engine.explain_device, time.monotonic() - t0,
+                     explainer.layer_name)
+        return self._classifier
+
+    def explain(self, prepared: Any, answer: dict[str, Any], params: P.ExplainParams) -> dict[str, Any]:
+        """``answer`` with the explanation's keys added (a new dict)."""
+        with self._lock:
+            t0 = time.monotonic()
+            if self.task.is_classification:
+                out = self._classification(prepared, answer, params)
+            else:
+                out = self._detection(prepared, answer, params)
+            log.info("explained one image with %s in %.2f s", params.algorithm, time.monotonic() - t0)
+            return out
+
+    # --- classification ------------------------------------------------------------------------
+    def _classification(self, x: torch.Tensor, answer: dict[str, Any], params: P.ExplainParams) -> dict[str, Any]:
+        multilabel = self.task is ImageTask.IMAGE_CLASSIFICATION_MULTILABEL
+        targets = explained_classes(answer["probs"], multilabel, params.confidence_score_threshold_multilabel)
+        explainer = self.classifier()
+        results = explainer.explain(x, targets, params)
+        crop = self._crop_pixels(x)
+        pictures = [_b64(classification_picture(crop, r.heat)) for r in results]
+        arrays = [_rounded(r.values) for r in results]
+        out = dict(answer)
+        if params.visualizations:
+            out["visualizations"] = pictures if multilabel else pictures[0]
+        if params.attributions:
+            out["attributions"] = arrays if multilabel else arrays[0]
+        return out
+
+    def _crop_pixels(self, x: torch.Tensor) -> np.ndarray:
+        mean = torch.tensor(self.engine.settings["mean"]).view(3, 1, 1)
+        std = torch.tensor(self.engine.settings["std"]).view(3, 1, 1)
+        pixels = (x.detach().cpu().float() * std + mean).clamp(0, 1)
+        return (pixels.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+    # --- detection -----------------------------------------------------------------------------
+    def _detection(self, prepared: Any, answer: dict[str, Any], params: P.ExplainParams) -> dict[str, Any]:
+        engine = self.engine
+        image = _prepared_image(prepared)
+        w, h = image.size
+        boxes = answer.get("boxes", [])
+        order = sorted(range(len(boxes)), key=lambda i: -boxes[i]["score"])[:params.max_boxes]
+        index = {name: i for i, name in enumerate(engine.labels)}
+        targets = []
+        for i in order:
+            b = boxes[i]["box"]
+            targets.append(Detection((b["topX"] * w, b["topY"] * h, b["bottomX"] * w, b["bottomY"] * h),
+                                     index[boxes[i]["label"]], float(boxes[i]["score"])))
+
+        def detect(images: Sequence[Image.Image]) -> list[list[Detection]]:
+            found = engine.predictions([engine.preparer(im) for im in images])
+            return [[Detection(tuple(map(float, box)), int(label), float(score))
+                     for box, label, score in zip(p.boxes, p.labels, p.scores)] for p in found]
+
+        maps = drise(image, detect, targets, params) if targets else np.zeros((0, h, w), np.float32)
+        out = dict(answer)
+        out["boxes"] = [dict(b) for b in boxes]
+        for i, t, heat in zip(order, targets, maps):
+            box = out["boxes"][i]
+            if params.visualizations:
+                caption = f"{box['label']} {box['score']:.2f}"
+                box["visualizations"] = _b64(detection_picture(image, heat, t.box, caption))
+            if params.attributions:
+                box["attributions"] = _rounded(heat)
+        return out
+
+
+def _prepared_image(prepared: Any) -> Image.Image:
+    """The image a detection engine prepared: HWC uint8 (yolov5) or CHW floats in [0, 1] (torchvision)."""
+    if isinstance(prepared, torch.Tensor):
+        pixels = (prepared.detach().cpu().float().clamp(0, 1) * 255).round().to(torch.uint8)
+        return Image.fromarray(pixels.permute(1, 2, 0).numpy())
+    return Image.fromarray(np.asarray(prepared, dtype=np.uint8))
