@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import json
 import os
 import signal
 import socket
@@ -112,6 +113,24 @@ def post_like_sample_client(url: str, *images: bytes, path: str = "/score"):
 
     return httpx.post(url + path, content=sample_client_body(*images), headers={"Content-Type": "application/json"},
                       timeout=120)
+
+
+def explain_request(*images: bytes, **xai_parameters) -> dict:
+    """The original product's explanation request, built as its published sample builds it: each row is
+    ``json.dumps`` of ``{"image_base64": base64.encodebytes(...), "model_explainability": True,
+    "xai_parameters": {...}}``."""
+    rows = [json.dumps({"image_base64": base64.encodebytes(data).decode("utf-8"), "model_explainability": True,
+                        "xai_parameters": dict(xai_parameters)}) for data in images]
+    return {"input_data": {"columns": ["image"], "data": rows}}
+
+
+def png_size(b64_png: str) -> tuple[int, int]:
+    """The size of a base64 PNG (it must decode as one)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(base64.b64decode(b64_png))) as image:
+        assert image.format == "PNG"
+        return image.size
 
 
 def free_port() -> int:

@@ -29,6 +29,10 @@ def add_evaluate(sub) -> None:
     p.add_argument("--validation_iou_threshold", type=float, default=0.5,
                    help="IoU at which a prediction matches an object (VOC metric; default 0.5)")
     p.add_argument("--output", help="also write the metrics, with per-label figures, to this JSON file")
+    p.add_argument("--explain-images", type=int, default=None, metavar="N",
+                   help="with --model: explain N images (the most confident right and wrong answers) into "
+                        "OUTPUT_DIR/explanations/ with XRAI (classifiers) or D-RISE (detectors); default 4 for "
+                        "classifiers, 2 for detectors; 0: none")
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -72,11 +76,15 @@ def _evaluate_with_pictures(args, task) -> int:
         if not args.output_dir:
             raise ConfigError("--output-dir is needed with --model (for the predictions, metrics and pictures)",
                               "evaluate")
+        if args.explain_images is not None and args.explain_images < 0:
+            raise ConfigError(f"--explain-images {args.explain_images} must be 0 or more", "evaluate")
         result = evaluate_model(args.model, args.data, args.output_dir, settings_layers=settings_layers(args),
-                                **options)
+                                explain_images=args.explain_images, **options)
     else:
         if args.settings:
             raise ConfigError("--settings goes with --model, not --predictions", "evaluate")
+        if args.explain_images is not None:
+            raise ConfigError("--explain-images goes with --model (the explanations need the model)", "evaluate")
         result = evaluate_predictions(task, args.data, args.predictions, args.output_dir, **options)
     scalars = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str)) or v is None}
     text = json.dumps(scalars, indent=2)
@@ -129,6 +137,18 @@ def add_predict(sub) -> None:
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per forward pass (default: max_batch_size when set, else 16 on a GPU, 8 on the CPU)")
     p.add_argument("--num-workers", type=int, default=None, help="image decoding processes (default: from the machine)")
+    p.add_argument("--explain", metavar="METHOD",
+                   choices=("xrai", "integrated_gradients", "guided_gradcam", "guided_backprop", "d_rise"),
+                   help="also explain each image: xrai, integrated_gradients, guided_gradcam or guided_backprop "
+                        "(classifiers: the predicted class, multi-label every label at or above "
+                        "confidence_score_threshold_multilabel), d_rise (detectors: the highest-scoring boxes). "
+                        "Pictures (PNG) and attributions (.npy) go to --explain-dir, listed in each line as "
+                        "\"explanations\"; see docs/serving.md for the costs")
+    p.add_argument("--xai-parameters", metavar="JSON",
+                   help='the method\'s parameters as the server takes them, e.g. \'{"n_steps": 25, "attributions": '
+                        'true}\' or \'{"num_masks": 500, "max_boxes": 1}\' (default: the method\'s defaults, '
+                        "pictures only)")
+    p.add_argument("--explain-dir", help="folder for the explanations (default: OUT's name + _explanations, beside it)")
     p.set_defaults(func=cmd_predict)
 
 
@@ -138,11 +158,35 @@ def cmd_predict(args) -> int:
     setup_logging(args.verbose)
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size {args.batch_size} must be >= 1")
+    explain = _explain_flags(args)
     result = predict_batch(args.model, args.input, args.out, settings_layers=settings_layers(args),
-                           batch_size=args.batch_size, num_workers=args.num_workers)
-    print(f"scored {result.images} images in {result.seconds:.1f} s ({result.images_per_second:.1f} images/s): "
+                           batch_size=args.batch_size, num_workers=args.num_workers, explain=explain,
+                           explain_dir=args.explain_dir)
+    what = "scored and explained" if explain else "scored"
+    print(f"{what} {result.images} images in {result.seconds:.1f} s ({result.images_per_second:.2f} images/s): "
           f"{result.output}", flush=True)
     return EXIT_OK
+
+
+def _explain_flags(args) -> dict | None:
+    if args.explain is None:
+        if args.xai_parameters is not None or args.explain_dir is not None:
+            raise ConfigError("--xai-parameters and --explain-dir go with --explain METHOD", "predict")
+        return None
+    params = {}
+    if args.xai_parameters is not None:
+        try:
+            params = json.loads(args.xai_parameters)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--xai-parameters is not valid JSON ({e.msg} at column {e.colno}): "
+                              f"{args.xai_parameters!r}", "predict") from None
+        if not isinstance(params, dict):
+            raise ConfigError(f"--xai-parameters must be a JSON object, got {args.xai_parameters!r}", "predict")
+        given = params.get("xai_algorithm", args.explain)
+        if given != args.explain:
+            raise ConfigError(f"--explain {args.explain} but --xai-parameters names xai_algorithm={given!r}",
+                              "predict")
+    return {**params, "xai_algorithm": args.explain}
 
 
 # --- deploy ------------------------------------------------------------------------------------

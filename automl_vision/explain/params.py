@@ -110,7 +110,7 @@ def parse_params(value: Any, task: ImageTask, where: str = "xai_parameters",
     if name not in allowed:
         other = DETECTION_METHODS if task.is_classification else CLASSIFICATION_METHODS
         hint = f" ({name} explains {'detectors' if task.is_classification else 'classifiers'})" if name in other else ""
-        raise ExplainError(f"{where}.xai_algorithm={name!r} for a {task.value} model{hint}; "
+        raise ExplainError(f"{where}.xai_algorithm={name!r} for a model of task {task.value}{hint}; "
                            f"allowed: {', '.join(allowed)}")
     keys = _KEYS_FOR[name]
     problems: list[str] = []

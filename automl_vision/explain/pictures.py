@@ -14,6 +14,10 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw
 
+#: An evaluation's explanations (written by the pipeline's evaluate step, shown by the report): the folder
+#: beside its predictions, and the index listing each picture.
+EXPLANATIONS_DIR = "explanations"
+INDEX_FILE = "explanations.json"
 #: Each panel at least this many pixels across: small crops are enlarged (nearest neighbour) to be seen.
 MIN_PANEL = 224
 TOP_FRACTION = 0.3

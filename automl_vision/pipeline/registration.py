@@ -61,7 +61,7 @@ def score_champion(registry: str, model: str, data: str | os.PathLike, evaluatio
             raise ConfigError(f"the champion of the registered model {model!r} is a model for {package.task.value}, "
                               f"this run's is for {task}: register this job under another name (the pipeline's "
                               "registered_model parameter)")
-        result = evaluate_model(folder, data, out / CHAMPION_DIR)
+        result = evaluate_model(folder, data, out / CHAMPION_DIR, explain_images=0)
         return package.task.primary_metric, result.primary
 
     with tempfile.TemporaryDirectory(prefix="champion-") as work:

@@ -11,8 +11,9 @@ scored a second time.
 
 Sections: summary and job, data (class histogram, image sizes, augmented samples), leaderboard
 (sortable), learning curves with early terminations marked and the rule that ended them,
-hyperparameters against the primary metric, the best model's evaluation pictures, and predictions
-drawn on validation images. Images are inline PNG (``data:`` URIs) and the only script is the
+hyperparameters against the primary metric, the best model's evaluation pictures, predictions
+drawn on validation images, and explanations of a few of them (right and wrong) when the evaluation
+wrote them. Images are inline PNG (``data:`` URIs) and the only script is the
 table sorter: the file opens with no network, and in the Kubeflow Pipelines UI's HTML viewer.
 """
 
@@ -36,6 +37,7 @@ from PIL import Image
 from automl_vision.data.images import as_displayed
 from automl_vision.data.manifest import is_manifest
 from automl_vision.errors import AutoMLError
+from automl_vision.explain.pictures import EXPLANATIONS_DIR, INDEX_FILE
 from automl_vision.models.catalogue import licence_text
 from automl_vision.report import charts
 from automl_vision.report import html as H
@@ -361,7 +363,46 @@ def _evaluation_and_predictions(run: RunData, given: Evaluation | None = None,
                             "their scores.")
     if not predictions:
         predictions = H.note("The evaluation drew no sample images.")
-    return [H.Section("evaluation", title_e, body), H.Section("predictions", title_p, predictions)]
+    sections = [H.Section("evaluation", title_e, body), H.Section("predictions", title_p, predictions)]
+    explanations = _explanations_section(ev.folder / EXPLANATIONS_DIR, run.task)
+    return sections + ([explanations] if explanations else [])
+
+
+_METHOD_TITLES = {"xrai": "XRAI", "integrated_gradients": "integrated gradients", "guided_gradcam": "guided Grad-CAM",
+                  "guided_backprop": "guided backprop", "d_rise": "D-RISE"}
+
+
+def _explanations_section(folder: Path, task: ImageTask) -> H.Section | None:
+    """The evaluation's explanations (``explanations/explanations.json``), when it wrote any."""
+    index = read_json(folder / INDEX_FILE, None)
+    if not isinstance(index, dict) or not index.get("explanations"):
+        return None
+    params = index.get("parameters") or {}
+    method = params.get("xai_algorithm", "")
+    title = _METHOD_TITLES.get(method, method)
+    settings = ", ".join(f"{k} {v}" for k, v in params.items() if k not in ("xai_algorithm", "visualizations",
+                                                                             "attributions"))
+    if task.is_classification:
+        intro = (f"Why the best model answered as it did, for its most confident right and wrong answers on "
+                 f"validation images: {title} ({settings}) for the predicted class. Each picture: the crop the model "
+                 "saw (top left), the attributions (top right; bright: drove the answer most), both blended "
+                 "(bottom left), and the 30% most attributed pixels (bottom right).")
+    else:
+        intro = (f"Why the best model found its highest-scoring box, on validation images where it was right and "
+                 f"where it was wrong: {title} ({settings}). Left: the image and the box; right: the box's saliency "
+                 "(bright: hiding these pixels loses the box most).")
+    body = H.note(intro)
+    for e in index["explanations"]:
+        path = folder / str(e.get("picture", ""))
+        if not path.is_file():
+            continue
+        verdict = "right" if e.get("correct") else "wrong"
+        truth = ", ".join(e.get("truth") or []) or "none"
+        predicted = ", ".join(e.get("predicted") or []) or "none"
+        caption = (f"<b>{verdict}</b>: {H.esc(str(e.get('image_url')))}; true {H.esc(truth)}, predicted "
+                   f"{H.esc(predicted)}; explained: {H.esc(str(e.get('explained')))} ({e.get('score')})")
+        body += H.img(path.read_bytes(), f"{title} explanation", caption, width=360)
+    return H.Section("explanations", "Explanations", body)
 
 
 def _per_class_table(path: Path) -> str:

@@ -13,12 +13,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from automl_vision.data.images import IMAGE_EXTENSIONS
@@ -165,6 +167,14 @@ def _default_workers() -> int:
 def score_images(engine: Engine, items: Sequence[BatchInput], *, batch_size: int | None = None,
                  num_workers: int | None = None, progress_every_s: float = 10.0):
     """Yield ``(item, answer or None, error or None)`` in input order."""
+    for item, answer, err, _ in _scored(engine, items, batch_size=batch_size, num_workers=num_workers,
+                                        progress_every_s=progress_every_s):
+        yield item, answer, err
+
+
+def _scored(engine: Engine, items: Sequence[BatchInput], *, batch_size: int | None = None,
+            num_workers: int | None = None, progress_every_s: float = 10.0):
+    """:func:`score_images`, each answer with the model input it was scored from."""
     dataset = _ImageFiles(items, engine.preparer, engine.settings.image_limits())
     workers = _default_workers() if num_workers is None else num_workers
     # Offline, a batch of images per call also spreads the per-call overhead on the CPU.
@@ -176,8 +186,8 @@ def score_images(engine: Engine, items: Sequence[BatchInput], *, batch_size: int
     for rows in loader:
         good = [(i, x) for i, x, err in rows if err is None]
         answers = dict(zip([i for i, _ in good], engine.infer([x for _, x in good]))) if good else {}
-        for i, _, err in rows:
-            yield items[i], answers.get(i), err
+        for i, x, err in rows:
+            yield items[i], answers.get(i), err, x
         done += len(rows)
         now = time.monotonic()
         if now - last >= progress_every_s or done == len(items):
@@ -188,11 +198,67 @@ def score_images(engine: Engine, items: Sequence[BatchInput], *, batch_size: int
                      100 * done // len(items), rate, int(eta) // 60, int(eta) % 60)
 
 
+def explanations_dir(output: str | Path) -> Path:
+    """Where ``predict --explain`` writes its pictures and arrays by default: beside ``output``."""
+    output = Path(output)
+    return output.with_name(output.stem + "_explanations")
+
+
+class _ExplanationWriter:
+    """Writes each explained image's pictures (PNG) and attributions (``.npy``) into a folder that replaces
+    ``folder`` only once every image is done; the JSONL line lists them, relative to the JSONL file."""
+
+    def __init__(self, engine: Engine, explain: Mapping[str, Any], folder: Path, base: Path):
+        from automl_vision.serving.explain import Explainer  # Captum and saliency: only when explaining
+
+        self.explainer = Explainer(engine)
+        self.params = self.explainer.parse(dict(explain), "--xai-parameters")
+        self.folder, self.base = folder, base
+        self.tmp = folder.with_name(folder.name + ".tmp")
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        self.tmp.mkdir(parents=True)
+        self.count = 0
+
+    def write(self, number: int, item: BatchInput, prepared: Any, answer: dict[str, Any]) -> list[dict[str, Any]]:
+        stem = _safe(Path(item.path).stem)
+        entries = []
+        for k, e in enumerate(self.explainer.explain_items(prepared, answer, self.params)):
+            name = f"{number:05d}_{stem}_{self.params.algorithm}_{k}_{_safe(e.label)}"
+            entry: dict[str, Any] = {"label": e.label, "score": round(e.score, 6)}
+            if e.box_index is not None:
+                entry["box_index"] = e.box_index
+            if self.params.visualizations and e.picture is not None:
+                (self.tmp / f"{name}.png").write_bytes(e.picture)
+                entry["visualization"] = os.path.relpath(self.folder / f"{name}.png", self.base)
+            if self.params.attributions:
+                np.save(self.tmp / f"{name}.npy", np.asarray(e.values, dtype=np.float32))
+                entry["attributions"] = os.path.relpath(self.folder / f"{name}.npy", self.base)
+            entries.append(entry)
+        self.count += 1
+        return entries
+
+    def finish(self) -> None:
+        (self.tmp / "parameters.json").write_text(json.dumps(self.params.to_json(), indent=2) + "\n")
+        if self.folder.exists():
+            shutil.rmtree(self.folder)
+        self.tmp.replace(self.folder)
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:60] or "image"
+
+
 def predict_batch(model_dir: str | Path, source: str | Path, output: str | Path, *,
                   settings_layers: Sequence[tuple[str, Mapping[str, Any]]] = (), batch_size: int | None = None,
                   num_workers: int | None = None, progress_every_s: float = 10.0,
-                  engine: Engine | None = None) -> BatchResult:
+                  engine: Engine | None = None, explain: Mapping[str, Any] | None = None,
+                  explain_dir: str | Path | None = None) -> BatchResult:
     """Score every image of ``source`` with the package in ``model_dir``; write ``output`` (JSONL).
+
+    ``explain``: explanation parameters (``{"xai_algorithm": "xrai", ...}``, see ``explain/params.py``):
+    each image is also explained, its pictures and attributions written into ``explain_dir`` (default
+    :func:`explanations_dir`) and listed in its line as ``"explanations"``.
 
     Raises DataError listing the images that could not be scored, after writing every line."""
     t0 = time.monotonic()
@@ -204,17 +270,26 @@ def predict_batch(model_dir: str | Path, source: str | Path, output: str | Path,
         package = load_package(model_dir)
         engine = load_engine(package, package.settings(*settings_layers))
     output.parent.mkdir(parents=True, exist_ok=True)
+    writer = None
+    if explain is not None:
+        writer = _ExplanationWriter(engine, explain, Path(explain_dir or explanations_dir(output)), base)
     tmp = output.with_name(output.name + ".tmp")
     errors: list[str] = []
     with tmp.open("w", encoding="utf-8") as f:
-        for item, answer, err in score_images(engine, items, batch_size=batch_size, num_workers=num_workers,
-                                              progress_every_s=progress_every_s):
+        for number, (item, answer, err, prepared) in enumerate(
+                _scored(engine, items, batch_size=batch_size, num_workers=num_workers,
+                        progress_every_s=progress_every_s)):
             if err is not None:
                 errors.append(err)
                 row = {"image_url": item.image_url, "error": err}
             else:
                 row = {"image_url": item.image_url, **answer}
+                if writer is not None:
+                    row["explanations"] = writer.write(number, item, prepared, answer)
             f.write(json.dumps(row, separators=(",", ":")) + "\n")
+    if writer is not None:
+        writer.finish()
+        log.info("explained %d images with %s: %s", writer.count, writer.params.algorithm, writer.folder)
     tmp.replace(output)
     result = BatchResult(output, len(items), errors, time.monotonic() - t0)
     if errors:

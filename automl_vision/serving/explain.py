@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,19 @@ def _b64(png: bytes) -> str:
 def _rounded(values: np.ndarray) -> list:
     """Attributions as JSON numbers (float32 precision is all they carry)."""
     return np.asarray(values, dtype=np.float32).tolist()
+
+
+@dataclass
+class Explained:
+    """One explained class of an image, or one explained box (``box_index`` into the answer's boxes)."""
+
+    label: str
+    score: float
+    #: The attributions: ``[3, crop, crop]`` for a class, ``[height, width]`` for a box.
+    values: np.ndarray
+    #: The PNG picture, None when visualizations were not asked for.
+    picture: bytes | None
+    box_index: int | None = None
 
 
 class Explainer:
@@ -73,32 +87,50 @@ class Explainer:
                      explainer.layer_name)
         return self._classifier
 
-    def explain(self, prepared: Any, answer: dict[str, Any], params: P.ExplainParams) -> dict[str, Any]:
-        """``answer`` with the explanation's keys added (a new dict)."""
+    def explain_items(self, prepared: Any, answer: dict[str, Any], params: P.ExplainParams) -> list[Explained]:
+        """The explanations of one scored image: one per explained class, or per explained box."""
         with self._lock:
             t0 = time.monotonic()
             if self.task.is_classification:
-                out = self._classification(prepared, answer, params)
+                items = self._classification(prepared, answer, params)
             else:
-                out = self._detection(prepared, answer, params)
-            log.info("explained one image with %s in %.2f s", params.algorithm, time.monotonic() - t0)
+                items = self._detection(prepared, answer, params)
+            log.info("explained one image with %s (%d %s) in %.2f s", params.algorithm, len(items),
+                     "class(es)" if self.task.is_classification else "box(es)", time.monotonic() - t0)
+            return items
+
+    def explain(self, prepared: Any, answer: dict[str, Any], params: P.ExplainParams) -> dict[str, Any]:
+        """``answer`` with the explanation's keys added (a new dict), in the response shape above."""
+        items = self.explain_items(prepared, answer, params)
+        out = dict(answer)
+        if self.task.is_classification:
+            multilabel = self.task is ImageTask.IMAGE_CLASSIFICATION_MULTILABEL
+            pictures = [_b64(i.picture) for i in items]
+            arrays = [_rounded(i.values) for i in items]
+            if params.visualizations:
+                out["visualizations"] = pictures if multilabel else pictures[0]
+            if params.attributions:
+                out["attributions"] = arrays if multilabel else arrays[0]
             return out
+        out["boxes"] = [dict(b) for b in answer.get("boxes", [])]
+        for item in items:
+            box = out["boxes"][item.box_index]
+            if params.visualizations:
+                box["visualizations"] = _b64(item.picture)
+            if params.attributions:
+                box["attributions"] = _rounded(item.values)
+        return out
 
     # --- classification ------------------------------------------------------------------------
-    def _classification(self, x: torch.Tensor, answer: dict[str, Any], params: P.ExplainParams) -> dict[str, Any]:
+    def _classification(self, x: torch.Tensor, answer: dict[str, Any], params: P.ExplainParams) -> list[Explained]:
         multilabel = self.task is ImageTask.IMAGE_CLASSIFICATION_MULTILABEL
         targets = explained_classes(answer["probs"], multilabel, params.confidence_score_threshold_multilabel)
-        explainer = self.classifier()
-        results = explainer.explain(x, targets, params)
+        results = self.classifier().explain(x, targets, params)
         crop = self._crop_pixels(x)
-        pictures = [_b64(classification_picture(crop, r.heat)) for r in results]
-        arrays = [_rounded(r.values) for r in results]
-        out = dict(answer)
-        if params.visualizations:
-            out["visualizations"] = pictures if multilabel else pictures[0]
-        if params.attributions:
-            out["attributions"] = arrays if multilabel else arrays[0]
-        return out
+        labels = self.engine.labels
+        return [Explained(labels[r.target], float(answer["probs"][r.target]), r.values,
+                          classification_picture(crop, r.heat) if params.visualizations else None)
+                for r in results]
 
     def _crop_pixels(self, x: torch.Tensor) -> np.ndarray:
         mean = torch.tensor(self.engine.settings["mean"]).view(3, 1, 1)
@@ -107,7 +139,7 @@ class Explainer:
         return (pixels.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
     # --- detection -----------------------------------------------------------------------------
-    def _detection(self, prepared: Any, answer: dict[str, Any], params: P.ExplainParams) -> dict[str, Any]:
+    def _detection(self, prepared: Any, answer: dict[str, Any], params: P.ExplainParams) -> list[Explained]:
         engine = self.engine
         image = _prepared_image(prepared)
         w, h = image.size
@@ -125,16 +157,14 @@ class Explainer:
             return [[Detection(tuple(map(float, box)), int(label), float(score))
                      for box, label, score in zip(p.boxes, p.labels, p.scores)] for p in found]
 
-        maps = drise(image, detect, targets, params) if targets else np.zeros((0, h, w), np.float32)
-        out = dict(answer)
-        out["boxes"] = [dict(b) for b in boxes]
+        if not targets:
+            return []
+        maps = drise(image, detect, targets, params)
+        out = []
         for i, t, heat in zip(order, targets, maps):
-            box = out["boxes"][i]
-            if params.visualizations:
-                caption = f"{box['label']} {box['score']:.2f}"
-                box["visualizations"] = _b64(detection_picture(image, heat, t.box, caption))
-            if params.attributions:
-                box["attributions"] = _rounded(heat)
+            label, score = boxes[i]["label"], float(boxes[i]["score"])
+            picture = detection_picture(image, heat, t.box, f"{label} {score:.2f}") if params.visualizations else None
+            out.append(Explained(label, score, heat, picture, box_index=i))
         return out
 
 

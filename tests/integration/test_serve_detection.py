@@ -12,7 +12,8 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from serve_testdata import make_package, original_request, png_bytes, post_like_sample_client, running_server
+from serve_testdata import (explain_request, make_package, original_request, png_bytes, png_size,
+                            post_like_sample_client, running_server)
 
 from automl_vision.serving.engine import load_engine
 from automl_vision.serving.package import load_package
@@ -58,7 +59,25 @@ def test_detection_server_answers_boxes_and_a_higher_threshold_returns_fewer(det
         assert sample.status_code == 200, sample.text
         bad = httpx.post(server.url + "/score", content=b"GIF", headers={"Content-Type": "image/gif"}, timeout=60)
         assert bad.status_code == 400 and "not an image" in bad.json()["error"]
+        # D-RISE, beyond the original (which explains no detector): its two highest-scoring boxes.
+        explained = httpx.post(server.url + "/score", json=explain_request(images[0], num_masks=16, max_boxes=2,
+                                                                          attributions=True), timeout=300)
+        wrong = httpx.post(server.url + "/score", json=explain_request(images[0], xai_algorithm="xrai"), timeout=60)
         assert server.alive()
+    assert explained.status_code == 200, explained.text
+    (answer,) = explained.json()
+    assert [b["box"] for b in answer["boxes"]] == [b["box"] for b in low[0]["boxes"]]
+    ranked = sorted(range(len(answer["boxes"])), key=lambda i: -answer["boxes"][i]["score"])
+    for rank, i in enumerate(ranked):
+        box = answer["boxes"][i]
+        if rank < 2:
+            assert png_size(box["visualizations"]) == (2 * 96 * 3, 80 * 3)  # two panels, enlarged 3x to >= 224
+            heat = np.asarray(box["attributions"], dtype=np.float32)
+            assert heat.shape == (80, 96) and np.isfinite(heat).all() and heat.min() >= 0
+        else:
+            assert set(box) == {"box", "label", "score"}
+    assert wrong.status_code == 400
+    assert "xai_algorithm='xrai' for a model of task image_object_detection (xrai explains classifiers)" in wrong.text
     assert len(low) == 2
     for entry in low:
         assert_detection_answer(entry, polygons=False)
@@ -99,6 +118,12 @@ def test_segmentation_server_answers_polygons(tmp_path):
         assert r.status_code == 200, r.text
         sample = post_like_sample_client(server.url, png_bytes(80, 64), png_bytes(64, 48, seed=3), png_bytes(80, 64))
         assert sample.status_code == 200, sample.text
+        explained = httpx.post(server.url + "/score", json=explain_request(png_bytes(80, 64), num_masks=4,
+                                                                          max_boxes=1), timeout=300)
+    assert explained.status_code == 200, explained.text
+    boxes = explained.json()[0]["boxes"]
+    assert sum("visualizations" in b for b in boxes) == 1 and all("attributions" not in b for b in boxes)
+    assert all("polygon" in b for b in boxes)
     (entry,) = r.json()
     assert len(sample.json()) == 3 and sample.json()[0] == entry and sample.json()[2] == entry
     for other in sample.json():

@@ -1,8 +1,10 @@
 """A real `automl-vision serve` on 127.0.0.1 with a tiny packaged classification model: every request
-form, the original response schema, bad input answered 400 while the server keeps serving, batching."""
+form, the original response schema, bad input answered 400 while the server keeps serving, batching,
+and explanations asked the way the original's published samples ask for them."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import socket
@@ -13,8 +15,8 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from serve_testdata import (b64, jpeg_bytes, make_package, original_request, png_bytes, post_like_sample_client,
-                            running_server, sample_client_body)
+from serve_testdata import (b64, explain_request, jpeg_bytes, make_package, original_request, png_bytes, png_size,
+                            post_like_sample_client, running_server, sample_client_body)
 
 from automl_vision.spec.tasks import ImageTask
 
@@ -268,9 +270,97 @@ def test_a_multilabel_model_answers_the_sample_client(tmp_path):
         r = post_like_sample_client(s.url, *images)
         assert r.status_code == 200, r.text
         single = post_like_sample_client(s.url, images[1], path="/v1/models/model:predict")
+        # Explanations: one per label at or above confidence_score_threshold_multilabel, most probable first.
+        every = httpx.post(s.url + "/score", json=explain_request(images[0], xai_algorithm="guided_gradcam",
+                                                                 attributions=True,
+                                                                 confidence_score_threshold_multilabel=0.0),
+                           timeout=120)
+        none = httpx.post(s.url + "/score", json=explain_request(images[0], xai_algorithm="guided_gradcam",
+                                                                confidence_score_threshold_multilabel=1.0),
+                          timeout=120)
+    assert every.status_code == 200, every.text
+    (explained,) = every.json()
+    assert len(explained["visualizations"]) == len(explained["attributions"]) == 2
+    assert all(png_size(v)[0] >= 448 for v in explained["visualizations"])
+    assert np.asarray(explained["attributions"]).shape == (2, 3, 32, 32)
+    assert none.json()[0]["visualizations"] == [] and "attributions" not in none.json()[0]
     answer = r.json()
     assert len(answer) == 3
     for entry in answer:  # multi-label: one independent probability per label, not summing to 1
         assert set(entry) == {"probs", "labels"} and entry["labels"] == LABELS
         assert len(entry["probs"]) == 2 and all(0 <= p <= 1 for p in entry["probs"])
     assert np.allclose(single.json()[0]["probs"], answer[1]["probs"], atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["xrai", "integrated_gradients", "guided_gradcam", "guided_backprop"])
+def test_the_original_explanation_request_is_answered_in_its_shape(server, method):
+    """The body of the original's explainability sample; the model is served by ONNX Runtime and explained
+    by its PyTorch network. Answer: the usual probs and labels, plus one PNG (the 2 x 2 grid) and
+    [3, crop, crop] attributions for the predicted class."""
+    images = [png_bytes(seed=40), jpeg_bytes(seed=41)]
+    plain = predict(server, original_request(*images)).json()
+    steps = {"n_steps": 8} if method in ("xrai", "integrated_gradients") else {}
+    r = predict(server, explain_request(*images, xai_algorithm=method, visualizations=True, attributions=True,
+                                        **steps))
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert len(answer) == 2
+    for got, want in zip(answer, plain):
+        assert set(got) == {"probs", "labels", "visualizations", "attributions"}
+        assert got["labels"] == LABELS and np.allclose(got["probs"], want["probs"], atol=1e-5)
+        w, h = png_size(got["visualizations"])
+        assert w == h and w >= 2 * 224  # two panels a side, each enlarged to at least 224 pixels
+        attributions = np.asarray(got["attributions"], dtype=np.float32)
+        assert attributions.shape == (3, 32, 32) and np.isfinite(attributions).all()
+        assert np.abs(attributions).sum() > 0
+
+
+def test_explanations_default_to_xrai_pictures_and_mix_with_plain_rows(server):
+    """model_explainability with no xai_parameters: XRAI, a picture and no attributions (the original's
+    defaults); a row without the flag in the same request is answered as usual."""
+    image = base64.encodebytes(png_bytes(seed=42)).decode()
+    body = {"input_data": {"columns": ["image"], "data": [
+        json.dumps({"image_base64": image, "model_explainability": True}),
+        json.dumps({"image_base64": image, "model_explainability": False}),
+        image]}}
+    r = predict(server, body)
+    assert r.status_code == 200, r.text
+    first, second, third = r.json()
+    assert set(first) == {"probs", "labels", "visualizations"}
+    assert set(second) == set(third) == {"probs", "labels"}
+    assert np.allclose(first["probs"], third["probs"], atol=1e-5)
+    assert "explained one image with xrai" in server.log.read_text()
+
+
+@pytest.mark.parametrize("xai_parameters, message", [
+    ({"xai_algorithm": "lime"}, "xai_algorithm='lime' for a model of task image_classification; allowed: xrai, "),
+    ({"xai_algorithm": "d_rise"}, "(d_rise explains detectors)"),
+    ({"n_steps": 201}, "input_data.data[0].xai_parameters.n_steps=201: allowed from 2 to 200 (the server's limit"),
+    ({"n_steps": 1}, "n_steps=1: allowed from 2 to 200"),
+    ({"xai_algorithm": "guided_backprop", "n_steps": 10}, "n_steps: not a parameter of guided_backprop"),
+    ({"approximation_method": "simpson", "xai_algorithm": "integrated_gradients"},
+     "approximation_method='simpson'; allowed: riemann_middle, gausslegendre"),
+    ({"visualizations": "yes"}, "visualizations='yes': expected true or false"),
+    ({"visualizations": False}, "visualizations and attributions are both false"),
+])
+def test_explanation_parameters_out_of_bounds_get_a_400(server, xai_parameters, message):
+    r = predict(server, explain_request(png_bytes(seed=43), **xai_parameters))
+    assert r.status_code == 400, r.text
+    assert message in r.json()["error"]
+
+
+def test_more_explained_images_than_the_limit_get_a_400_before_any_work(server):
+    r = predict(server, explain_request(*[png_bytes(seed=50 + i) for i in range(5)]))
+    assert r.status_code == 400, r.text
+    assert ("5 images ask for an explanation (model_explainability); this server explains at most 4 per request "
+            "(explain_max_images)") in r.json()["error"]
+    bad = {"input_data": {"columns": ["image"], "data": [
+        json.dumps({"image_base64": b64(png_bytes()), "model_explainability": "true"})]}}
+    r = predict(server, bad)
+    assert r.status_code == 400 and "model_explainability='true'" not in r.text
+    assert 'input_data.data[0].model_explainability="true": expected true or false' in r.json()["error"]
+    typo = {"input_data": {"columns": ["image"], "data": [json.dumps({"image_base64": b64(png_bytes()),
+                                                                      "model_explainabilty": True})]}}
+    r = predict(server, typo)
+    assert r.status_code == 400
+    assert "unknown key(s) model_explainabilty; an explanation row has image_base64, model_explainability" in r.text

@@ -105,7 +105,7 @@ def test_bodies_that_are_not_json_we_can_read(body, message):
     ({"input_data": {"columns": ["image"], "index": 0, "data": [b64(IMG)]}},
      "input_data.index must be a list with one entry per row of input_data.data (1), got a JSON number"),
     ({"input_data": {"columns": ["image"], "data": [{"picture": b64(IMG)}]}},
-     'input_data.data[0]: a row object needs the key "image"; its keys: picture'),
+     'input_data.data[0]: a row object needs the key "image" (or the original\'s "image_base64"); its keys: picture'),
 ])
 def test_refused_original_shapes(body, message):
     with pytest.raises(BadRequest) as e:

@@ -1,0 +1,142 @@
+"""Explanations of a few validation images for the run report: the evaluation's ``explanations/`` folder.
+
+After the best model is scored, a few validation images are explained with the served model's own
+explainer: the most confident correct answers and the most confident wrong ones (half each, the other
+kind filling in when one kind runs short). A classifier is explained with XRAI (the original product's
+default) for its predicted class, or every predicted label of a multi-label model; a detector with
+D-RISE for its highest-scoring box. An image is correct when its predicted class is the true one (multi-label:
+the predicted set is the true set), or, for a detector, when its highest-scoring box overlaps a true
+object of its label at IoU 0.5 or more.
+
+``explanations/explanations.json`` lists each picture with the image, whether it was right, the truth,
+the answer and the method; the report shows them. Explaining costs forward passes (``EXPLAIN_PARAMETERS``);
+``benchmarks/explain_latency.py`` measures them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from automl_vision.data.load import load_dataset
+from automl_vision.evaluation.scoring import PREDICTIONS_FILE, match_predictions
+from automl_vision.explain.pictures import EXPLANATIONS_DIR, INDEX_FILE
+from automl_vision.models.detections import box_iou
+from automl_vision.serving.engine import Engine
+from automl_vision.serving.explain import Explainer
+from automl_vision.serving.images import decode_image
+from automl_vision.spec.tasks import ImageTask
+
+log = logging.getLogger(__name__)
+
+#: Images explained per evaluation, by default.
+DEFAULT_IMAGES = {"classification": 4, "detection": 2}
+#: The methods and settings the report uses: XRAI at the original's defaults; D-RISE with 200 masks and
+#: the top box (each mask is one detector pass, so 200 is what a CPU-only run can afford).
+EXPLAIN_PARAMETERS = {
+    "classification": {"xai_algorithm": "xrai", "n_steps": 50, "xrai_fast": True},
+    "detection": {"xai_algorithm": "d_rise", "num_masks": 200, "max_boxes": 1, "mask_grid_size": 16},
+}
+
+
+def _kind(engine: Engine) -> str:
+    return "classification" if engine.task.is_classification else "detection"
+
+
+def default_images(engine: Engine) -> int:
+    return DEFAULT_IMAGES[_kind(engine)]
+
+
+def _classification_rows(records, matched, multilabel: bool) -> list[dict[str, Any]]:
+    rows = []
+    for record, (_, row) in zip(records, matched):
+        labels, probs = row.get("labels") or [], np.asarray(row.get("probs") or [], dtype=np.float64)
+        if not len(probs):
+            continue
+        if multilabel:
+            predicted = sorted(labels[i] for i in np.flatnonzero(probs >= 0.5))
+        else:
+            predicted = [labels[int(probs.argmax())]]
+        rows.append({"record": record, "answer": row, "truth": sorted(record.labels), "predicted": predicted,
+                     "correct": predicted == sorted(record.labels), "confidence": float(probs.max())})
+    return rows
+
+
+def _detection_rows(records, matched) -> list[dict[str, Any]]:
+    rows = []
+    for record, (_, row) in zip(records, matched):
+        boxes = row.get("boxes") or []
+        if not boxes:
+            continue  # nothing to explain
+        top = max(boxes, key=lambda b: b["score"])
+        b = top["box"]
+        mine = np.asarray([[b["topX"], b["topY"], b["bottomX"], b["bottomY"]]])
+        same = [o.box for o in record.objects if o.label == top["label"] and not o.is_crowd]
+        correct = bool(same) and float(box_iou(mine, np.asarray(same)).max()) >= 0.5
+        rows.append({"record": record, "answer": row, "truth": sorted({o.label for o in record.objects}),
+                     "predicted": [top["label"]], "correct": correct, "confidence": float(top["score"])})
+    return rows
+
+
+def pick(rows: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    """The most confident correct and the most confident wrong rows, half each (one kind fills in for the other)."""
+    right = sorted((r for r in rows if r["correct"]), key=lambda r: -r["confidence"])
+    wrong = sorted((r for r in rows if not r["correct"]), key=lambda r: -r["confidence"])
+    n_right = min(len(right), max(count - min(len(wrong), count // 2), 0))
+    n_wrong = min(len(wrong), count - n_right)
+    return right[:n_right] + wrong[:n_wrong]
+
+
+def explain_validation_images(engine: Engine, data: str | Path, out: str | Path, count: int | None = None,
+                              parameters: dict[str, Any] | None = None) -> Path | None:
+    """Explain ``count`` validation images of ``data`` scored into ``out/predictions.jsonl`` by ``engine``;
+    write ``out/explanations/`` and return its index file (None when no image can be explained)."""
+    out = Path(out)
+    count = default_images(engine) if count is None else count
+    if count <= 0:
+        return None
+    t0 = time.monotonic()
+    dataset = load_dataset(data, engine.task)
+    records = list(dataset.records)
+    matched = match_predictions(records, out / PREDICTIONS_FILE, data)
+    if engine.task.is_classification:
+        rows = _classification_rows(records, matched, engine.task is ImageTask.IMAGE_CLASSIFICATION_MULTILABEL)
+    else:
+        rows = _detection_rows(records, matched)
+    chosen = pick(rows, count)
+    folder = out / EXPLANATIONS_DIR
+    if folder.exists():
+        shutil.rmtree(folder)
+    if not chosen:
+        log.info("explanations: no validation image has an answer to explain")
+        return None
+    explainer = Explainer(engine)
+    params = explainer.parse(parameters or EXPLAIN_PARAMETERS[_kind(engine)], "explanations")
+    limits = engine.settings.image_limits()
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    entries = []
+    for n, row in enumerate(chosen):
+        record, answer = row["record"], {k: v for k, v in row["answer"].items() if k != "image_url"}
+        image = decode_image(Path(record.path).read_bytes(), where=record.image_url, **limits)
+        for k, item in enumerate(explainer.explain_items(engine.preparer(image), answer, params)):
+            name = f"{n:02d}_{k}.png"
+            (tmp / name).write_bytes(item.picture)
+            entries.append({"image_url": record.image_url, "correct": row["correct"], "truth": row["truth"],
+                            "predicted": row["predicted"], "explained": item.label, "score": round(item.score, 4),
+                            "method": params.algorithm, "picture": name})
+    (tmp / INDEX_FILE).write_text(json.dumps({"parameters": params.to_json(), "explanations": entries}, indent=2)
+                                  + "\n")
+    tmp.replace(folder)
+    log.info("explained %d validation images (%d right, %d wrong) with %s in %.1f s", len(chosen),
+             sum(r["correct"] for r in chosen), sum(not r["correct"] for r in chosen), params.algorithm,
+             time.monotonic() - t0)
+    return folder / INDEX_FILE
