@@ -30,6 +30,15 @@ per image; a multi-label row is per image with all its labels.
         [--json FILE]
     python benchmarks/explain_latency.py --quick      # tiny sizes and steps: a smoke run of every path
 
+How long: on 2 shared CPU cores the defaults take about half an hour (fasterrcnn's forward alone is ~3 s
+there, so its 100-mask D-RISE ~5 min a call); what fits in about 5 minutes there keeps every model and
+method at reduced steps and masks (the per-pass and per-mask columns scale them back):
+
+    python benchmarks/explain_latency.py --n-steps 25 --num-masks 8 --repeats 1 --forward-repeats 3 --photos 2
+
+On a 16-core machine with an H200 the defaults took 134 s with ``--devices cuda --multilabel`` and 248 s
+with ``--devices cpu --budget-s 20``.
+
 On the CPU and, when ``torch.cuda.is_available()``, on the GPU too (settings layer ``{"device": "cuda"}``;
 the table's device column). ``--budget-s`` caps the timed rounds of one (model, device): no new round
 starts once it is spent (at least one timed round always runs; column n says how many did).
@@ -106,7 +115,7 @@ def method_configs(model_name: str, is_classifier: bool, args, multilabel: bool)
                 out.append((f"xrai n_steps={args.n_steps} full", {"xai_algorithm": "xrai", "n_steps": args.n_steps,
                                                                   "xrai_fast": False}))
         elif method == "integrated_gradients":
-            out.append((f"integrated_gradients n_steps={args.n_steps} riemann_middle",
+            out.append((f"integrated_gradients n_steps={args.n_steps}",
                         {"xai_algorithm": "integrated_gradients", "n_steps": args.n_steps,
                          "approximation_method": "riemann_middle", **extra}))
         else:
@@ -263,12 +272,12 @@ def fmt_s(v) -> str:
 def print_table(results: list[dict]) -> None:
     print("\nseconds per image; median of n calls after the first; x forward: the median over the median of the "
           "plain forward (engine.infer of one image) timed in the same rounds")
-    head = (f"{'model':<26}{'device':<7}{'method (parameters)':<44}{'passes':>7}{'n':>3}{'first call':>11}"
+    head = (f"{'model':<26}{'device':<7}{'method (parameters)':<52}{'passes':>7}{'n':>3}{'first call':>11}"
             f"{'s/image':>10}{'x forward':>11}{'x fwd/pass':>11}")
     print(head)
     print("-" * len(head))
     for res in results:
-        print(f"{res['model']:<26}{res['device']:<7}{'forward (engine.infer, 1 image)':<44}{1:>7}"
+        print(f"{res['model']:<26}{res['device']:<7}{'forward (engine.infer, 1 image)':<52}{1:>7}"
               f"{res['forward_n']:>3}{fmt_s(res['forward_first_s']):>11}{fmt_s(res['forward_s']):>10}"
               f"{1.0:>11.2f}{1.0:>11.2f}")
         for row in res["rows"]:
@@ -276,15 +285,17 @@ def print_table(results: list[dict]) -> None:
             if row["explained"] and row["explained"] > 1:
                 label += f" [{row['explained']} {'boxes' if row['algorithm'] == 'd_rise' else 'labels'}]"
             if row["error"]:
-                print(f"{'':<26}{'':<7}{label:<44}{row['passes']:>7}{row['n']:>3}  FAILED: "
+                print(f"{'':<26}{'':<7}{label:<52}{row['passes']:>7}{row['n']:>3}  FAILED: "
                       f"{row['error'].splitlines()[0][:160]}")
                 continue
-            per_pass = row["ratio"] / row["passes"] if row["ratio"] else None
-            print(f"{'':<26}{'':<7}{label:<44}{row['passes']:>7}{row['n']:>3}{fmt_s(row['first_s']):>11}"
+            # a classifier's passes are per explained label; d_rise's masks serve all its boxes at once
+            calls = row["passes"] * ((row["explained"] or 1) if row["algorithm"] != "d_rise" else 1)
+            per_pass = row["ratio"] / calls if row["ratio"] else None
+            print(f"{'':<26}{'':<7}{label:<52}{row['passes']:>7}{row['n']:>3}{fmt_s(row['first_s']):>11}"
                   f"{fmt_s(row['median_s']):>10}{row['ratio'] if row['ratio'] is not None else float('nan'):>11.1f}"
                   f"{per_pass if per_pass is not None else float('nan'):>11.2f}")
             if row.get("per_mask_s") is not None:
-                print(f"{'':<33}  d_rise per mask {row['per_mask_s'] * 1e3:.1f} ms "
+                print(f"{'':<35}d_rise per mask {row['per_mask_s'] * 1e3:.1f} ms "
                       f"({row['per_mask_s'] / res['forward_s']:.2f}x forward); linear in num_masks, so the "
                       f"default 1000 masks ~ {row['implied_1000_masks_s']:.0f} s per image")
     print()
@@ -318,6 +329,8 @@ def main() -> None:
     ap.add_argument("--box-score-thresh", type=float,
                     help="detectors' box_score_thresh (default: the trained one, lowered when it finds no box)")
     ap.add_argument("--photos", type=int, default=4, help="photos taken in turns (default 4)")
+    ap.add_argument("--fridge", type=Path, default=FRIDGE, help=f"classification photos (default {FRIDGE})")
+    ap.add_argument("--bccd", type=Path, default=BCCD, help=f"detection photos (default {BCCD})")
     ap.add_argument("--budget-s", type=float, help="no new timed round of a (model, device) after this many seconds")
     ap.add_argument("--quick", action="store_true",
                     help="a smoke run: mobilenetv2 at 64, fasterrcnn at 128/160, yolov5 at 128, n_steps 4, "
@@ -344,8 +357,8 @@ def main() -> None:
     from automl_vision.serving.package import load_package
 
     devices = args.devices.split(",") if args.devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    fridge = sorted(FRIDGE.glob("*.jpg"))[:args.photos]
-    bccd = sorted(BCCD.glob("*.jpg"))[:args.photos]
+    fridge = sorted(args.fridge.glob("*.jpg"))[:args.photos]
+    bccd = sorted(args.bccd.glob("*.jpg"))[:args.photos]
     cores = len(os.sched_getaffinity(0))
     gpu = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) or "no GPU"
     print(f"machine: {cores} CPU cores ({cpu_name()}), load average {os.getloadavg()[0]:.1f}, OMP_WAIT_POLICY "
@@ -372,7 +385,7 @@ def main() -> None:
                 continue
             photos = [Image.open(p).convert("RGB") for p in (fridge if pkg.task.is_classification else bccd)]
             if not photos:
-                raise SystemExit(f"no photos in {FRIDGE if pkg.task.is_classification else BCCD}")
+                raise SystemExit(f"no photos in {args.fridge if pkg.task.is_classification else args.bccd}")
             print(f"{model_name}{' (multi-label)' if multilabel else ''}: packaged in {time.monotonic() - t0:.1f} s",
                   flush=True)
             for device in devices:

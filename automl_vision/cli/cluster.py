@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from automl_vision.cli.common import TOKEN_FILE_HELP, setup_logging, write_file
-from automl_vision.cli.run import add_pipeline_options, add_registry_options
+from automl_vision.cli.run import add_pipeline_options, add_registry_options, add_report_options
 from automl_vision.earlystopping.katib_config import (
     CONFIGMAP_NAME,
     DEFAULT_IMAGE,
@@ -36,6 +36,7 @@ def add_compile(sub) -> None:
                                                              "secrets (YAML; see docs/kubeflow.md)")
     add_pipeline_options(p, "default of the run: ")
     add_registry_options(p, "default of the run: ")
+    add_report_options(p, "default of the run: ")
     p.set_defaults(func=cmd_compile)
 
 
@@ -48,7 +49,8 @@ def cmd_compile(args) -> int:
     check_cluster_registry(args.registry or "")
     path = compile_pipeline(args.out, settings=load_cluster_settings(args.cluster_settings), job=job,
                             backend=args.backend, inference_service=args.deploy, registry=args.registry or "",
-                            registered_model=args.registered_model, promotion_margin=args.promotion_margin)
+                            registered_model=args.registered_model, promotion_margin=args.promotion_margin,
+                            explain_images=args.explain_images)
     print(f"pipeline package written to {path}", flush=True)
     return EXIT_OK
 

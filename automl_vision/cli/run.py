@@ -34,6 +34,7 @@ def add_run(sub) -> None:
     p.add_argument("--token-file", metavar="FILE", help="with --kubeflow: " + TOKEN_FILE_HELP)
     add_pipeline_options(p, "with --kubeflow: ")
     add_registry_options(p)
+    add_report_options(p)
     p.set_defaults(func=cmd_run)
 
 
@@ -45,6 +46,15 @@ def add_pipeline_options(p, prefix: str = "") -> None:
     p.add_argument("--deploy", metavar="NAME", help=prefix + "serve the packaged model as the KServe "
                                                              "InferenceService NAME (created, or updated) when "
                                                              "the registry's gate promotes it")
+
+
+def add_report_options(p, prefix: str = "") -> None:
+    """What the run's report shows beyond its figures."""
+    p.add_argument("--explain-images", metavar="N", type=int, default=-1,
+                   help=prefix + "validation images the evaluate step explains for the report, the best model's most "
+                                 "confident right and wrong answers (XRAI for classifiers, D-RISE for detectors; "
+                                 "docs/serving.md, \"Explanations\"); default: 4 for classification, 2 for detection; "
+                                 "0: none")
 
 
 def add_registry_options(p, prefix: str = "") -> None:
@@ -66,6 +76,8 @@ def cmd_run(args) -> int:
     if args.resume and args.output_dir and Path(args.resume).resolve() != Path(args.output_dir).resolve():
         raise ConfigError(f"--resume {args.resume} and --output-dir {args.output_dir} name different folders; "
                           "give one")
+    if args.explain_images < -1:
+        raise ConfigError(f"--explain-images {args.explain_images}: a number of images, 0 or more", "run")
     if args.kubeflow:
         return _submit_job(job, args)
     if args.schedule or args.namespace or args.token_file:
@@ -79,13 +91,14 @@ def cmd_run(args) -> int:
 
     run_dir = Path(args.output_dir) if args.output_dir else default_run_dir(job)
     return run_here(job, run_dir, args.device, engine=args.engine, registry=args.registry,
-                    registered_model=args.registered_model, promotion_margin=args.promotion_margin)
+                    registered_model=args.registered_model, promotion_margin=args.promotion_margin,
+                    explain_images=args.explain_images)
 
 
 def run_here(job, run_dir: Path, device: str = "auto", resume: bool = False, engine: str = "pipeline",
              **registry) -> int:
     """Run the job on this machine, say how it went, and choose the exit code. ``registry``: the register
-    step's settings (``run_job``)."""
+    step's settings and the report's explained images (``run_job``)."""
     from automl_vision.pipeline.runner import run_job  # lazy: CLI start-up
 
     run = run_job(job, run_dir, device, resume=resume, engine=engine, echo=lambda s: print(s, flush=True),
@@ -112,7 +125,7 @@ def _submit_job(job, args) -> int:
                   settings=load_cluster_settings(args.cluster_settings), device=args.device, backend=args.backend,
                   inference_service=args.deploy, credentials=find_credentials(args.token_file),
                   registry=args.registry or "", registered_model=args.registered_model,
-                  promotion_margin=args.promotion_margin)
+                  promotion_margin=args.promotion_margin, explain_images=args.explain_images)
     print(f"{done.kind} created: {done.id} (experiment {done.experiment_id})\n{done.url}", flush=True)
     return EXIT_OK
 

@@ -33,6 +33,10 @@ def add_evaluate(sub) -> None:
                    help="with --model: explain N images (the most confident right and wrong answers) into "
                         "OUTPUT_DIR/explanations/ with XRAI (classifiers) or D-RISE (detectors); default 4 for "
                         "classifiers, 2 for detectors; 0: none")
+    p.add_argument("--xai-parameters", metavar="JSON",
+                   help='with --model: the explanations\' method and parameters as the server takes them, e.g. '
+                        '\'{"xai_algorithm": "guided_gradcam"}\' or \'{"num_masks": 500}\' (default: XRAI at the '
+                        "original's defaults for classifiers, D-RISE with 100 masks for detectors)")
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -79,12 +83,15 @@ def _evaluate_with_pictures(args, task) -> int:
         if args.explain_images is not None and args.explain_images < 0:
             raise ConfigError(f"--explain-images {args.explain_images} must be 0 or more", "evaluate")
         result = evaluate_model(args.model, args.data, args.output_dir, settings_layers=settings_layers(args),
-                                explain_images=args.explain_images, **options)
+                                explain_images=args.explain_images,
+                                explain_parameters=_json_object(args.xai_parameters, "--xai-parameters", "evaluate"),
+                                **options)
     else:
         if args.settings:
             raise ConfigError("--settings goes with --model, not --predictions", "evaluate")
-        if args.explain_images is not None:
-            raise ConfigError("--explain-images goes with --model (the explanations need the model)", "evaluate")
+        if args.explain_images is not None or args.xai_parameters is not None:
+            raise ConfigError("--explain-images and --xai-parameters go with --model (the explanations need the "
+                              "model)", "evaluate")
         result = evaluate_predictions(task, args.data, args.predictions, args.output_dir, **options)
     scalars = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str)) or v is None}
     text = json.dumps(scalars, indent=2)
@@ -168,20 +175,25 @@ def cmd_predict(args) -> int:
     return EXIT_OK
 
 
+def _json_object(text: str | None, flag: str, command: str) -> dict | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{flag} is not valid JSON ({e.msg} at column {e.colno}): {text!r}", command) from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{flag} must be a JSON object, got {text!r}", command)
+    return value
+
+
 def _explain_flags(args) -> dict | None:
     if args.explain is None:
         if args.xai_parameters is not None or args.explain_dir is not None:
             raise ConfigError("--xai-parameters and --explain-dir go with --explain METHOD", "predict")
         return None
-    params = {}
-    if args.xai_parameters is not None:
-        try:
-            params = json.loads(args.xai_parameters)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"--xai-parameters is not valid JSON ({e.msg} at column {e.colno}): "
-                              f"{args.xai_parameters!r}", "predict") from None
-        if not isinstance(params, dict):
-            raise ConfigError(f"--xai-parameters must be a JSON object, got {args.xai_parameters!r}", "predict")
+    params = _json_object(args.xai_parameters, "--xai-parameters", "predict") or {}
+    if params:
         given = params.get("xai_algorithm", args.explain)
         if given != args.explain:
             raise ConfigError(f"--explain {args.explain} but --xai-parameters names xai_algorithm={given!r}",

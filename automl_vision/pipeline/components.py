@@ -143,12 +143,14 @@ def evaluate(
     registry: str = "",
     registered_model: str = "",
     job_name: str = "",
+    explain_images: int = -1,
 ):
     """Score the best model on the validation images (validation_data when given, else the held-out
     split): the metrics of training, per-class figures, the confusion matrix and the micro-averaged
     one-vs-rest ROC curve (classification_metrics), ROC/PR or AP plots and sample predictions (report),
     every file (evaluation). With a registry, also the champion of registered_model (default: job_name)
-    on the same images, for the register step's gate (champion_* metrics, evaluation/champion.json)."""
+    on the same images, for the register step's gate (champion_* metrics, evaluation/champion.json). Explain
+    explain_images of the images for the report (-1: 4 for classification, 2 for detection; 0: none)."""
     import functools
     import math
     import os
@@ -160,7 +162,8 @@ def evaluate(
     from automl_vision.pipeline.steps import classification_roc, validation_jsonl
 
     data = validation_jsonl(validation_data, validation_split.path)
-    result = evaluate_model(os.path.join(run.path, "best_model"), data, evaluation.path)
+    result = evaluate_model(os.path.join(run.path, "best_model"), data, evaluation.path,
+                            explain_images=None if explain_images < 0 else explain_images)
     for name, value in result.metrics.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             metrics.log_metric(name, value)

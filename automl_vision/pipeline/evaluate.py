@@ -15,7 +15,7 @@ from typing import Any
 
 from automl_vision.evaluation.scoring import PREDICTIONS_FILE
 from automl_vision.report.evaluation import EvaluationResult, evaluate_predictions
-from automl_vision.pipeline.explanations import explain_validation_images
+from automl_vision.pipeline.explanations import explain_validation_images, report_parameters
 from automl_vision.serving.batch import predict_batch
 from automl_vision.serving.engine import load_engine
 from automl_vision.serving.package import load_package
@@ -26,9 +26,11 @@ log = logging.getLogger(__name__)
 def evaluate_model(model_dir: str | os.PathLike, data: str | os.PathLike, output_dir: str | os.PathLike, *,
                    settings_layers: Sequence[tuple[str, Mapping[str, Any]]] = (), metric_type: str = "coco_voc",
                    iou_threshold: float = 0.5, batch_size: int | None = None,
-                   num_workers: int | None = None, explain_images: int | None = None) -> EvaluationResult:
+                   num_workers: int | None = None, explain_images: int | None = None,
+                   explain_parameters: Mapping[str, Any] | None = None) -> EvaluationResult:
     """Score ``data``'s images with the package, write ``predictions.jsonl``, then evaluate it, and explain
-    ``explain_images`` of them (None: ``pipeline/explanations.py``'s default for the task; 0: none)."""
+    ``explain_images`` of them (None: ``pipeline/explanations.py``'s default for the task; 0: none) with
+    ``explain_parameters`` over its ``EXPLAIN_PARAMETERS`` for the task."""
     package = load_package(model_dir)
     engine = load_engine(package, package.settings(*settings_layers))
     out = Path(output_dir)
@@ -40,8 +42,10 @@ def evaluate_model(model_dir: str | os.PathLike, data: str | os.PathLike, output
                                   iou_threshold=iou_threshold,
                                   title=f"{package.model_name} on {Path(data).name}")
     result.files.insert(1, out / PREDICTIONS_FILE)
+    if explain_parameters is not None:  # the caller's own: a mistake in them is an error, not a missing section
+        report_parameters(engine, explain_parameters)
     try:
-        index = explain_validation_images(engine, data, out, explain_images)
+        index = explain_validation_images(engine, data, out, explain_images, explain_parameters)
     except Exception as e:  # the evaluation stands without its explanations; say why they are missing
         log.warning("no explanations for the report: %s: %s", type(e).__name__, e)
         index = None

@@ -19,6 +19,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import numpy as np
 
 from automl_vision.data.load import load_dataset
 from automl_vision.evaluation.scoring import PREDICTIONS_FILE, match_predictions
+from automl_vision.explain import params as P
 from automl_vision.explain.pictures import EXPLANATIONS_DIR, INDEX_FILE
 from automl_vision.models.detections import box_iou
 from automl_vision.serving.engine import Engine
@@ -37,11 +39,12 @@ log = logging.getLogger(__name__)
 
 #: Images explained per evaluation, by default.
 DEFAULT_IMAGES = {"classification": 4, "detection": 2}
-#: The methods and settings the report uses: XRAI at the original's defaults; D-RISE with 200 masks and
-#: the top box (each mask is one detector pass, so 200 is what a CPU-only run can afford).
+#: The methods and settings the report uses: XRAI at the original's defaults; D-RISE with 100 masks and the
+#: top box (each mask is one detector pass: seconds on a GPU, about a second a mask for an R-CNN on a
+#: 2-core CPU; benchmarks/explain_latency.py).
 EXPLAIN_PARAMETERS = {
     "classification": {"xai_algorithm": "xrai", "n_steps": 50, "xrai_fast": True},
-    "detection": {"xai_algorithm": "d_rise", "num_masks": 200, "max_boxes": 1, "mask_grid_size": 16},
+    "detection": {"xai_algorithm": "d_rise", "num_masks": 100, "max_boxes": 1, "mask_grid_size": 16},
 }
 
 
@@ -51,6 +54,16 @@ def _kind(engine: Engine) -> str:
 
 def default_images(engine: Engine) -> int:
     return DEFAULT_IMAGES[_kind(engine)]
+
+
+def report_parameters(engine: Engine, given: Mapping[str, Any] | None = None) -> P.ExplainParams:
+    """The checked parameters of the report's explanations: ``EXPLAIN_PARAMETERS`` for the task, with
+    ``given`` over them (only ``given`` when it names another method)."""
+    base = EXPLAIN_PARAMETERS[_kind(engine)]
+    given = dict(given or {})
+    if given.get("xai_algorithm", base["xai_algorithm"]) == base["xai_algorithm"]:
+        given = {**base, **given}
+    return Explainer(engine).parse(given, "explanation parameters")
 
 
 def _classification_rows(records, matched, multilabel: bool) -> list[dict[str, Any]]:
@@ -94,7 +107,7 @@ def pick(rows: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
 
 
 def explain_validation_images(engine: Engine, data: str | Path, out: str | Path, count: int | None = None,
-                              parameters: dict[str, Any] | None = None) -> Path | None:
+                              parameters: Mapping[str, Any] | None = None) -> Path | None:
     """Explain ``count`` validation images of ``data`` scored into ``out/predictions.jsonl`` by ``engine``;
     write ``out/explanations/`` and return its index file (None when no image can be explained)."""
     out = Path(out)
@@ -117,7 +130,7 @@ def explain_validation_images(engine: Engine, data: str | Path, out: str | Path,
         log.info("explanations: no validation image has an answer to explain")
         return None
     explainer = Explainer(engine)
-    params = explainer.parse(parameters or EXPLAIN_PARAMETERS[_kind(engine)], "explanations")
+    params = report_parameters(engine, parameters)
     limits = engine.settings.image_limits()
     tmp = folder.with_name(folder.name + ".tmp")
     if tmp.exists():

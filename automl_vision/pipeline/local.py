@@ -159,7 +159,7 @@ class LocalRun:
 
 
 def run_pipeline_locally(job: JobSpec, run_dir: str | Path, *, device: str = "auto", registry: str | None = None,
-                         registered_model: str = "", promotion_margin: float = 0.0,
+                         registered_model: str = "", promotion_margin: float = 0.0, explain_images: int = -1,
                          echo: Callable[[str], None] = print) -> LocalRun:
     """Run the whole pipeline for ``job`` on kfp's local runner into ``run_dir``. ``registry``: a Kubeflow
     Model Registry URL or a local registry folder, '' none; None: ``LOCAL_REGISTRY_DIR`` beside ``run_dir``.
@@ -182,7 +182,7 @@ def run_pipeline_locally(job: JobSpec, run_dir: str | Path, *, device: str = "au
     elif registry:
         registry = str(Path(registry).absolute())  # the steps run in other folders
     arguments = pipeline_arguments(job, device=device, registry=registry, registered_model=registered_model,
-                                   promotion_margin=promotion_margin)
+                                   promotion_margin=promotion_margin, explain_images=explain_images)
     # the job as given, from the start: what `run --resume` checks a killed run's job against
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     _write_job(job, Path(run_dir))

@@ -44,7 +44,7 @@ TRAINING_STEPS = ("sweep", "evaluate")
 LAUNCHER_SHM_SIZE = "64Mi"
 #: The pipeline's parameters that are not keys of the job: how and where the job runs.
 RUN_PARAMETERS = ("device", "backend", "deploy", "inference_service_name", "serving_namespace", "registry",
-                  "registered_model", "promotion_margin")
+                  "registered_model", "promotion_margin", "explain_images")
 #: The deploy step's InferenceService unless another name is given (as in manifests/kserve/inferenceservice.yaml).
 DEFAULT_INFERENCE_SERVICE = "automl-vision-model"
 #: What the pipeline's description says when its images name the placeholder registry (the committed package).
@@ -100,6 +100,7 @@ def _build_pipeline(settings: ClusterSettings | None, backend: str):
         registry: str = "",
         registered_model: str = "",
         promotion_margin: float = DEFAULT_MARGIN_POINTS,
+        explain_images: int = -1,
         name: str = "",
     ):
         data = C.ingest(task=task, training_data=training_data, validation_data=validation_data,
@@ -118,7 +119,7 @@ def _build_pipeline(settings: ClusterSettings | None, backend: str):
         # the new model and the registry's champion, scored on the same images (the register step's gate)
         scored = C.evaluate(run=swept.outputs["run"], validation_split=data.outputs["validation"],
                             validation_data=validation_data, registry=registry, registered_model=registered_model,
-                            job_name=name)
+                            job_name=name, explain_images=explain_images)
         packaged = C.package(run=swept.outputs["run"], validation_split=data.outputs["validation"],
                              validation_data=validation_data)
         registered = C.register(model=packaged.outputs["model"], evaluation=scored.outputs["evaluation"],
@@ -187,30 +188,37 @@ automl_vision_pipeline = build_pipeline()
 
 def run_arguments(*, device: str = "auto", backend: str = "local", inference_service: str | None = None,
                   serving_namespace: str = "", registry: str = "", registered_model: str = "",
-                  promotion_margin: float = DEFAULT_MARGIN_POINTS) -> dict[str, Any]:
+                  promotion_margin: float = DEFAULT_MARGIN_POINTS, explain_images: int = -1) -> dict[str, Any]:
     """The pipeline's run parameters (``RUN_PARAMETERS``): ``inference_service`` a name deploys the
     package as that InferenceService (in ``serving_namespace``; '': ``DEFAULT_SERVING_NAMESPACE``, the
     pipeline parameter's own default); None: no deploy. ``registry``: a Kubeflow Model Registry URL or a
     local registry folder ('': none), ``registered_model`` the name there ('': the job's name),
-    ``promotion_margin`` the points a new version must gain over the champion."""
+    ``promotion_margin`` the points a new version must gain over the champion; ``explain_images`` the
+    validation images the evaluate step explains for the report (-1: the task's default, 0: none)."""
     check_sweep_backend(backend)
     if promotion_margin < 0:
         raise ConfigError(f"promotion_margin {promotion_margin}: a number of percentage points, 0 or more")
+    if isinstance(explain_images, bool) or not isinstance(explain_images, int) or explain_images < -1:
+        raise ConfigError(f"explain_images {explain_images!r}: a number of images, 0 or more (-1: the task's "
+                          "default)")
     return {"device": device, "backend": backend, "deploy": inference_service is not None,
             "inference_service_name": inference_service or DEFAULT_INFERENCE_SERVICE,
             "serving_namespace": serving_namespace or DEFAULT_SERVING_NAMESPACE, "registry": registry,
-            "registered_model": registered_model, "promotion_margin": float(promotion_margin)}
+            "registered_model": registered_model, "promotion_margin": float(promotion_margin),
+            "explain_images": explain_images}
 
 
 def pipeline_arguments(job: JobSpec, *, device: str = "auto", backend: str = "local",
                        inference_service: str | None = None, serving_namespace: str = "", registry: str = "",
-                       registered_model: str = "", promotion_margin: float = DEFAULT_MARGIN_POINTS) -> dict[str, Any]:
+                       registered_model: str = "", promotion_margin: float = DEFAULT_MARGIN_POINTS,
+                       explain_images: int = -1) -> dict[str, Any]:
     """The pipeline's arguments for ``job``: its top-level keys, under the same names, and the run
     parameters (:func:`run_arguments`). With backend katib, the job is translated into its Katib
     Experiments here, so that what Katib cannot run (data on this machine, ...) fails before a run starts."""
     arguments = run_arguments(device=device, backend=backend, inference_service=inference_service,
                               serving_namespace=serving_namespace, registry=registry,
-                              registered_model=registered_model, promotion_margin=promotion_margin)
+                              registered_model=registered_model, promotion_margin=promotion_margin,
+                              explain_images=explain_images)
     registered_model_name(registered_model, job.name or "", job.task.value)  # a bad name fails before the run
     if backend == "katib":
         experiments_from_job(job)

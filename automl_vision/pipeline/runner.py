@@ -9,6 +9,7 @@ report step wrote one.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -24,9 +25,12 @@ from automl_vision.spec.job import JobSpec
 from automl_vision.sweep.local import SweepResult, format_leaderboard, run_sweep
 
 
-def write_run_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
-    """Write the run's ``report.html`` with the best model scored again on its validation split."""
-    return write_report(run_dir, out, score_model=evaluate_model)
+def write_run_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,
+                     explain_images: int = -1) -> Path:
+    """Write the run's ``report.html`` with the best model scored again on its validation split, and
+    ``explain_images`` of its images explained (-1: the task's default, 0: none)."""
+    score = functools.partial(evaluate_model, explain_images=None if explain_images < 0 else explain_images)
+    return write_report(run_dir, out, score_model=score)
 
 
 def default_run_dir(job: JobSpec) -> Path:
@@ -64,17 +68,18 @@ class JobRun:
 
 def run_job(job: JobSpec, run_dir: Path, device: str = "auto", resume: bool = False, engine: str = "pipeline",
             echo: Callable[[str], None] = print, registry: str | None = None, registered_model: str = "",
-            promotion_margin: float = 0.0) -> JobRun:
+            promotion_margin: float = 0.0, explain_images: int = -1) -> JobRun:
     """Run (or with ``resume``, continue) ``job`` into ``run_dir``; echo the leaderboard and the report's
     path. A step before the sweep that failed raises its error; one after it is left to the caller
     (``JobRun.pipeline.raise_for_failure``), which first says what the sweep produced. ``registry``,
-    ``registered_model``, ``promotion_margin``: the pipeline's register step (``run_pipeline_locally``)."""
+    ``registered_model``, ``promotion_margin``: the pipeline's register step (``run_pipeline_locally``);
+    ``explain_images``: the validation images explained for the report (-1: the task's default, 0: none)."""
     started = time.monotonic()
     pipeline = None
     if engine == "pipeline" and not resume:
         pipeline = run_pipeline_locally(job, run_dir, device=device, registry=registry,
                                         registered_model=registered_model, promotion_margin=promotion_margin,
-                                        echo=echo)
+                                        explain_images=explain_images, echo=echo)
         result = pipeline.sweep_result()
         if result is None:  # a step before the sweep failed
             pipeline.raise_for_failure()
@@ -86,7 +91,7 @@ def run_job(job: JobSpec, run_dir: Path, device: str = "auto", resume: bool = Fa
     if pipeline is None or pipeline.step("report") is None:
         # the library engine and --resume; and a pipeline run that stopped before its report step (a sweep
         # without a model fails the sweep step), so that every local run still has its report
-        echo(f"report: {write_run_report(run_dir)}")
+        echo(f"report: {write_run_report(run_dir, explain_images=explain_images)}")
     elif pipeline.report_file is not None:  # the report step's page (None: the step failed; raised later)
         echo(f"report: {pipeline.report_file}")
     return JobRun(job, run_dir, result, pipeline, started)

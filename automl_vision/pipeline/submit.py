@@ -247,7 +247,8 @@ def submit(job: JobSpec, host: str, *, namespace: str | None = None, schedule: s
            experiment: str = DEFAULT_EXPERIMENT, settings: ClusterSettings | None = None,
            service_account: str | None = None, device: str = "auto", backend: str = "local",
            inference_service: str | None = None, credentials: Credentials | None = None,
-           registry: str = "", registered_model: str = "", promotion_margin: float = 0.0) -> Submitted:
+           registry: str = "", registered_model: str = "", promotion_margin: float = 0.0,
+           explain_images: int = -1) -> Submitted:
     """Compile the pipeline and start it on ``host`` (a run, or with ``schedule`` a recurring run);
     ``backend`` runs the sweep's trials in its pod (local) or as Katib Experiments (katib),
     ``inference_service`` deploys the packaged model as that KServe InferenceService (when the registry's
@@ -270,7 +271,7 @@ def submit(job: JobSpec, host: str, *, namespace: str | None = None, schedule: s
     check_cluster_registry(registry)
     arguments = pipeline_arguments(job, device=device, backend=backend, inference_service=inference_service,
                                    registry=registry, registered_model=registered_model,
-                                   promotion_margin=promotion_margin)
+                                   promotion_margin=promotion_margin, explain_images=explain_images)
     with tempfile.TemporaryDirectory(prefix="automl-vision-") as folder:
         # compiled as `compile --backend B --deploy NAME` would: the sweep step is placed for its backend
         package = str(compile_pipeline(Path(folder) / "pipeline.yaml",

@@ -66,13 +66,14 @@ class DetectionEngine:
     def preparer(self):
         return self._preparer
 
-    def predictions(self, prepared: Sequence[Any]) -> list:
-        """The raw detections (``ImagePredictions``, pixel coordinates, label indices) of a batch."""
+    def predictions(self, prepared: Sequence[Any], *, masks: bool = True) -> list:
+        """The raw detections (``ImagePredictions``, pixel coordinates, label indices) of a batch; ``masks``
+        False leaves a segmentation model's masks out (boxes only: what D-RISE compares)."""
         if self.yolo:
             return predict_arrays(self._model, list(prepared), self._settings)
         # images of one size go through together (models/detection.py), tiles included
         return predict_tensors(self._model, [t.to(self._device) for t in prepared], self._settings,
-                               with_masks=self.segmentation)
+                               with_masks=self.segmentation and masks)
 
     def infer(self, prepared: Sequence[Any]) -> list[dict[str, Any]]:
         if not prepared:

@@ -153,7 +153,7 @@ class Explainer:
                                      index[boxes[i]["label"]], float(boxes[i]["score"])))
 
         def detect(images: Sequence[Image.Image]) -> list[list[Detection]]:
-            found = engine.predictions([engine.preparer(im) for im in images])
+            found = engine.predictions([engine.preparer(im) for im in images], masks=False)
             return [[Detection(tuple(map(float, box)), int(label), float(score))
                      for box, label, score in zip(p.boxes, p.labels, p.scores)] for p in found]
 

@@ -118,7 +118,8 @@ SERVING_SETTINGS: tuple[hps.HyperParameter, ...] = (
                        "(xrai runs twice that many forward and backward passes per explained class); more is a 400.",
                        200, minimum=2, maximum=1000, origin="extension"),
     hps.HyperParameter("explain_max_masks", int, "Most num_masks a request may ask of d_rise (one detector pass "
-                       "per mask); more is a 400.", 2000, minimum=1, maximum=20000, origin="extension"),
+                       "per mask: 1000 masks take about 20 s on a GPU, many minutes on a CPU); more is a 400.", 1000,
+                       minimum=1, maximum=20000, origin="extension"),
     hps.HyperParameter("device", str, "auto, cpu, cuda or cuda:N.", "auto", origin="extension",
                        check=lambda v, _m: None if v in ("auto", "cpu", "cuda") or
                        (v.startswith("cuda:") and v[5:].isdigit()) else "expected auto, cpu, cuda or cuda:N"),
@@ -142,7 +143,7 @@ class InferenceSettings:
     runtime: str = "auto"
     explain_max_images: int = 4
     explain_max_steps: int = 200
-    explain_max_masks: int = 2000
+    explain_max_masks: int = 1000
     device: str = "auto"
     #: Where each value that differs from training came from, for the log.
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)

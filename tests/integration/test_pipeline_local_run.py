@@ -81,6 +81,17 @@ def test_run_goes_through_every_pipeline_step(reference_pipeline_run):
     assert f"Training data: {data}</h3>" in page and f"{data} (ingested into " in page
     assert str(Path(steps["evaluate"]["outputs"]["evaluation"]["uri"])) in page
     assert not (run / "evaluation").exists()  # the best model was not scored a second time
+    # the evaluate step explained its validation images (both: fewer than 4), and the report shows them
+    evaluation = Path(steps["evaluate"]["outputs"]["evaluation"]["uri"])
+    index = json.loads((evaluation / "explanations" / "explanations.json").read_text())
+    assert index["parameters"] == {"xai_algorithm": "xrai", "visualizations": True, "attributions": False,
+                                   "n_steps": 50, "xrai_fast": True, "confidence_score_threshold_multilabel": 0.5}
+    assert len(index["explanations"]) == 2
+    for e in index["explanations"]:
+        assert (evaluation / "explanations" / e["picture"]).is_file()
+        assert e["correct"] == (e["predicted"] == e["truth"]) and e["explained"] == e["predicted"][0]
+    assert 'id="explanations"' in page and "XRAI (n_steps 50, xrai_fast True" in page
+    assert page.count('alt="XRAI explanation"') == 2
     model = Path(steps["package"]["outputs"]["model"]["uri"])
     best = json.loads((run / "leaderboard.json").read_text())["trials"][0]
     assert best["model_name"] in ("resnet18", "mobilenetv2")
@@ -110,6 +121,9 @@ def test_the_library_engine_leaves_the_same_run_folder(reference_library_run):
     assert "[pipeline]" not in p.stdout and "best model:" in p.stdout
     assert RUN_FILES <= {x.name for x in run.iterdir()}
     assert not (run / "pipeline").exists()
+    # the report scored the best model itself, and explained its validation images
+    assert (run / "evaluation" / "explanations" / "explanations.json").is_file()
+    assert 'id="explanations"' in (run / "report.html").read_text()
 
 
 def test_a_sweep_without_a_model_stops_the_pipeline_and_still_leaves_a_report(tmp_path, make_dataset, cli_main):

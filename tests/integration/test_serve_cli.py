@@ -84,6 +84,33 @@ def test_predict_scores_a_folder_and_a_jsonl_file(package, data, tmp_path, cli_m
     assert urls == [json.loads(x)["image_url"] for x in data.read_text().splitlines()]
 
 
+def test_predict_explains_each_image_into_its_folder(package, data, tmp_path, cli_main):
+    out = tmp_path / "e.jsonl"
+    p = cli_main("predict", str(data), "--model", str(package), "--out", str(out), "--explain", "integrated_gradients",
+                 "--xai-parameters", '{"n_steps": 8, "attributions": true}')
+    assert p.returncode == 0, p.stderr
+    assert "scored and explained 8 images" in p.stdout
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    folder = tmp_path / "e_explanations"
+    assert json.loads((folder / "parameters.json").read_text())["n_steps"] == 8
+    for row in rows:
+        (e,) = row["explanations"]  # the predicted class
+        assert e["label"] == row["labels"][int(np.argmax(row["probs"]))]
+        with Image.open(tmp_path / e["visualization"]) as picture:
+            assert picture.format == "PNG" and picture.size == (448, 448)
+        assert np.load(tmp_path / e["attributions"]).shape == (3, 32, 32)
+    assert len(list(folder.glob("*.png"))) == len(list(folder.glob("*.npy"))) == 8
+    # the method's parameters are checked before any image is scored; nothing is written
+    bad = cli_main("predict", str(data), "--model", str(package), "--out", str(tmp_path / "b.jsonl"), "--explain",
+                   "guided_backprop", "--xai-parameters", '{"n_steps": 8}')
+    assert bad.returncode == 2
+    assert "--xai-parameters.n_steps: not a parameter of guided_backprop" in bad.stderr
+    assert not (tmp_path / "b.jsonl").exists() and not (tmp_path / "b_explanations").exists()
+    alone = cli_main("predict", str(data), "--model", str(package), "--out", str(tmp_path / "c.jsonl"),
+                     "--xai-parameters", "{}")
+    assert alone.returncode == 2 and "--xai-parameters and --explain-dir go with --explain METHOD" in alone.stderr
+
+
 def test_predict_reports_every_unreadable_image(package, data, tmp_path, cli_main):
     folder = tmp_path / "imgs"
     folder.mkdir()
@@ -118,6 +145,16 @@ def test_evaluate_the_model_then_its_predictions(package, data, tmp_path, cli_ma
     assert json.loads(again.stdout)["accuracy"] == metrics["accuracy"]
     html = (out / "report.html").read_text()
     assert "Confusion matrix" in html and "data:image/png;base64," in html
+    # four of the images explained (the most confident right and wrong answers) with XRAI
+    index = json.loads((out / "explanations" / "explanations.json").read_text())
+    assert index["parameters"]["xai_algorithm"] == "xrai" and len(index["explanations"]) == 4
+    truth = {r["image_url"]: r["label"] for r in map(json.loads, data.read_text().splitlines())}
+    answers = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    wrong = sum(a["labels"][int(np.argmax(a["probs"]))] != truth[a["image_url"]] for a in answers)
+    right = len(answers) - wrong
+    n_right = min(right, 4 - min(wrong, 2))  # half each, one kind filling in for the other
+    assert sum(e["correct"] for e in index["explanations"]) == n_right
+    assert all(e["correct"] == (e["predicted"] == [truth[e["image_url"]]]) for e in index["explanations"])
 
 
 @pytest.mark.parametrize("args, message", [
@@ -152,9 +189,17 @@ def test_evaluate_a_detection_model_draws_pr_curves_and_samples(tmp_path, cli_ma
     data = make_detection_dataset(tmp_path / "data", n=4, segmentation=task is IS)
     package = make_package(tmp_path, task, model_name)
     (tmp_path / "low.json").write_text(json.dumps({"box_score_thresh": 0.0}))
+    # one image explained, with few masks: a random-weights R-CNN at threshold 0 answers 100 boxes per masked image
     p = cli_main("evaluate", "--model", str(package), "--data", str(data), "--output-dir", str(tmp_path / "eval"),
-                 "--settings", str(tmp_path / "low.json"), "--validation_metric_type", "voc")
+                 "--settings", str(tmp_path / "low.json"), "--validation_metric_type", "voc", "--explain-images", "1",
+                 "--xai-parameters", '{"num_masks": 4, "mask_grid_size": 4}')
     assert p.returncode == 0, p.stderr
+    index = json.loads((tmp_path / "eval" / "explanations" / "explanations.json").read_text())
+    assert index["parameters"]["xai_algorithm"] == "d_rise" and index["parameters"]["num_masks"] == 4
+    (explained,) = index["explanations"]
+    assert explained["predicted"] == [explained["explained"]] and isinstance(explained["correct"], bool)
+    with Image.open(tmp_path / "eval" / "explanations" / explained["picture"]) as picture:
+        assert picture.format == "PNG" and picture.width > picture.height  # the image beside its map
     for name in ("metrics.json", "predictions.jsonl", "per_class.csv", "pr_curves.png", "ap_per_label.png",
                  "samples.png", "report.html"):
         assert (tmp_path / "eval" / name).is_file(), name

@@ -80,7 +80,8 @@ def test_parameters_are_the_job_keys(tmp_path):
     assert {k: args[k] for k in RUN_PARAMETERS} == {"device": "auto", "backend": "local", "deploy": False,
                                                    "inference_service_name": DEFAULT_INFERENCE_SERVICE,
                                                    "serving_namespace": DEFAULT_SERVING_NAMESPACE,
-                                                   "registry": "", "registered_model": "", "promotion_margin": 0.0}
+                                                   "registry": "", "registered_model": "", "promotion_margin": 0.0,
+                                                   "explain_images": -1}
     # the run's arguments and the pipeline's own parameter defaults agree
     assert inputs["serving_namespace"]["defaultValue"] == DEFAULT_SERVING_NAMESPACE
     assert {k for k, v in inputs.items() if not v.get("isOptional")} == {"task", "training_data"}
