@@ -163,7 +163,8 @@ def evaluate(
 
     data = validation_jsonl(validation_data, validation_split.path)
     result = evaluate_model(os.path.join(run.path, "best_model"), data, evaluation.path,
-                            explain_images=None if explain_images < 0 else explain_images)
+                            explain_images=None if explain_images < 0 else explain_images,
+                            echo=functools.partial(print, flush=True))
     for name, value in result.metrics.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             metrics.log_metric(name, value)

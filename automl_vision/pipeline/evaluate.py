@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +27,12 @@ def evaluate_model(model_dir: str | os.PathLike, data: str | os.PathLike, output
                    settings_layers: Sequence[tuple[str, Mapping[str, Any]]] = (), metric_type: str = "coco_voc",
                    iou_threshold: float = 0.5, batch_size: int | None = None,
                    num_workers: int | None = None, explain_images: int | None = None,
-                   explain_parameters: Mapping[str, Any] | None = None) -> EvaluationResult:
+                   explain_parameters: Mapping[str, Any] | None = None,
+                   echo: Callable[[str], None] | None = None) -> EvaluationResult:
     """Score ``data``'s images with the package, write ``predictions.jsonl``, then evaluate it, and explain
     ``explain_images`` of them (None: ``pipeline/explanations.py``'s default for the task; 0: none) with
-    ``explain_parameters`` over its ``EXPLAIN_PARAMETERS`` for the task."""
+    ``explain_parameters`` over its ``EXPLAIN_PARAMETERS`` for the task; ``echo`` (default: the log) says how
+    the explanations go, image by image."""
     package = load_package(model_dir)
     engine = load_engine(package, package.settings(*settings_layers))
     out = Path(output_dir)
@@ -45,7 +47,7 @@ def evaluate_model(model_dir: str | os.PathLike, data: str | os.PathLike, output
     if explain_parameters is not None:  # the caller's own: a mistake in them is an error, not a missing section
         report_parameters(engine, explain_parameters)
     try:
-        index = explain_validation_images(engine, data, out, explain_images, explain_parameters)
+        index = explain_validation_images(engine, data, out, explain_images, explain_parameters, echo=echo)
     except Exception as e:  # the evaluation stands without its explanations; say why they are missing
         log.warning("no explanations for the report: %s: %s", type(e).__name__, e)
         index = None

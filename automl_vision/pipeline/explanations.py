@@ -19,7 +19,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -107,9 +107,12 @@ def pick(rows: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
 
 
 def explain_validation_images(engine: Engine, data: str | Path, out: str | Path, count: int | None = None,
-                              parameters: Mapping[str, Any] | None = None) -> Path | None:
+                              parameters: Mapping[str, Any] | None = None, *,
+                              echo: Callable[[str], None] | None = None) -> Path | None:
     """Explain ``count`` validation images of ``data`` scored into ``out/predictions.jsonl`` by ``engine``;
-    write ``out/explanations/`` and return its index file (None when no image can be explained)."""
+    write ``out/explanations/`` and return its index file (None when no image can be explained). ``echo``
+    (default: the log) gets a line per image and the summary."""
+    say = echo or log.info
     out = Path(out)
     count = default_images(engine) if count is None else count
     if count <= 0:
@@ -127,7 +130,7 @@ def explain_validation_images(engine: Engine, data: str | Path, out: str | Path,
     if folder.exists():
         shutil.rmtree(folder)
     if not chosen:
-        log.info("explanations: no validation image has an answer to explain")
+        say("explanations: no validation image has an answer to explain (a detector found no box on any)")
         return None
     explainer = Explainer(engine)
     params = report_parameters(engine, parameters)
@@ -137,7 +140,10 @@ def explain_validation_images(engine: Engine, data: str | Path, out: str | Path,
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     entries = []
+    say(f"explanations: {len(chosen)} validation images for the report, {params.algorithm} "
+        f"({params.passes()} passes an image)")
     for n, row in enumerate(chosen):
+        started = time.monotonic()
         record, answer = row["record"], {k: v for k, v in row["answer"].items() if k != "image_url"}
         image = decode_image(Path(record.path).read_bytes(), where=record.image_url, **limits)
         for k, item in enumerate(explainer.explain_items(engine.preparer(image), answer, params)):
@@ -146,10 +152,14 @@ def explain_validation_images(engine: Engine, data: str | Path, out: str | Path,
             entries.append({"image_url": record.image_url, "correct": row["correct"], "truth": row["truth"],
                             "predicted": row["predicted"], "explained": item.label, "score": round(item.score, 4),
                             "method": params.algorithm, "picture": name})
-    (tmp / INDEX_FILE).write_text(json.dumps({"parameters": params.to_json(), "explanations": entries}, indent=2)
-                                  + "\n")
+        verdict = "right" if row["correct"] else "wrong"
+        say(f"explanations: {n + 1}/{len(chosen)} {Path(record.image_url).name} ({verdict}) in "
+            f"{time.monotonic() - started:.1f} s")
+    seconds = round(time.monotonic() - t0, 1)
+    summary = (f"explained {len(chosen)} validation images ({sum(r['correct'] for r in chosen)} right, "
+               f"{sum(not r['correct'] for r in chosen)} wrong) with {params.algorithm} in {seconds} s")
+    (tmp / INDEX_FILE).write_text(json.dumps({"parameters": params.to_json(), "summary": summary,
+                                              "seconds": seconds, "explanations": entries}, indent=2) + "\n")
     tmp.replace(folder)
-    log.info("explained %d validation images (%d right, %d wrong) with %s in %.1f s", len(chosen),
-             sum(r["correct"] for r in chosen), sum(not r["correct"] for r in chosen), params.algorithm,
-             time.monotonic() - t0)
+    say(f"explanations: {summary}")
     return folder / INDEX_FILE

@@ -380,8 +380,10 @@ def _explanations_section(folder: Path, task: ImageTask) -> H.Section | None:
     params = index.get("parameters") or {}
     method = params.get("xai_algorithm", "")
     title = _METHOD_TITLES.get(method, method)
-    settings = ", ".join(f"{k} {v}" for k, v in params.items() if k not in ("xai_algorithm", "visualizations",
-                                                                             "attributions"))
+    hidden = {"xai_algorithm", "visualizations", "attributions"}
+    if task is not ImageTask.IMAGE_CLASSIFICATION_MULTILABEL:
+        hidden.add("confidence_score_threshold_multilabel")
+    settings = ", ".join(f"{k} {v}" for k, v in params.items() if k not in hidden)
     if task.is_classification:
         intro = (f"Why the best model answered as it did, for its most confident right and wrong answers on "
                  f"validation images: {title} ({settings}) for the predicted class. Each picture: the crop the model "

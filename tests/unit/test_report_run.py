@@ -19,7 +19,7 @@ from automl_vision.report.html import Cell, fmt_number, table
 from automl_vision.training.runfolder import load_run
 from browser_support import make_run_folder
 
-SECTIONS = ("summary", "data", "leaderboard", "curves", "hyperparameters", "evaluation", "predictions")
+SECTIONS = ("summary", "data", "leaderboard", "curves", "hyperparameters", "evaluation", "predictions", "explanations")
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +80,15 @@ def test_evaluation_scores_the_best_model_on_its_own_validation_split(run_folder
     assert "Confusion matrix" in sections["evaluation"] and "Per class" in sections["evaluation"]
     assert "accuracy: <b>0.83</b>" in sections["evaluation"]  # what the trial recorded, shown as such
     assert re.search(r"\d of the \d validation images the model gets wrong", sections["predictions"])
+    # every validation image explained (fewer than 4), each picture captioned right or wrong as scored
+    index = json.loads((evaluation / "explanations" / "explanations.json").read_text())
+    truth = {json.loads(ln)["image_url"]: json.loads(ln)["label"] for ln in validation}
+    wrong = {r["image_url"] for r in scored if r["labels"][r["probs"].index(max(r["probs"]))] != truth[r["image_url"]]}
+    assert sorted(e["image_url"] for e in index["explanations"]) == sorted(truth)
+    assert {e["image_url"] for e in index["explanations"] if not e["correct"]} == wrong
+    shown = sections["explanations"]
+    assert shown.count('alt="XRAI explanation"') == 3 and shown.count("<b>wrong</b>") == len(wrong)
+    assert "confidence_score_threshold_multilabel" not in shown  # a multi-class model's report
 
 
 def test_a_given_evaluation_is_shown_not_scored_again(run_folder, tmp_path):
@@ -97,6 +106,7 @@ def test_a_given_evaluation_is_shown_not_scored_again(run_folder, tmp_path):
         target.write_text(source.read_text().replace(images, "s3://bucket/images"))
     sections = _sections(write_report(run_folder, tmp_path / "report.html",
                                       evaluation=Evaluation(given, scored, "the evaluate step")).read_text())
+    assert "explanations" not in sections  # that evaluation wrote none
     assert f"Scored by the evaluate step on the 3 validation images of {scored}; all files are in {given}." \
         in sections["evaluation"]
     assert "Confusion matrix" in sections["evaluation"] and "Per class" in sections["evaluation"]
@@ -124,7 +134,7 @@ def test_a_run_without_any_model_still_gets_a_report(tmp_path, make_dataset):
         row.update(rank=None, status="failed", best_value=None)
     (run / "leaderboard.json").write_text(json.dumps(board))
     sections = _sections(write_run_report(run).read_text())
-    assert tuple(sections) == SECTIONS
+    assert tuple(sections) == SECTIONS[:-1]  # no model, nothing explained
     assert "No trial produced a model, so there is nothing to evaluate." in sections["evaluation"]
     assert "No trial produced a metric to compare." in sections["hyperparameters"]
 
