@@ -152,9 +152,9 @@ def add_predict(sub) -> None:
                         "Pictures (PNG) and attributions (.npy) go to --explain-dir, listed in each line as "
                         "\"explanations\"; see docs/serving.md for the costs")
     p.add_argument("--xai-parameters", metavar="JSON",
-                   help='the method\'s parameters as the server takes them, e.g. \'{"n_steps": 25, "attributions": '
-                        'true}\' or \'{"num_masks": 500, "max_boxes": 1}\' (default: the method\'s defaults, '
-                        "pictures only)")
+                   help='the method\'s parameters as the server takes them, e.g. \'{"n_steps": 25}\' or '
+                        '\'{"num_masks": 500, "max_boxes": 1, "attributions": false}\' (default: the method\'s '
+                        "defaults, with attributions)")
     p.add_argument("--explain-dir", help="folder for the explanations (default: OUT's name + _explanations, beside it)")
     p.set_defaults(func=cmd_predict)
 
@@ -198,7 +198,8 @@ def _explain_flags(args) -> dict | None:
         if given != args.explain:
             raise ConfigError(f"--explain {args.explain} but --xai-parameters names xai_algorithm={given!r}",
                               "predict")
-    return {**params, "xai_algorithm": args.explain}
+    # offline the arrays are written too unless asked not to (files, not a response to carry)
+    return {"attributions": True, **params, "xai_algorithm": args.explain}
 
 
 # --- deploy ------------------------------------------------------------------------------------

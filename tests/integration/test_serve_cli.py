@@ -87,7 +87,7 @@ def test_predict_scores_a_folder_and_a_jsonl_file(package, data, tmp_path, cli_m
 def test_predict_explains_each_image_into_its_folder(package, data, tmp_path, cli_main):
     out = tmp_path / "e.jsonl"
     p = cli_main("predict", str(data), "--model", str(package), "--out", str(out), "--explain", "integrated_gradients",
-                 "--xai-parameters", '{"n_steps": 8, "attributions": true}')
+                 "--xai-parameters", '{"n_steps": 8}')
     assert p.returncode == 0, p.stderr
     assert "scored and explained 8 images" in p.stdout
     rows = [json.loads(x) for x in out.read_text().splitlines()]

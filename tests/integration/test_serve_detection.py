@@ -140,13 +140,19 @@ def test_yolov5_package_scores_a_folder(tmp_path):
         (tmp_path / "imgs" / f"{i}.png").write_bytes(png_bytes(70, 50, seed=i))
     settings = tmp_path / "s.json"
     settings.write_text(json.dumps({"box_score_thresh": 0.0, "img_size": 64}))
+    # with D-RISE on each image's top box: explained through the same yolov5 engine, masked images and all
     p = cli("predict", str(tmp_path / "imgs"), "--model", str(package), "--out", str(tmp_path / "p.jsonl"),
-            "--settings", str(settings))
+            "--settings", str(settings), "--explain", "d_rise", "--xai-parameters", '{"num_masks": 8, "max_boxes": 1}')
     assert p.returncode == 0, p.stderr
     rows = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert len(rows) == 3
     for row in rows:
         assert_detection_answer({"boxes": row["boxes"]}, polygons=False)
+        (e,) = row["explanations"]
+        top = max(range(len(row["boxes"])), key=lambda i: row["boxes"][i]["score"])
+        assert e["box_index"] == top and e["label"] == row["boxes"][top]["label"]
+        assert np.load(tmp_path / e["attributions"]).shape == (50, 70)  # the image's own size
+        assert (tmp_path / e["visualization"]).is_file()
 
 
 def test_an_image_gets_the_same_boxes_whatever_shares_its_batch(detection_package):
