@@ -7,8 +7,10 @@ shifted by a random fraction of a cell (RISE's smooth masks). The detector runs 
 (hidden pixels black). A mask's weight for an explained box is its best match among the masked image's
 detections: IoU with the box x class similarity x the detection's score. Our detectors answer one label
 and a score per box rather than a class distribution, so the class similarity is 1 for the box's own label
-and 0 for any other, and the score stands for the paper's objectness. The map is the weighted mean of
-the masks divided by the keep probability: the expected weight when a pixel is kept.
+and 0 for any other, and the score stands for the paper's objectness. The map is the weighted sum of the
+masks less the mean weight times each pixel's coverage, over the number of masks and the keep
+probability: what keeping a pixel adds to the box's weight (centered: with few masks the paper's plain
+weighted mean is mostly the masks' uneven coverage; a detector that ignores its input gets a flat map).
 """
 
 from __future__ import annotations
@@ -87,6 +89,8 @@ def drise(image: Image.Image, detect: Detector, targets: Sequence[Detection], pa
     generator = torch.Generator().manual_seed(params.seed)
     t0 = time.monotonic()
     done = 0
+    coverage = torch.zeros(h, w)
+    total = torch.zeros(len(targets))
     while done < params.num_masks:
         n = min(batch_size, params.num_masks - done)
         batch = masks(n, h, w, params.mask_grid_size, params.mask_keep_probability, generator)
@@ -94,8 +98,14 @@ def drise(image: Image.Image, detect: Detector, targets: Sequence[Detection], pa
         found = detect([Image.fromarray(m) for m in masked])
         weights = torch.tensor([[similarity(t, dets) for dets in found] for t in targets], dtype=torch.float32)
         saliency += torch.einsum("tn,nhw->thw", weights, batch)
+        coverage += batch.sum(0)
+        total += weights.sum(1)
         done += n
         if progress is not None:
             progress(done, params.num_masks)
     log.debug("d_rise: %d masks, %d boxes, %.1f s", params.num_masks, len(targets), time.monotonic() - t0)
-    return (saliency / (params.num_masks * params.mask_keep_probability)).numpy()
+    n = params.num_masks
+    # The mean weight times how often each pixel was kept is what the map would be if the masks did not
+    # matter: taking it away leaves what keeping a pixel adds (it differs across pixels by chance alone).
+    centered = saliency - (total / n)[:, None, None] * coverage[None]
+    return (centered / (n * params.mask_keep_probability)).numpy()

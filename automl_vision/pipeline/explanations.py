@@ -39,13 +39,16 @@ log = logging.getLogger(__name__)
 
 #: Images explained per evaluation, by default.
 DEFAULT_IMAGES = {"classification": 4, "detection": 2}
-#: The methods and settings the report uses: XRAI at the original's defaults; D-RISE with 100 masks and the
-#: top box (each mask is one detector pass: seconds on a GPU, about a second a mask for an R-CNN on a
-#: 2-core CPU; benchmarks/explain_latency.py).
+#: The methods and settings the report uses: XRAI at the original's defaults; D-RISE for the top box on an
+#: 8x8 grid (coarse cells show something with few masks), ``DRISE_MASKS`` masks by the device.
 EXPLAIN_PARAMETERS = {
     "classification": {"xai_algorithm": "xrai", "n_steps": 50, "xrai_fast": True},
-    "detection": {"xai_algorithm": "d_rise", "num_masks": 100, "max_boxes": 1, "mask_grid_size": 16},
+    "detection": {"xai_algorithm": "d_rise", "max_boxes": 1, "mask_grid_size": 8},
 }
+#: Each mask is one pass of the detector (three with 2x1 tiles): about 20 ms on a GPU, 1 to 2.5 s for an
+#: R-CNN at min_size 320 on a 2-core CPU (benchmarks/explain_latency.py, docs/serving.md), so a CPU-only run
+#: gets a rough map in a minute or two rather than a finer one in ten.
+DRISE_MASKS = {"cpu": 32, "gpu": 200}
 
 
 def _kind(engine: Engine) -> str:
@@ -59,7 +62,9 @@ def default_images(engine: Engine) -> int:
 def report_parameters(engine: Engine, given: Mapping[str, Any] | None = None) -> P.ExplainParams:
     """The checked parameters of the report's explanations: ``EXPLAIN_PARAMETERS`` for the task, with
     ``given`` over them (only ``given`` when it names another method)."""
-    base = EXPLAIN_PARAMETERS[_kind(engine)]
+    base = dict(EXPLAIN_PARAMETERS[_kind(engine)])
+    if base["xai_algorithm"] == "d_rise":
+        base["num_masks"] = DRISE_MASKS["cpu" if str(engine.device).startswith("cpu") else "gpu"]
     given = dict(given or {})
     if given.get("xai_algorithm", base["xai_algorithm"]) == base["xai_algorithm"]:
         given = {**base, **given}

@@ -41,6 +41,7 @@ def to_uint8_array(image: Image.Image) -> np.ndarray:
 class DetectionEngine:
     def __init__(self, package: ModelPackage, settings: InferenceSettings):
         self.task, self.labels, self.settings = package.task, list(package.labels), settings
+        self.package = package
         self.segmentation = package.task is ImageTask.IMAGE_INSTANCE_SEGMENTATION
         device = pick_device(settings.device)
         overrides = dict(settings.model)

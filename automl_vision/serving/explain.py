@@ -7,8 +7,12 @@ are the most probable one, or for multi-label every label whose probability is a
 
 A detector's answer (beyond the original, which explains no detector) gains, on each of its ``max_boxes``
 highest-scoring boxes, ``visualizations`` (a base64 PNG) and/or ``attributions`` (the D-RISE map,
-``[height, width]`` of the image as sent). D-RISE calls the engine's own prediction, whatever runtime
-serves it (PyTorch, ONNX Runtime, OpenVINO), with the engine's settings (tiling included).
+``[height, width]`` of the image as sent). D-RISE runs the masked images through the package's detector
+with the served settings (tiling included) but for the score threshold, lowered to ``DRISE_SCORE_FLOOR``:
+a box that a mask weakens below the served threshold still counts, with its lower score, as D-RISE means
+it to (at the served threshold most masks lose the box altogether and the map comes out flat). When the
+served engine cannot lower it (ONNX Runtime's graph fixes a floor; a higher threshold), the explainer
+loads the package's PyTorch detector for the masked images, on the served device.
 
 Gradients need PyTorch: a classifier served by ONNX Runtime is explained by the package's PyTorch network,
 built on the first explanation.
@@ -17,6 +21,7 @@ built on the first explanation.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 import threading
 import time
@@ -60,6 +65,10 @@ class Explained:
     box_index: int | None = None
 
 
+#: The score threshold of the masked images' detections (D-RISE weighs every detection by its score).
+DRISE_SCORE_FLOOR = 0.01
+
+
 class Explainer:
     """Explains one engine's answers; one explanation at a time (each is tens to thousands of passes)."""
 
@@ -67,6 +76,7 @@ class Explainer:
         self.engine = engine
         self.task: ImageTask = engine.task
         self._classifier: ClassifierExplainer | None = None
+        self._detector: Engine | None = None
         self._lock = threading.Lock()
 
     def limits(self) -> P.ExplainLimits:
@@ -86,6 +96,28 @@ class Explainer:
                      engine.settings.model_name, engine.explain_device, time.monotonic() - t0,
                      explainer.layer_name)
         return self._classifier
+
+    def detector(self) -> Engine:
+        """The engine D-RISE runs the masked images through: the served one when it already keeps
+        detections down to ``DRISE_SCORE_FLOOR`` on PyTorch, else the package's PyTorch detector with the
+        served settings and that threshold."""
+        if self._detector is None:
+            engine = self.engine
+            settings = engine.settings
+            if engine.runtime == "pytorch" and settings["box_score_thresh"] <= DRISE_SCORE_FLOOR:
+                self._detector = engine
+            else:
+                # The detectors (torchvision's, seconds to import) only when explaining one.
+                from automl_vision.serving.detection import DetectionEngine
+
+                model = {**settings.model, "box_score_thresh": min(settings["box_score_thresh"], DRISE_SCORE_FLOOR)}
+                t0 = time.monotonic()
+                self._detector = DetectionEngine(engine.package, dataclasses.replace(
+                    settings, model=model, runtime="pytorch", device=str(engine.device)))
+                log.info("explanations: %s's PyTorch detector ready on %s in %.1f s (box_score_thresh %s for "
+                         "the masked images)", settings.model_name, engine.device, time.monotonic() - t0,
+                         model["box_score_thresh"])
+        return self._detector
 
     def explain_items(self, prepared: Any, answer: dict[str, Any], params: P.ExplainParams) -> list[Explained]:
         """The explanations of one scored image: one per explained class, or per explained box."""
@@ -152,8 +184,10 @@ class Explainer:
             targets.append(Detection((b["topX"] * w, b["topY"] * h, b["bottomX"] * w, b["bottomY"] * h),
                                      index[boxes[i]["label"]], float(boxes[i]["score"])))
 
+        detector = self.detector()
+
         def detect(images: Sequence[Image.Image]) -> list[list[Detection]]:
-            found = engine.predictions([engine.preparer(im) for im in images], masks=False)
+            found = detector.predictions([detector.preparer(im) for im in images], masks=False)
             return [[Detection(tuple(map(float, box)), int(label), float(score))
                      for box, label, score in zip(p.boxes, p.labels, p.scores)] for p in found]
 

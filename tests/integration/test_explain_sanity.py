@@ -342,8 +342,8 @@ def test_drise_saliency_lies_in_the_object_box(detector, index):
     assert overlap >= 0.5, f"the detector's best box {target.box} misses the square {truth} (IoU {overlap:.2f})"
     saliency = drise(detector["pictures"][index], detector["detect"], [target], drise_params(**DRISE_MASKS))[0]
     area, share, top_inside = box_scores(saliency, truth)
-    # Measured: IoU 0.75 and 0.60; box 0.18 and 0.32 of the image; share 0.34 and 0.46 (1.9 and 1.46 times
-    # the box's area; 1.46 to 1.91 over 6 held-out images); most salient pixels in the box 0.81 and 0.71.
+    # Measured: IoU 0.75 and 0.60; box 0.18 and 0.32 of the image; share 0.36 and 0.50 (1.99 and 1.57 times
+    # the box's area; 1.57 to 1.99 over 4 held-out images); most salient pixels in the box 0.86 and 0.78.
     assert share >= 1.3 * area, (
         f"{share:.3f} of D-RISE's mass (above its minimum) in the square's box, which is {area:.3f} of the image")
     assert top_inside >= 0.6, (
@@ -353,16 +353,14 @@ def test_drise_saliency_lies_in_the_object_box(detector, index):
 
 def test_drise_of_a_blind_detector_is_flat(_one_thread):
     """The control of the test above: a detector that answers the same box whatever it is shown gives every
-    mask the same weight, so the map shows no box (the measures above can fail)."""
+    mask the same weight, so the map shows no box: D-RISE takes away the mean weight times each pixel's
+    coverage, which leaves nothing at all (the measures above can fail)."""
     images, boxes = squares_dataset(1, seed=1)  # the first held-out image of the test above
     truth = boxes[0]
     target = Detection(tuple(truth), 0, 1.0)
     saliency = drise(pictures_of(images)[0], lambda pictures: [[target] for _ in pictures], [target],
                      drise_params(**DRISE_MASKS))[0]
-    area, share, top_inside = box_scores(saliency, truth)
-    # Measured: share 0.18 for a box of 0.18 (1.03 times); the most salient pixels fall in the box by chance
-    # (0.34 of them), which is not asserted: with 128 masks the noise is a few blobs a cell wide.
-    assert share <= 1.2 * area, f"{share:.3f} of a flat map's mass in a box of {area:.3f} of the image"
+    assert np.abs(saliency).max() < 1e-5, f"a blind detector's map ranges from {saliency.min()} to {saliency.max()}"
 
 
 def test_drise_same_seed_same_map_other_seed_other_map(detector):

@@ -73,7 +73,7 @@ def test_detection_server_answers_boxes_and_a_higher_threshold_returns_fewer(det
         if rank < 2:
             assert png_size(box["visualizations"]) == (2 * 96 * 3, 80 * 3)  # two panels, enlarged 3x to >= 224
             heat = np.asarray(box["attributions"], dtype=np.float32)
-            assert heat.shape == (80, 96) and np.isfinite(heat).all() and heat.min() >= 0
+            assert heat.shape == (80, 96) and np.isfinite(heat).all()
         else:
             assert set(box) == {"box", "label", "score"}
     assert wrong.status_code == 400
