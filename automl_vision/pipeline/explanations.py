@@ -3,10 +3,10 @@
 After the best model is scored, a few validation images are explained with the served model's own
 explainer: the most confident correct answers and the most confident wrong ones (half each, the other
 kind filling in when one kind runs short). A classifier is explained with XRAI (the original product's
-default) for its predicted class, or every predicted label of a multi-label model; a detector with
-D-RISE for its highest-scoring box. An image is correct when its predicted class is the true one (multi-label:
-the predicted set is the true set), or, for a detector, when its highest-scoring box overlaps a true
-object of its label at IoU 0.5 or more.
+default) for its predicted class, or every predicted label of a multi-label model (with none at 0.5, its
+most probable label); a detector with D-RISE for its highest-scoring box. An image is correct when its
+predicted class is the true one (multi-label: the predicted set is the true set), or, for a detector,
+when its highest-scoring box overlaps a true object of its label at IoU 0.5 or more.
 
 ``explanations/explanations.json`` lists each picture with the image, whether it was right, the truth,
 the answer and the method; the report shows them. Explaining costs forward passes (``EXPLAIN_PARAMETERS``);
@@ -15,6 +15,7 @@ the answer and the method; the report shows them. Explaining costs forward passe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -151,7 +152,11 @@ def explain_validation_images(engine: Engine, data: str | Path, out: str | Path,
         started = time.monotonic()
         record, answer = row["record"], {k: v for k, v in row["answer"].items() if k != "image_url"}
         image = decode_image(Path(record.path).read_bytes(), where=record.image_url, **limits)
-        for k, item in enumerate(explainer.explain_items(engine.preparer(image), answer, params)):
+        asked = params
+        if engine.task.is_classification and not row["predicted"]:
+            # a multi-label answer with no label at the threshold: its most probable label shows why
+            asked = dataclasses.replace(params, confidence_score_threshold_multilabel=max(answer["probs"]))
+        for k, item in enumerate(explainer.explain_items(engine.preparer(image), answer, asked)):
             name = f"{n:02d}_{k}.png"
             (tmp / name).write_bytes(item.picture)
             entries.append({"image_url": record.image_url, "correct": row["correct"], "truth": row["truth"],

@@ -50,7 +50,7 @@ class ParsedRequest:
     request_id: str | None = None
     outputs: list[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    #: Per image: None (no explanation asked), else the request's ``xai_parameters`` (None: the defaults).
+    #: Per image: None (no explanation asked), else the request's ``xai_parameters`` ({}: the defaults).
     explain: list[Any] | None = None
 
     def explained(self) -> list[int]:
@@ -62,15 +62,12 @@ EXPLAIN_ROW_KEYS = ("image_base64", "model_explainability", "xai_parameters")
 
 
 def _explanation_row(row: Mapping, at: str) -> tuple[Any, Any]:
-    """``(base64 image, xai_parameters or None)`` of an explanation row; None as the second value when
-    ``model_explainability`` is absent or false."""
+    """``(base64 image, xai_parameters or None)`` of an explanation row (one with ``image_base64``); None as
+    the second value when ``model_explainability`` is absent or false."""
     unknown = [k for k in row if k not in EXPLAIN_ROW_KEYS]
     if unknown:
         raise BadRequest(f"{at}: unknown key(s) {', '.join(map(str, unknown))}; an explanation row has "
                          f"{', '.join(EXPLAIN_ROW_KEYS)}")
-    if "image_base64" not in row:
-        raise BadRequest(f"{at}: image_base64 missing; expected {{\"image_base64\": \"<base64 image>\", "
-                         "\"model_explainability\": true, \"xai_parameters\": {...}}")
     return row["image_base64"], _explain_flag(row, at)
 
 

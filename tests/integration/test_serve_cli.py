@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from conftest import make_classification_dataset
 from det_testdata import make_detection_dataset
@@ -155,6 +156,25 @@ def test_evaluate_the_model_then_its_predictions(package, data, tmp_path, cli_ma
     n_right = min(right, 4 - min(wrong, 2))  # half each, one kind filling in for the other
     assert sum(e["correct"] for e in index["explanations"]) == n_right
     assert all(e["correct"] == (e["predicted"] == [truth[e["image_url"]]]) for e in index["explanations"])
+
+
+def test_a_multilabel_answer_with_no_label_is_explained_by_its_most_probable(tmp_path, cli_main):
+    # a multi-label model whose head says no to every label (bias -10): the report still shows why
+    data = make_classification_dataset(tmp_path / "data", n_per_class=2, classes=("blue", "red"), size=32,
+                                       multilabel=True)
+    package = make_package(tmp_path, ImageTask.IMAGE_CLASSIFICATION_MULTILABEL, "mobilenetv2")
+    state = load_file(str(package / "model.safetensors"))
+    state["classifier.1.bias"] = torch.full_like(state["classifier.1.bias"], -10.0)
+    state["classifier.1.bias"][1] = -9.0  # "red" the most probable, far under 0.5
+    save_file(state, str(package / "model.safetensors"))
+    (package / "package.json").unlink()  # the weights changed: no manifest to check them against
+    out = tmp_path / "eval"
+    p = cli_main("evaluate", "--model", str(package), "--data", str(data), "--output-dir", str(out),
+                 "--explain-images", "2", "--xai-parameters", '{"xai_algorithm": "guided_gradcam"}')
+    assert p.returncode == 0, p.stderr
+    index = json.loads((out / "explanations" / "explanations.json").read_text())
+    assert [(e["predicted"], e["explained"], e["correct"]) for e in index["explanations"]] == [([], "red", False)] * 2
+    assert "0 right, 2 wrong" in index["summary"]
 
 
 @pytest.mark.parametrize("args, message", [
