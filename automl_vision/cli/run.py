@@ -86,7 +86,7 @@ def cmd_run(args) -> int:
         raise ConfigError("--backend katib and --deploy go with --kubeflow URL (or compile): they need a cluster",
                           "run")
     if args.resume:
-        return run_here(job, Path(args.resume), args.device, resume=True)
+        return run_here(job, Path(args.resume), args.device, resume=True, explain_images=args.explain_images)
     from automl_vision.pipeline.runner import default_run_dir  # lazy: CLI start-up
 
     run_dir = Path(args.output_dir) if args.output_dir else default_run_dir(job)

@@ -175,7 +175,7 @@ def test_a_killed_pipeline_run_resumes_with_the_library_engine_and_finishes(tmp_
     # in a process of its own, as a user would: the killed run's sweep step (a process of the runner's own)
     # can hold the sweep's lock for a moment after the kill
     r = subprocess.run([sys.executable, "-m", "automl_vision", "run", str(job_file), "--resume", str(run), "--device",
-                        "cpu"], capture_output=True, text=True, timeout=900)
+                        "cpu", "--explain-images", "0"], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Traceback" not in r.stdout + r.stderr
     assert f"resuming the sweep of the pipeline run {run}" in r.stdout

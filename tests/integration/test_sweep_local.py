@@ -137,11 +137,12 @@ def test_killed_sweep_resumes_to_the_same_leaderboard(tmp_path, data, cli_main):
 
     reference = tmp_path / "reference"
     # --engine library: the sweep alone (the default runs it inside the local Kubeflow pipeline)
-    p = cli_main("run", str(job_file), "--engine", "library", "--output-dir", str(reference))
+    # (the reports explain nothing: resuming is what this test is about)
+    p = cli_main("run", str(job_file), "--engine", "library", "--output-dir", str(reference), "--explain-images", "0")
     assert p.returncode == 0, p.stdout + p.stderr
 
     run = tmp_path / "run"
-    p = _cli("run", str(job_file), "--engine", "library", "--output-dir", str(run))
+    p = _cli("run", str(job_file), "--engine", "library", "--output-dir", str(run), "--explain-images", "0")
     try:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:  # kill it while its second trial is training
@@ -165,10 +166,10 @@ def test_killed_sweep_resumes_to_the_same_leaderboard(tmp_path, data, cli_main):
     assert killed["status"] == "running" and killed["trials"][1]["status"] == "running"
 
     # a plain run into the folder is refused; --resume continues it
-    again = cli_main("run", str(job_file), "--engine", "library", "--output-dir", str(run))
+    again = cli_main("run", str(job_file), "--engine", "library", "--output-dir", str(run), "--explain-images", "0")
     out = again.stdout + again.stderr
     assert again.returncode == 2 and "holds an unfinished sweep" in out and f"--resume {run}" in out
-    resumed = cli_main("run", str(job_file), "--resume", str(run))
+    resumed = cli_main("run", str(job_file), "--resume", str(run), "--explain-images", "0")
     out = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, out
     assert "1 finished trial(s) kept, 1 to run again" in out
