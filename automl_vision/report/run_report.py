@@ -393,6 +393,11 @@ def _explanations_section(folder: Path, task: ImageTask) -> H.Section | None:
         intro = (f"Why the best model found its highest-scoring box, on validation images where it was right and "
                  f"where it was wrong: {title} ({settings}). Left: the image and the box; right: the box's saliency "
                  "(bright: hiding these pixels loses the box most).")
+        masks = params.get("num_masks")
+        if isinstance(masks, int) and masks < 100:
+            intro += (f" With {masks} masks (what a run on a CPU affords) the map is rough: bright patches away from "
+                      "the box may be chance; a run on a GPU uses 200, and `automl-vision predict --explain d_rise` "
+                      "takes more.")
     body = H.note(intro)
     for e in index["explanations"]:
         path = folder / str(e.get("picture", ""))
