@@ -137,11 +137,11 @@ class Explainer:
         out = dict(answer)
         if self.task.is_classification:
             multilabel = self.task is ImageTask.IMAGE_CLASSIFICATION_MULTILABEL
-            pictures = [_b64(i.picture) for i in items]
-            arrays = [_rounded(i.values) for i in items]
             if params.visualizations:
+                pictures = [_b64(i.picture) for i in items]
                 out["visualizations"] = pictures if multilabel else pictures[0]
             if params.attributions:
+                arrays = [_rounded(i.values) for i in items]
                 out["attributions"] = arrays if multilabel else arrays[0]
             return out
         out["boxes"] = [dict(b) for b in answer.get("boxes", [])]

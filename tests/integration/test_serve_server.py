@@ -292,6 +292,15 @@ def test_a_multilabel_model_answers_the_sample_client(tmp_path):
     assert np.allclose(single.json()[0]["probs"], answer[1]["probs"], atol=1e-5)
 
 
+def test_attributions_alone_come_without_pictures(server):
+    r = predict(server, explain_request(png_bytes(seed=44), xai_algorithm="guided_backprop", visualizations=False,
+                                        attributions=True))
+    assert r.status_code == 200, r.text
+    (answer,) = r.json()
+    assert set(answer) == {"probs", "labels", "attributions"}
+    assert np.asarray(answer["attributions"]).shape == (3, 32, 32)
+
+
 @pytest.mark.parametrize("method", ["xrai", "integrated_gradients", "guided_gradcam", "guided_backprop"])
 def test_the_original_explanation_request_is_answered_in_its_shape(server, method):
     """The body of the original's explainability sample; the model is served by ONNX Runtime and explained
