@@ -101,7 +101,8 @@ def test_report_shows_the_leaderboard_the_curves_and_the_evaluate_steps_pictures
     text = Path(page.path).read_text()
     sections = _sections(text)
     assert tuple(sections) == ("summary", "data", "leaderboard", "curves", "hyperparameters", "evaluation",
-                               "predictions")
+                               "predictions", "explanations")  # the evaluate step's explanations, shown
+    assert (Path(evaluated["evaluation"].path) / "explanations" / "explanations.json").is_file()
     assert not re.search(r'(src|href)="(?!data:|#)', text)  # self-contained: the Pipelines UI shows it alone
     board = json.loads((Path(swept["run"].path) / "leaderboard.json").read_text())
     (row,) = board["trials"]

@@ -209,17 +209,22 @@ def test_evaluate_a_detection_model_draws_pr_curves_and_samples(tmp_path, cli_ma
     data = make_detection_dataset(tmp_path / "data", n=4, segmentation=task is IS)
     package = make_package(tmp_path, task, model_name)
     (tmp_path / "low.json").write_text(json.dumps({"box_score_thresh": 0.0}))
-    # one image explained, with few masks: a random-weights R-CNN at threshold 0 answers 100 boxes per masked image
+    # detection: one image explained, with few masks (a random-weights R-CNN at threshold 0 answers 100 boxes per
+    # masked image); segmentation's D-RISE is the segmentation server test's
+    explain = ["1", '{"num_masks": 4, "mask_grid_size": 4}'] if task is OD else ["0", "{}"]
     p = cli_main("evaluate", "--model", str(package), "--data", str(data), "--output-dir", str(tmp_path / "eval"),
-                 "--settings", str(tmp_path / "low.json"), "--validation_metric_type", "voc", "--explain-images", "1",
-                 "--xai-parameters", '{"num_masks": 4, "mask_grid_size": 4}')
+                 "--settings", str(tmp_path / "low.json"), "--validation_metric_type", "voc", "--explain-images",
+                 explain[0], "--xai-parameters", explain[1])
     assert p.returncode == 0, p.stderr
-    index = json.loads((tmp_path / "eval" / "explanations" / "explanations.json").read_text())
-    assert index["parameters"]["xai_algorithm"] == "d_rise" and index["parameters"]["num_masks"] == 4
-    (explained,) = index["explanations"]
-    assert explained["predicted"] == [explained["explained"]] and isinstance(explained["correct"], bool)
-    with Image.open(tmp_path / "eval" / "explanations" / explained["picture"]) as picture:
-        assert picture.format == "PNG" and picture.width > picture.height  # the image beside its map
+    if task is OD:
+        index = json.loads((tmp_path / "eval" / "explanations" / "explanations.json").read_text())
+        assert index["parameters"]["xai_algorithm"] == "d_rise" and index["parameters"]["num_masks"] == 4
+        (explained,) = index["explanations"]
+        assert explained["predicted"] == [explained["explained"]] and isinstance(explained["correct"], bool)
+        with Image.open(tmp_path / "eval" / "explanations" / explained["picture"]) as picture:
+            assert picture.format == "PNG" and picture.width > picture.height  # the image beside its map
+    else:
+        assert not (tmp_path / "eval" / "explanations").exists()
     for name in ("metrics.json", "predictions.jsonl", "per_class.csv", "pr_curves.png", "ap_per_label.png",
                  "samples.png", "report.html"):
         assert (tmp_path / "eval" / name).is_file(), name

@@ -26,7 +26,7 @@ FAMILIES = {
     "seresnext": "layer4",
     "vits16r224": "blocks[-1].norm1",
 }
-SIZE = 64
+SIZE = 32
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
