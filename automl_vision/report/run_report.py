@@ -396,7 +396,7 @@ def _explanations_section(folder: Path, task: ImageTask) -> H.Section | None:
         masks = params.get("num_masks")
         if isinstance(masks, int) and masks < 100:
             intro += (f" With {masks} masks (what a run on a CPU affords) the map is rough: bright patches away from "
-                      "the box may be chance; a run on a GPU uses 200, and `automl-vision predict --explain d_rise` "
+                      "the box may be chance; a run on a GPU uses 200, and automl-vision predict --explain d_rise "
                       "takes more.")
     body = H.note(intro)
     for e in index["explanations"]:
