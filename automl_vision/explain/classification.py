@@ -141,6 +141,10 @@ class ClassifierExplainer:
         self.model.to(device)
         return self
 
+    def pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """The normalized crop ``x`` as the image it was, ``[3, H, W]`` in [0, 1]."""
+        return (x.detach().float().to(self.device) * self.std.to(self.device) + self.mean.to(self.device)).clamp(0, 1)
+
     def explain(self, x: torch.Tensor, targets: Sequence[int], params: P.ExplainParams) -> list[Attribution]:
         """Attributions of the normalized crop ``x`` (``[3, H, W]``) for each class in ``targets``."""
         x = x.detach().float().to(self.device)
@@ -178,8 +182,7 @@ class ClassifierExplainer:
         import saliency.core as saliency  # only to explain
 
         mean, std = self.mean.to(self.device), self.std.to(self.device)
-        pixels = (x * std + mean).clamp(0, 1)  # the crop as an image in [0, 1]
-        image = pixels.permute(1, 2, 0).cpu().numpy().astype(np.float64)
+        image = self.pixels(x).permute(1, 2, 0).cpu().numpy().astype(np.float64)
         model = self.model
 
         def gradients(batch, call_model_args=None, expected_keys=None):

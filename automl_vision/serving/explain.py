@@ -157,18 +157,13 @@ class Explainer:
     def _classification(self, x: torch.Tensor, answer: dict[str, Any], params: P.ExplainParams) -> list[Explained]:
         multilabel = self.task is ImageTask.IMAGE_CLASSIFICATION_MULTILABEL
         targets = explained_classes(answer["probs"], multilabel, params.confidence_score_threshold_multilabel)
-        results = self.classifier().explain(x, targets, params)
-        crop = self._crop_pixels(x)
+        explainer = self.classifier()
+        results = explainer.explain(x, targets, params)
+        crop = (explainer.pixels(x).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
         labels = self.engine.labels
         return [Explained(labels[r.target], float(answer["probs"][r.target]), r.values,
                           classification_picture(crop, r.heat) if params.visualizations else None)
                 for r in results]
-
-    def _crop_pixels(self, x: torch.Tensor) -> np.ndarray:
-        mean = torch.tensor(self.engine.settings["mean"]).view(3, 1, 1)
-        std = torch.tensor(self.engine.settings["std"]).view(3, 1, 1)
-        pixels = (x.detach().cpu().float() * std + mean).clamp(0, 1)
-        return (pixels.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
     # --- detection -----------------------------------------------------------------------------
     def _detection(self, prepared: Any, answer: dict[str, Any], params: P.ExplainParams) -> list[Explained]:
