@@ -7,6 +7,10 @@ jitter costs about ten times as much per image on a CPU as the rest (the hue shi
 HSV and back), so on a GPU it runs there on whole batches; each image still gets its own random
 brightness, contrast, saturation and hue factors, with torchvision's ``ColorJitter`` formulas,
 applied in that fixed order. Moving uint8 batches also cuts host-to-device traffic by four.
+
+The ``augmentation`` hyperparameter picks how much of it a trial gets (``train_image_transform``,
+``train_jitter``): ``default`` the spec's, ``light`` a milder crop and jitter, ``none`` no random
+operation at all.
 """
 
 from __future__ import annotations
@@ -20,12 +24,17 @@ from torchvision.transforms import v2
 
 from automl_vision.models.catalogue import preprocessing
 from automl_vision.spec.catalogue import IMAGENET_MEAN, IMAGENET_STD
+from automl_vision.spec.hyperparameters import augmentation_level
 
-__all__ = ["DEFAULT_JITTER", "IMAGENET_MEAN", "IMAGENET_STD", "BatchPreparer", "OneThread", "normalization",
-           "train_image_transform", "train_transform", "valid_image_transform", "valid_transform"]
+__all__ = ["DEFAULT_JITTER", "IMAGENET_MEAN", "IMAGENET_STD", "LIGHT_CROP_SCALE", "LIGHT_JITTER", "BatchPreparer",
+           "OneThread", "normalization", "train_image_transform", "train_jitter", "train_transform",
+           "valid_image_transform", "valid_transform"]
 
 #: The spec's training colour jitter: brightness, contrast, saturation, hue (torchvision ColorJitter ranges).
 DEFAULT_JITTER = (0.4, 0.4, 0.4, 0.05)
+#: ``augmentation: light``: a milder jitter without hue shift, and crops of at least half the image's area.
+LIGHT_JITTER = (0.1, 0.1, 0.1, 0.0)
+LIGHT_CROP_SCALE = (0.5, 1.0)
 _GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 
 
@@ -141,12 +150,29 @@ def _interpolation(hp: Mapping[str, Any]) -> v2.InterpolationMode:
 
 
 def train_image_transform(hp: dict[str, Any]) -> v2.Transform:
-    """Spec section 6, the part run per image in the loader: random resized crop and horizontal flip (uint8)."""
+    """The part of the training augmentation run per image in the loader (uint8), by ``augmentation``:
+    default (spec section 6): random resized crop and horizontal flip; light: random resized crop of scale
+    [0.5, 1] and horizontal flip; none: resize the shorter side to train_crop_size and centre crop."""
+    level = augmentation_level(hp)
+    size = hp["train_crop_size"]
+    if level == "none":
+        return v2.Compose([
+            v2.PILToTensor(),
+            v2.Resize(size, interpolation=_interpolation(hp), antialias=True),
+            v2.CenterCrop(size),
+        ])
+    crop = {"scale": LIGHT_CROP_SCALE} if level == "light" else {}  # default: torchvision's (0.08, 1)
     return v2.Compose([
         v2.PILToTensor(),
-        v2.RandomResizedCrop(hp["train_crop_size"], interpolation=_interpolation(hp), antialias=True),
+        v2.RandomResizedCrop(size, interpolation=_interpolation(hp), antialias=True, **crop),
         v2.RandomHorizontalFlip(),
     ])
+
+
+def train_jitter(hp: dict[str, Any]) -> tuple[float, float, float, float] | None:
+    """The colour jitter (brightness, contrast, saturation, hue) of ``augmentation``: default: the spec's;
+    light: a milder one without hue shift; none: no jitter (None)."""
+    return {"default": DEFAULT_JITTER, "light": LIGHT_JITTER, "none": None}[augmentation_level(hp)]
 
 
 def valid_image_transform(hp: dict[str, Any]) -> v2.Transform:
@@ -203,9 +229,12 @@ class OneThread:
 
 
 def train_transform(hp: dict[str, Any]) -> Callable[[Image.Image], torch.Tensor]:
-    """The whole training augmentation of one image, ending in a normalized float tensor:
-    random resized crop, horizontal flip, colour jitter (brightness, contrast, saturation, hue), ImageNet normalization."""
-    return OneThread(v2.Compose([train_image_transform(hp), _PrepareOnCpu(DEFAULT_JITTER, normalization(hp))]))
+    """The whole training augmentation of one image, ending in a normalized float tensor, by ``augmentation``:
+    default: random resized crop, horizontal flip, colour jitter (brightness, contrast, saturation 0.4, hue 0.05);
+    light: random resized crop of scale [0.5, 1], horizontal flip, colour jitter (brightness, contrast,
+    saturation 0.1, no hue); none: resize and centre crop to train_crop_size, no flip, no jitter. Then the
+    normalization of the model's weights (ImageNet's for models trained from scratch)."""
+    return OneThread(v2.Compose([train_image_transform(hp), _PrepareOnCpu(train_jitter(hp), normalization(hp))]))
 
 
 def valid_transform(hp: dict[str, Any]) -> Callable[[Image.Image], torch.Tensor]:

@@ -145,6 +145,12 @@ def describe(builder: Callable, transform: Any = None) -> str:
     return text + ("\n\n" + describe_steps(transform) if transform is not None else "")
 
 
+def _level_line(hp: Mapping[str, Any]) -> str:
+    """The first line of a description: the augmentation level the samples are drawn at."""
+    level = hps.augmentation_level(hp)
+    return f"Augmentation level: {level} (the augmentation hyperparameter: none, light or default).\n\n"
+
+
 def _records(data: str | os.PathLike, task: ImageTask):
     dataset = load_dataset(data, task)
     if not dataset.records:
@@ -159,7 +165,7 @@ def _classification(task: ImageTask, hp: dict[str, Any], data: str) -> Augmentat
     # The trainers' transforms (torchvision, seconds to import) only when previewing them; so below.
     from automl_vision.models.preprocessing import normalization, train_transform
 
-    transform = train_transform(hp)
+    transform = train_transform(hp)  # at the trial's augmentation level, like the trainer's
     norm = normalization(hp)  # the weights' own mean/std, which the transform normalized with
     items = [PreviewItem(r.path, r.line, Annotations(list(r.labels))) for r in _records(data, task).records]
 
@@ -167,7 +173,7 @@ def _classification(task: ImageTask, hp: dict[str, Any], data: str) -> Augmentat
         return (tensor_to_image(transform(image), tuple(norm["mean"]), tuple(norm["std"])),
                 Annotations(list(item.annotations.labels)))
 
-    return Augmentation(items, augment, describe(train_transform, transform))
+    return Augmentation(items, augment, _level_line(hp) + describe(train_transform, transform))
 
 
 # --- detection and instance segmentation with torchvision's detectors ------------------------------
@@ -190,10 +196,12 @@ def _torchvision_detector(task: ImageTask, hp: dict[str, Any], data: str) -> Aug
     dataset = _records(data, task)
     classes = list(dataset.classes)
     tiling = DetectorSettings.from_hyperparameters(hp)
-    # The trial's own training dataset: crowd objects left out, crop around boxes, zoom out, flip; with a
-    # tile grid, the whole image and each of its tiles are samples of their own.
+    # The trial's own training dataset: crowd objects left out, augmented at the trial's level (default: crop
+    # around boxes, zoom out, flip); with a tile grid, the whole image and each of its tiles are samples of their own.
+    level = hps.augmentation_level(hp)
     train = DetectionDataset(dataset.records, classes, masks=segmentation, train=True,
-                             tile_grid=tiling.tile_grid_size, tile_overlap=tiling.tile_overlap_ratio)
+                             tile_grid=tiling.tile_grid_size, tile_overlap=tiling.tile_overlap_ratio,
+                             augmentation=level)
     samples: dict[int, list[int]] = defaultdict(list)  # image -> its samples in the dataset (whole image first)
     for k, (i, _) in enumerate(train.items):
         samples[i].append(k)
@@ -210,7 +218,7 @@ def _torchvision_detector(task: ImageTask, hp: dict[str, Any], data: str) -> Aug
         masks = target["masks"].numpy().astype(bool) if "masks" in target else None
         return tensor_to_image(x), Annotations(labels, target["boxes"].numpy(), masks)
 
-    text = describe(detection_augment) + (
+    text = _level_line(hp) + describe(detection_augment) + (
         f"\n\nThen, inside the model, each image is normalized and resized so that its short side is "
         f"min_size={hp['min_size']} (long side at most max_size={hp['max_size']}); crowd objects are not "
         "training targets.")
@@ -227,7 +235,7 @@ def _torchvision_detector(task: ImageTask, hp: dict[str, Any], data: str) -> Aug
 @register_augmentation({ImageTask.IMAGE_OBJECT_DETECTION}, YOLO_MODELS)
 def _yolo(task: ImageTask, hp: dict[str, Any], data: str) -> Augmentation:
     from automl_vision.models.yolo import prepare_ultralytics  # torchvision: see _classification
-    from automl_vision.training.yolo import ultralytics_overrides, write_yolo_dataset
+    from automl_vision.training.yolo import ultralytics_overrides, write_yolo_dataset, yolo_augmentation
 
     dataset = _records(data, task)
     classes = list(dataset.classes)
@@ -240,7 +248,7 @@ def _yolo(task: ImageTask, hp: dict[str, Any], data: str) -> Augmentation:
         from ultralytics.data.utils import check_det_dataset
 
         # The trial's YOLO dataset and ultralytics' arguments, so the augmentation is the trainer's own
-        # (mosaic, random affine, HSV, flips at the trial's img_size).
+        # (mosaic, random affine, HSV, flips at the trial's img_size and augmentation level).
         data_yaml, _ = write_yolo_dataset(root / "data", SimpleNamespace(train=dataset.records, validation=()), classes)
         cfg = get_cfg(overrides=ultralytics_overrides(hp, data_yaml, root / "project", "cpu", 0))
         train = build_yolo_dataset(cfg, str(root / "data" / "images" / "train"), hp["training_batch_size"],
@@ -264,8 +272,13 @@ def _yolo(task: ImageTask, hp: dict[str, Any], data: str) -> Augmentation:
         labels = [classes[int(c)] for c in sample["cls"].view(-1)]
         return tensor_to_image(img), Annotations(labels, boxes)
 
-    text = (f"ultralytics' training augmentation at img_size={hp['img_size']} (the trainer switches mosaic "
-            "off for its last epochs; multi_scale, when set, varies the size per batch):\n\n" + describe_steps(train.transforms))
+    level = hps.augmentation_level(hp)
+    mosaic = ("the trainer switches mosaic off for its last epochs" if level == "default"
+              else "mosaic is off at this level")
+    changed = ", ".join(f"{k} {v:.4g}" for k, v in yolo_augmentation(level).items())
+    text = (_level_line(hp) + f"ultralytics' training augmentation at img_size={hp['img_size']} "
+            + (f"with {changed} " if changed else "with ultralytics' own settings ")
+            + f"({mosaic}; multi_scale, when set, varies the size per batch):\n\n" + describe_steps(train.transforms))
     return Augmentation(items, augment, text, close=lambda: shutil.rmtree(root, ignore_errors=True))
 
 

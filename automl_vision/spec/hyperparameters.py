@@ -274,6 +274,9 @@ def _check_model_name(value: str, model: str) -> str | None:
 
 # --- the table -----------------------------------------------------------------------------------
 
+#: Values of ``augmentation``, from none to the spec's own.
+AUGMENTATION_LEVELS = ("none", "light", "default")
+
 _NOT_YOLO = frozenset(YOLO_MODELS)
 _YOLO = frozenset(YOLO_MODELS)
 _DET_ONLY = frozenset({OD})
@@ -441,6 +444,19 @@ HYPERPARAMETERS: tuple[HyperParameter, ...] = (
         "seed", int, "Seed of every random number generator of a trial (data split, augmentation, initialization).",
         0, minimum=0, origin="extension", sweepable=False,
     ),
+    HyperParameter(
+        "augmentation", str,
+        "Strength of the training augmentation. default: the spec's own (classification: random resized crop, "
+        "horizontal flip, colour jitter; torchvision detectors: crop around boxes, zoom out, horizontal flip, "
+        "each with probability 0.5; yolov5: ultralytics' mosaic, random affine, HSV, flips). light: "
+        "classification: random resized crop of scale [0.5, 1], horizontal flip, colour jitter 0.1 (brightness, "
+        "contrast, saturation; no hue); torchvision detectors: horizontal flip only; yolov5: no mosaic, "
+        "horizontal flip, HSV gains a third of ultralytics', translate 0.05, scale 0.2, no rotation or shear. "
+        "none: no random augmentation (classification: resize and centre crop to train_crop_size; torchvision "
+        "detectors: the image as it is; yolov5: images only letterboxed to img_size). Small datasets trained "
+        "from scratch often converge faster with less.",
+        "default", choices=AUGMENTATION_LEVELS, origin="extension",
+    ),
 )
 
 BY_NAME: dict[str, HyperParameter] = {}
@@ -455,6 +471,12 @@ def get(name: str) -> HyperParameter:
         return BY_NAME[name]
     except KeyError:
         raise KeyError(f"unknown hyperparameter {name!r}{_did_you_mean(name, BY_NAME)}") from None
+
+
+def augmentation_level(hp: Mapping[str, Any]) -> str:
+    """The ``augmentation`` of a trial's hyperparameters, checked; "default" when they have none
+    (settings written before the row existed)."""
+    return BY_NAME["augmentation"].coerce(hp.get("augmentation", "default"))
 
 
 def applicable(task: ImageTask, model_name: str) -> list[HyperParameter]:

@@ -37,7 +37,7 @@ from automl_vision.evaluation.classification import (confusion, multiclass_metri
 from automl_vision.models.classification import classifier_head
 from automl_vision.models.device import pick_device
 from automl_vision.models.package import PackageContents, read_package, require_files
-from automl_vision.models.preprocessing import DEFAULT_JITTER, BatchPreparer, normalization
+from automl_vision.models.preprocessing import BatchPreparer, normalization, train_jitter
 from automl_vision.models.registry import build_model, freeze_layers
 from automl_vision.models.weights import WeightsSource
 from automl_vision.spec.tasks import ImageTask
@@ -235,7 +235,8 @@ def build_training(settings: TrialSettings, *, samples: tuple[list, list, list[s
     amp_dtype = amp_dtype_for(device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     stopper = EarlyStopping.for_trial(hp, task)
-    jitter = DEFAULT_JITTER if device.type == "cuda" else None  # on the CPU the loader did it
+    # The colour jitter of the augmentation level (none: no jitter); on the CPU the loader did it.
+    jitter = train_jitter(hp) if device.type == "cuda" else None
     norm = {k: v for k, v in normalization(hp).items() if k in ("mean", "std")}  # the weights' own statistics
     return Training(settings=settings, task=task, device=device, classes=list(classes), model=model, module=module,
                     optimizer=optimizer, scheduler=scheduler, scaler=scaler, criterion=criterion,

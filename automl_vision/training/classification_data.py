@@ -99,7 +99,7 @@ def build_loaders(hp: dict[str, Any], train_samples: Sequence, val_samples: Sequ
     Batch sizes are per process (under torchrun each GPU takes ``training_batch_size`` images).
     Workers: ``num_workers`` or the machine's cores (``default_num_workers``); pinned memory on CUDA.
     On CUDA the loaders give uint8 images and the colour jitter runs on the GPU; on the CPU the
-    loaders do it, per image.
+    loaders do it, per image. Both follow ``augmentation`` (``models.preprocessing.train_image_transform``).
     """
     jitter_on_device = device.type == "cuda"
     train_tf = OneThread(train_image_transform(hp)) if jitter_on_device else train_transform(hp)

@@ -2,9 +2,9 @@
 RetinaNet, Mask R-CNN); yolov5 trials go to ``training/yolo.py`` (:func:`train_detection` picks).
 
 Data come from the data layer (``data.load.load_dataset``: JSONL or an ingested dataset, split by
-``split_ratio`` when no validation data is given); the augmentation of spec section 6 is in
-``detection_common.py``, the model's own transform normalizes and resizes (``min_size``,
-``max_size``). With ``tile_grid_size`` each image and each of its tiles is a training sample
+``split_ratio`` when no validation data is given); the augmentation of spec section 6, at the
+``augmentation`` level, is in ``detection_common.py``, the model's own transform normalizes and
+resizes (``min_size``, ``max_size``). With ``tile_grid_size`` each image and each of its tiles is a training sample
 (boxes clipped to the tile), and validation runs on the whole image plus its tiles, merged.
 Each evaluation reports ``mean_average_precision``, ``precision``, ``recall`` and ``train_loss``
 through the epoch loop (``training/loop.py``: reporting, best model, checkpoints, ``--resume``,
@@ -31,6 +31,7 @@ from automl_vision.models.detections import ImageGroundTruth, ImagePredictions
 from automl_vision.models.device import pick_device
 from automl_vision.models.registry import freeze_layers, get_entry
 from automl_vision.models.weights import WeightsSource
+from automl_vision.spec.hyperparameters import augmentation_level
 from automl_vision.spec.tasks import YOLO_MODELS, ImageTask
 from automl_vision.training.detection_common import (PER_LABEL_FILE, DetectionDataset, ImageOnlyDataset,
                                                      collate, collate_images, init_from_package,
@@ -114,7 +115,8 @@ class DetectorTrial:
         workers = settings.num_workers if settings.num_workers is not None else default_num_workers()
         pin = device.type == "cuda"
         train_ds = DetectionDataset(splits.train, classes, masks=self.segmentation, train=True,
-                                    tile_grid=infer.tile_grid_size, tile_overlap=infer.tile_overlap_ratio)
+                                    tile_grid=infer.tile_grid_size, tile_overlap=infer.tile_overlap_ratio,
+                                    augmentation=augmentation_level(hp))
         batch = hp["training_batch_size"]
         self.train_loader = DataLoader(train_ds, batch_size=batch, shuffle=True, num_workers=workers, pin_memory=pin,
                                        collate_fn=collate, generator=self.generator, drop_last=len(train_ds) > batch,

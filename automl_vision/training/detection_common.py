@@ -1,6 +1,7 @@
 """What the torchvision and yolov5 detection trials share: the data (splits, images, targets), the
-augmentation of spec section 6, incremental training from a model package, and the scoring of an
-evaluation into the epoch loop's result (per-label figures to ``per_label_metrics.jsonl``).
+augmentation of spec section 6 (at the trial's ``augmentation`` level), incremental training from a
+model package, and the scoring of an evaluation into the epoch loop's result (per-label figures to
+``per_label_metrics.jsonl``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from automl_vision.models.detections import ImageGroundTruth, ImagePredictions
 from automl_vision.models.masks import polygon_to_mask
 from automl_vision.models.package import read_package, require_files
 from automl_vision.models.tiling import clip_to_window, pixel_window, tile_boxes
+from automl_vision.spec.hyperparameters import AUGMENTATION_LEVELS
 from automl_vision.spec.tasks import ImageTask
 from automl_vision.training.loop import EpochResult
 from automl_vision.training.trial import TrialSettings
@@ -134,8 +136,23 @@ def hflip(image: torch.Tensor, boxes: np.ndarray, masks: np.ndarray | None):
     return image.flip(-1), flipped, (masks[:, :, ::-1].copy() if masks is not None else None)
 
 
-def augment(image, boxes, masks, generator: torch.Generator | None = None):
-    """Crop around boxes, zoom out (up to 2x) and flip, each with probability 0.5."""
+def _check_level(level: str) -> None:
+    if level not in AUGMENTATION_LEVELS:
+        raise ValueError(f"augmentation={level!r} is not allowed; expected one of "
+                         + ", ".join(repr(a) for a in AUGMENTATION_LEVELS))
+
+
+def augment(image, boxes, masks, generator: torch.Generator | None = None, level: str = "default"):
+    """The training augmentation of torchvision's detectors, by ``augmentation``: default: crop around
+    boxes, zoom out (up to 2x) and horizontal flip, each with probability 0.5; light: horizontal flip with
+    probability 0.5 only; none: the image, boxes and masks as they are."""
+    if level == "none":
+        return image, boxes, masks
+    if level == "light":
+        if torch.rand(1, generator=generator).item() < 0.5:
+            image, boxes, masks = hflip(image, boxes, masks)
+        return image, boxes, masks
+    _check_level(level)
     r = torch.rand(9, generator=generator).tolist()
     if r[0] < 0.5:
         image, boxes, masks = crop_around_boxes(image, boxes, masks, r[1:5])
@@ -152,11 +169,15 @@ class DetectionDataset(Dataset):
     With a tile grid every image gives one sample for the whole image and one per tile (boxes
     clipped to the tile; a box keeps at least 1 px of width and height or is dropped). Crowd
     objects are left out of training targets (torchvision's detectors have no notion of them).
+    ``train``: augment each sample (:func:`augment`) at ``augmentation`` (none, light or default).
     """
 
     def __init__(self, records: Sequence, classes: Sequence[str], *, masks: bool, train: bool,
-                 tile_grid: tuple[int, int] | None = None, tile_overlap: float = 0.25):
+                 tile_grid: tuple[int, int] | None = None, tile_overlap: float = 0.25,
+                 augmentation: str = "default"):
+        _check_level(augmentation)
         self.records, self.masks, self.train = list(records), masks, train
+        self.augmentation = augmentation
         self.index = {c: i for i, c in enumerate(classes)}
         self.items: list[tuple[int, tuple[int, int, int, int] | None]] = []
         for i, r in enumerate(self.records):
@@ -184,7 +205,7 @@ class DetectionDataset(Dataset):
             labels = labels[kept]
             masks = masks[kept][:, y1:y2, x1:x2] if masks is not None else None
         if self.train:
-            image, boxes, masks = augment(image, boxes, masks)
+            image, boxes, masks = augment(image, boxes, masks, level=self.augmentation)
         target = {"boxes": torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
                   "labels": torch.as_tensor(labels, dtype=torch.int64)}
         if masks is not None:

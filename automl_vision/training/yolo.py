@@ -33,6 +33,7 @@ from automl_vision.models import yolo
 from automl_vision.models.detections import ImagePredictions
 from automl_vision.models.device import pick_device
 from automl_vision.models.weights import WeightsSource
+from automl_vision.spec.hyperparameters import augmentation_level
 from automl_vision.training.detection_common import (PER_LABEL_FILE, init_from_package, load_detection_splits,
                                                      score_epoch)
 from automl_vision.training.loop import EpochResult, Progress, TrialLoop
@@ -110,9 +111,38 @@ def lr_lambda(hp: Mapping[str, Any]) -> Callable[[int], float]:
     return f
 
 
+#: ultralytics' own HSV gains (hue, saturation, value: ``hsv_h``, ``hsv_s``, ``hsv_v`` of its cfg/default.yaml).
+ULTRALYTICS_HSV = (0.015, 0.7, 0.4)
+
+
+def yolo_augmentation(level: str) -> dict[str, Any]:
+    """ultralytics' augmentation arguments for an ``augmentation`` level.
+
+    default: none, so ultralytics' own defaults apply (mosaic, random affine with translate 0.1 and
+    scale 0.5, HSV, horizontal flip 0.5). light: no mosaic, horizontal flip 0.5, HSV gains a third of
+    ultralytics', translate 0.05, scale 0.2, no rotation, shear or perspective. none: no mosaic and every
+    geometric and colour augmentation 0; images are only letterboxed to ``img_size``. Both lighter levels
+    also set mixup, copy-paste and the vertical flip to 0 (as ultralytics' defaults are; cutmix and the
+    channel swap are 0 by default too). Only arguments of every ultralytics 8.3 are set: an unknown one
+    is an error there. ultralytics' optional Albumentations extras (blur, grey, CLAHE at probability 0.01)
+    run only where the albumentations package is installed; automl-vision does not install it.
+    """
+    if level == "default":
+        return {}
+    off = {"mosaic": 0.0, "mixup": 0.0, "copy_paste": 0.0, "flipud": 0.0, "degrees": 0.0, "shear": 0.0,
+           "perspective": 0.0}
+    if level == "light":
+        h, s, v = ULTRALYTICS_HSV
+        return {**off, "fliplr": 0.5, "hsv_h": h / 3, "hsv_s": s / 3, "hsv_v": v / 3, "translate": 0.05, "scale": 0.2}
+    if level == "none":
+        return {**off, "fliplr": 0.0, "hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0, "translate": 0.0, "scale": 0.0}
+    raise ValueError(f"augmentation={level!r} is not allowed; expected one of 'none', 'light', 'default'")
+
+
 def ultralytics_overrides(hp: Mapping[str, Any], data_yaml: Path, project: Path, device: str, workers: int) -> dict:
     """Our hyperparameters as ultralytics trainer arguments (the rest keep ultralytics' defaults,
-    including its augmentation: mosaic, random affine, flips, HSV)."""
+    including its augmentation, mosaic, random affine, flips, HSV, unless ``augmentation`` is light or
+    none: :func:`yolo_augmentation`)."""
     batch = hp["training_batch_size"]
     return {
         "model": yolo.yaml_name(hp["model_size"]), "data": str(data_yaml), "task": "detect", "mode": "train",
@@ -130,6 +160,7 @@ def ultralytics_overrides(hp: Mapping[str, Any], data_yaml: Path, project: Path,
         "freeze": hp.get("layers_to_freeze") or None,
         "conf": hp["box_score_thresh"], "iou": hp["box_iou_thresh"],
         "amp": device not in ("cpu", "mps"),
+        **yolo_augmentation(augmentation_level(hp)),
     }
 
 

@@ -11,7 +11,7 @@ import torch
 from automl_vision.errors import TrainingDiverged
 from automl_vision.spec.hyperparameters import resolve
 from automl_vision.spec.tasks import ImageTask
-from automl_vision.models.preprocessing import DEFAULT_JITTER, BatchPreparer
+from automl_vision.models.preprocessing import DEFAULT_JITTER, LIGHT_JITTER, BatchPreparer
 from automl_vision.training.classification import (CUDA_SYNC_EVERY, build_training, train_classification,
                                                    train_one_epoch)
 from automl_vision.training.reporter import read_metrics
@@ -51,6 +51,15 @@ def test_cuda_training_setup(tmp_path, make_dataset):
         step, loss = train_one_epoch(t, t.train_loader, epoch, step)
         losses.append(loss)
     assert all(torch.isfinite(torch.tensor(losses)))
+
+
+@pytest.mark.parametrize("level, jitter", [("light", LIGHT_JITTER), ("none", None)])
+def test_the_gpu_jitter_follows_the_augmentation_level(tmp_path, make_dataset, level, jitter):
+    data = make_dataset(tmp_path / "data", n_per_class=2, size=32)
+    t = build_training(settings_for(data, tmp_path / "out", augmentation=level))
+    assert t.train_prepare.jitter == jitter
+    x, _ = next(iter(t.train_loader))
+    assert x.dtype == torch.uint8 and x.shape[-2:] == (32, 32)
 
 
 def test_normalization_on_gpu_matches_cpu():

@@ -36,7 +36,7 @@ def test_groups_come_from_the_rows():
     assert {"min_size", "tile_grid_size", "box_score_thresh"} <= set(by_group["Detection and segmentation"])
     assert by_group["yolov5"] == ["img_size", "model_size", "multi_scale", "box_iou_thresh"]
     assert by_group["Instance segmentation"] == ["mask_pixel_score_threshold", "max_number_of_polygon_points"]
-    assert by_group["automl-vision extensions"] == ["pretrained", "seed"]
+    assert by_group["automl-vision extensions"] == ["pretrained", "seed", "augmentation"]
 
 
 def test_main_prints_the_page(capsys):

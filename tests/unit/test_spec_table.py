@@ -104,6 +104,7 @@ COMMON = {
     # ours
     "pretrained": True,
     "seed": 0,
+    "augmentation": "default",
 }
 CLASSIFICATION = {"weighted_loss": 0, "valid_resize_size": 256, "valid_crop_size": 224, "train_crop_size": 224}
 TORCHVISION_DETECTION = {
