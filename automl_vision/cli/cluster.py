@@ -88,6 +88,12 @@ def cmd_katib(args) -> int:
         updates["compute"] = (job.compute or Compute()).model_copy(update={"image": args.image})
     if updates:
         job = job.model_copy(update=updates)
+    if job.automode:
+        from automl_vision.sweep.automode import describe_space, fingerprint_of, prepare_automode  # reads the data
+
+        automode = prepare_automode(job, fingerprint_of(job))
+        job = automode.job
+        print(describe_space(automode), file=sys.stderr)
     experiments = experiments_from_job(job, name=args.name, namespace=args.namespace,
                                        cluster=load_cluster_settings(args.cluster_settings))
     check_experiments(experiments)
@@ -114,8 +120,8 @@ def add_katib_config(sub) -> None:
     p = sub.add_parser(
         "katib-config",
         help="add the early-stopping service's entries to Katib's katib-config (prints the result to apply)",
-        description="Add automl-vision's early-stopping algorithms (bandit, truncation-selection) to a Katib "
-                    "KatibConfig, keeping every other setting. Input: the live ConfigMap (--from-cluster), a "
+        description="Add automl-vision's early-stopping algorithms (bandit, truncation-selection, asha, hyperband) "
+                    "to a Katib KatibConfig, keeping every other setting. Input: the live ConfigMap (--from-cluster), a "
                     "ConfigMap manifest or a KatibConfig file (-f; - for standard input). Output: the same "
                     "kind of document on standard output (or --in-place), what changed on standard error.")
     source = p.add_mutually_exclusive_group(required=True)

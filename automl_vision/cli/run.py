@@ -139,8 +139,24 @@ def add_validate(sub) -> None:
 
 def cmd_validate(args) -> int:
     setup_logging(args.verbose)
-    view = resolved(load_job(args.job))
-    print(json.dumps(view, indent=2) if args.json else yaml.safe_dump(view, sort_keys=False), end="")
+    job = load_job(args.job)
+    automode = None
+    if job.automode:
+        from automl_vision.sweep.automode import describe_space, fingerprint_of, prepare_automode  # reads the data
+
+        automode = prepare_automode(job, fingerprint_of(job))
+        job = automode.job
+    view = resolved(job)
+    if args.json:
+        if automode is not None:
+            view["automode"] = {**automode.to_json(), "fingerprint": automode.fingerprint and
+                                automode.fingerprint.to_json()}
+        print(json.dumps(view, indent=2))
+        return EXIT_OK
+    if automode is not None:
+        # YAML comments: the output stays a valid job (its search_space is the one AutoMode will use)
+        print("".join(f"# {line}\n" for line in describe_space(automode).splitlines()), end="")
+    print(yaml.safe_dump(view, sort_keys=False), end="")
     return EXIT_OK
 
 

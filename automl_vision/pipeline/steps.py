@@ -101,6 +101,14 @@ def run_sweep_step(job: Mapping[str, Any], run_dir: str | os.PathLike, *, backen
         _check_katib_inputs(katib_training_data, experiment_name, run_id, settings)
     check_compiled_backend(backend, compiled_for)
     local_job = parse_job(job, source="sweep")
+    if local_job.automode:
+        # AutoMode's space from the ingested data, the same for both backends
+        from automl_vision.sweep.automode import fingerprint_of, prepare_automode  # reads the data: only here
+
+        fingerprint = fingerprint_of(local_job)
+        local_job = prepare_automode(local_job, fingerprint).job
+        job = {**dict(job), "search_space": local_job.to_dict()["search_space"],
+               "sweep": local_job.to_dict()["sweep"]}
     if backend == "local":
         from automl_vision.sweep.local import run_sweep  # torch: only the local backend trains here
 

@@ -106,6 +106,7 @@ def _summary(run: RunData) -> H.Section:
         ("early termination", _policy_text(sweep.get("early_termination"))),
         ("limits", ", ".join(f"{k} {v}" for k, v in limits.items() if v is not None)),
         ("fixed for every trial", ", ".join(f"{k} {v}" for k, v in (job.get("training_parameters") or {}).items()) or "-"),
+        *_sweep_facts(run.sweep_info),
         ("run folder", str(run.run_dir.resolve())),
     ]
     if best is not None:
@@ -119,6 +120,34 @@ def _summary(run: RunData) -> H.Section:
             + "<h3>The job</h3>" + H.key_values(facts)
             + f"<h3>Search space</h3><pre>{H.esc(space or '[] (every trial uses the defaults)')}</pre>")
     return H.Section("summary", "Summary", body)
+
+
+def _sweep_facts(info: dict[str, Any]) -> list[tuple[str, str]]:
+    """AutoMode, the warm start, the budget and the compute the sweep used, as sweep.json records them."""
+    facts = []
+    automode = info.get("automode")
+    if isinstance(automode, dict) and automode.get("summary"):
+        facts.append(("search space", f"{automode['summary']}; the entries are below"))
+    warm = info.get("warm_start")
+    if isinstance(warm, dict):
+        seeds = warm.get("seeds") or []
+        facts.append(("warm start", f"the first {len(seeds)} trial(s) took the best settings of "
+                                    f"{warm.get('runs_used', 0)} similar earlier run(s) ({warm.get('runs_read', 0)} read)"
+                      if seeds else f"no usable settings in {warm.get('runs_read', 0)} earlier run(s)"))
+    budget = info.get("budget")
+    if isinstance(budget, dict):
+        facts.append(("budget", f"{budget.get('used', 0):.4g} of {budget.get('budget')} {budget.get('unit', '')} used"))
+    compute = info.get("compute")
+    if isinstance(compute, dict) and compute.get("trial_epochs") is not None:
+        text = (f"{compute['trial_epochs']} trial-epoch(s), {compute.get('trial_seconds', 0):.0f} trial-seconds"
+                + (f", {compute['device_hours']:.4g} device-hour(s)" if compute.get("device_hours") is not None else ""))
+        full = compute.get("trial_epochs_without_early_termination")
+        if full and full != compute["trial_epochs"]:
+            text += f"; {full} trial-epoch(s) without early termination ({compute.get('saved_share', 0):.0%} saved)"
+        facts.append(("compute used", text))
+    if info.get("stopped_because"):
+        facts.append(("sweep stopped", str(info["stopped_because"])))
+    return facts
 
 
 def _training_data_text(job: dict) -> str:

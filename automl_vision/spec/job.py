@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from automl_vision.errors import ConfigError
 from automl_vision.spec import hyperparameters as hps
+from automl_vision.spec.automode import MAX_TRIALS
 from automl_vision.spec.cluster import DNS_SUBDOMAIN_PATTERN, QUANTITY_PATTERN, DataVolume, Toleration
 from automl_vision.spec.distributions import (
     DISTRIBUTION_TYPES,
@@ -52,9 +53,18 @@ class Limits(BaseModel):
     max_failed_trials: int | None = Field(
         None, ge=0, description="The sweep stops after this many failed trials (unset: never)."
     )
+    budget: float | None = Field(
+        None, gt=0, le=100000,
+        description="Compute the sweep may use, in device-hours: the hours of the GPUs its trials hold (one per "
+                    "trial, or compute.gpus on Katib); for trials on CPUs, locally the hours of this machine's "
+                    "cores they hold, on Katib their pods' hours. No trial starts that its estimated cost would "
+                    "take past it. Without max_trials, trials start until it is spent.")
 
     @model_validator(mode="after")
     def _cap_concurrency(self):
+        if self.budget is not None and "max_trials" not in self.model_fields_set:
+            # a budget alone bounds the sweep: as many trials as it pays for
+            object.__setattr__(self, "max_trials", MAX_TRIALS)
         # The original caps concurrency at the number of trials (spec section 7).
         if self.max_concurrent_trials > self.max_trials:
             object.__setattr__(self, "max_concurrent_trials", self.max_trials)
@@ -69,6 +79,10 @@ class Sweep(BaseModel):
     sampling_algorithm: Literal["random", "grid", "bayesian"] = "random"
     early_termination: EarlyTerminationPolicy | None = None
     seed: int = Field(0, ge=0, description="Seed of the sampler (ours; the original had none).")
+    warm_start: list[str] = Field(
+        default_factory=list,
+        description="Earlier run folders, or object-store prefixes holding them (s3://bucket/prefix), whose best "
+                    "settings an AutoMode sweep on a similar dataset tries first.")
 
 
 class Compute(BaseModel):
@@ -171,6 +185,12 @@ class JobSpec(BaseModel):
         return self
 
     # -- derived views ---------------------------------------------------------------------------
+
+    @property
+    def automode(self) -> bool:
+        """AutoMode: several trials (or a budget) and no search space; the sweep gets AutoMode's own
+        space (:mod:`automl_vision.spec.automode`)."""
+        return not self.search_space and self.limits.max_trials > 1
 
     def candidate_models(self) -> list[str]:
         """Every model a trial of this job may train, in search-space order."""
@@ -302,6 +322,13 @@ def check_job(job: JobSpec) -> list[str]:
 
     # the sampling algorithm's own rules
     algo = job.sweep.sampling_algorithm
+    if job.automode and algo != "random":
+        problems.append(f"sweep.sampling_algorithm={algo}: AutoMode (max_trials > 1 or a budget, and no "
+                        "search_space) samples its own space at random; write a search_space to use "
+                        f"{algo} sampling, or remove sampling_algorithm")
+    if job.sweep.warm_start and algo != "random":
+        problems.append(f"sweep.warm_start: a {algo} sweep cannot start from earlier runs' settings (it chooses "
+                        "every trial itself); use random sampling or remove warm_start")
     if algo == "bayesian":
         if len(job.search_space) > 1:
             problems.append("sweep.sampling_algorithm=bayesian does not support a conditional search space "

@@ -54,6 +54,8 @@ class TrialRecord:
     ended_at: str | None = None
     exit_code: int | None = None
     threads: int | None = None
+    #: The share of the devices the trial held: 1 for a GPU of its own, else its threads / the machine's cores.
+    device_share: float | None = None
     gpu: str | None = None
     pid: int | None = None
     #: Seconds from the sweep's decision to stop the trial to the end of its process.
@@ -160,10 +162,11 @@ class SweepState:
         no early termination (a terminated trial would have run all its planned epochs, each as
         long as its epochs so far took on average)."""
         used_epochs = full_epochs = 0
-        used_s = full_s = 0.0
+        used_s = full_s = device_s = 0.0
         for t in self.trials.values():
             used_epochs += t.epochs_completed
             used_s += t.duration_s
+            device_s += t.duration_s * (t.device_share if t.device_share is not None else 1.0)
             if t.status == "terminated" and t.planned_epochs and t.epochs_completed:
                 full_epochs += max(t.planned_epochs, t.epochs_completed)
                 full_s += t.duration_s * max(t.planned_epochs, t.epochs_completed) / t.epochs_completed
@@ -176,6 +179,7 @@ class SweepState:
             "saved_share": round(1 - used_epochs / full_epochs, 4) if full_epochs else 0.0,
             "trial_seconds": round(used_s, 1),
             "trial_seconds_without_early_termination": round(full_s, 1),
+            "device_hours": round(device_s / 3600, 5),
         }
 
     def counts(self) -> dict[str, int]:

@@ -44,7 +44,9 @@ import torch
 from automl_vision.errors import EXIT_DIVERGED, EXIT_OK, ConfigError
 from automl_vision.models.device import available_cpus
 from automl_vision.spec import hyperparameters as hps
+from automl_vision.spec.automode import MAX_TRIALS
 from automl_vision.spec.job import JobSpec, resolved
+from automl_vision.sweep.automode import AutoModeJob, WarmStart, fingerprint_of, prepare_automode, warm_start_seeds
 from automl_vision.sweep.command import format_argument, trial_arguments
 from automl_vision.sweep.core import FAILED, FINISHED, RANKED, RERUN, SweepState, TrialRecord, trial_id
 from automl_vision.sweep.sampling import Observation, make_sampler
@@ -159,8 +161,13 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
 
 class _Sweep:
     def __init__(self, job: JobSpec, run_dir: Path, device: str, echo: Callable[[str], None], resume: bool,
-                 onnx: bool = True):
+                 onnx: bool = True, automode: AutoModeJob | None = None):
+        self.automode = automode or AutoModeJob(job)
+        job = self.automode.job
         self.job, self.run_dir, self.device, self.echo, self.resume = job, run_dir, device, echo, resume
+        self.warm = WarmStart()
+        self.suggested: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}  # index -> a suggestion not yet started
+        self.budget_s = job.limits.budget * 3600 if job.limits.budget is not None else None
         self.onnx = onnx
         self.task = job.task
         self.primary = job.task.primary_metric
@@ -181,6 +188,8 @@ class _Sweep:
         self.concurrency = min(wanted, len(gpus)) if gpus else wanted
         self.free_gpus = list(gpus)
         self.threads = max(1, available_cpus() // self.concurrency)
+        self.cores = max(1, available_cpus())
+        self.budget_unit = "GPU-hours" if gpus else f"CPU-hours (hours of this machine's {self.cores} core(s))"
         # the rule `train` applies on a machine of its own, applied to this trial's share of the cores
         self.workers = default_num_workers(processes=self.concurrency)
         self.resources = (f"{self.concurrency} at once" + (f" (one GPU each, {len(gpus)} GPU(s))" if gpus else "")
@@ -269,7 +278,13 @@ class _Sweep:
         total = self.sampler.total
         policy = "no early termination" if self.policy is None else \
             f"{self.policy.type} early termination ({_policy_settings(self.policy)})"
-        self.echo(f"sweep: {total} trial(s), {self.sampler.description}, {policy}; {self.resources}; "
+        trials = f"{total} trial(s)"
+        if self.budget_s is not None:
+            trials = (f"a budget of {limits.budget:g} {self.budget_unit}"
+                      + (f", at most {total} trial(s)" if total < MAX_TRIALS else ""))
+        if self.warm.seeds:
+            trials += f", the first {len(self.warm.seeds)} warm started"
+        self.echo(f"sweep: {trials}, {self.sampler.description}, {policy}; {self.resources}; "
                   f"primary metric {self.primary} ({'max' if self.task.maximize else 'min'}); "
                   f"run folder {self.run_dir}")
         self.t0 = time.monotonic()
@@ -290,9 +305,12 @@ class _Sweep:
                     self.stopped_because = (f"{failures} trial(s) failed, more than "
                                             f"max_failed_trials={limits.max_failed_trials}")
                 while todo and not self.stopped_because and len(self.running) < self.concurrency:
+                    if not self._budget_allows(todo[0]):
+                        break
                     failures += self._start(todo.pop(0), total)
                     if limits.max_failed_trials is not None and failures > limits.max_failed_trials:
                         break
+                self._check_budget()
                 if not self.running and (not todo or self.stopped_because):
                     break
                 self._pump(timeout=0.5)
@@ -319,7 +337,9 @@ class _Sweep:
                       f"automl-vision run JOB.yaml --resume {self.run_dir}")
             raise
         if self.stopped_because and todo:
-            self.echo(f"sweep: stopped, {self.stopped_because}; {len(todo)} trial(s) not started")
+            not_started = (f"{len(todo)} trial(s) not started" if self.sampler.total < MAX_TRIALS
+                           else "no further trial started")
+            self.echo(f"sweep: stopped, {self.stopped_because}; {not_started}")
         self.status = "finished"
         self._write(force=True)
         best = self.result().best
@@ -342,16 +362,30 @@ class _Sweep:
         return str(split_jsonl(training, self.task, self.run_dir / "export_check",
                                ratio=hp.get("split_ratio", 0.2), seed=hp.get("seed", 0)).validation)
 
+    def _suggest(self, index: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Trial ``index``'s parameters (and the sampler's): a trial run again keeps its own, the first
+        trials of a warm-started sweep are the seeds, the others come from the sampler. Kept until the
+        trial starts, so that the budget check and the start see the same trial."""
+        if index in self.suggested:
+            return self.suggested[index]
+        previous = self.rerun.get(index)
+        seeds = self.warm.seeds
+        if previous is not None:
+            out = previous["parameters"], previous.get("sampler_params", {})
+        elif index < len(seeds):
+            out = dict(seeds[index].parameters), {"warm_start": seeds[index].source}
+        else:
+            observations = [self._observation(t) for t in sorted(self.state.trials.values(), key=lambda t: t.index)]
+            suggestion = self.sampler.suggest(index - len(seeds), observations)
+            out = suggestion.parameters, suggestion.sampler_params
+        self.suggested[index] = out
+        return out
+
     def _start(self, index: int, total: int) -> int:
         """Start trial ``index``; returns 1 when it failed before starting (an invalid sample), else 0."""
         tid = trial_id(index)
-        previous = self.rerun.get(index)
-        if previous is not None:
-            params, sampler_params = previous["parameters"], previous.get("sampler_params", {})
-        else:
-            observations = [self._observation(t) for t in sorted(self.state.trials.values(), key=lambda t: t.index)]
-            suggestion = self.sampler.suggest(index, observations)
-            params, sampler_params = suggestion.parameters, suggestion.sampler_params
+        params, sampler_params = self._suggest(index)
+        self.suggested.pop(index, None)
         rec = self.state.add(TrialRecord(tid, index, dict(params), dict(sampler_params)))
         try:
             values = hps.resolve(self.task, {**self.job.training_parameters, **params})
@@ -376,6 +410,7 @@ class _Sweep:
         if rec.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = rec.gpu
         rec.threads = self.threads
+        rec.device_share = 1.0 if rec.gpu is not None else round(self.threads / self.cores, 4)
         cmd = [sys.executable, "-m", "automl_vision", *args, "--num_workers", str(self.workers)]
         console = (trial_dir / "console.log").open("w")
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
@@ -384,9 +419,98 @@ class _Sweep:
         r = _Running(rec, proc, console, trial_dir, time.monotonic())
         self.running[tid] = r
         threading.Thread(target=_read_lines, args=(tid, proc.stdout, self.events), daemon=True).start()
-        self.echo(f"[{tid}] {index + 1}/{total} starting: {_show_params(params)}")
+        place = f"{index + 1}" if self.budget_s is not None and total >= MAX_TRIALS else f"{index + 1}/{total}"
+        warm = " (warm start)" if "warm_start" in sampler_params else ""
+        self.echo(f"[{tid}] {place} starting{warm}: {_show_params(params)}")
         self._write(force=True)
         return 0
+
+    # -- the compute budget ----------------------------------------------------------------------
+
+    def _used_s(self) -> float:
+        """Device-seconds used so far: every trial's wall time times the share of the devices it holds."""
+        now = time.monotonic()
+        used = 0.0
+        for t in self.state.trials.values():
+            r = self.running.get(t.trial_id)
+            seconds = now - r.started if r is not None else t.duration_s
+            used += seconds * (t.device_share if t.device_share is not None else 1.0)
+        return used
+
+    def _epoch_seconds(self, params: Mapping[str, Any]) -> float | None:
+        """Wall seconds an epoch of a trial like ``params`` takes here (start-up spread over its epochs),
+        measured on the trials with the same model and image size that have reported an epoch, else on
+        any; None before any trial has."""
+        now = time.monotonic()
+        like, other = [], []
+        key = _cost_key(params, self.job)
+        for t in self.state.trials.values():
+            r = self.running.get(t.trial_id)
+            epochs = t.epochs[-1] if t.epochs else 0
+            if r is None:
+                epochs = max(epochs, t.epochs_completed)
+            if epochs <= 0:
+                continue
+            seconds = (now - r.started) if r is not None else t.duration_s
+            rate = seconds / epochs
+            (like if _cost_key(t.parameters, self.job) == key else other).append(rate)
+        rates = like or other
+        return sorted(rates)[len(rates) // 2] if rates else None
+
+    def _planned_epochs(self, params: Mapping[str, Any]) -> int | None:
+        try:
+            return int(hps.resolve(self.task, {**self.job.training_parameters, **params})["number_of_epochs"])
+        except ValueError:
+            return None  # an invalid sample fails at once and costs nothing
+
+    def _committed_s(self) -> float:
+        """Device-seconds used plus what the running trials are expected to use until their planned end."""
+        total = self._used_s()
+        now = time.monotonic()
+        for r in self.running.values():
+            t = r.rec
+            done = t.epochs[-1] if t.epochs else 0
+            if t.planned_epochs and done:
+                left = (now - r.started) / done * max(t.planned_epochs - done, 0)
+                total += left * (t.device_share or 1.0)
+        return total
+
+    def _budget_allows(self, index: int) -> bool:
+        """Whether trial ``index`` can start within the budget: what is used and committed to the running
+        trials plus this trial's estimated cost (its planned epochs at the measured seconds per epoch)
+        must fit. With no estimate yet (no epoch reported), it starts while the budget is not spent."""
+        if self.budget_s is None:
+            return True
+        params, _ = self._suggest(index)
+        committed = self._committed_s()
+        rate, epochs = self._epoch_seconds(params), self._planned_epochs(params)
+        share = 1.0 if self.free_gpus else self.threads / self.cores
+        estimate = rate * epochs * share if rate is not None and epochs is not None else 0.0
+        if committed + estimate <= self.budget_s and committed < self.budget_s:
+            return True
+        if not self.running and not self.stopped_because:
+            self.stopped_because = (
+                f"the budget of {self.job.limits.budget:g} {self.budget_unit} is spent: {committed / 3600:.4f} used"
+                + (f"; the next trial would need about {estimate / 3600:.4f} more" if estimate else ""))
+        return False
+
+    def _check_budget(self) -> None:
+        """Running trials past the budget (they took longer than estimated) are stopped, keeping their best epoch."""
+        if self.budget_s is None or not self.running or self._used_s() < self.budget_s:
+            return
+        if not self.stopped_because:
+            self.stopped_because = f"the budget of {self.job.limits.budget:g} {self.budget_unit} is spent"
+        for r in list(self.running.values()):
+            if r.kill_at is None:
+                self._stop(r, "terminated", f"stopped: the sweep's budget of {self.job.limits.budget:g} "
+                                            f"{self.budget_unit} is spent")
+
+    def budget_json(self) -> dict[str, Any] | None:
+        if self.budget_s is None:
+            return None
+        used = self._used_s()
+        return {"budget": self.job.limits.budget, "unit": self.budget_unit, "used": round(used / 3600, 5),
+                "left": round(max(self.budget_s - used, 0.0) / 3600, 5)}
 
     def _observation(self, t: TrialRecord) -> Observation:
         if t.status == "running":
@@ -517,6 +641,11 @@ class _Sweep:
             "best_trial": best.trial_id if best else None,
             "counts": self.state.counts(),
             "compute": result.compute,
+            "budget": self.budget_json(),
+            "dataset_fingerprint": (self.automode.fingerprint.to_json()
+                                    if self.automode.fingerprint is not None else None),
+            "automode": self.automode.to_json(),
+            "warm_start": self.warm.to_json() if self.job.sweep.warm_start else None,
             "job": self.job.model_dump(mode="json"),
             "trials": [t.to_json(self.primary) for t in result.trials],
         }
@@ -525,6 +654,16 @@ class _Sweep:
         if best is not None and best.trial_id != self.best_copied and best.trial_id not in self.running:
             if _write_best_model(result, best):
                 self.best_copied = best.trial_id
+
+
+#: The hyperparameters that set a trial's cost per epoch, besides its model.
+_COST_KEYS = ("train_crop_size", "img_size", "min_size", "max_size", "model_size", "training_batch_size",
+              "tile_grid_size")
+
+
+def _cost_key(params: Mapping[str, Any], job: JobSpec) -> tuple:
+    merged = {**job.training_parameters, **params}
+    return (merged.get("model_name"),) + tuple(merged.get(k) for k in _COST_KEYS)
 
 
 def _policy_settings(policy) -> str:
@@ -542,8 +681,13 @@ def run_sweep(job: JobSpec, run_dir: str | os.PathLike, *, device: str = "auto",
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with _Lock(run_dir / LOCK_FILE):
-        sweep = _Sweep(job, run_dir, device, echo, resume, onnx)
+        automode = prepare_automode(job, fingerprint_of(job))
+        if automode.plan is not None:
+            echo(f"sweep: {automode.plan.summary()}")
+        sweep = _Sweep(job, run_dir, device, echo, resume, onnx, automode)
         sweep.prepare()
+        if sweep.job.sweep.warm_start:
+            sweep.warm = warm_start_seeds(sweep.job, automode.fingerprint, sweep.sampler.total, echo)
         sweep.run()
         result = sweep.result()
         compute = result.compute

@@ -214,3 +214,181 @@ def test_a_best_trial_that_uploaded_nothing_is_an_error_naming_where(cluster, tm
         in str(e.value)
     assert json.loads((tmp_path / "run" / "katib.json").read_text())["best_trial"] == "colours-t1"
     assert not (tmp_path / "run" / "best_model").exists()
+
+
+# --- the compute budget (limits.budget) ---------------------------------------------------------------
+
+def budget_job(**limits):
+    """The section 10 job with a budget and no max_trials: the budget ends the sweep (maxTrialCount 500 each)."""
+    data = yaml.safe_load(SPEC_10)
+    data["limits"].pop("max_trials")
+    data["limits"].update(limits)
+    return parse_job(data)
+
+
+def colours_job(**limits):
+    """One search-space entry: one Experiment."""
+    return parse_job({"task": "image_classification", "training_data": "s3://automl/colours/train.jsonl",
+                      "limits": limits,
+                      "search_space": [{"model_name": {"type": "choice", "values": ["resnet18"]},
+                                        "learning_rate": {"type": "uniform", "min_value": 0.001, "max_value": 0.1}}]})
+
+
+def patches(fake):
+    return [(path.rsplit("/", 1)[-1], ctype, body) for method, path, ctype, body in fake.bodies if method == "PATCH"]
+
+
+def test_a_budget_stops_new_trials_once_the_next_would_not_fit(cluster):
+    from kube_testserver import KatibTrials
+
+    # Trials of one GPU-hour each, one at a time per Experiment; the clock moves half an hour per poll.
+    fake = KatibTrials({"bccd-0": [1.0], "bccd-1": [1.0]}, step=0.5, optimal={
+        "bccd-0": ("bccd-0-t1", 0.61, {"learning_rate": "0.0042", "model_size": "small"}),
+        "bccd-1": ("bccd-1-t2", 0.72, {"learning_rate": "0.00031", "optimizer": "adamw", "min_size": "800"})})
+    client, _ = cluster(fake)
+    lines: list[str] = []
+    result = katib.run_katib_sweep(budget_job(budget=8), name="bccd", client=client, poll_interval_s=0.01,
+                                   echo=lines.append)
+    created = {e["metadata"]["name"]: e for e in katib.experiments_from_job(budget_job(budget=8), name="bccd",
+                                                                          namespace="team-a")}
+    assert created["bccd-0"]["spec"]["maxTrialCount"] == 500
+    # At 4 GPU-hours used (two trials ended, two just started, an hour each), the two Katib still starts after
+    # them and one more would make 9 > 8: maxTrialCount goes to one more than created, never to what is created
+    # (Katib's webhook refuses that), so 4 trials each, 8 GPU-hours in all.
+    assert ("compute budget: 4.00 of 8 GPU-hours used, 2.00 more expected for 2 running trial(s), a trial takes "
+            "about 1.00 (median of 4 ended): after the 2 trial(s) Katib still starts, another would not fit; "
+            "stopping new trials") in lines
+    assert "bccd-0: maxTrialCount lowered from 500 to 4 (3 trial(s) created; Katib takes no less than one more " \
+           "than created)" in lines
+    # the edit that reached the API server is the SDK's: the whole Experiment as a merge patch, the count changed
+    sent = patches(fake)
+    assert [(name, ctype) for name, ctype, _ in sent] == [("bccd-0", "application/merge-patch+json"),
+                                                          ("bccd-1", "application/merge-patch+json")]
+    for name, _, body in sent:
+        assert body["kind"] == "Experiment" and body["metadata"]["name"] == name
+        assert body["spec"] == {**created[name]["spec"], "maxTrialCount": 4}
+        assert fake.objects[("team-a", "experiments", name)]["spec"]["maxTrialCount"] == 4
+    assert fake.refused == []
+    assert ("trials", "katib.kubeflow.org/experiment=bccd-0") in fake.selectors
+    # the Experiments then ended by themselves (ExperimentMaxTrialsReached), nothing deleted
+    assert [len(fake.runs[n]) for n in ("bccd-0", "bccd-1")] == [4, 4]
+    assert not result.timed_out and not result.deleted
+    assert (result.best_trial, result.best_value) == ("bccd-1-t2", 0.72)
+    figures = json.loads(json.dumps(result.to_json()))["budget"]
+    assert figures["budget"] == 8 and figures["unit"] == "GPU-hours" and figures["spent"] is False
+    assert figures["used"] == pytest.approx(8.0, abs=0.01) and figures["trials"] == 8
+    assert figures["stopped_new_trials_at"] == pytest.approx(4.0, abs=0.01)
+    assert figures["estimate_when_stopped"] == pytest.approx(1.0, abs=0.01)
+    assert figures["max_trial_count"] == {"bccd-0": 4, "bccd-1": 4}
+
+
+def test_a_budget_spent_while_trials_run_ends_the_sweep_keeping_the_best(cluster):
+    from kube_testserver import KatibTrials
+
+    from automl_vision.spec.cluster import ClusterSettings
+
+    # CPU trials (no GPU pool): each counts one trial-hour an hour. Two short trials, then two long ones that
+    # run past the estimate the short ones gave.
+    fake = KatibTrials({"colours": [0.5, 0.5, 4.0]}, step=0.25,
+                       optimal={"colours": ("colours-t1", 0.9, {"learning_rate": "0.02"})})
+    client, _ = cluster(fake)
+    lines: list[str] = []
+    result = katib.run_katib_sweep(colours_job(budget=3.2, max_concurrent_trials=2), name="colours", client=client,
+                                   cluster=ClusterSettings(gpu=None), poll_interval_s=0.01, echo=lines.append)
+    unit = "trial-hours (hours of the CPU trial pods)"
+    # new trials stop at 2.5 used (2 ended, 2 running past their estimate, and one more: 3.5 > 3.2) ...
+    assert any(line.startswith(f"compute budget: 2.50 of 3.2 {unit} used") for line in lines)
+    assert [(name, body["spec"]["maxTrialCount"]) for name, _, body in patches(fake)] == [("colours", 5)]
+    # ... and at 3.5 used, the two running trials are still going: the sweep ends as at the time limit
+    assert f"compute budget of 3.2 {unit} spent (3.50 used) while trials still run; keeping the best trial so far" \
+        in lines
+    assert result.deleted and not result.timed_out and "deleted colours" in lines
+    assert fake.objects == {}  # the Experiment and its Trials: no more compute spent
+    assert (result.best_trial, result.best_value) == ("colours-t1", 0.9)
+    assert result.parameters == {"model_name": "resnet18", "learning_rate": 0.02}
+    figures = result.to_json()["budget"]
+    assert figures["spent"] is True and figures["unit"] == unit and figures["devices_per_trial"] == 1
+    assert figures["used"] >= 3.2 and figures["stopped_new_trials_at"] == pytest.approx(2.5, abs=0.01)
+
+
+def test_a_refused_edit_is_tried_again_with_the_trials_created_since(cluster):
+    from kube_testserver import KatibTrials
+
+    class TrialStartsMeanwhile(KatibTrials):
+        """The controller starts a trial between the SDK's read of the Experiment and its edit."""
+
+        def on_request(self, method, namespace, plural, name):
+            if (method, plural) == ("PATCH", "experiments") and not self.refused:
+                self.tick(namespace, name, 1.0)
+
+    fake = TrialStartsMeanwhile({"colours": [1.0]}, step=0.5,
+                                optimal={"colours": ("colours-t1", 0.9, {"learning_rate": "0.02"})})
+    client, _ = cluster(fake)
+    lines: list[str] = []
+    result = katib.run_katib_sweep(colours_job(budget=3), name="colours", client=client, poll_interval_s=0.01,
+                                   echo=lines.append)
+    refusal = ('admission webhook "validator.experiment.katib.kubeflow.org" denied the request: spec.maxTrialCount: '
+               'Invalid value: 3: must be greater than status.trials count')
+    assert fake.refused == [refusal]
+    assert f"colours: could not lower maxTrialCount to 3: {refusal}; trying again at the next poll" in lines
+    assert [body["spec"]["maxTrialCount"] for _, _, body in patches(fake)] == [3, 4]
+    assert result.budget["max_trial_count"] == {"colours": 4}
+    # the trial that started meanwhile went past the budget: it is deleted once the budget is spent
+    assert result.budget["spent"] is True and result.deleted and result.best_trial == "colours-t1"
+
+
+def test_a_budget_spent_creates_no_later_experiment(cluster):
+    from kube_testserver import KatibTrials
+
+    fake = KatibTrials({"bccd-0": [1.0], "bccd-1": [1.0]}, step=0.5,
+                       optimal={"bccd-0": ("bccd-0-t1", 0.61, {"learning_rate": "0.0042", "model_size": "small"})})
+    client, _ = cluster(fake)
+    lines: list[str] = []
+    result = katib.run_katib_sweep(budget_job(budget=3, max_concurrent_trials=1), name="bccd", client=client,
+                                   poll_interval_s=0.01, echo=lines.append)
+    assert fake.created == [("bccd-0", [])]  # one after another, and the budget ends after the first
+    assert "bccd-0: maxTrialCount lowered from 500 to 3 (2 trial(s) created; Katib takes no less than one more " \
+           "than created)" in lines
+    assert "not creating bccd-1: new trials are stopped by the budget" in lines
+    assert len(fake.runs["bccd-0"]) == 3 and not result.deleted and result.best_trial == "bccd-0-t1"
+    assert result.budget["used"] == pytest.approx(3.0, abs=0.01) and result.budget["spent"] is False
+
+
+def test_without_a_budget_no_trials_are_listed(cluster):
+    from kube_testserver import KatibTrials
+
+    fake = KatibTrials({"bccd-0": [1.0], "bccd-1": [1.0]}, step=0.5, clock_on="get", optimal={
+        "bccd-0": ("bccd-0-t1", 0.61, {"learning_rate": "0.0042", "model_size": "small"}),
+        "bccd-1": ("bccd-1-t2", 0.72, {"learning_rate": "0.00031", "optimizer": "adamw", "min_size": "800"})})
+    client, _ = cluster(fake)
+    result = katib.run_katib_sweep(job(), name="bccd", client=client, poll_interval_s=0.01, echo=lambda s: None)
+    assert [len(fake.runs[n]) for n in ("bccd-0", "bccd-1")] == [5, 5]  # maxTrialCount as created
+    assert not any("/trials" in path for _, path in fake.requests)
+    assert [plural for plural, _ in fake.selectors] == ["experiments"] * len(fake.selectors)
+    assert patches(fake) == [] and result.budget is None and result.to_json()["budget"] is None
+    assert result.best_trial == "bccd-1-t2"
+
+
+def test_the_run_folder_records_the_budget(cluster, tmp_path, monkeypatch):
+    from kube_testserver import KatibTrials, object_store
+
+    from automl_vision.spec.cluster import ClusterSettings
+
+    fake = KatibTrials({"colours": [1.0]}, step=0.5,
+                       optimal={"colours": ("colours-t1", 0.9, {"learning_rate": "0.02"})})
+    client, _ = cluster(fake)
+    with object_store("automl") as secret:
+        for k, v in secret.items():
+            monkeypatch.setenv(k, v)
+        with pytest.raises(AutoMLError):  # the stand-in trials upload nothing
+            katib.run_katib_backend(colours_job(budget=3), tmp_path / "run",
+                                    cluster=ClusterSettings(trial_outputs="s3://automl/trials"), name="colours",
+                                    client=client, poll_interval_s=0.01, echo=lambda s: None)
+    saved = json.loads((tmp_path / "run" / "katib.json").read_text())["budget"]
+    assert (saved["budget"], saved["unit"], saved["max_trial_count"], saved["spent"]) == (3, "GPU-hours",
+                                                                                          {"colours": 3}, False)
+    assert saved["used"] == pytest.approx(3.0, abs=0.01)
+    assert saved["stopped_new_trials_at"] == pytest.approx(1.0, abs=0.01)
+    sweep = json.loads((tmp_path / "run" / "sweep.json").read_text())
+    assert sweep["budget"] == saved
+    assert sweep["stopped_because"] == "the budget of 3 GPU-hours is spent: 3.00 used; no new trials after 1.00"

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from automl_vision.spec.policies import BanditPolicy, MedianStoppingPolicy, TruncationSelectionPolicy
+from automl_vision.spec.policies import (
+    AshaPolicy,
+    BanditPolicy,
+    HyperbandPolicy,
+    MedianStoppingPolicy,
+    TruncationSelectionPolicy,
+)
 from automl_vision.sweep.core import SweepState, TrialRecord
 from automl_vision.sweep.replay import Curve, replay
 
@@ -55,6 +61,31 @@ BANDIT = BanditPolicy(slack_factor=0.2, evaluation_interval=1, delay_evaluation=
                  ([0.5, 0.6], [0.4, 0.7], [0.55, 0.65]), 1,
                  {"trial-0000": ("completed", 2), "trial-0001": ("completed", 2), "trial-0002": ("completed", 2)},
                  0.7, id="truncation-exclude-finished"),
+    # asha, rungs 1 and 3 (max_resource 9), one trial at a time; the rule is not applied at interval 5, the last.
+    # trial-0001 at rung 1: k = 2 (0.5, 0.3), ceil(2 / 3) = 1 continues -> terminated.
+    # trial-0002 at rung 1: k = 3 (0.5, 0.3, 0.6): it is the best -> continues; interval 2 is no rung; at rung 3:
+    #   the trials with 3 values are trial-0000 (best 0.7) and itself (0.64): k = 2 -> terminated.
+    # trial-0003 at rung 1: k = 4, the best 2 continue: 0.6, 0.55 (itself), 0.5, 0.3 -> continues; at rung 3:
+    #   k = 3 (0.7, 0.64, 0.8): it is the best -> continues to the end.
+    pytest.param(AshaPolicy(max_resource=9), ([0.5, 0.6, 0.7, 0.8, 0.9], [0.3, 0.4, 0.5, 0.6, 0.7],
+                                              [0.6, 0.62, 0.64, 0.66, 0.68], [0.55, 0.75, 0.8, 0.85, 0.95]), 1,
+                 {"trial-0000": ("completed", 5), "trial-0001": ("terminated", 1), "trial-0002": ("terminated", 3),
+                  "trial-0003": ("completed", 5)}, 0.95, id="asha-sequential"),
+    # two at once, reporting together: at t=1 trial-0000 reports first and is alone at rung 1 (continues);
+    # trial-0001 then meets it there: k = 2, 0.4 < 0.5 -> terminated. Interval 3 is the last: no decision.
+    pytest.param(AshaPolicy(), ([0.5, 0.6, 0.7], [0.4, 0.8, 0.9]), 2,
+                 {"trial-0000": ("completed", 3), "trial-0001": ("terminated", 1)}, 0.7, id="asha-concurrent"),
+    # the other way round: trial-0000 (0.4) was alone when it reached rung 1, and is never compared there again
+    pytest.param(AshaPolicy(), ([0.4, 0.8, 0.9], [0.5, 0.6, 0.7]), 2,
+                 {"trial-0000": ("completed", 3), "trial-0001": ("completed", 3)}, 0.9, id="asha-asynchronous"),
+    # hyperband, max_resource 9: 3 brackets (trial-NNNN: NNNN % 3): rungs 1, 3 / 3 / none.
+    # trial-0000 (bracket 0) alone; trial-0001 (bracket 1, far behind) has no rival in its bracket; trial-0002
+    # (bracket 2) is never judged; trial-0003 (bracket 0) at rung 1: 0.4 < trial-0000's 0.5, k = 2 -> terminated;
+    # trial-0004 (bracket 1) at rung 3: best 0.3 ties trial-0001's 0.3, the earlier trial wins -> terminated.
+    pytest.param(HyperbandPolicy(max_resource=9), ([0.5, 0.6, 0.7, 0.8, 0.9], [0.1, 0.2, 0.3, 0.4, 0.5], [0.0] * 5,
+                                                   [0.4, 0.5, 0.6, 0.7, 0.8], [0.2, 0.25, 0.3, 0.9, 0.95]), 1,
+                 {"trial-0000": ("completed", 5), "trial-0001": ("completed", 5), "trial-0002": ("completed", 5),
+                  "trial-0003": ("terminated", 1), "trial-0004": ("terminated", 3)}, 0.9, id="hyperband"),
     # no policy: everything runs
     pytest.param(None, ([0.5, 0.8, 0.9], [0.3, 0.6, 0.7]), 1,
                  {"trial-0000": ("completed", 3), "trial-0001": ("completed", 3)}, 0.9, id="none"),
@@ -75,6 +106,27 @@ def test_concurrent_trials_are_judged_on_what_has_arrived():
     assert rec.duration_s == 2.0 and result.wall_seconds == 3.0
     assert rec.reason == ("terminated by bandit at interval 2 (epoch 2): bandit: best 0.2 < 0.9 / (1 + 0.2) = 0.75 "
                           "at interval 2 -> terminate")
+
+
+def test_asha_stops_trials_at_rungs_only():
+    # rungs 2 and 6 (min_resource 2, max_resource 10; 8 intervals a trial, the 8th being the last).
+    # trial-0000 leads with 0.9; trial-0001..0005 stay at 0.10, 0.11, ..., 0.14, one at a time.
+    # rung 2: trial-0001: k = 2, ceil(2 / 3) = 1 continues -> cut; trial-0002: k = 3, 1 continues -> cut;
+    #   trial-0003: k = 4, 2 continue (0.9 and its 0.12) -> passes; trial-0004: k = 5, 2 continue -> passes;
+    #   trial-0005: k = 6, 2 continue -> passes.
+    # rung 6: trial-0003: k = 2 (0.9, 0.12) -> cut; trial-0004: k = 3 -> cut; trial-0005: k = 4, 2 continue
+    #   (0.9 and its 0.14) -> passes and runs to the end.
+    policy = AshaPolicy(min_resource=2, max_resource=10)
+    behind = [[0.1 + 0.01 * i] * 8 for i in range(5)]
+    result = replay(curves([0.9] * 8, *behind), policy)
+    assert outcome(result) == {
+        "trial-0000": ("completed", 8), "trial-0001": ("terminated", 2), "trial-0002": ("terminated", 2),
+        "trial-0003": ("terminated", 6), "trial-0004": ("terminated", 6), "trial-0005": ("completed", 8)}
+    assert result.state.trials["trial-0004"].reason == (
+        "terminated by asha at interval 6 (epoch 6): asha: best 0.13 over intervals 1..6 ranks 2 of 3 trials at "
+        "rung 6; the best 1 continue (3 / 3 rounded up, at least 1) -> terminate")
+    assert result.state.compute()["trial_epochs"] == 8 + 2 + 2 + 6 + 6 + 8
+    assert result.state.compute()["trial_epochs_without_early_termination"] == 6 * 8
 
 
 def test_no_decision_at_the_last_interval():
@@ -103,6 +155,7 @@ def test_compute_accounting():
     assert result.state.compute() == {
         "trial_epochs": 4, "trial_epochs_without_early_termination": 6, "saved_share": round(1 - 4 / 6, 4),
         "trial_seconds": 5.0, "trial_seconds_without_early_termination": 9.0,
+        "device_hours": round(5.0 / 3600, 5),  # no device share recorded: each trial held a whole device
     }
 
 

@@ -1,7 +1,9 @@
 """The pipeline's Katib backend: the Experiments run with the Katib SDK on a cluster, and what the
 trials uploaded read back into the local sweep's run folder.
 
-- :func:`run_katib_sweep`: create (or re-attach to) the Experiments, wait, read the optimal trial;
+- :func:`run_katib_sweep`: create (or re-attach to) the Experiments, wait, read the optimal trial; with
+  ``limits.budget``, account the device-hours of their trials and stop new trials (and, once it is
+  spent, the sweep) within it;
 - :func:`run_katib_backend`: the pipeline's sweep step: the sweep, then every trial's record and
   the best trial's model read back from the trial outputs (:func:`collect_trials`).
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,7 +29,7 @@ from automl_vision.spec.job import JobSpec, resolved
 from automl_vision.sweep.core import TrialRecord
 from automl_vision.sweep.katib.checks import as_float, check_experiments
 from automl_vision.sweep.katib.experiment import ANNOTATION_PREFIX, experiments_from_job
-from automl_vision.sweep.katib.trial import check_trial_outputs, trial_outputs_uri
+from automl_vision.sweep.katib.trial import check_trial_outputs, trial_outputs_uri, trial_placement
 from automl_vision.training.reporter import read_metrics
 from automl_vision.training.runfolder import CONFIG_FILE, METRICS_FILE, OUTPUTS_DIR, SWEEP_FILE
 
@@ -49,6 +52,10 @@ class KatibSweepResult:
     metrics: dict[str, float] = field(default_factory=dict)
     timed_out: bool = False
     deleted: bool = False
+    #: With ``limits.budget``: its figures in device-hours (budget, used, left, unit, estimate per trial,
+    #: ``stopped_new_trials_at``: what was used when new trials were stopped, the lowered maxTrialCounts,
+    #: ``spent``: the sweep ended with trials running). None without a budget.
+    budget: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,13 +74,15 @@ def _conditions(experiment) -> set[str]:
     status = getattr(experiment, "status", None)
     return {c.type for c in (getattr(status, "conditions", None) or []) if str(c.status) == "True"}
 
-def _created_at(experiment) -> datetime:
-    ts = experiment.metadata.creation_timestamp
+def _utc(ts) -> datetime | None:
     if ts is None:
-        return datetime.now(timezone.utc)
+        return None
     if isinstance(ts, str):
         ts = datetime.fromisoformat(ts.replace("Z", "+00:00"))
     return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
+
+def _created_at(experiment) -> datetime:
+    return _utc(experiment.metadata.creation_timestamp) or datetime.now(timezone.utc)
 
 def _progress(exp, metric: str, maximize: bool) -> str:
     s = exp.status
@@ -123,6 +132,11 @@ def run_katib_sweep(job: JobSpec, *, name: str | None = None, namespace: str | N
     read and the Experiments are deleted so no more trials start. When more entries than
     ``max_concurrent_trials`` exist, the Experiments run one after another. ``cleanup`` deletes them
     after reading the result.
+
+    With ``limits.budget`` (device-hours) each poll also lists the Experiments' trials and counts what
+    they used (:class:`_Budget`): when the trials Katib still starts and one more would not fit, each
+    running Experiment's maxTrialCount is lowered (``edit_experiment_budget``) and no later Experiment
+    is created; when the budget is spent while trials run, the sweep ends as at the time limit.
     """
     experiments = experiments_from_job(job, name=name, namespace=namespace, cluster=cluster)
     check_experiments(experiments)
@@ -137,7 +151,15 @@ def run_katib_sweep(job: JobSpec, *, name: str | None = None, namespace: str | N
     result = KatibSweepResult(metric, names, namespace)
     deadline: datetime | None = None
     timeout = job.limits.timeout_minutes * 60
-    for wave in waves:
+    budget = _Budget(job, cluster, echo) if job.limits.budget is not None else None
+    started: list[str] = []  # the Experiments created or re-attached to
+    spent = False
+    for i, wave in enumerate(waves):
+        if budget is not None and started:
+            budget.read(client, started, namespace, done=started)
+            if not budget.allows_another(datetime.now(timezone.utc)):
+                echo(f"not creating {', '.join(e['metadata']['name'] for w in waves[i:] for e in w)}: {budget.why}")
+                break
         existing = {e.metadata.name: e for e in client.list_experiments(namespace)}
         for exp in wave:
             exp_name = exp["metadata"]["name"]
@@ -153,11 +175,13 @@ def run_katib_sweep(job: JobSpec, *, name: str | None = None, namespace: str | N
                 client.create_experiment(exp, namespace)
                 echo(f"{exp_name}: created ({exp['spec']['maxTrialCount']} trials, "
                      f"{exp['spec']['parallelTrialCount']} at once, {exp['spec']['algorithm']['algorithmName']})")
+            started.append(exp_name)
         pending = [e["metadata"]["name"] for e in wave]
         shown: dict[str, str] = {}
+        latest: dict[str, Any] = {}
         while pending:
             for exp_name in list(pending):
-                exp = client.get_experiment(exp_name, namespace)
+                exp = latest[exp_name] = client.get_experiment(exp_name, namespace)
                 created = _created_at(exp)
                 deadline = created if deadline is None else min(deadline, created)
                 line = _progress(exp, metric, maximize)
@@ -176,11 +200,19 @@ def run_katib_sweep(job: JobSpec, *, name: str | None = None, namespace: str | N
                 result.timed_out = True
                 echo(f"sweep time limit of {job.limits.timeout_minutes} min reached; keeping the best trial so far")
                 break
+            if budget is not None:
+                budget.read(client, started, namespace, done=[n for n in started if n not in pending])
+                spent = budget.poll(client, namespace, {n: latest[n] for n in pending}, datetime.now(timezone.utc))
+                if spent:
+                    break
             time.sleep(poll_interval_s)
-        if result.timed_out:
+        if result.timed_out or spent:
             break
+    if budget is not None:
+        budget.read(client, started, namespace, done=started)
+        result.budget = budget.to_json(datetime.now(timezone.utc))
     _read_best(client, experiments, namespace, metric, maximize, result)
-    if result.timed_out or cleanup:
+    if result.timed_out or spent or cleanup:
         for exp_name in names:
             if any(e.metadata.name == exp_name for e in client.list_experiments(namespace)):
                 client.delete_experiment(exp_name, namespace)
@@ -191,6 +223,187 @@ def run_katib_sweep(job: JobSpec, *, name: str | None = None, namespace: str | N
                           f"-l katib.kubeflow.org/experiment={names[0]}")
     echo(f"best trial: {result.best_trial} ({result.best_experiment}), {metric} {result.best_value:.4f}")
     return result
+
+# --- the compute budget on Katib ----------------------------------------------------------------
+
+#: Conditions of a Trial that has ended (Katib's Trial.IsCompleted).
+TRIAL_ENDED = frozenset({"Succeeded", "Failed", "Killed", "EarlyStopped", "MetricsUnavailable"})
+
+
+@dataclass(frozen=True)
+class _TrialTime:
+    """A Trial's wall time from its status: ``start`` (status.startTime, set when Katib's trial controller
+    first sees it) to ``end`` (status.completionTime), ``end`` None while it has not ended."""
+
+    start: datetime | None
+    end: datetime | None
+    ended: bool
+
+    def seconds(self, now: datetime) -> float:
+        if self.start is None:
+            return 0.0
+        return max(((self.end or now) - self.start).total_seconds(), 0.0)
+
+
+def _trial_time(trial) -> _TrialTime:
+    status = getattr(trial, "status", None)
+    if status is None:
+        return _TrialTime(None, None, False)
+    start = _utc(status.start_time)
+    ended = [c for c in status.conditions or [] if c.type in TRIAL_ENDED and str(c.status) == "True"]
+    if not ended:
+        return _TrialTime(start, None, False)
+    end = _utc(status.completion_time)
+    if end is None or (start is not None and end < start):
+        # an early-stopped trial gets no completionTime from Katib: the time it ended is its condition's
+        stamps = [_utc(c.last_transition_time or c.last_update_time) for c in ended]
+        known = [t for t in [*stamps, _utc(status.last_reconcile_time)] if t is not None]
+        end = max(known) if known else start
+    return _TrialTime(start, end, True)
+
+
+def _api_message(e: Exception) -> str:
+    """The API server's message behind an SDK error (the SDK raises its own, naming only the object)."""
+    cause = e.__cause__ or e.__context__
+    body = getattr(cause, "body", None)
+    if body:
+        try:
+            return json.loads(body)["message"]
+        except (ValueError, KeyError, TypeError):
+            return f"{e} ({getattr(cause, 'status', '')} {getattr(cause, 'reason', '')})".strip()
+    return str(e)
+
+
+class _Budget:
+    """``limits.budget`` on Katib, in device-hours: each trial's wall time from its Trial object (startTime
+    to completionTime, or now while it runs) times the devices it holds (its GPU; a CPU trial counts as
+    one). A trial's cost is estimated as the median wall time of the trials that have ended.
+
+    Katib has no budget of its own, and its webhook refuses a maxTrialCount that is not greater than the
+    trials an Experiment has created: lowered as far as it goes, an Experiment still starts one more. So
+    new trials are stopped as soon as, after those, one more trial would not fit."""
+
+    def __init__(self, job: JobSpec, cluster: ClusterSettings | None, echo: Callable[[str], None]):
+        gpus = trial_placement(job.compute, cluster).gpus
+        self.hours = float(job.limits.budget)
+        self.devices = max(gpus, 1)
+        self.unit = "GPU-hours" if gpus else "trial-hours (hours of the CPU trial pods)"
+        self.echo = echo
+        self.trials: dict[str, list[_TrialTime]] = {}  # Experiment -> its trials, as last listed
+        self.settled: set[str] = set()  # ended Experiments whose trials were listed since
+        self.stopped_at: float | None = None  # device-seconds used when new trials were stopped
+        self.estimate_then: float | None = None
+        self.to_lower: list[str] = []  # Experiments whose maxTrialCount is still to be lowered
+        self.lowered: dict[str, int] = {}
+        self.spent = False
+        self.why = ""
+
+    def read(self, client, names: Sequence[str], namespace: str, done: Sequence[str]) -> None:
+        """List the trials of the Experiments ``names`` (those ended and listed since: not again)."""
+        for name in names:
+            if name in self.settled:
+                continue
+            self.trials[name] = [_trial_time(t) for t in client.list_trials(name, namespace)]
+            if name in done:
+                self.settled.add(name)
+
+    def figures(self, now: datetime) -> tuple[float, float, float | None, int, int]:
+        """(device-seconds used, expected for the running trials until they end, one trial's estimate
+        or None, running trials, ended trials)."""
+        everything = [t for trials in self.trials.values() for t in trials]
+        ended = [t.seconds(now) for t in everything if t.ended and t.start is not None]
+        estimate = statistics.median(ended) * self.devices if ended else None
+        used = sum(t.seconds(now) for t in everything) * self.devices
+        running = [t for t in everything if not t.ended]
+        left = sum(max(estimate - t.seconds(now) * self.devices, 0.0) for t in running) if estimate else 0.0
+        return used, left, estimate, len(running), len(ended)
+
+    def _created(self, name: str, exp) -> int:
+        return max(int(getattr(exp.status, "trials", None) or 0), len(self.trials.get(name, [])))
+
+    def allows_another(self, now: datetime) -> bool:
+        """Whether one more trial fits (before a later Experiment is created)."""
+        if self.stopped_at is not None:
+            self.why = "new trials are stopped by the budget"
+            return False
+        used, left, estimate, _, _ = self.figures(now)
+        budget = self.hours * 3600
+        if used < budget and (estimate is None or used + left + estimate <= budget):
+            return True
+        self.stopped_at, self.estimate_then = used, estimate
+        self.why = f"{_h(used)} of the budget of {self.hours:g} {self.unit} used" + (
+            f", and a trial takes about {_h(estimate)}" if estimate is not None else "")
+        return False
+
+    def poll(self, client, namespace: str, running: Mapping[str, Any], now: datetime) -> bool:
+        """One poll over the running Experiments (name -> as just read): stop new trials when one more
+        would not fit; True when the budget is spent while trials still run (the sweep ends)."""
+        used, left, estimate, busy, ended = self.figures(now)
+        budget = self.hours * 3600
+        more = busy > 0 or any(sum(t.ended for t in self.trials.get(n, [])) < (e.spec.max_trial_count or 0)
+                               for n, e in running.items())
+        if used >= budget and more:
+            self.spent = True
+            self.echo(f"compute budget of {self.hours:g} {self.unit} spent ({_h(used)} used) while trials still "
+                      "run; keeping the best trial so far")
+            return True
+        if self.stopped_at is None and estimate is not None:
+            still = [n for n, e in running.items() if self._created(n, e) < (e.spec.max_trial_count or 0)]
+            if used + left + (len(still) + 1) * estimate > budget:
+                self.stopped_at, self.estimate_then, self.to_lower = used, estimate, still
+                after = f"after the {len(still)} trial(s) Katib still starts, " if still else ""
+                self.echo(f"compute budget: {_h(used)} of {self.hours:g} {self.unit} used, {_h(left)} more expected "
+                          f"for {busy} running trial(s), a trial takes about {_h(estimate)} (median of {ended} "
+                          f"ended): {after}another would not fit; stopping new trials")
+        for name in list(self.to_lower):
+            self._lower(client, namespace, name, running.get(name))
+        return False
+
+    def _lower(self, client, namespace: str, name: str, exp) -> None:
+        """Lower a running Experiment's maxTrialCount as far as Katib's webhook allows: one more than
+        the trials it created (parallelTrialCount and maxFailedTrialCount may not be above it)."""
+        if exp is None:  # it ended
+            self.to_lower.remove(name)
+            return
+        spec = exp.spec
+        created = self._created(name, exp)
+        cap = created + 1
+        if cap >= spec.max_trial_count:
+            self.to_lower.remove(name)
+            self.lowered[name] = spec.max_trial_count
+            return
+        change: dict[str, int] = {"max_trial_count": cap}
+        if spec.parallel_trial_count is not None and spec.parallel_trial_count > cap:
+            change["parallel_trial_count"] = cap
+        if spec.max_failed_trial_count is not None and spec.max_failed_trial_count > cap:
+            change["max_failed_trial_count"] = cap
+        try:
+            client.edit_experiment_budget(name, namespace, **change)
+        except (RuntimeError, TimeoutError) as e:
+            self.echo(f"{name}: could not lower maxTrialCount to {cap}: {_api_message(e)}; trying again at the "
+                      "next poll")
+            return
+        self.to_lower.remove(name)
+        self.lowered[name] = cap
+        self.echo(f"{name}: maxTrialCount lowered from {spec.max_trial_count} to {cap} ({created} trial(s) created; "
+                  "Katib takes no less than one more than created)")
+
+    def to_json(self, now: datetime) -> dict[str, Any]:
+        used, _, estimate, _, _ = self.figures(now)
+
+        def hours(seconds: float | None) -> float | None:
+            return None if seconds is None else round(seconds / 3600, 4)
+
+        return {"budget": self.hours, "unit": self.unit, "used": hours(used),
+                "left": hours(max(self.hours * 3600 - used, 0.0)), "devices_per_trial": self.devices,
+                "trials": sum(len(t) for t in self.trials.values()), "estimate_per_trial": hours(estimate),
+                "stopped_new_trials_at": hours(self.stopped_at), "estimate_when_stopped": hours(self.estimate_then),
+                "max_trial_count": dict(self.lowered), "spent": self.spent}
+
+
+def _h(seconds: float) -> str:
+    return f"{seconds / 3600:.2f}"
+
 
 def _read_best(client, experiments, namespace: str, metric: str, maximize: bool, result: KatibSweepResult) -> None:
     present = {e.metadata.name: e for e in client.list_experiments(namespace)}
@@ -261,6 +474,11 @@ def collect_trials(job: JobSpec, experiments: Sequence[Mapping[str, Any]], found
     echo(f"read {len(records)} trial(s) back from {trial_outputs}")
     status = "finished"
     stopped = f"timeout_minutes={job.limits.timeout_minutes} reached" if found.timed_out else ""
+    spend = found.budget
+    if spend and (spend["spent"] or spend["stopped_new_trials_at"] is not None):
+        stopped = (f"the budget of {spend['budget']:g} {spend['unit']} is spent: {spend['used']:.2f} used"
+                   + ("; the trials still running were deleted" if spend["spent"]
+                      else f"; no new trials after {spend['stopped_new_trials_at']:.2f}"))
     result = SweepResult(run_dir, task.primary_metric, task.maximize, records, status, stopped)
     shown = local_job or job
     (run_dir / "job.yaml").write_text(shown.to_yaml())
@@ -269,7 +487,7 @@ def collect_trials(job: JobSpec, experiments: Sequence[Mapping[str, Any]], found
     doc = {"format": 1, "backend": "katib", "status": status, "stopped_because": stopped,
            "primary_metric": task.primary_metric, "goal": "maximize" if task.maximize else "minimize",
            "best_trial": found.best_trial, "experiments": found.experiments, "namespace": found.namespace,
-           "trial_outputs": trial_outputs, "job": job.model_dump(mode="json"),
+           "trial_outputs": trial_outputs, "budget": found.budget, "job": job.model_dump(mode="json"),
            "trials": [t.to_json(task.primary_metric) for t in records]}
     (run_dir / SWEEP_FILE).write_text(json.dumps(doc, indent=1))
     write_leaderboard(result)

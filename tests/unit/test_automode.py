@@ -1,0 +1,253 @@
+"""AutoMode: the declared table becomes a valid search space for every task, data size and start;
+what the job fixes stays out of it; the budget and warm-start settings are checked; the dataset
+fingerprint and the warm start read real files."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from automl_vision.errors import ConfigError
+from automl_vision.spec.automode import (
+    AUTOMODE_ROWS,
+    MAX_TRIALS,
+    SMALL_DATA_IMAGES,
+    DatasetFingerprint,
+    automode_space,
+    fingerprint_distance,
+)
+from automl_vision.spec.distributions import Choice
+from automl_vision.spec.job import parse_job
+from automl_vision.spec.tasks import ImageTask
+from automl_vision.sweep.automode import describe_space, fits_space, prepare_automode, warm_start_seeds
+from automl_vision.sweep.core import TrialRecord
+
+CLS = {"task": "image_classification", "training_data": "train.jsonl"}
+DET = {"task": "image_object_detection", "training_data": "train.jsonl"}
+
+
+def _fp(task: ImageTask, images: int, side: float | None, **kw) -> DatasetFingerprint:
+    return DatasetFingerprint(task.value, images, kw.pop("classes", 4), side, kw.pop("aspect", 1.0), **kw)
+
+
+@pytest.mark.parametrize("task, images, side, pretrained", list(itertools.product(
+    ImageTask, (100, SMALL_DATA_IMAGES * 5), (32, 113, 480, None), (False, True))))
+def test_every_space_is_a_valid_job(task, images, side, pretrained):
+    fingerprint = _fp(task, images, side) if side else None
+    job = parse_job({"task": task.value, "training_data": "t.jsonl", "limits": {"max_trials": 20},
+                     "training_parameters": {"pretrained": pretrained}})
+    assert job.automode
+    prepared = prepare_automode(job, fingerprint)
+    space = prepared.job.search_space
+    assert space and not prepared.job.automode  # the space is written into the job the sweep runs
+    assert prepared.job.sweep.early_termination.type == "asha"
+    models = {m for e in space for m in (e["model_name"].values if isinstance(e["model_name"], Choice)
+                                         else [e["model_name"]])}
+    assert models <= set(task.models)
+    for e in space:  # every entry searches the augmentation level and the learning rate
+        assert "augmentation" in e and "learning_rate" in e
+
+
+def test_small_scratch_classification_space_follows_the_image_size():
+    fridge = _fp(ImageTask.IMAGE_CLASSIFICATION, 134, 113)
+    plan = automode_space(ImageTask.IMAGE_CLASSIFICATION, fridge, fixed={"pretrained": False})
+    assert plan.sizes == [64, 128]  # never enlarged past the photos' own 113 px
+    assert [(e["train_crop_size"], e["optimizer"]) for e in plan.entries] == [
+        (64, "sgd"), (64, "adamw"), (128, "sgd"), (128, "adamw")]
+    first = plan.entries[0]
+    assert first["model_name"] == {"type": "choice", "values": ["resnet18", "mobilenetv2"]}
+    assert first["valid_resize_size"] == 73 and first["valid_crop_size"] == 64
+    digits = _fp(ImageTask.IMAGE_CLASSIFICATION, 500, 32)
+    assert automode_space(ImageTask.IMAGE_CLASSIFICATION, digits, fixed={"pretrained": False}).sizes == [32, 64]
+    # pretrained weights: their own 224 px, and the larger backbones
+    tuned = automode_space(ImageTask.IMAGE_CLASSIFICATION, fridge)
+    assert tuned.sizes == [224] and "vits16r224" in tuned.entries[0]["model_name"]["values"]
+
+
+def test_detection_space_has_rcnns_and_yolov5_sizes():
+    shapes = _fp(ImageTask.IMAGE_OBJECT_DETECTION, 80, 128, objects_per_image=2.0, object_size=0.2)
+    plan = automode_space(ImageTask.IMAGE_OBJECT_DETECTION, shapes)
+    by_model = {e["model_name"]: e for e in plan.entries if e.get("min_size") == 128 or e.get("img_size") == 128}
+    assert by_model["fasterrcnn_resnet18_fpn"]["max_size"] == 213
+    assert by_model["yolov5"]["model_size"] == {"type": "choice", "values": ["small", "medium"]}
+    large = automode_space(ImageTask.IMAGE_OBJECT_DETECTION, _fp(ImageTask.IMAGE_OBJECT_DETECTION, 50_000, 600))
+    assert "fasterrcnn_resnet50_fpn" in {e["model_name"] for e in large.entries}
+
+
+def test_what_the_job_fixes_stays_out_of_the_space():
+    job = parse_job({**CLS, "limits": {"max_trials": 8},
+                     "training_parameters": {"model_name": "resnet18", "pretrained": False, "train_crop_size": 96,
+                                             "number_of_epochs": 5}})
+    prepared = prepare_automode(job, _fp(ImageTask.IMAGE_CLASSIFICATION, 300, 113))
+    for e in prepared.job.search_space:
+        assert not {"model_name", "train_crop_size", "valid_crop_size", "valid_resize_size", "number_of_epochs"} & set(e)
+    assert prepared.plan.fixed == ["number_of_epochs", "train_crop_size"]
+    # ASHA's largest rung bound comes from the fixed epochs
+    assert prepared.job.sweep.early_termination.max_resource == 5
+
+
+def test_the_jobs_own_early_termination_is_kept():
+    policy = {"type": "bandit", "slack_factor": 0.5}
+    job = parse_job({**CLS, "limits": {"max_trials": 4}, "sweep": {"early_termination": policy}})
+    prepared = prepare_automode(job)
+    assert prepared.job.sweep.early_termination.type == "bandit" and not prepared.policy_added
+
+
+def test_one_trial_or_a_written_space_is_not_automode():
+    assert not parse_job(CLS).automode
+    job = parse_job({**CLS, "limits": {"max_trials": 3},
+                     "search_space": [{"learning_rate": {"type": "uniform", "min_value": 0.001, "max_value": 0.01}}]})
+    assert not job.automode and prepare_automode(job).job is job
+
+
+def test_a_budget_alone_bounds_the_sweep():
+    job = parse_job({**CLS, "limits": {"budget": 0.5, "max_concurrent_trials": 2}})
+    assert job.limits.max_trials == MAX_TRIALS and job.limits.max_concurrent_trials == 2 and job.automode
+    capped = parse_job({**CLS, "limits": {"budget": 0.5, "max_trials": 6}})
+    assert capped.limits.max_trials == 6
+    # the job as written back reads the same
+    assert parse_job(job.to_dict()) == job
+
+
+@pytest.mark.parametrize("data, problem", [
+    ({**CLS, "limits": {"budget": 0}}, "limits.budget=0: Input should be greater than 0"),
+    ({**CLS, "limits": {"max_trials": 5}, "sweep": {"sampling_algorithm": "grid"}},
+     "sweep.sampling_algorithm=grid: AutoMode (max_trials > 1 or a budget, and no search_space) samples its own "
+     "space at random"),
+    ({**CLS, "limits": {"max_trials": 5}, "sweep": {"sampling_algorithm": "bayesian", "warm_start": ["runs/a"]},
+      "search_space": [{"learning_rate": {"type": "uniform", "min_value": 0.001, "max_value": 0.01}}]},
+     "sweep.warm_start: a bayesian sweep cannot start from earlier runs' settings"),
+])
+def test_mistakes_are_named(data, problem):
+    with pytest.raises(ConfigError) as e:
+        parse_job(data)
+    assert problem in str(e.value)
+
+
+def test_fingerprint_distance():
+    a = _fp(ImageTask.IMAGE_CLASSIFICATION, 134, 113, classes=4, labels_per_image=1.0)
+    assert fingerprint_distance(a, a) == 0
+    twice = _fp(ImageTask.IMAGE_CLASSIFICATION, 268, 113, classes=4, labels_per_image=1.0)
+    assert fingerprint_distance(a, twice) == pytest.approx(0.5 * math.log(2), abs=1e-4)
+    other_task = _fp(ImageTask.IMAGE_CLASSIFICATION_MULTILABEL, 134, 113)
+    assert math.isinf(fingerprint_distance(a, other_task))
+    far = _fp(ImageTask.IMAGE_CLASSIFICATION, 100_000, 600, classes=1000)
+    assert fingerprint_distance(a, far) > 3
+
+
+def test_fingerprint_of_real_files(tmp_path, make_dataset):
+    from automl_vision.data.fingerprint import dataset_fingerprint
+    from automl_vision.data.load import load_dataset
+    from det_testdata import make_detection_dataset
+
+    cls = make_dataset(tmp_path / "c", n_per_class=3, classes=("red", "blue"), size=20)
+    fp = dataset_fingerprint(load_dataset(cls, "image_classification"))
+    assert (fp.images, fp.classes, fp.image_side, fp.aspect, fp.labels_per_image) == (6, 2, 20.0, 1.0, 1.0)
+    det = make_detection_dataset(tmp_path / "d", n=4, size=(96, 80))
+    fp = dataset_fingerprint(load_dataset(det, "image_object_detection"))
+    assert (fp.images, fp.classes, fp.image_side, fp.objects_per_image) == (4, 2, 80.0, 1.5)
+    assert 0.2 < fp.object_size < 0.35  # 18-30 px shapes in a 96x80 image
+
+
+def _earlier_run(folder: Path, fingerprint: DatasetFingerprint, trials: list[tuple[dict, float, str]]) -> Path:
+    folder.mkdir(parents=True)
+    recs = [TrialRecord(f"trial-{i:04d}", i, params, status=status, best_value=value).to_json("accuracy")
+            for i, (params, value, status) in enumerate(trials)]
+    (folder / "sweep.json").write_text(json.dumps({"goal": "maximize", "dataset_fingerprint": fingerprint.to_json(),
+                                                   "trials": recs}))
+    return folder
+
+
+def test_warm_start_takes_the_best_fitting_settings_of_similar_runs(tmp_path):
+    fridge = _fp(ImageTask.IMAGE_CLASSIFICATION, 134, 113)
+    job = prepare_automode(parse_job({**CLS, "limits": {"max_trials": 12},
+                                      "sweep": {"warm_start": [str(tmp_path / "runs")]},
+                                      "training_parameters": {"pretrained": False}}), fridge).job
+    point = {"model_name": "resnet18", "train_crop_size": 64, "valid_resize_size": 73, "valid_crop_size": 64,
+             "optimizer": "sgd", "learning_rate": 0.05, "number_of_epochs": 8, "training_batch_size": 16,
+             "augmentation": "light"}
+    assert fits_space(point, job)
+    outside = {**point, "learning_rate": 0.9}  # beyond the sgd range
+    bigger = {**point, "train_crop_size": 224, "valid_resize_size": 256, "valid_crop_size": 224}
+    _earlier_run(tmp_path / "runs" / "a", _fp(ImageTask.IMAGE_CLASSIFICATION, 150, 113),
+                 [(point, 0.81, "completed"), (outside, 0.9, "completed"), ({**point, "optimizer": "adamw",
+                  "learning_rate": 0.001}, 0.5, "terminated"), ({**point, "augmentation": "none"}, 0.95, "failed")])
+    _earlier_run(tmp_path / "runs" / "b", _fp(ImageTask.IMAGE_CLASSIFICATION, 140, 480), [(bigger, 0.99, "completed")])
+    _earlier_run(tmp_path / "runs" / "c", _fp(ImageTask.IMAGE_CLASSIFICATION_MULTILABEL, 134, 113),
+                 [(point, 0.99, "completed")])
+    lines: list[str] = []
+    warm = warm_start_seeds(job, fridge, job.limits.max_trials, lines.append)
+    assert warm.runs_read == 3 and warm.runs_used == 1
+    # the best fitting trials of run a, best first; 'outside' does not fit, the failed one does not count
+    assert [s.parameters["learning_rate"] for s in warm.seeds] == [0.05, 0.001]
+    assert warm.seeds[0].source.endswith("a trial-0000")
+    assert any("runs/b: none of its best trials fits" in s for s in warm.skipped)
+    assert any("runs/c: dataset not similar (another task)" in s for s in warm.skipped)
+    assert "the first 2 trial(s) try the best settings of 1 similar earlier run(s) (3 read)" in lines[0]
+
+
+def test_warm_start_from_a_folder_that_does_not_exist(tmp_path):
+    job = prepare_automode(parse_job({**CLS, "limits": {"max_trials": 4},
+                                      "sweep": {"warm_start": [str(tmp_path / "nowhere")]}})).job
+    with pytest.raises(ConfigError, match="nowhere does not exist"):
+        warm_start_seeds(job, _fp(ImageTask.IMAGE_CLASSIFICATION, 10, 20), 4, print)
+
+
+def test_validate_job_prints_the_automode_space(tmp_path, make_dataset, cli_main):
+    data = make_dataset(tmp_path / "d", n_per_class=3, classes=("red", "blue"), size=40)
+    job = tmp_path / "job.yaml"
+    job.write_text(f"task: image_classification\ntraining_data: {data}\nlimits: {{budget: 0.2}}\n"
+                   "training_parameters: {pretrained: false}\n")
+    done = cli_main("validate-job", job)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert out.startswith("# AutoMode: 4 search-space entries over mobilenetv2, resnet18; sizes 32, 64 "
+                          "(6 training image(s), small data)\n")
+    assert "#   early termination: asha (min_resource 1, max_resource 16, reduction_factor 3.0) (AutoMode's default)" in out
+    import yaml
+
+    printed = yaml.safe_load(out)  # the comments aside, it is the job the sweep runs
+    assert len(printed["search_space"]) == 4 and printed["limits"]["budget"] == 0.2
+
+
+def test_describe_space_names_every_entry():
+    prepared = prepare_automode(parse_job({**DET, "limits": {"max_trials": 10}}),
+                                _fp(ImageTask.IMAGE_OBJECT_DETECTION, 80, 128))
+    text = describe_space(prepared)
+    assert text.count("\n  [") == len(prepared.job.search_space)
+    assert "learning_rate loguniform 0.001..0.02" in text
+
+
+def test_rows_are_documented():
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "sweeps.md").read_text()
+    for row in AUTOMODE_ROWS:
+        assert ", ".join(row.models) in docs, row.models
+    assert all(row.why for row in AUTOMODE_ROWS)
+
+
+def test_budget_estimate_keeps_a_trial_that_would_not_fit_from_starting(tmp_path):
+    """The scheduler's own arithmetic, on trials recorded with known durations (no process runs)."""
+    from automl_vision.sweep.local import _Sweep
+
+    job = prepare_automode(parse_job({**CLS, "training_data": str(tmp_path / "t.jsonl"),
+                                      "limits": {"budget": 0.01},  # 36 device-seconds
+                                      "training_parameters": {"pretrained": False, "number_of_epochs": 4}}),
+                           _fp(ImageTask.IMAGE_CLASSIFICATION, 100, 32)).job
+    sweep = _Sweep(job, tmp_path / "run", "cpu", print, False)
+    sweep.threads = sweep.cores = 2  # one trial holding the whole machine: a share of 1
+    params, _ = sweep._suggest(0)
+    done = TrialRecord("trial-0000", 0, dict(params), status="completed", duration_s=16.0, epochs_completed=4,
+                       device_share=1.0)
+    done.epochs = [1, 2, 3, 4]
+    sweep.state.add(done)
+    # 16 s used, 4 s an epoch: a trial of 4 epochs needs 16 s more, 32 <= 36
+    assert sweep._budget_allows(1)
+    done.duration_s = 24.0  # 6 s an epoch: 24 + 24 > 36
+    assert not sweep._budget_allows(1)
+    assert sweep.stopped_because.startswith("the budget of 0.01 CPU-hours")
+    assert "the next trial would need about 0.0067 more" in sweep.stopped_because
+    assert sweep.budget_json()["used"] == round(24 / 3600, 5)
