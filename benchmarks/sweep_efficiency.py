@@ -29,7 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fridge_data import write_fridge_jsonl  # noqa: E402
 
 from automl_vision.spec.job import parse_job  # noqa: E402
-from automl_vision.spec.policies import BanditPolicy, MedianStoppingPolicy, TruncationSelectionPolicy  # noqa: E402
+from automl_vision.spec.policies import (  # noqa: E402
+    AshaPolicy,
+    BanditPolicy,
+    HyperbandPolicy,
+    MedianStoppingPolicy,
+    TruncationSelectionPolicy,
+)
 from automl_vision.sweep.local import run_sweep  # noqa: E402
 from automl_vision.sweep.replay import Curve, replay  # noqa: E402
 
@@ -50,7 +56,17 @@ POLICIES = [
     ("truncation_selection 25%, delay 3", TruncationSelectionPolicy(truncation_percentage=25, delay_evaluation=3)),
     ("truncation_selection 50%, delay 3", TruncationSelectionPolicy(truncation_percentage=50, delay_evaluation=3)),
     ("truncation_selection 50%, delay 5", TruncationSelectionPolicy(truncation_percentage=50, delay_evaluation=5)),
+    ("asha eta 3, min_resource 1", AshaPolicy(min_resource=1, reduction_factor=3)),
+    ("asha eta 3, min_resource 2", AshaPolicy(min_resource=2, reduction_factor=3)),
 ]
+
+
+def policies(epochs: int) -> list[tuple[str, object]]:
+    """The policies replayed on curves of ``epochs`` intervals: hyperband's max_resource is that length."""
+    return POLICIES + [
+        (f"hyperband eta 3, min_resource {r}, max {epochs}", HyperbandPolicy(min_resource=r, max_resource=epochs))
+        for r in (1, 2)
+    ]
 
 
 def load_curves(path: Path) -> tuple[list[Curve], dict]:
@@ -61,7 +77,8 @@ def load_curves(path: Path) -> tuple[list[Curve], dict]:
     return curves, doc
 
 
-def replay_table(curves: list[Curve], maximize: bool, orders: int, concurrency: int, seed: int = 0) -> None:
+def replay_table(curves: list[Curve], maximize: bool, orders: int, concurrency: int,
+                 rows: list[tuple[str, object]], seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     permutations = [list(range(len(curves)))] + [list(rng.permutation(len(curves))) for _ in range(orders)]
     full_epochs = sum(len(c.values) for c in curves)
@@ -72,7 +89,7 @@ def replay_table(curves: list[Curve], maximize: bool, orders: int, concurrency: 
            f"{'loss mean':>9s} {'loss max':>8s} {'orders lost':>11s}  goal met"
     print(head)
     print("-" * len(head))
-    for name, policy in POLICIES:
+    for name, policy in rows:
         used, seconds, losses = [], [], []
         for perm in permutations:
             order = [curves[i] for i in perm]
@@ -140,7 +157,7 @@ def main() -> None:
         print(f"\n=== {path.name}: {len(curves)} trials of {doc['number_of_epochs']} epochs, best "
               f"{doc['primary_metric']} {best:.4f}; {doc['dataset']}")
         for concurrency in (1, 4):
-            replay_table(curves, doc["maximize"], args.orders, concurrency)
+            replay_table(curves, doc["maximize"], args.orders, concurrency, policies(doc["number_of_epochs"]))
     print(f"\ngoal: at least {GOAL_SAVED:.0%} of trial-epochs saved with at most {GOAL_LOSS_POINTS} points of best "
           f"metric lost, on average over the orders replayed or in every one of them. epochs used / time used: "
           f"share of the trial-epochs / trial-seconds a sweep without early termination uses (time counts each "

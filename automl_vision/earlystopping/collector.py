@@ -80,33 +80,48 @@ def metric_value(logs: Sequence[MetricLog], name: str, strategy: str) -> float |
 
 
 class RuleSet:
-    """The collector's live check of a trial's early-stopping rules (Katib's ``RuleSet``).
+    """The collector's live check of a trial's early-stopping rules (``watchMetricsFile`` and
+    ``updateStopRules`` of Katib's ``cmd/metricscollector/v1beta1/file-metricscollector/main.go``).
 
-    Each reported value of a rule's metric is one step; from ``start_step`` on, the rule is compared
-    with the value (for the objective: the best value so far). A rule that held stays reached; the
-    trial is stopped once every rule has been reached.
+    Rules not yet reached are kept in a list; each reported value of a metric goes through the rules
+    on that metric. For the objective, the value compared is the best so far. A rule's ``start_step``
+    is kept per metric name (the last rule's, when several rules name one metric) and counted down
+    once per pending rule of that metric the value goes through; a rule is compared only in the call
+    that brings the count to exactly 0 (after that the count is negative and nothing on that metric
+    is compared again); a metric whose rules all have ``start_step`` 0 is compared at every value. A
+    rule that held is removed (Go's swap with the last one, which the loop over the original list then
+    skips for this value); the trial is stopped once no rule is left.
     """
 
     def __init__(self, rules: Sequence[StopRule], objective: str, maximize: bool):
         self.rules = list(rules)
         self.objective, self.maximize = objective, maximize
-        self.steps = [0] * len(self.rules)
-        self.reached = [False] * len(self.rules)
+        self.pending: list[StopRule] = list(self.rules)
+        self.start_steps = {r.metric: r.start_step for r in self.rules if r.start_step != 0}
         self.best = math.nan
 
     def update(self, name: str, value: float) -> None:
-        if name == self.objective:
+        backing: list[StopRule | None] = list(self.pending)  # Go ranges over the slice it started with
+        length = len(backing)
+        for idx in range(len(backing)):
+            rule = backing[idx]
+            if rule is None or rule.metric != name:
+                continue
+            if self._reached(rule, value):
+                backing[idx], backing[length - 1] = backing[length - 1], None
+                length -= 1
+        self.pending = [r for r in backing[:length] if r is not None]
+
+    def _reached(self, rule: StopRule, value: float) -> bool:
+        if rule.metric == self.objective:
             if math.isnan(self.best) or (value > self.best if self.maximize else value < self.best):
                 self.best = value
             value = self.best
-        for i, rule in enumerate(self.rules):
-            if rule.metric != name or self.reached[i]:
-                continue
-            self.steps[i] += 1
-            if rule.start_step > 0 and self.steps[i] < rule.start_step:
-                continue
-            if rule.holds(value):
-                self.reached[i] = True
+        if rule.metric in self.start_steps:
+            self.start_steps[rule.metric] -= 1
+            if self.start_steps[rule.metric] != 0:
+                return False
+        return rule.holds(value)
 
     def update_line(self, line: str) -> None:
         """Feed one log line (TEXT format): every ``name=value`` whose name has a rule."""
@@ -120,4 +135,5 @@ class RuleSet:
 
     @property
     def stop(self) -> bool:
-        return bool(self.rules) and all(self.reached)
+        """The collector runs this check only when the trial has rules at all."""
+        return bool(self.rules) and not self.pending

@@ -1,5 +1,6 @@
-"""Register the early-stopping service with Katib: add our two ``runtime.earlyStoppings`` entries to a
-KatibConfig and leave everything else in it alone.
+"""Register the early-stopping service with Katib: add our ``runtime.earlyStoppings`` entries (one per
+algorithm it serves: bandit, truncation-selection, asha, hyperband) to a KatibConfig and leave everything
+else in it alone.
 
 Katib (0.16 and later) keeps its settings in the ConfigMap ``katib-config`` (namespace ``kubeflow``)
 under ONE key, ``katib-config.yaml``, whose value is a KatibConfig document held as a string. No

@@ -1,13 +1,17 @@
-"""The gRPC early-stopping service: Katib's ``EarlyStopping`` API with bandit and truncation selection.
+"""The gRPC early-stopping service: Katib's ``EarlyStopping`` API with bandit, truncation selection,
+ASHA and Hyperband.
 
 Katib runs it next to an Experiment's suggestion service (port 6788) when the Experiment's
-``earlyStopping.algorithmName`` is ``bandit`` or ``truncation-selection`` (registered in Katib's
-KatibConfig by ``automl-vision katib-config``, :mod:`automl_vision.earlystopping.katib_config`). Calls:
+``earlyStopping.algorithmName`` is ``bandit``, ``truncation-selection``, ``asha`` or ``hyperband``
+(registered in Katib's KatibConfig by ``automl-vision katib-config``,
+:mod:`automl_vision.earlystopping.katib_config`). Calls:
 
 - ``ValidateEarlyStoppingSettings``: the settings parse into the policy (else INVALID_ARGUMENT).
 - ``GetEarlyStoppingRules``: before a trial is created. Reads the earlier trials' objective values
   from Katib's DB manager (``GetObservationLog``) and answers one frozen rule
-  (:func:`automl_vision.earlystopping.rules.stop_rule`), or none while nothing can be compared.
+  (:func:`automl_vision.earlystopping.rules.stop_rule`), or none while nothing can be compared. For
+  ``asha`` and ``hyperband`` the trials are numbered in the order they were created
+  (:func:`creation_order_names`), the new trial last: its number gives its bracket.
 - ``SetTrialStatus``: the metrics collector stopped a trial; mark it ``EarlyStopped`` (needs get on
   ``trials`` and patch on ``trials/status``): :func:`mark_early_stopped`.
 """
@@ -29,7 +33,9 @@ from typing import Any
 import grpc
 
 from automl_vision.earlystopping.katib_sdk import import_katib_api
-from automl_vision.earlystopping.rules import SERVICE_PORT, policy_from_settings, stop_rule
+from automl_vision.earlystopping.rules import SERVICE_PORT, creation_order, policy_from_settings, stop_rule
+from automl_vision.spec.policies import RUNG_POLICIES
+from automl_vision.spec.termination import trial_bracket
 from automl_vision.kubeapi import status_message
 
 log = logging.getLogger(__name__)
@@ -160,6 +166,17 @@ def _timestamp_key(text: str) -> datetime:
         return datetime.min.replace(tzinfo=timezone.utc)
 
 
+def creation_order_names(trials) -> list[str]:
+    """The names of Katib trials (``Trial`` messages) in the order they were created: by start time
+    (which Katib's trial controller sets when it first sees a trial, to the second), then by name; a
+    trial without one yet comes last."""
+    def key(trial) -> tuple:
+        stamp = trial.status.start_time
+        return (0, _timestamp_key(stamp), trial.name) if stamp else (1, _timestamp_key(""), trial.name)
+
+    return [t.name for t in sorted(trials, key=key)]
+
+
 class EarlyStoppingService:
     """Katib's ``EarlyStopping`` servicer. ``custom_api``: a kubernetes ``CustomObjectsApi`` (default:
     the in-cluster one, made on first use); ``namespace``: the trials' namespace (default: the pod's)."""
@@ -202,14 +219,20 @@ class EarlyStoppingService:
             context.abort(grpc.StatusCode.UNAVAILABLE,
                           f"cannot read observation logs from the Katib DB manager at "
                           f"{request.db_manager_address}: {e.code().name} {e.details()}")
-        rule = stop_rule(policy, metric, history, maximize=maximize)
+        new_trial, which = None, "the next trial"
+        if isinstance(policy, RUNG_POLICIES):
+            history, new_trial = creation_order(creation_order_names(request.trials), history)
+            which = f"the next trial ({new_trial} in creation order, bracket {trial_bracket(policy, new_trial)})"
+        rule = stop_rule(policy, metric, history, maximize=maximize, new_trial=new_trial)
+        with_values = sum(1 for values in history.values() if values)
         name = request.experiment.name or "experiment"
         if rule is None:
-            log.info("%s: %s, no rule yet (%d earlier trial(s) with values)", name, policy.type, len(history))
+            log.info("%s: %s, no rule for %s (%d earlier trial(s) with values)", name, policy.type, which,
+                     with_values)
             return self.pb2.GetEarlyStoppingRulesReply()
-        log.info("%s: %s rule for the next trial: stop when best %s %s %.6g at reported value %d "
-                 "(from %d earlier trial(s))", name, policy.type, metric,
-                 "<" if rule.comparison == "less" else ">", rule.value, rule.start_step, len(history))
+        log.info("%s: %s rule for %s: stop when best %s %s %r at reported value %d "
+                 "(from %d earlier trial(s) with values)", name, policy.type, which, metric,
+                 "<" if rule.comparison == "less" else ">", rule.value, rule.start_step, with_values)
         comparison = self.pb2.LESS if rule.comparison == "less" else self.pb2.GREATER
         return self.pb2.GetEarlyStoppingRulesReply(early_stopping_rules=[self.pb2.EarlyStoppingRule(
             name=rule.metric, value=repr(float(rule.value)), comparison=comparison, start_step=rule.start_step)])
@@ -303,7 +326,8 @@ def serve(service: EarlyStoppingService, port: int = SERVICE_PORT, host: str = "
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m automl_vision.earlystopping",
-                                     description="Katib early-stopping service: bandit and truncation selection.")
+                                     description="Katib early-stopping service: bandit, truncation selection, ASHA, "
+                                                 "Hyperband.")
     parser.add_argument("--port", type=int, default=SERVICE_PORT)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

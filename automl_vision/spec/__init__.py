@@ -13,7 +13,13 @@ from automl_vision.spec.distributions import (
     uniform,
 )
 from automl_vision.spec.job import JobSpec, Limits, Sweep, load_job, parse_job
-from automl_vision.spec.policies import BanditPolicy, MedianStoppingPolicy, TruncationSelectionPolicy
+from automl_vision.spec.policies import (
+    AshaPolicy,
+    BanditPolicy,
+    HyperbandPolicy,
+    MedianStoppingPolicy,
+    TruncationSelectionPolicy,
+)
 from automl_vision.spec.sdk import (
     AutoMLImageConfig,
     BayesianParameterSampling,
@@ -23,8 +29,8 @@ from automl_vision.spec.sdk import (
 from automl_vision.spec.tasks import ImageTask
 
 __all__ = [
-    "AutoMLImageConfig", "BanditPolicy", "BayesianParameterSampling", "GridParameterSampling", "ImageTask",
-    "JobSpec", "Limits", "MedianStoppingPolicy", "RandomParameterSampling", "Sweep", "TruncationSelectionPolicy",
+    "AshaPolicy", "AutoMLImageConfig", "BanditPolicy", "BayesianParameterSampling", "GridParameterSampling",
+    "HyperbandPolicy", "ImageTask", "JobSpec", "Limits", "MedianStoppingPolicy", "RandomParameterSampling", "Sweep", "TruncationSelectionPolicy",
     "choice", "load_job", "lognormal", "loguniform", "normal", "parse_job", "qlognormal", "qloguniform",
     "qnormal", "quniform", "randint", "uniform",
 ]

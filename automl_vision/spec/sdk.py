@@ -26,7 +26,14 @@ from typing import Any
 from automl_vision.errors import ConfigError
 from automl_vision.spec.distributions import Choice
 from automl_vision.spec.job import JobSpec, parse_job
-from automl_vision.spec.policies import BanditPolicy, MedianStoppingPolicy, TruncationSelectionPolicy
+from automl_vision.spec.policies import (
+    AshaPolicy,
+    BanditPolicy,
+    EarlyTerminationPolicy,
+    HyperbandPolicy,
+    MedianStoppingPolicy,
+    TruncationSelectionPolicy,
+)
 from automl_vision.spec.tasks import ImageTask
 
 __all__ = [
@@ -37,6 +44,8 @@ __all__ = [
     "BanditPolicy",
     "MedianStoppingPolicy",
     "TruncationSelectionPolicy",
+    "AshaPolicy",
+    "HyperbandPolicy",
 ]
 
 CONDITIONAL_KEY = "model"
@@ -91,7 +100,7 @@ class AutoMLImageConfig:
     training_data: str
     validation_data: str | None = None
     hyperparameter_sampling: _Sampling | None = None
-    early_termination_policy: BanditPolicy | MedianStoppingPolicy | TruncationSelectionPolicy | None = None
+    early_termination_policy: EarlyTerminationPolicy | None = None
     iterations: int = 1
     max_concurrent_iterations: int = 1
     experiment_timeout_hours: float | None = None

@@ -10,6 +10,10 @@ Katib early-stopping service freezes the same thresholds into its stop rules
 
 Non-finite values (NaN, +/-inf) count as the worst possible value: -inf when maximizing, +inf when
 minimizing.
+
+``bandit``, ``median_stopping`` and ``truncation_selection`` apply at the multiples of
+``evaluation_interval`` from ``delay_evaluation`` on; ``asha`` and ``hyperband`` apply at their
+rungs only (:func:`rungs`). :func:`is_evaluation_point` says which.
 """
 
 from __future__ import annotations
@@ -17,17 +21,25 @@ from __future__ import annotations
 import math
 import re
 import statistics
+import zlib
 from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 
 __all__ = [
     "Decision",
+    "asha_should_terminate",
     "bandit_should_terminate",
     "bandit_threshold",
+    "bracket_count",
     "clean",
+    "first_rung",
     "is_evaluation_point",
+    "is_rung",
+    "max_brackets",
     "median_stopping_should_terminate",
     "natural_key",
+    "rungs",
+    "trial_bracket",
     "truncation_selection_should_terminate",
 ]
 
@@ -103,9 +115,17 @@ def _name(policy) -> str:
     return policy.type
 
 
-def is_evaluation_point(policy, n: int) -> bool:
-    """True when the rule applies after ``n`` reported values: ``n >= 1``, ``n >= delay_evaluation``
-    and ``n`` is a multiple of ``evaluation_interval``."""
+def is_evaluation_point(policy, n: int, trial_id: str | None = None) -> bool:
+    """True when the rule applies after ``n`` reported values.
+
+    ``bandit``, ``median_stopping``, ``truncation_selection``: ``n >= 1``, ``n >= delay_evaluation``
+    and ``n`` is a multiple of ``evaluation_interval``. ``asha``, ``hyperband``: ``n`` is one of the
+    rungs of the bracket of ``trial_id``; without ``trial_id``, of any bracket (bracket 0's rungs
+    include every other bracket's).
+    """
+    if _has_rungs(policy):
+        bracket = 0 if trial_id is None else trial_bracket(policy, trial_id)
+        return is_rung(policy, bracket, n)
     return n >= 1 and n >= policy.delay_evaluation and n % policy.evaluation_interval == 0
 
 
@@ -123,6 +143,91 @@ def _gate(policy, trial_id: str, history: History) -> tuple[int, Decision | None
 
 def _verdict(terminate: bool) -> str:
     return "terminate" if terminate else "continue"
+
+
+# --------------------------------------------------------------------------- rungs and brackets
+
+#: The local sweep's trial ids (``trial-0007``): the number is the trial's place in the sweep.
+_TRIAL_NUMBER = re.compile(r"trial-(\d+)")
+
+
+def _has_rungs(policy) -> bool:
+    return policy.type in ("asha", "hyperband")
+
+
+def max_brackets(min_resource: int, max_resource: int, reduction_factor: float) -> int:
+    """``floor(log_eta(max_resource / min_resource)) + 1``: the number of ``s >= 0`` with
+    ``min_resource * eta**s <= max_resource`` (counted, so that 243 / 1 with eta 3 gives 6, where
+    the floating-point logarithm gives 4.9999...)."""
+    s = 0
+    while min_resource * reduction_factor ** (s + 1) <= max_resource:
+        s += 1
+    return s + 1
+
+
+def bracket_count(policy) -> int:
+    """How many brackets a rung-based policy has: 1 for ``asha``; ``brackets`` for ``hyperband``,
+    by default :func:`max_brackets` of its resources."""
+    if policy.type != "hyperband":
+        return 1
+    if policy.brackets is not None:
+        return policy.brackets
+    return max_brackets(policy.min_resource, policy.max_resource, policy.reduction_factor)
+
+
+def trial_bracket(policy, trial_id: str) -> int:
+    """The bracket a trial belongs to: the number of an id ``trial-NNNN`` modulo the bracket count,
+    for any other id its CRC-32 (``zlib.crc32``, the same in every process) modulo the count."""
+    count = bracket_count(policy)
+    if count == 1:
+        return 0
+    match = _TRIAL_NUMBER.fullmatch(trial_id)
+    number = int(match.group(1)) if match else zlib.crc32(trial_id.encode())
+    return number % count
+
+
+def _rung_at(policy, j: int) -> int:
+    """``min_resource * reduction_factor**j`` rounded to a whole interval (halves up)."""
+    return math.floor(policy.min_resource * policy.reduction_factor ** j + 0.5)
+
+
+def rungs(policy, bracket: int = 0, up_to: int | None = None) -> list[int]:
+    """The intervals at which a trial of ``bracket`` is judged, in order:
+    ``min_resource * reduction_factor**j`` for ``j >= bracket``, rounded to whole intervals, below
+    ``max_resource`` when it is set, and not past ``up_to`` when given (needed without a
+    ``max_resource``: the rungs then never end)."""
+    if policy.max_resource is None and up_to is None:
+        raise ValueError("rungs without max_resource never end: give up_to")
+    out = []
+    j = bracket
+    while True:
+        r = _rung_at(policy, j)
+        if (policy.max_resource is not None and r >= policy.max_resource) or (up_to is not None and r > up_to):
+            return out
+        out.append(r)
+        j += 1
+
+
+def first_rung(policy, bracket: int = 0) -> int | None:
+    """The first rung of ``bracket``, or None when it has none (it would be at or above
+    ``max_resource``: such a bracket's trials are never judged)."""
+    r = _rung_at(policy, bracket)
+    return None if policy.max_resource is not None and r >= policy.max_resource else r
+
+
+def is_rung(policy, bracket: int, n: int) -> bool:
+    """Whether interval ``n`` is one of the rungs of ``bracket``."""
+    return n >= 1 and n in rungs(policy, bracket, up_to=n)
+
+
+def _rungs_text(policy, bracket: int, n: int) -> str:
+    if policy.max_resource is not None:
+        listed = rungs(policy, bracket)
+        below = f" below max_resource {policy.max_resource}"
+        return f"rungs {', '.join(map(str, listed))}{below}" if listed else f"no rung{below}"
+    listed = rungs(policy, bracket, up_to=n)
+    listed.append(_rung_at(policy, bracket + len(listed)))
+    return f"rungs {', '.join(map(str, listed))}, ..."
 
 
 # --------------------------------------------------------------------------- rules
@@ -237,4 +342,44 @@ def truncation_selection_should_terminate(
         f"truncation_selection: value {_fmt(value)} ranks {position + 1} of {k} from the worst at "
         f"interval {n}; the worst {cut} ({policy.truncation_percentage}% of {k}, rounded down) "
         f"are cut -> {_verdict(terminate)}",
+    )
+
+
+def asha_should_terminate(policy, trial_id: str, history: History, maximize: bool = True) -> Decision:
+    """Asynchronous successive halving (``asha``), and asynchronous Hyperband (``hyperband``: the same
+    rule within each bracket), after Li et al., "A System for Massively Parallel Hyperparameter
+    Tuning" (MLSys 2020).
+
+    Only at an interval ``n`` that is one of the trial's rungs (:func:`rungs` of its bracket,
+    :func:`trial_bracket`): take the ``k`` trials of its bracket that have reported at least ``n``
+    values (this one included), each with its best value over intervals 1..n; the trial continues
+    when it ranks among the best ``max(1, ceil(k / reduction_factor))``, otherwise it is
+    terminated. Ties: the earlier trial id (natural order) is the better one. At other intervals:
+    no decision (continue).
+    """
+    n = len(history.get(trial_id, ()))
+    name = _name(policy)
+    bracket = trial_bracket(policy, trial_id)
+    of_bracket = f" of bracket {bracket}" if bracket_count(policy) > 1 else ""
+    if not is_rung(policy, bracket, n):
+        return Decision(False, f"{name}: interval {n} is not a rung{of_bracket} "
+                               f"({_rungs_text(policy, bracket, n)}) -> continue")
+    cohort = [t for t, values in history.items()
+              if len(values) >= n and trial_bracket(policy, t) == bracket]
+    k = len(cohort)
+    eta = policy.reduction_factor
+    keep = max(1, math.ceil(k / eta))
+
+    def better_first(t: str) -> tuple:
+        v = _best(history[t][:n], maximize)
+        return (-v if maximize else v), natural_key(t)
+
+    ranked = sorted(cohort, key=better_first)
+    position = ranked.index(trial_id) + 1  # 1 = best
+    terminate = position > keep
+    own = _best(history[trial_id][:n], maximize)
+    return Decision(
+        terminate,
+        f"{name}: best {_fmt(own)} over intervals 1..{n} ranks {position} of {k} trials{of_bracket} "
+        f"at rung {n}; the best {keep} continue ({k} / {_fmt(eta)} rounded up, at least 1) -> {_verdict(terminate)}",
     )

@@ -49,6 +49,8 @@ class TrialRecord:
     values: list[float] = field(default_factory=list)
     epochs: list[int] = field(default_factory=list)
     losses: list[float | None] = field(default_factory=list)
+    #: Seconds from the trial's start to each report (what the budget's estimates are measured on).
+    report_s: list[float] = field(default_factory=list)
     duration_s: float = 0.0
     started_at: str | None = None
     ended_at: str | None = None

@@ -46,6 +46,7 @@ from automl_vision.models.device import available_cpus
 from automl_vision.spec import hyperparameters as hps
 from automl_vision.spec.automode import MAX_TRIALS
 from automl_vision.spec.job import JobSpec, resolved
+from automl_vision.spec.termination import rungs, trial_bracket
 from automl_vision.sweep.automode import AutoModeJob, WarmStart, fingerprint_of, prepare_automode, warm_start_seeds
 from automl_vision.sweep.command import format_argument, trial_arguments
 from automl_vision.sweep.core import FAILED, FINISHED, RANKED, RERUN, SweepState, TrialRecord, trial_id
@@ -437,55 +438,82 @@ class _Sweep:
             used += seconds * (t.device_share if t.device_share is not None else 1.0)
         return used
 
-    def _epoch_seconds(self, params: Mapping[str, Any]) -> float | None:
-        """Wall seconds an epoch of a trial like ``params`` takes here (start-up spread over its epochs),
-        measured on the trials with the same model and image size that have reported an epoch, else on
-        any; None before any trial has."""
-        now = time.monotonic()
-        like, other = [], []
+    def _cost_model(self, params: Mapping[str, Any]) -> tuple[float, float] | None:
+        """(start-up seconds, seconds an epoch) of a trial like ``params`` on this machine, from the report
+        times of the trials so far with the same model and sizes (else of any trial): the median epoch
+        time between reports and the median time to the first report less its epochs. None before any
+        trial has reported."""
+        like: list[TrialRecord] = []
+        other: list[TrialRecord] = []
         key = _cost_key(params, self.job)
         for t in self.state.trials.values():
-            r = self.running.get(t.trial_id)
-            epochs = t.epochs[-1] if t.epochs else 0
-            if r is None:
-                epochs = max(epochs, t.epochs_completed)
-            if epochs <= 0:
-                continue
-            seconds = (now - r.started) if r is not None else t.duration_s
-            rate = seconds / epochs
-            (like if _cost_key(t.parameters, self.job) == key else other).append(rate)
-        rates = like or other
-        return sorted(rates)[len(rates) // 2] if rates else None
+            if t.report_s and t.epochs:
+                (like if _cost_key(t.parameters, self.job) == key else other).append(t)
+        trials = like or other
+        if not trials:
+            return None
+        rates = [(t.report_s[-1] - t.report_s[0]) / (t.epochs[-1] - t.epochs[0])
+                 for t in trials if len(t.report_s) > 1 and t.epochs[-1] > t.epochs[0]]
+        if not rates:  # one report each: all of it counts as epochs (an estimate on the high side)
+            rates = [t.report_s[0] / t.epochs[0] for t in trials]
+            return 0.0, _median(rates)
+        rate = _median(rates)
+        return _median([max(t.report_s[0] - t.epochs[0] * rate, 0.0) for t in trials]), rate
 
-    def _planned_epochs(self, params: Mapping[str, Any]) -> int | None:
+    def _plan(self, params: Mapping[str, Any]) -> tuple[int, int] | None:
+        """(planned epochs, epochs per reported value) of a trial; None for an invalid sample (it fails
+        at once and costs nothing)."""
         try:
-            return int(hps.resolve(self.task, {**self.job.training_parameters, **params})["number_of_epochs"])
+            values = hps.resolve(self.task, {**self.job.training_parameters, **params})
         except ValueError:
-            return None  # an invalid sample fails at once and costs nothing
+            return None
+        return int(values["number_of_epochs"]), int(values["evaluation_frequency"])
 
-    def _committed_s(self) -> float:
-        """Device-seconds used plus what the running trials are expected to use until their planned end."""
+    def _stage_end(self, trial_id: str, reported: int, planned: int, every: int) -> int:
+        """The epoch a trial's current stage ends at: with ASHA or Hyperband its next rung (a trial is
+        judged there, and most end there), else its planned last epoch."""
+        policy = self.policy
+        if policy is not None and policy.type in ("asha", "hyperband"):
+            bracket = trial_bracket(policy, trial_id)
+            nxt = [r for r in rungs(policy, bracket, up_to=math.ceil(planned / every)) if r > reported]
+            if nxt:
+                return min(nxt[0] * every, planned)
+        return planned
+
+    def _committed_s(self, skip: str | None = None) -> float:
+        """Device-seconds used plus what the running trials (but ``skip``) are expected to use until the
+        end of their current stage."""
         total = self._used_s()
         now = time.monotonic()
         for r in self.running.values():
             t = r.rec
-            done = t.epochs[-1] if t.epochs else 0
-            if t.planned_epochs and done:
-                left = (now - r.started) / done * max(t.planned_epochs - done, 0)
-                total += left * (t.device_share or 1.0)
+            if t.trial_id == skip or not t.planned_epochs or r.kill_at is not None:
+                continue
+            model = self._cost_model(t.parameters)
+            if model is None:
+                continue
+            startup, rate = model
+            every = max(1, round(t.planned_epochs / t.planned_intervals)) if t.planned_intervals else 1
+            end = self._stage_end(t.trial_id, len(t.values), t.planned_epochs, every)
+            expected = startup + end * rate
+            total += max(expected - (now - r.started), 0.0) * (t.device_share or 1.0)
         return total
 
     def _budget_allows(self, index: int) -> bool:
         """Whether trial ``index`` can start within the budget: what is used and committed to the running
-        trials plus this trial's estimated cost (its planned epochs at the measured seconds per epoch)
-        must fit. With no estimate yet (no epoch reported), it starts while the budget is not spent."""
+        trials, plus this trial's estimated cost to the end of its first stage (its first rung under ASHA
+        or Hyperband, else all its planned epochs), must fit. With no estimate yet (no trial has
+        reported), it starts while the budget is not spent."""
         if self.budget_s is None:
             return True
         params, _ = self._suggest(index)
         committed = self._committed_s()
-        rate, epochs = self._epoch_seconds(params), self._planned_epochs(params)
+        model, plan = self._cost_model(params), self._plan(params)
         share = 1.0 if self.free_gpus else self.threads / self.cores
-        estimate = rate * epochs * share if rate is not None and epochs is not None else 0.0
+        estimate = 0.0
+        if model is not None and plan is not None:
+            planned, every = plan
+            estimate = (model[0] + self._stage_end(trial_id(index), 0, planned, every) * model[1]) * share
         if committed + estimate <= self.budget_s and committed < self.budget_s:
             return True
         if not self.running and not self.stopped_because:
@@ -493,6 +521,20 @@ class _Sweep:
                 f"the budget of {self.job.limits.budget:g} {self.budget_unit} is spent: {committed / 3600:.4f} used"
                 + (f"; the next trial would need about {estimate / 3600:.4f} more" if estimate else ""))
         return False
+
+    def _budget_allows_going_on(self, r: _Running) -> bool:
+        """Whether a trial the policy just let go on can pay for its next stage (to its next rung, or its
+        end), next to what the other running trials are committed to."""
+        if self.budget_s is None:
+            return True
+        t = r.rec
+        model = self._cost_model(t.parameters)
+        if model is None or not t.planned_epochs:
+            return True
+        every = max(1, round(t.planned_epochs / t.planned_intervals)) if t.planned_intervals else 1
+        end = self._stage_end(t.trial_id, len(t.values), t.planned_epochs, every)
+        left = max(model[0] + end * model[1] - (time.monotonic() - r.started), 0.0) * (t.device_share or 1.0)
+        return self._committed_s(skip=t.trial_id) + left <= self.budget_s
 
     def _check_budget(self) -> None:
         """Running trials past the budget (they took longer than estimated) are stopped, keeping their best epoch."""
@@ -549,6 +591,7 @@ class _Sweep:
         if value is None or r.rec.status != "running":
             return
         epoch = metrics.get("epoch")
+        r.rec.report_s.append(round(time.monotonic() - r.started, 2))
         decision = self.state.report(r.rec.trial_id, int(epoch) if epoch is not None else None, value,
                                      metrics.get("loss"))
         shown = [k for k in ("epoch", self.primary, "loss") if k in metrics]
@@ -557,6 +600,10 @@ class _Sweep:
             self.state.terminate(r.rec.trial_id, decision)
             self.echo(f"[{r.rec.trial_id}] {r.rec.reason}")
             self._kill(r)
+        elif decision is not None and not self._budget_allows_going_on(r):
+            self._stop(r, "terminated", f"stopped at interval {len(r.rec.values)} (epoch {r.rec.epochs[-1]}): "
+                                        f"{decision.rule}, but the budget of {self.job.limits.budget:g} "
+                                        f"{self.budget_unit} cannot pay for its next stage")
 
     def _kill(self, r: _Running) -> None:
         _signal_group(r.proc, signal.SIGTERM)
@@ -659,6 +706,11 @@ class _Sweep:
 #: The hyperparameters that set a trial's cost per epoch, besides its model.
 _COST_KEYS = ("train_crop_size", "img_size", "min_size", "max_size", "model_size", "training_batch_size",
               "tile_grid_size")
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
 
 
 def _cost_key(params: Mapping[str, Any], job: JobSpec) -> tuple:

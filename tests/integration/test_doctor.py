@@ -42,7 +42,7 @@ GPU_TAINT = {"key": "sku", "value": "gpu", "effect": "NoSchedule"}
 KATIB_DEFAULT_EARLY_STOPPING = {"algorithmName": "medianstop",
                                 "image": "ghcr.io/kubeflow/katib/earlystopping-medianstop:v0.19.0"}
 OUR_EARLY_STOPPING = [{"algorithmName": name, "image": "registry.example.com/ml/automl-vision-earlystopping:0.1.0"}
-                      for name in ("bandit", "truncation-selection")]
+                      for name in ("bandit", "truncation-selection", "asha", "hyperband")]
 
 
 def katib_config(early_stoppings) -> dict:
@@ -329,10 +329,11 @@ def test_our_early_stopping_not_registered(cluster, capsys):
     cluster["fake"].put(katib_config([KATIB_DEFAULT_EARLY_STOPPING]))
     code, findings = doctor_json(cluster, capsys)
     problem = only_problem(findings, "katib-early-stopping")
-    assert code == 2 and "not registered: bandit, truncation-selection" in problem.message
+    assert code == 2 and "not registered: bandit, truncation-selection, asha, hyperband" in problem.message
     assert problem.fix.startswith(f"automl-vision katib-config --from-cluster --katib-namespace {NS} --image ")
     assert "| kubectl replace -f -" in problem.fix
-    assert "{algorithmName: bandit, image: ...} and {algorithmName: truncation-selection, image: ...}" in problem.fix
+    assert ("{algorithmName: bandit, image: ...} and {algorithmName: truncation-selection, image: ...} and "
+            "{algorithmName: asha, image: ...} and {algorithmName: hyperband, image: ...}") in problem.fix
 
 
 def test_an_early_stopping_entry_without_an_image(cluster, capsys):

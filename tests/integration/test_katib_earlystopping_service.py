@@ -5,6 +5,7 @@ controller writing the trial between the service's read and its write."""
 
 from __future__ import annotations
 
+import math
 import random
 import socket
 
@@ -149,6 +150,56 @@ def test_rules_over_grpc_match_the_policy_functions(servers, policy_yaml, expect
     assert db.calls.count(RUNNING_TRIAL) == 2 and db.calls.count(next(iter(RECORDED))) == 1
 
 
+# When Katib's trial controller first saw each trial (RFC 3339, to the second): the creation order is
+# exp-b7x0pz1m and exp-zz1x2c3v (same second: by name), exp-8dj2kq0a, exp-q0w9e8r7, exp-4k2j9xqw, then the
+# running trial, which has no start time yet; the trial being created comes after them all (trial-0006).
+STARTED = {"exp-zz1x2c3v": "2026-01-01T09:00:00Z", "exp-b7x0pz1m": "2026-01-01T09:00:00Z",
+           "exp-8dj2kq0a": "2026-01-01T09:05:00Z", "exp-q0w9e8r7": "2026-01-01T09:07:00Z",
+           "exp-4k2j9xqw": "2026-01-01T09:10:00Z"}
+CREATED = ["exp-b7x0pz1m", "exp-zz1x2c3v", "exp-8dj2kq0a", "exp-q0w9e8r7", "exp-4k2j9xqw", RUNNING_TRIAL]
+
+
+def _started_trials() -> list[pb2.Trial]:
+    finished = pb2.TrialStatus.SUCCEEDED
+    out = [pb2.Trial(name=name, status=pb2.TrialStatus(condition=finished, start_time=STARTED[name]))
+           for name in reversed(RECORDED)]
+    out.append(pb2.Trial(name=RUNNING_TRIAL, status=pb2.TrialStatus(condition=pb2.TrialStatus.RUNNING)))
+    return out
+
+
+@pytest.mark.parametrize("policy_yaml, expected_rule", [
+    # rung 1, the 5 finished trials' values there: 0.52, 0.60, 0.30, 0.20, 0.41; k = 6, the best 2 continue
+    ({"type": "asha"}, (0.52, 1)),
+    # rung 3: bests over 1..3 of the 4 trials with 3 values: 0.66, 0.74, 0.35, 0.62; k = 5, the best 2 continue
+    ({"type": "asha", "min_resource": 3, "max_resource": 10}, (0.66, 3)),
+    # 5 brackets (1, 2, 4, 8, 16 up to 17): trial-0006 is in bracket 1 (first rung 2) with trial-0001 only
+    # (exp-zz1x2c3v, best over 1..2: 0.60); k = 2, the best 1 continues. By name order instead of creation
+    # order, bracket 1 would hold exp-8dj2kq0a (0.33).
+    ({"type": "hyperband", "max_resource": 17, "reduction_factor": 2}, (0.60, 2)),
+])
+def test_rung_rules_over_grpc_match_the_policy_function(servers, policy_yaml, expected_rule):
+    stub, db_address, _ = servers
+    experiment, policy = _experiment_pb(policy_yaml)
+    request = pb2.GetEarlyStoppingRulesRequest(experiment=experiment, trials=_started_trials(),
+                                               db_manager_address=db_address)
+    reply = stub.GetEarlyStoppingRules(request, timeout=10)
+    [rule] = reply.early_stopping_rules
+    assert (rule.name, rule.comparison, rule.start_step) == ("accuracy", pb2.LESS, expected_rule[1])
+    assert float(rule.value) == math.nextafter(expected_rule[0], 1)  # best <= threshold: the new trial loses ties
+
+    history, new = es.creation_order(CREATED, RECORDED)
+    assert new == "trial-0006"
+    rng = np.random.default_rng(5)
+    n = rule.start_step
+    outcomes = set()
+    for _ in range(200):
+        values = list(rng.choice(np.round(np.arange(0.2, 0.8, 0.02), 2), n + 2))
+        terminate = decide(policy, new, {**history, new: values[:n]}).terminate
+        assert _stops(reply, values) == terminate, values
+        outcomes.add(terminate)
+    assert outcomes == {True, False}
+
+
 def test_no_rule_before_any_trial_finished(servers):
     stub, db_address, _ = servers
     experiment, _ = _experiment_pb({"type": "bandit", "slack_factor": 0.2})
@@ -160,7 +211,9 @@ def test_no_rule_before_any_trial_finished(servers):
 @pytest.mark.parametrize("name, settings, message", [
     ("bandit", {"slack_factor": "0.2", "slack_amount": "0.1"}, "bandit needs exactly one of slack_factor or slack_amount"),
     ("truncation-selection", {"truncation_percentage": "0"}, "truncation_percentage: Input should be greater than or equal to 1"),
-    ("hyperband", {}, "unknown early-stopping algorithm 'hyperband'"),
+    ("asha", {"evaluation_interval": "2"}, "asha: unknown setting(s) 'evaluation_interval'"),
+    ("hyperband", {"min_resource": "2"}, "hyperband needs max_resource"),
+    ("pbt", {}, "unknown early-stopping algorithm 'pbt'"),
 ])
 def test_validate_settings_over_grpc(servers, name, settings, message):
     stub, _, _ = servers

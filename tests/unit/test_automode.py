@@ -87,7 +87,7 @@ def test_what_the_job_fixes_stays_out_of_the_space():
         assert not {"model_name", "train_crop_size", "valid_crop_size", "valid_resize_size", "number_of_epochs"} & set(e)
     assert prepared.plan.fixed == ["number_of_epochs", "train_crop_size"]
     # ASHA's largest rung bound comes from the fixed epochs
-    assert prepared.job.sweep.early_termination.max_resource == 5
+    assert prepared.job.sweep.early_termination.max_resource == 5 and prepared.job.sweep.early_termination.min_resource == 2
 
 
 def test_the_jobs_own_early_termination_is_kept():
@@ -207,7 +207,7 @@ def test_validate_job_prints_the_automode_space(tmp_path, make_dataset, cli_main
     out = done.stdout
     assert out.startswith("# AutoMode: 4 search-space entries over mobilenetv2, resnet18; sizes 32, 64 "
                           "(6 training image(s), small data)\n")
-    assert "#   early termination: asha (min_resource 1, max_resource 16, reduction_factor 3.0) (AutoMode's default)" in out
+    assert "#   early termination: asha (min_resource 2, max_resource 16, reduction_factor 3.0) (AutoMode's default)" in out
     import yaml
 
     printed = yaml.safe_load(out)  # the comments aside, it is the job the sweep runs
@@ -229,25 +229,41 @@ def test_rows_are_documented():
     assert all(row.why for row in AUTOMODE_ROWS)
 
 
-def test_budget_estimate_keeps_a_trial_that_would_not_fit_from_starting(tmp_path):
-    """The scheduler's own arithmetic, on trials recorded with known durations (no process runs)."""
+def _budget_sweep(tmp_path, policy=None):
     from automl_vision.sweep.local import _Sweep
 
-    job = prepare_automode(parse_job({**CLS, "training_data": str(tmp_path / "t.jsonl"),
-                                      "limits": {"budget": 0.01},  # 36 device-seconds
-                                      "training_parameters": {"pretrained": False, "number_of_epochs": 4}}),
-                           _fp(ImageTask.IMAGE_CLASSIFICATION, 100, 32)).job
+    data = {**CLS, "training_data": str(tmp_path / "t.jsonl"), "limits": {"budget": 0.01},  # 36 device-seconds
+            "training_parameters": {"pretrained": False, "number_of_epochs": 6}}
+    if policy:
+        data["sweep"] = {"early_termination": policy}
+    job = prepare_automode(parse_job(data), _fp(ImageTask.IMAGE_CLASSIFICATION, 100, 32)).job
     sweep = _Sweep(job, tmp_path / "run", "cpu", print, False)
     sweep.threads = sweep.cores = 2  # one trial holding the whole machine: a share of 1
     params, _ = sweep._suggest(0)
-    done = TrialRecord("trial-0000", 0, dict(params), status="completed", duration_s=16.0, epochs_completed=4,
-                       device_share=1.0)
-    done.epochs = [1, 2, 3, 4]
+    done = TrialRecord("trial-0000", 0, dict(params), status="completed", epochs_completed=6, device_share=1.0)
+    # 5 s to start, then 2 s an epoch
+    done.epochs, done.report_s, done.duration_s = [1, 2, 3, 4, 5, 6], [7.0, 9.0, 11.0, 13.0, 15.0, 17.0], 17.5
     sweep.state.add(done)
-    # 16 s used, 4 s an epoch: a trial of 4 epochs needs 16 s more, 32 <= 36
+    return sweep, done
+
+
+def test_budget_estimates_a_trial_to_its_first_rung_under_asha(tmp_path):
+    """The scheduler's own arithmetic, on a trial recorded with known report times (no process runs)."""
+    sweep, done = _budget_sweep(tmp_path)
+    assert sweep.job.sweep.early_termination.min_resource == 2  # AutoMode's ASHA: first rung at 2 epochs
+    assert sweep._cost_model(sweep._suggest(1)[0]) == (5.0, 2.0)
+    # 17.5 used + (5 + 2 epochs x 2 s) = 26.5 <= 36
     assert sweep._budget_allows(1)
-    done.duration_s = 24.0  # 6 s an epoch: 24 + 24 > 36
+    done.duration_s = 28.0  # 28 + 9 > 36
     assert not sweep._budget_allows(1)
     assert sweep.stopped_because.startswith("the budget of 0.01 CPU-hours")
-    assert "the next trial would need about 0.0067 more" in sweep.stopped_because
-    assert sweep.budget_json()["used"] == round(24 / 3600, 5)
+    assert "the next trial would need about 0.0025 more" in sweep.stopped_because  # 9 s
+    assert sweep.budget_json()["used"] == round(28 / 3600, 5)
+
+
+def test_budget_estimates_a_trial_to_its_end_under_other_policies(tmp_path):
+    sweep, done = _budget_sweep(tmp_path, {"type": "bandit", "slack_factor": 0.2})
+    # 17.5 used + (5 + 6 epochs x 2 s) = 34.5 <= 36; at 19.5 used it is 36.5
+    assert sweep._budget_allows(1)
+    done.duration_s = 19.5
+    assert not sweep._budget_allows(1)

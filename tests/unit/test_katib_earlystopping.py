@@ -1,8 +1,9 @@
 """Katib early-stopping rules from the policies, and the metrics collector's side of them.
 
 The central property: a frozen rule, checked the way Katib's collector checks it (RuleSet: the
-objective's best value so far, from start_step on), stops a new trial exactly when the policy
-function the local sweep uses (spec.policies.decide) terminates it at its first evaluation point.
+objective's best value so far, at the start_step-th reported value), stops a new trial exactly when
+the policy function the local sweep uses (spec.policies.decide) terminates it at its first
+evaluation point (bandit, truncation selection) or its first rung (asha, hyperband).
 """
 
 from __future__ import annotations
@@ -21,8 +22,15 @@ from automl_vision.earlystopping.collector import (
     metric_value,
     parse_text_log,
 )
-from automl_vision.spec.policies import BanditPolicy, MedianStoppingPolicy, TruncationSelectionPolicy, decide
-from automl_vision.spec.termination import is_evaluation_point
+from automl_vision.spec.policies import (
+    AshaPolicy,
+    BanditPolicy,
+    HyperbandPolicy,
+    MedianStoppingPolicy,
+    TruncationSelectionPolicy,
+    decide,
+)
+from automl_vision.spec.termination import first_rung, is_evaluation_point, trial_bracket
 
 NEW = "trial-new"  # sorts after "trial-NN": on equal values the new trial is the later (worse) one
 
@@ -113,14 +121,130 @@ def test_first_evaluation_step(interval, delay, k):
     assert is_evaluation_point(policy, k) and not any(is_evaluation_point(policy, n) for n in range(1, k))
 
 
-@pytest.mark.parametrize("policy", POLICIES, ids=lambda p: p.type)
+RUNG_POLICIES = [
+    AshaPolicy(),
+    AshaPolicy(min_resource=2, reduction_factor=2),
+    AshaPolicy(min_resource=3, max_resource=20, reduction_factor=2.5),
+    HyperbandPolicy(max_resource=9),  # brackets 0, 1, 2 start at 1, 3, 9 (bracket 2: no rung)
+    HyperbandPolicy(max_resource=8, reduction_factor=2, brackets=3),  # start at 1, 2, 4
+]
+GRID = np.round(np.arange(0.1, 0.95, 0.05), 2)  # coarse values: ties are common
+
+
+def _rung_id(policy) -> str:
+    return f"{policy.type}-{policy.min_resource}-{policy.max_resource}-{policy.reduction_factor:g}"
+
+
+@pytest.mark.parametrize("maximize", [True, False])
+@pytest.mark.parametrize("policy", RUNG_POLICIES, ids=_rung_id)
+def test_frozen_rung_rule_decides_as_the_policy_function(policy, maximize):
+    """The new trial is the next one in creation order (it loses ties); the collector compares its best
+    value so far at the first rung of its bracket, once: later values change nothing."""
+    rng = np.random.default_rng(11)
+    checked = stopped = 0
+    for _ in range(300):
+        m = int(rng.integers(0, 12))
+        earlier = {f"trial-{i:02d}": [float(v) for v in rng.choice(GRID, int(rng.integers(1, 10)))] for i in range(m)}
+        for values in earlier.values():
+            if rng.random() < 0.05:
+                values[0] = math.nan  # locally the worst value (Katib never reads one)
+        new = f"trial-{m:02d}"
+        rule = es.stop_rule(policy, "accuracy", earlier, maximize=maximize, new_trial=new)
+        n = first_rung(policy, trial_bracket(policy, new))
+        if n is None:  # a bracket without rungs: never judged
+            assert rule is None
+            continue
+        values = [float(v) for v in rng.choice(GRID, n + 2)]
+        expected = decide(policy, new, {**earlier, new: values[:n]}, maximize=maximize).terminate
+        assert collector_stops(rule, values, maximize) == expected, (earlier, values, rule)
+        if rule is not None:
+            assert rule.start_step == n and rule.metric == "accuracy"
+            assert rule.comparison == ("less" if maximize else "greater")
+        checked += 1
+        stopped += expected
+    assert 0 < stopped < checked
+
+
+def test_asha_rule_is_exact_on_ties():
+    """Katib compares strictly; the new trial loses a tie (it is the later trial), so the rule's value is
+    the next float past the threshold."""
+    earlier = {"trial-00": [0.5], "trial-01": [0.7]}  # k = 3 with the new trial: the best 1 continues
+    rule = es.stop_rule(AshaPolicy(), "accuracy", earlier, maximize=True, new_trial="trial-02")
+    assert rule == es.StopRule("accuracy", "less", math.nextafter(0.7, 1), 1)
+    for own, cut in ((0.7, True), (0.69, True), (0.7000001, False)):
+        assert decide(AshaPolicy(), "trial-02", {**earlier, "trial-02": [own]}).terminate is cut
+        assert collector_stops(rule, [own], True) is cut
+    low = es.stop_rule(AshaPolicy(), "loss", {"trial-00": [0.5], "trial-01": [0.3]}, maximize=False,
+                       new_trial="trial-02")
+    assert low == es.StopRule("loss", "greater", math.nextafter(0.3, 0), 1)
+    assert collector_stops(low, [0.3], False) and not collector_stops(low, [0.2999], False)
+
+
+def test_hyperband_rule_uses_the_new_trials_bracket():
+    policy = HyperbandPolicy(max_resource=9)  # 3 brackets: rungs 1, 3 / 3 / none
+    earlier = {"trial-0000": [0.9, 0.9, 0.9], "trial-0001": [0.2, 0.3, 0.4], "trial-0002": [0.1] * 9,
+               "trial-0003": [0.5, 0.5, 0.5]}
+    # trial-0004 is in bracket 1 (first rung 3) with trial-0001 only: k = 2, the best 1 continues
+    assert es.stop_rule(policy, "accuracy", earlier, new_trial="trial-0004") == \
+        es.StopRule("accuracy", "less", math.nextafter(0.4, 1), 3)
+    # trial-0005 is in bracket 2: no rung below 9, no rule
+    assert es.stop_rule(policy, "accuracy", {**earlier, "trial-0004": [0.6] * 3}, new_trial="trial-0005") is None
+    # trial-0006 is in bracket 0 (rung 1) with trial-0000 and trial-0003: k = 3, the best 1 continues
+    later = {**earlier, "trial-0004": [0.6] * 3, "trial-0005": [0.7] * 9}
+    assert es.stop_rule(policy, "accuracy", later, new_trial="trial-0006") == \
+        es.StopRule("accuracy", "less", math.nextafter(0.9, 1), 1)
+
+
+def test_creation_order_numbers_the_trials():
+    history, new = es.creation_order(["exp-zz", "exp-aa", "exp-mm"], {"exp-aa": [0.5], "exp-zz": [0.4, 0.6]})
+    assert history == {"trial-0000": [0.4, 0.6], "trial-0001": [0.5], "trial-0002": []}
+    assert new == "trial-0003"
+    assert trial_bracket(HyperbandPolicy(max_resource=9), new) == 0
+
+
+@pytest.mark.parametrize("policy, history, new, why", [
+    (AshaPolicy(), {}, "trial-00", "no earlier trial: it continues alone"),
+    (AshaPolicy(min_resource=2), {"trial-00": [0.5]}, "trial-01", "no earlier trial reached rung 2"),
+    (AshaPolicy(), {"trial-00": [math.nan], "trial-01": [math.nan]}, "trial-02", "threshold is the worst value"),
+    (HyperbandPolicy(max_resource=9), {"trial-00": [0.9], "trial-01": [0.9]}, "trial-02", "bracket 2 has no rung"),
+    (HyperbandPolicy(max_resource=9), {"trial-00": [0.9] * 3, "trial-02": [0.9] * 3, "trial-03": [0.9] * 3},
+     "trial-04", "nobody else in bracket 1"),
+])
+def test_no_rung_rule(policy, history, new, why):
+    assert es.stop_rule(policy, "accuracy", history, maximize=True, new_trial=new) is None, why
+
+
+def test_rung_rule_needs_the_new_trial_last():
+    with pytest.raises(ValueError, match="give new_trial"):
+        es.stop_rule(AshaPolicy(), "accuracy", {"trial-00": [0.5]})
+    with pytest.raises(ValueError, match="new trial 'trial-01' must come after every earlier trial, not before "
+                                         "'trial-02'"):
+        es.stop_rule(AshaPolicy(), "accuracy", {"trial-00": [0.5], "trial-02": [0.6]}, new_trial="trial-01")
+
+
+@pytest.mark.parametrize("policy", POLICIES + RUNG_POLICIES + [HyperbandPolicy(max_resource=27, brackets=2)],
+                         ids=lambda p: p.type)
 def test_settings_round_trip(policy):
     name, settings = es.katib_settings(policy)
     assert es.policy_from_settings(name, dict(settings)) == policy
 
 
+def test_rung_policy_settings():
+    assert es.katib_settings(AshaPolicy(min_resource=2)) == (
+        "asha", [("min_resource", "2"), ("reduction_factor", "3.0")])
+    assert es.katib_settings(HyperbandPolicy(max_resource=27, brackets=2, reduction_factor=2.5)) == (
+        "hyperband", [("min_resource", "1"), ("reduction_factor", "2.5"), ("max_resource", "27"),
+                      ("brackets", "2")])
+
+
 @pytest.mark.parametrize("algorithm, settings, message", [
-    ("medianstop", {}, "unknown early-stopping algorithm 'medianstop'; this service runs bandit, truncation-selection"),
+    ("medianstop", {}, "unknown early-stopping algorithm 'medianstop'; this service runs bandit, truncation-selection, "
+                       "asha, hyperband"),
+    ("asha", {"evaluation_interval": "2"},
+     "asha: unknown setting(s) 'evaluation_interval'; allowed: min_resource, max_resource, reduction_factor"),
+    ("asha", {"reduction_factor": "1"}, "asha: reduction_factor: Input should be greater than or equal to 2"),
+    ("hyperband", {"min_resource": "1"}, "hyperband: settings: hyperband needs max_resource"),
+    ("hyperband", {"max_resource": "9", "brackets": "4"}, "hyperband: settings: hyperband: brackets=4, but at most 3"),
     ("bandit", {"slack_factor": "0.2", "slack": "1"}, "bandit: unknown setting(s) 'slack'; allowed: evaluation_interval"),
     ("bandit", {}, "bandit: settings: bandit needs exactly one of slack_factor or slack_amount"),
     ("bandit", {"slack_factor": "x"}, "bandit: slack_factor: Input should be a valid number"),
@@ -182,6 +306,33 @@ def test_ruleset_waits_for_start_step_and_keeps_the_best():
     for v in (0.7, 0.1, 0.1):  # the best so far (0.7) is compared, not the latest
         kept.update("accuracy", v)
     assert not kept.stop
+
+
+def test_ruleset_compares_a_rule_once_at_its_start_step():
+    # Katib's count reaches 0 at the 2nd value and goes negative after: a rule that would hold later is
+    # never compared again
+    late = RuleSet([es.StopRule("accuracy", "greater", 0.5, 2)], "accuracy", maximize=True)
+    for v in (0.1, 0.2, 0.9, 0.9):
+        late.update("accuracy", v)
+    assert not late.stop
+    # start_step 0: compared at every value (a rule on the loss, whose latest value is compared)
+    every = RuleSet([es.StopRule("loss", "greater", 1.0, 0)], "accuracy", maximize=True)
+    for i, v in enumerate((0.5, 0.8, 1.2)):
+        every.update("loss", v)
+        assert every.stop is (i == 2)
+
+
+def test_two_rules_on_the_objective_never_stop_a_trial():
+    """Rules on one metric share one count (the last rule's start step, counted down once per pending rule),
+    so at most one of them is ever compared while the trial needs both: why a frozen rule is one rule."""
+    alone = RuleSet([es.StopRule("accuracy", "less", 0.9, 1)], "accuracy", maximize=True)
+    both = RuleSet([es.StopRule("accuracy", "less", 0.9, 1), es.StopRule("accuracy", "less", 0.9, 3)],
+                   "accuracy", maximize=True)
+    for _ in range(10):
+        alone.update("accuracy", 0.1)
+        both.update("accuracy", 0.1)
+    assert alone.stop and not both.stop
+    assert len(both.pending) == 1  # the count of 3, counted down twice a value, hit 0 once: one rule held
 
 
 # --- the service's status write ----------------------------------------------------------------------

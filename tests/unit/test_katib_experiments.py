@@ -172,6 +172,29 @@ def test_grid_and_bayesian_and_median_stopping():
     assert exp["spec"]["maxTrialCount"] == 1 and katib.check_experiment(exp) == []
 
 
+@pytest.mark.parametrize("policy, expected", [
+    ({"type": "asha", "min_resource": 2, "max_resource": 20},
+     {"algorithmName": "asha", "algorithmSettings": [
+         {"name": "min_resource", "value": "2"}, {"name": "reduction_factor", "value": "3.0"},
+         {"name": "max_resource", "value": "20"}]}),
+    ({"type": "hyperband", "max_resource": 27, "reduction_factor": 3, "brackets": 2},
+     {"algorithmName": "hyperband", "algorithmSettings": [
+         {"name": "min_resource", "value": "1"}, {"name": "reduction_factor", "value": "3.0"},
+         {"name": "max_resource", "value": "27"}, {"name": "brackets", "value": "2"}]}),
+])
+def test_rung_policies_become_our_early_stopping(policy, expected):
+    """asha and hyperband run on our early-stopping service, under algorithm names the checks know."""
+    exps = katib.experiments_from_job(spec10(sweep={"sampling_algorithm": "random", "early_termination": policy}))
+    for exp in exps:
+        assert exp["spec"]["earlyStopping"] == expected
+        assert exp["spec"]["algorithm"]["algorithmName"] == "random"
+        assert katib.check_experiment(exp) == []
+    broken = copy.deepcopy(exps[0])
+    broken["spec"]["earlyStopping"]["algorithmSettings"].append({"name": "delay_evaluation", "value": "2"})
+    assert any(f"{expected['algorithmName']}: unknown setting(s) 'delay_evaluation'" in p
+               for p in katib.check_experiment(broken))
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"training_data": "/home/me/data/train.jsonl"},
      "training_data='/home/me/data/train.jsonl' is a path on this machine, which a trial pod cannot read"),

@@ -121,17 +121,20 @@ def test_merge_changes_only_our_entries():
     user = yaml.safe_load(USER_CONFIG)
     image = "registry.example.com/automl-vision-earlystopping:0.1.0"
     out, changes, versions = katib_config.update_document(user, image)
-    assert changes == ["replaced bandit", "added truncation-selection"] and versions == {"0.17"}
+    assert changes == ["replaced bandit", "added truncation-selection", "added asha", "added hyperband"]
+    assert versions == {"0.17"}
     assert user == yaml.safe_load(USER_CONFIG)  # the input is not modified
     assert {k: v for k, v in out.items() if k != "runtime"} == {k: v for k, v in user.items() if k != "runtime"}
     assert out["runtime"]["suggestions"] == user["runtime"]["suggestions"]
     assert out["runtime"]["metricsCollectors"] == user["runtime"]["metricsCollectors"]
     stoppings = out["runtime"]["earlyStoppings"]
-    assert [e["algorithmName"] for e in stoppings] == ["bandit", "medianstop", "truncation-selection"]
+    assert [e["algorithmName"] for e in stoppings] == ["bandit", "medianstop", "truncation-selection", "asha",
+                                                       "hyperband"]
     assert stoppings[1] == user["runtime"]["earlyStoppings"][1]
     assert stoppings[0] == {"algorithmName": "bandit", "image": image, "resources": katib_config.RESOURCES}
     again, changes, _ = katib_config.update_document(out, image)
-    assert again == out and changes == ["unchanged bandit", "unchanged truncation-selection"]
+    assert again == out and changes == ["unchanged bandit", "unchanged truncation-selection", "unchanged asha",
+                                        "unchanged hyperband"]
 
 
 def _configmap(config_text: str, **data) -> dict:
@@ -177,7 +180,8 @@ def test_command_rewrites_a_kustomize_katib_config_in_place(tmp_path, capsys):
     assert yaml.safe_load(path.read_text()) == katib_config.update_document(yaml.safe_load(USER_CONFIG),
                                                                               "r.example.com/es:1")[0]
     out = capsys.readouterr()
-    assert out.out == "" and "replaced bandit, added truncation-selection; image r.example.com/es:1" in out.err
+    assert out.out == "" and ("replaced bandit, added truncation-selection, added asha, added hyperband; "
+                              "image r.example.com/es:1") in out.err
     path.write_text("kind: ConfigMap\napiVersion: v1\nmetadata: {name: katib-config}\ndata: {suggestion: '{}'}\n")
     assert main(["katib-config", "-f", str(path)]) == 2
     assert "that is the format of Katib before 0.16" in capsys.readouterr().err

@@ -12,15 +12,32 @@ import inspect
 import math
 
 import pytest
+import yaml
+from pydantic import ValidationError
 
 from automl_vision.spec import policies as spec_policies
-from automl_vision.spec.policies import BanditPolicy, MedianStoppingPolicy, TruncationSelectionPolicy, decide
+from automl_vision.spec.job import parse_job
+from automl_vision.spec.policies import (
+    AshaPolicy,
+    BanditPolicy,
+    HyperbandPolicy,
+    MedianStoppingPolicy,
+    TruncationSelectionPolicy,
+    decide,
+)
 from automl_vision.spec.termination import (
     Decision,
+    asha_should_terminate,
     bandit_should_terminate,
+    bracket_count,
+    first_rung,
     is_evaluation_point,
+    is_rung,
+    max_brackets,
     median_stopping_should_terminate,
     natural_key,
+    rungs,
+    trial_bracket,
     truncation_selection_should_terminate,
 )
 
@@ -389,6 +406,270 @@ def test_truncation_rule_sentence():
     )
 
 
+# ----------------------------------------------------------------------------- asha and hyperband: rungs, brackets
+
+
+@pytest.mark.parametrize(
+    "policy, bracket, up_to, expected",
+    [
+        # min_resource * 3**k below max_resource: 27 is not a rung (a trial that reaches it is done)
+        (AshaPolicy(max_resource=27), 0, None, [1, 3, 9]),
+        (AshaPolicy(max_resource=28), 0, None, [1, 3, 9, 27]),
+        # 2, 6, 18; 54 >= 50
+        (AshaPolicy(min_resource=2, max_resource=50), 0, None, [2, 6, 18]),
+        # eta 2.5: 1, 2.5 -> 3 (halves round up), 6.25 -> 6, 15.625 -> 16; 39.06 >= 20
+        (AshaPolicy(reduction_factor=2.5, max_resource=20), 0, None, [1, 3, 6, 16]),
+        # no max_resource: rungs without end, listed up to a bound
+        (AshaPolicy(), 0, 30, [1, 3, 9, 27]),
+        (AshaPolicy(min_resource=4, reduction_factor=2), 0, 40, [4, 8, 16, 32]),
+        # hyperband bracket s starts at min_resource * 3**s
+        (HyperbandPolicy(max_resource=27), 1, None, [3, 9]),
+        (HyperbandPolicy(max_resource=27), 2, None, [9]),
+        (HyperbandPolicy(max_resource=27), 3, None, []),  # 27 is not below 27: never judged
+        (HyperbandPolicy(min_resource=2, max_resource=18), 1, None, [6]),
+    ],
+)
+def test_rungs(policy, bracket, up_to, expected):
+    assert rungs(policy, bracket, up_to) == expected
+    assert first_rung(policy, bracket) == (expected[0] if expected else None)
+    assert [n for n in range(41) if is_rung(policy, bracket, n)] == rungs(policy, bracket, 40)
+
+
+def test_rungs_without_max_resource_need_a_bound():
+    with pytest.raises(ValueError, match="give up_to"):
+        rungs(AshaPolicy())
+
+
+@pytest.mark.parametrize(
+    "min_resource, max_resource, eta, expected",
+    [
+        (1, 27, 3, 4),  # 1, 3, 9, 27
+        (1, 26, 3, 3),  # 1, 3, 9
+        (1, 243, 3, 6),  # floor(log3(243)) + 1 = 6 (the float logarithm gives 4.9999...)
+        (2, 18, 3, 3),  # 2, 6, 18
+        (1, 8, 2, 4),  # 1, 2, 4, 8
+        (1, 20, 2.5, 4),  # 1, 2.5, 6.25, 15.625
+        (1, 2, 3, 1),
+    ],
+)
+def test_max_brackets(min_resource, max_resource, eta, expected):
+    assert max_brackets(min_resource, max_resource, eta) == expected
+    policy = HyperbandPolicy(min_resource=min_resource, max_resource=max_resource, reduction_factor=eta)
+    assert bracket_count(policy) == expected
+
+
+@pytest.mark.parametrize(
+    "policy, trial, expected",
+    [
+        (AshaPolicy(), "trial-0007", 0),  # one bracket
+        (HyperbandPolicy(max_resource=27), "trial-0007", 3),  # 4 brackets: 7 % 4
+        (HyperbandPolicy(max_resource=27), "trial-0012", 0),
+        (HyperbandPolicy(max_resource=27), "trial-5", 1),
+        (HyperbandPolicy(max_resource=27, brackets=3), "trial-0007", 1),
+        # other ids: CRC-32 modulo the brackets (934289556 % 4 = 0, 227179537 % 4 = 1, 1178301602 % 3 = 2)
+        (HyperbandPolicy(max_resource=27), "exp-4k2j9xqw", 0),
+        (HyperbandPolicy(max_resource=27), "exp-8dj2kq0a", 1),
+        (HyperbandPolicy(max_resource=27, brackets=3), "bccd-0-x7k2m9qa", 2),
+    ],
+)
+def test_trial_bracket(policy, trial, expected):
+    assert trial_bracket(policy, trial) == expected
+
+
+def test_hyperband_evaluation_points_by_bracket():
+    policy = HyperbandPolicy(max_resource=27)  # brackets 0..3: rungs 1, 3, 9 / 3, 9 / 9 / none
+    assert [n for n in range(1, 30) if is_evaluation_point(policy, n)] == [1, 3, 9]  # any bracket
+    assert [n for n in range(1, 30) if is_evaluation_point(policy, n, "trial-0001")] == [3, 9]
+    assert [n for n in range(1, 30) if is_evaluation_point(policy, n, "trial-0002")] == [9]
+    assert [n for n in range(1, 30) if is_evaluation_point(policy, n, "trial-0003")] == []
+    assert not is_evaluation_point(policy, 0)
+
+
+# ----------------------------------------------------------------------------- asha: the rule
+
+ASHA = AshaPolicy(max_resource=27)  # rungs 1, 3, 9; the best ceil(k / 3) of k continue
+FIVE = {"t1": [0.1], "t2": [0.2], "t3": [0.3], "t4": [0.4], "t5": [0.5]}
+
+
+@pytest.mark.parametrize(
+    "policy, history, trial, maximize, expected",
+    [
+        # k = 5 at rung 1: the best ceil(5 / 3) = 2 continue (t5, t4)
+        pytest.param(ASHA, FIVE, "t5", True, False, id="five-t5"),
+        pytest.param(ASHA, FIVE, "t4", True, False, id="five-t4"),
+        pytest.param(ASHA, FIVE, "t3", True, True, id="five-t3"),
+        pytest.param(ASHA, FIVE, "t1", True, True, id="five-t1"),
+        # k = 2: ceil(2 / 3) = 1 continues
+        pytest.param(ASHA, {"a": [0.5], "b": [0.6]}, "a", True, True, id="two-worse"),
+        pytest.param(ASHA, {"a": [0.5], "b": [0.6]}, "b", True, False, id="two-better"),
+        # a single trial: max(1, ceil(1 / 3)) = 1 -> it continues, however bad
+        pytest.param(ASHA, {"a": [0.0]}, "a", True, False, id="alone"),
+        pytest.param(ASHA, {"a": [math.nan]}, "a", True, False, id="alone-nan"),
+        # interval 2 is not a rung: no decision, however far behind
+        pytest.param(ASHA, {"a": [0.1, 0.1], "b": [0.9, 0.9]}, "a", True, False, id="not-a-rung"),
+        # rung 3 ranks the best over intervals 1..3, not the value at 3: a's 0.9 (interval 1) beats c's 0.8
+        # and b's 0.7; k = 3, 1 continues -> a continues, c and b are terminated
+        pytest.param(ASHA, {"a": [0.9, 0.2, 0.2], "b": [0.5, 0.6, 0.7], "c": [0.1, 0.2, 0.8]}, "a", True, False,
+                     id="best-so-far-a"),
+        pytest.param(ASHA, {"a": [0.9, 0.2, 0.2], "b": [0.5, 0.6, 0.7], "c": [0.1, 0.2, 0.8]}, "c", True, True,
+                     id="best-so-far-c"),
+        # the cohort is the trials with >= 3 values, each by its best over 1..3: b (2 values) is left out,
+        # c counts with 0.25 (not its 0.99 at interval 4); k = 2, 1 continues: a (0.3)
+        # (with b, or with c's 0.99, a would be terminated)
+        pytest.param(ASHA, {"a": [0.1, 0.2, 0.3], "b": [0.9, 0.9], "c": [0.2, 0.2, 0.25, 0.99]}, "a", True, False,
+                     id="cohort-reached-the-rung"),
+        # ties: the earlier trial (natural order) is the better one
+        pytest.param(ASHA, {"trial-1": [0.5], "trial-2": [0.5]}, "trial-2", True, True, id="tie-later-cut"),
+        pytest.param(ASHA, {"trial-1": [0.5], "trial-2": [0.5]}, "trial-1", True, False, id="tie-earlier-kept"),
+        pytest.param(ASHA, {"trial-2": [0.5], "trial-10": [0.5]}, "trial-10", True, True, id="tie-natural-order"),
+        pytest.param(ASHA, {"trial-2": [0.5], "trial-10": [0.5]}, "trial-2", False, False, id="tie-natural-min"),
+        # minimize: k = 4, the lowest ceil(4 / 3) = 2 continue (a 0.1, b 0.2)
+        pytest.param(ASHA, {"a": [0.1], "b": [0.2], "c": [0.3], "d": [0.4]}, "b", False, False, id="min-b"),
+        pytest.param(ASHA, {"a": [0.1], "b": [0.2], "c": [0.3], "d": [0.4]}, "c", False, True, id="min-c"),
+        # the same table maximized: d and c continue, b is cut
+        pytest.param(ASHA, {"a": [0.1], "b": [0.2], "c": [0.3], "d": [0.4]}, "b", True, True, id="max-b"),
+        # NaN / inf is the worst value
+        pytest.param(ASHA, {"a": [math.nan], "b": [0.1]}, "a", True, True, id="nan-max"),
+        pytest.param(ASHA, {"a": [math.nan], "b": [0.9]}, "a", False, True, id="nan-min"),
+        pytest.param(ASHA, {"a": [math.inf], "b": [0.1]}, "a", True, True, id="inf-max"),
+        pytest.param(ASHA, {"a": [0.05], "b": [math.nan]}, "a", True, False, id="nan-other"),
+        # NaN earlier, a value at the rung: the best over 1..3 is 0.5 > b's 0.4
+        pytest.param(ASHA, {"a": [math.nan, math.nan, 0.5], "b": [0.4, 0.4, 0.4]}, "a", True, False,
+                     id="nan-then-value"),
+        # max_resource: AshaPolicy(max_resource=3) has the rung 1 only, so interval 3 is no decision;
+        # with max_resource 4 it is a rung and a (0.1 < 0.9) is terminated
+        pytest.param(AshaPolicy(max_resource=3), {"a": [0.1] * 3, "b": [0.9] * 3}, "a", True, False,
+                     id="max-resource-3"),
+        pytest.param(AshaPolicy(max_resource=4), {"a": [0.1] * 3, "b": [0.9] * 3}, "a", True, True,
+                     id="max-resource-4"),
+        # min_resource 2: interval 1 is no rung; at 2 the better of two continues
+        pytest.param(AshaPolicy(min_resource=2), {"a": [0.1], "b": [0.9]}, "a", True, False, id="min-resource-2-n1"),
+        pytest.param(AshaPolicy(min_resource=2), {"a": [0.1, 0.1], "b": [0.9, 0.9]}, "a", True, True,
+                     id="min-resource-2-n2"),
+        # eta 2.5: k = 5 -> ceil(2) = 2 continue; k = 6 -> ceil(2.4) = 3 continue
+        pytest.param(AshaPolicy(reduction_factor=2.5), FIVE, "t4", True, False, id="eta-2.5-k5-t4"),
+        pytest.param(AshaPolicy(reduction_factor=2.5), FIVE, "t3", True, True, id="eta-2.5-k5-t3"),
+        pytest.param(AshaPolicy(reduction_factor=2.5), {**FIVE, "t6": [0.6]}, "t4", True, False, id="eta-2.5-k6-t4"),
+        pytest.param(AshaPolicy(reduction_factor=2.5), {**FIVE, "t6": [0.6]}, "t3", True, True, id="eta-2.5-k6-t3"),
+    ],
+)
+def test_asha(policy, history, trial, maximize, expected):
+    assert policy.should_terminate(trial, history, maximize=maximize) is expected
+    assert asha_should_terminate(policy, trial, history, maximize).terminate is expected
+
+
+HB = HyperbandPolicy(max_resource=27)  # 4 brackets (trial-NNNN: NNNN % 4): rungs 1, 3, 9 / 3, 9 / 9 / none
+
+
+@pytest.mark.parametrize(
+    "history, trial, expected",
+    [
+        # rung 1, bracket 0 = {trial-0000, trial-0004}: k = 2, 1 continues; trial-0001 (bracket 1, 0.9) is
+        # not compared
+        ({"trial-0000": [0.2], "trial-0001": [0.9], "trial-0004": [0.5]}, "trial-0000", True),
+        ({"trial-0000": [0.2], "trial-0001": [0.9], "trial-0004": [0.5]}, "trial-0004", False),
+        # interval 1 is a rung of bracket 0 but not of bracket 1: no decision for trial-0001
+        ({"trial-0000": [0.95], "trial-0001": [0.1], "trial-0004": [0.5]}, "trial-0001", False),
+        # rung 3 of bracket 1 = {trial-0001 (best 0.9), trial-0005 (best 0.5)}: trial-0005 is terminated;
+        # trial-0000 (bracket 0, 0.95) is not in its cohort (with it, k = 3 and still 1 continues)
+        ({"trial-0000": [0.95] * 3, "trial-0001": [0.9, 0.1, 0.1], "trial-0005": [0.3, 0.4, 0.5]}, "trial-0005", True),
+        ({"trial-0000": [0.95] * 3, "trial-0001": [0.9, 0.1, 0.1], "trial-0005": [0.3, 0.4, 0.5]}, "trial-0001", False),
+        # bracket 2 starts at 9: trial-0002 far behind at 3 is not judged there; at 9 it is (k = 2)
+        ({"trial-0002": [0.0] * 3, "trial-0006": [0.9] * 3}, "trial-0002", False),
+        ({"trial-0002": [0.0] * 9, "trial-0006": [0.9] * 9}, "trial-0002", True),
+        # bracket 3 has no rung below 27: its trials run to the end
+        ({"trial-0003": [0.0] * 9, "trial-0007": [0.9] * 9}, "trial-0003", False),
+        ({"trial-0003": [0.0] * 26, "trial-0007": [0.9] * 26}, "trial-0003", False),
+    ],
+)
+def test_hyperband_compares_within_the_bracket(history, trial, expected):
+    assert HB.should_terminate(trial, history) is expected
+    assert asha_should_terminate(HB, trial, history).terminate is expected
+
+
+def test_asha_rule_sentences():
+    assert ASHA.explain("t3", FIVE) == Decision(True, (
+        "asha: best 0.3 over intervals 1..1 ranks 3 of 5 trials at rung 1; the best 2 continue "
+        "(5 / 3 rounded up, at least 1) -> terminate"))
+    assert ASHA.explain("t4", FIVE).rule.endswith("ranks 2 of 5 trials at rung 1; the best 2 continue "
+                                                  "(5 / 3 rounded up, at least 1) -> continue")
+    assert ASHA.explain("a", {"a": [0.1, 0.1]}).rule == (
+        "asha: interval 2 is not a rung (rungs 1, 3, 9 below max_resource 27) -> continue")
+    assert AshaPolicy().explain("a", {"a": [0.1, 0.1]}).rule == "asha: interval 2 is not a rung (rungs 1, 3, ...) -> continue"
+    assert HB.explain("trial-0001", {"trial-0001": [0.1]}).rule == (
+        "hyperband: interval 1 is not a rung of bracket 1 (rungs 3, 9 below max_resource 27) -> continue")
+    assert HB.explain("trial-0003", {"trial-0003": [0.1] * 9}).rule == (
+        "hyperband: interval 9 is not a rung of bracket 3 (no rung below max_resource 27) -> continue")
+    minimize = HB.explain("trial-0005", {"trial-0001": [0.2, 0.1, 0.3], "trial-0005": [0.4, 0.3, 0.2]},
+                          maximize=False)
+    assert minimize == Decision(True, (
+        "hyperband: best 0.2 over intervals 1..3 ranks 2 of 2 trials of bracket 1 at rung 3; the best 1 continue "
+        "(2 / 3 rounded up, at least 1) -> terminate"))
+
+
+# ----------------------------------------------------------------------------- asha and hyperband: settings
+
+
+@pytest.mark.parametrize(
+    "cls, settings, message",
+    [
+        (AshaPolicy, {"evaluation_interval": 2},
+         "asha takes no evaluation_interval=2: it judges a trial only at its rungs, min_resource * "
+         "reduction_factor**k reported values; to judge trials later, raise min_resource (the first rung, "
+         "default 1); allowed keys: type, min_resource, max_resource, reduction_factor"),
+        (HyperbandPolicy, {"max_resource": 9, "delay_evaluation": 3, "evaluation_interval": 1},
+         "hyperband takes no evaluation_interval=1 or delay_evaluation=3: it judges a trial only at its rungs"),
+        (AshaPolicy, {"min_resource": 3, "max_resource": 3}, "asha: max_resource=3 must be greater than min_resource=3"),
+        (AshaPolicy, {"min_resource": 0}, "min_resource\n  Input should be greater than or equal to 1"),
+        (AshaPolicy, {"reduction_factor": 1.5}, "reduction_factor\n  Input should be greater than or equal to 2"),
+        (HyperbandPolicy, {}, "hyperband needs max_resource: the most reported values a trial makes "
+                              "(number_of_epochs / evaluation_frequency)"),
+        (HyperbandPolicy, {"max_resource": 27, "brackets": 5},
+         "hyperband: brackets=5, but at most 4 with min_resource=1, max_resource=27, reduction_factor=3"),
+        (HyperbandPolicy, {"max_resource": 27, "brackets": 0}, "brackets\n  Input should be greater than or equal to 1"),
+        (HyperbandPolicy, {"max_resource": 9, "min_resource": 10}, "hyperband: max_resource=9 must be greater than"),
+    ],
+)
+def test_rung_policy_settings_are_checked(cls, settings, message):
+    with pytest.raises(ValidationError) as e:
+        cls(**settings)
+    assert message in str(e.value)
+
+
+def test_rung_policy_defaults():
+    assert AshaPolicy() == AshaPolicy(min_resource=1, max_resource=None, reduction_factor=3)
+    assert HyperbandPolicy(max_resource=27).brackets is None and bracket_count(HyperbandPolicy(max_resource=27)) == 4
+    assert bracket_count(HyperbandPolicy(max_resource=27, brackets=2)) == 2
+    assert "evaluation_interval" not in AshaPolicy.model_fields  # nothing a user could set and see ignored
+
+
+JOB = """
+task: image_classification
+training_data: train.jsonl
+limits: {max_trials: 12, max_concurrent_trials: 3}
+training_parameters: {number_of_epochs: 20}
+sweep:
+  sampling_algorithm: random
+  early_termination: {EARLY_TERMINATION}
+search_space:
+- learning_rate: {type: loguniform, min_value: -9, max_value: -3}
+"""
+
+
+@pytest.mark.parametrize("text, policy, first_rungs", [
+    ("{type: asha, min_resource: 2, max_resource: 20, reduction_factor: 3}",
+     AshaPolicy(min_resource=2, max_resource=20), [2, 6, 18]),
+    ("{type: asha}", AshaPolicy(), [1, 3, 9]),
+    ("{type: hyperband, max_resource: 20, reduction_factor: 2}",
+     HyperbandPolicy(max_resource=20, reduction_factor=2), [1, 2, 4, 8, 16]),
+])
+def test_job_yaml_with_a_rung_policy(text, policy, first_rungs):
+    job = parse_job(yaml.safe_load(JOB.replace("{EARLY_TERMINATION}", text)))
+    assert job.sweep.early_termination == policy
+    assert rungs(job.sweep.early_termination, 0, up_to=20) == first_rungs
+    assert parse_job(yaml.safe_load(job.to_yaml())) == job
+
+
 # ----------------------------------------------------------------------------- natural order
 
 
@@ -419,8 +700,9 @@ def test_decision_is_frozen():
 
 @pytest.mark.parametrize(
     "policy",
-    [BanditPolicy(slack_factor=0.2), MedianStoppingPolicy(), TruncationSelectionPolicy(truncation_percentage=50)],
-    ids=["bandit", "median", "truncation"],
+    [BanditPolicy(slack_factor=0.2), MedianStoppingPolicy(), TruncationSelectionPolicy(truncation_percentage=50),
+     AshaPolicy(), HyperbandPolicy(max_resource=9)],
+    ids=["bandit", "median", "truncation", "asha", "hyperband"],
 )
 def test_method_is_the_function(policy):
     history = {"a": [0.1, 0.2], "b": [0.5, 0.6], "c": [0.4, 0.3]}

@@ -10,10 +10,12 @@ import yaml
 
 from automl_vision.errors import ConfigError
 from automl_vision.spec import (
+    AshaPolicy,
     AutoMLImageConfig,
     BanditPolicy,
     BayesianParameterSampling,
     GridParameterSampling,
+    HyperbandPolicy,
     ImageTask,
     JobSpec,
     MedianStoppingPolicy,
@@ -107,6 +109,8 @@ POLICIES = [
     MedianStoppingPolicy(evaluation_interval=1, delay_evaluation=5),
     TruncationSelectionPolicy(evaluation_interval=1, delay_evaluation=2, truncation_percentage=20,
                               exclude_finished_jobs=True),
+    AshaPolicy(min_resource=2, max_resource=20),
+    HyperbandPolicy(max_resource=27, reduction_factor=3, brackets=2),
     None,
 ]
 

@@ -27,6 +27,7 @@ from automl_vision.spec import hyperparameters as hps
 from automl_vision.spec.cluster import ClusterSettings, DataVolume
 from automl_vision.spec.job import JobSpec, entry_models
 from automl_vision.spec.policies import MedianStoppingPolicy
+from automl_vision.sweep.automode import prepare_automode
 from automl_vision.sweep.command import format_argument
 from automl_vision.sweep.katib.trial import (
     PRIMARY_CONTAINER,
@@ -202,6 +203,8 @@ def _check_data_location(job: JobSpec, volume: DataVolume | None) -> None:
         raise ConfigError(problems)
 
 def _early_stopping(job: JobSpec) -> dict[str, Any] | None:
+    """The Experiment's ``earlyStopping``: median_stopping as Katib's own ``medianstop``; bandit,
+    truncation_selection, asha and hyperband as our service's algorithms (``es.katib_settings``)."""
     policy = job.sweep.early_termination
     if policy is None:
         return None
@@ -232,6 +235,9 @@ def experiments_from_job(job: JobSpec, *, name: str | None = None, namespace: st
     ``cluster.trial_outputs`` each trial uploads its folder to ``<trial_outputs>/<experiment>/<trial>``.
     Raises ConfigError when the job cannot run on Katib (data on this machine, exclude_finished_jobs, ...)."""
     cluster = cluster or ClusterSettings()
+    if job.automode:
+        # the sweep step fills AutoMode's space from the data first; here the data is not read
+        job = prepare_automode(job).job
     _check_data_location(job, trial_placement(job.compute, cluster).data_volume)
     algorithm = ALGORITHMS[job.sweep.sampling_algorithm]
     early_stopping = _early_stopping(job)
