@@ -193,5 +193,6 @@ def cmd_leaderboard(args) -> int:
     print(format_leaderboard(result, limit=args.limit))
     print(f"\nsweep {result.status or 'unknown'}" + (f" ({result.stopped_because})" if result.stopped_because else "")
           + f"; {compute.get('trial_epochs', 0)} trial-epoch(s) used, "
-          f"{compute.get('trial_epochs_without_early_termination', 0)} without early termination")
+          f"{compute.get('trial_epochs_without_early_termination', 0)} without early termination"
+          + (f"; {compute['device_hours']:.4g} device-hour(s)" if compute.get("device_hours") is not None else ""))
     return EXIT_OK

@@ -13,11 +13,13 @@ Pure: no data is read here. The fingerprint is computed from a loaded dataset by
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from automl_vision.spec import hyperparameters as hps
 from automl_vision.spec.tasks import FIXED_SIZE_MODELS, YOLO_MODELS, ImageTask
 
 #: Fewer training images than this is "small" data: smaller backbones, more epochs, smaller batches.
@@ -233,6 +235,14 @@ def automode_space(task: ImageTask, fingerprint: DatasetFingerprint | None = Non
     small = fingerprint.small if fingerprint is not None else True
     pretrained = bool(fixed.get("pretrained", True))
     rows = [r for r in AUTOMODE_ROWS if r.applies(kind, small, pretrained)]
+    # a setting the job fixes for every trial keeps out the models it does not apply to (min_size or
+    # tiling: the torchvision detectors; img_size, model_size: yolov5)
+    rows = [dataclasses.replace(r, models=kept) for r in rows
+            if (kept := tuple(m for m in r.models if all(hps.BY_NAME[k].applies_to(task, m)
+                                                         for k in fixed if k in hps.BY_NAME)))]
+    if not rows:
+        raise ValueError(f"no model of AutoMode's table for {task.value} takes every setting of the job's "
+                         f"training_parameters ({', '.join(sorted(fixed))}); write a search_space")
     model = fixed.get("model_name")
     if model is not None:
         own = [r for r in rows if model in r.models] or [r for r in AUTOMODE_ROWS if r.kind == kind
@@ -280,7 +290,7 @@ def automode_space(task: ImageTask, fingerprint: DatasetFingerprint | None = Non
                 # one fixed size fixes them all: the sizes are set together (crop within resize, max >= min)
                 skip = set(fixed) | (size_keys if size_keys & set(fixed) else set())
                 entries.append({k: v for k, v in entry.items() if k not in skip or k == "model_name"})
-                if size not in sizes_used:
+                if size not in sizes_used and not size_keys & set(fixed):
                     sizes_used.append(size)
     if model is not None:
         for e in entries:

@@ -275,8 +275,15 @@ def check_job(job: JobSpec) -> list[str]:
         )
     models = [m for m in models if m in task.models]
 
-    # training_parameters: fixed for every trial, so they must apply to every candidate model.
+    # training_parameters: fixed for every trial, so they must apply to every candidate model. AutoMode
+    # picks its models after (only those every fixed setting applies to): the task is what must fit.
     tp = job.training_parameters
+    if job.automode and "model_name" not in tp:
+        models = []
+        for name in tp:
+            hp = hps.BY_NAME.get(name)
+            if hp is not None and not hp.applies_to(task):
+                problems.append(f"training_parameters.{name}: {hps.why_not(hp, task, task.default_model)}")
     if "model_name" in tp and searched_models:
         problems.append("training_parameters.model_name: the model is also chosen in search_space; keep one")
     for name, value in tp.items():
@@ -337,8 +344,8 @@ def check_job(job: JobSpec) -> list[str]:
             problems.append("sweep.early_termination: bayesian sampling does not support early termination "
                             "(each trial informs the next); remove it or use random sampling")
 
-    # cross-field rules that only fixed values can break
-    if not problems:
+    # cross-field rules that only fixed values can break (an AutoMode job's, once its space is written in)
+    if not problems and not (job.automode and "model_name" not in tp):
         problems += _cross_check_fixed(job)
     return problems
 

@@ -104,6 +104,9 @@ class AutoMLImageConfig:
     iterations: int = 1
     max_concurrent_iterations: int = 1
     experiment_timeout_hours: float | None = None
+    #: Ours: the compute budget in device-hours (``limits.budget``); with it, ``iterations`` bounds the
+    #: trials only when above 1. Without a sampling either, the job is AutoMode.
+    budget_hours: float | None = None
     arguments: list[Any] = field(default_factory=list)
     primary_metric: str | None = None
     name: str | None = None
@@ -126,6 +129,10 @@ class AutoMLImageConfig:
     def to_dict(self) -> dict[str, Any]:
         sampling = self.hyperparameter_sampling
         limits: dict[str, Any] = {"max_trials": self.iterations, "max_concurrent_trials": self.max_concurrent_iterations}
+        if self.budget_hours is not None:
+            limits["budget"] = self.budget_hours
+            if self.iterations == 1:
+                del limits["max_trials"]  # the budget alone bounds the trials
         if self.experiment_timeout_hours is not None:
             limits["timeout_minutes"] = round(self.experiment_timeout_hours * 60)
         sweep: dict[str, Any] = {}
@@ -166,6 +173,7 @@ class AutoMLImageConfig:
             iterations=job.limits.max_trials,
             max_concurrent_iterations=job.limits.max_concurrent_trials,
             experiment_timeout_hours=job.limits.timeout_minutes / 60,
+            budget_hours=job.limits.budget,
             arguments=arguments,
             primary_metric=job.primary_metric,
             name=job.name,

@@ -83,7 +83,10 @@ def prepare_automode(job: JobSpec, fingerprint: DatasetFingerprint | None = None
     a job that is not AutoMode comes back as it is."""
     if not job.automode:
         return AutoModeJob(job, None, fingerprint)
-    plan = automode_space(job.task, fingerprint, fixed=job.training_parameters)
+    try:
+        plan = automode_space(job.task, fingerprint, fixed=job.training_parameters)
+    except ValueError as e:
+        raise ConfigError(str(e), "AutoMode") from None
     data = job.to_dict()
     data["search_space"] = plan.entries
     sweep = dict(data.get("sweep") or {})
@@ -129,22 +132,23 @@ class WarmStart:
                 "skipped": self.skipped}
 
 
-def _sweep_files(source: str, scratch: Path) -> list[Path]:
-    """Every ``sweep.json`` under a run folder (itself, a pipeline run's, any below) or an s3:// prefix."""
+def _sweep_files(source: str, scratch: Path) -> list[tuple[Path, str]]:
+    """Every ``sweep.json`` under a run folder (itself, a pipeline run's, any below) or an s3:// prefix,
+    each with the run it belongs to as shown to the user (its folder, or its object prefix)."""
     if source.startswith("s3://"):
         from automl_vision.data.storage import download_prefix  # the S3 client: only for s3:// sources
 
-        dest = scratch / str(abs(hash(source)))
+        dest = scratch / f"source-{len(list(scratch.iterdir()))}"
         download_prefix(source, dest, skip=lambda rel: not rel.endswith(SWEEP_FILE))
-        root = dest
-    else:
-        root = Path(source)
-        if not root.exists():
-            raise ConfigError(f"sweep.warm_start: {source} does not exist; give earlier run folders "
-                              "(automl-vision run --output-dir) or s3://bucket/prefix holding them")
+        return [(p, f"{source.rstrip('/')}/{p.parent.relative_to(dest).as_posix()}".rstrip("/."))
+                for p in sorted(dest.rglob(SWEEP_FILE))]
+    root = Path(source)
+    if not root.exists():
+        raise ConfigError(f"sweep.warm_start: {source} does not exist; give earlier run folders "
+                          "(automl-vision run --output-dir) or s3://bucket/prefix holding them")
     if root.is_file():
-        return [root]
-    return sorted(root.rglob(SWEEP_FILE))
+        return [(root, str(root.parent))]
+    return [(p, str(p.parent)) for p in sorted(root.rglob(SWEEP_FILE))]
 
 
 def _fits(value: Any, dist: Any) -> bool:
@@ -184,8 +188,7 @@ def warm_start_seeds(job: JobSpec, fingerprint: DatasetFingerprint | None, max_t
     candidates: list[Seed] = []
     with tempfile.TemporaryDirectory(prefix="warm-start-") as scratch:
         for source in sources:
-            for path in _sweep_files(source, Path(scratch)):
-                shown = source if source.startswith("s3://") else str(path.parent)
+            for path, shown in _sweep_files(source, Path(scratch)):
                 try:
                     doc = json.loads(path.read_text())
                 except (OSError, ValueError) as e:

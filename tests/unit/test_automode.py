@@ -267,3 +267,15 @@ def test_budget_estimates_a_trial_to_its_end_under_other_policies(tmp_path):
     assert sweep._budget_allows(1)
     done.duration_s = 19.5
     assert not sweep._budget_allows(1)
+
+
+def test_settings_fixed_for_every_trial_keep_out_the_models_they_do_not_apply_to():
+    # the spec's usual detection settings: min_size and tiling, which only the torchvision detectors take
+    job = parse_job({**DET, "limits": {"budget": 1}, "training_parameters": {"min_size": 320, "tile_grid_size": "2x1"}})
+    prepared = prepare_automode(job, _fp(ImageTask.IMAGE_OBJECT_DETECTION, 200, 480))
+    assert {e["model_name"] for e in prepared.job.search_space} == {"fasterrcnn_resnet18_fpn"}
+    assert prepared.plan.sizes == [] and "min_size" not in prepared.job.search_space[0]
+    yolo = prepare_automode(parse_job({**DET, "limits": {"budget": 1}, "training_parameters": {"model_size": "small"}}))
+    assert [e["model_name"] for e in yolo.job.search_space] == ["yolov5", "yolov5"]
+    with pytest.raises(ConfigError, match="min_size does not apply to task image_classification"):
+        parse_job({**CLS, "limits": {"budget": 1}, "training_parameters": {"min_size": 320}})

@@ -553,3 +553,35 @@ def test_cli_places_the_trials_by_the_cluster_settings_file(tmp_path):
     pod, c = _trial(docs[1])
     assert c["image"] == "registry.example.com/ml/automl-vision-gpu:0.1.0" and pod["nodeSelector"] == {"agentpool": "t4"}
     assert c["command"][-1] == "--upload-to=s3://automl/trials/bccd-1/bccd-1-x7k2m9q4"
+
+
+@pytest.mark.parametrize("task, fingerprint, entries", [
+    ("image_classification", {"task": "image_classification", "images": 134, "classes": 4, "image_side": 113.0}, 4),
+    ("image_object_detection", {"task": "image_object_detection", "images": 80, "classes": 2, "image_side": 128.0,
+                                "objects_per_image": 2.0, "object_size": 0.2}, 4),
+    ("image_instance_segmentation", None, 2),
+])
+def test_an_automode_job_becomes_checked_experiments(task, fingerprint, entries):
+    """A job with only data, task and a budget: AutoMode's space sized by the ingested data's fingerprint
+    (what the pipeline's sweep step does before it creates the Experiments), one Experiment per entry,
+    each with ASHA on our early-stopping service, and every one passing the webhook's and our checks."""
+    from automl_vision.spec.automode import DatasetFingerprint
+    from automl_vision.sweep.automode import prepare_automode
+
+    job = parse_job({"task": task, "training_data": "s3://automl/data/train.jsonl", "limits": {"budget": 3},
+                     "training_parameters": {"pretrained": False}})
+    prepared = prepare_automode(job, DatasetFingerprint.from_json(fingerprint) if fingerprint else None).job
+    exps = katib.experiments_from_job(prepared, name="auto")
+    assert len(exps) == entries == len(prepared.search_space)
+    minimum = 2 if task == "image_classification" else 3
+    for exp in exps:
+        spec = exp["spec"]
+        assert katib.check_experiment(exp) == []
+        assert spec["earlyStopping"]["algorithmName"] == "asha"
+        assert {"name": "min_resource", "value": str(minimum)} in spec["earlyStopping"]["algorithmSettings"]
+        params = {p["name"]: p for p in spec["parameters"]}
+        assert params["augmentation"]["parameterType"] == "categorical"
+        assert params["learning_rate"]["feasibleSpace"]["distribution"] == "logUniform"
+        assert spec["maxTrialCount"] == 1000 // entries  # the budget, not the trial count, ends the sweep
+    # without the data (the katib command on a remote URI) the space is the unknown-data one, the same way
+    assert len(katib.experiments_from_job(job, name="auto")) == len(prepare_automode(job).job.search_space)

@@ -193,3 +193,22 @@ def test_summary_states_the_best_models_licences(run_folder):
     text = licence_text(run.best.model_name, run.best.hyperparameters)
     assert text.startswith("Model code: ") and "licence" in text
     assert html.escape(text) in summary
+
+
+def test_summary_states_automode_the_budget_and_the_compute():
+    from automl_vision.report.run_report import _sweep_facts
+
+    facts = dict(_sweep_facts({
+        "automode": {"summary": "AutoMode: 4 search-space entries over mobilenetv2, resnet18; sizes 64, 128"},
+        "warm_start": {"runs_read": 2, "runs_used": 1, "seeds": [{"parameters": {}}]},
+        "budget": {"budget": 0.05, "unit": "CPU-hours", "used": 0.04871},
+        "compute": {"trial_epochs": 30, "trial_epochs_without_early_termination": 96, "saved_share": 0.6875,
+                    "trial_seconds": 175.3, "device_hours": 0.04871},
+        "stopped_because": "the budget of 0.05 CPU-hours is spent"}))
+    assert facts["search space"].startswith("AutoMode: 4 search-space entries")
+    assert facts["warm start"] == "the first 1 trial(s) took the best settings of 1 similar earlier run(s) (2 read)"
+    assert facts["budget"] == "0.04871 of 0.05 CPU-hours used"
+    assert facts["compute used"] == ("30 trial-epoch(s), 175 trial-seconds, 0.04871 device-hour(s); 96 trial-epoch(s) "
+                                     "without early termination (69% saved)")
+    assert facts["sweep stopped"] == "the budget of 0.05 CPU-hours is spent"
+    assert _sweep_facts({}) == []  # a single trial's run folder: nothing to add

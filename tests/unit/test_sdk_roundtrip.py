@@ -135,6 +135,17 @@ def test_config_without_sampling():
     roundtrip(job)
 
 
+def test_automode_from_the_sdk_with_a_budget():
+    job = AutoMLImageConfig(task="image_object_detection", training_data="t.jsonl", budget_hours=2.5,
+                            max_concurrent_iterations=2).to_job()
+    assert job.automode and job.limits.budget == 2.5 and job.limits.max_trials == 1000
+    roundtrip(job)
+    capped = AutoMLImageConfig(task="image_object_detection", training_data="t.jsonl", budget_hours=2.5,
+                               iterations=12).to_job()
+    assert capped.limits.max_trials == 12
+    roundtrip(capped)
+
+
 @pytest.mark.parametrize(("arguments", "message"), [
     (["--learning_rate"], "arguments must alternate '--name', value; got an odd count"),
     (["learning_rate", 0.1], "arguments: 'learning_rate' must be a flag such as '--learning_rate'"),
