@@ -1,8 +1,8 @@
 """AutoMode against three baselines, each given the same compute budget, on held-out test images.
 
     python benchmarks/automode.py [--datasets digits,fridge,shapes] [--seeds 0,1,2]
-                                  [--detection-seeds 0,1] [--budget-classification 0.03]
-                                  [--budget-detection 0.05] [--out DIR]
+                                  [--detection-seeds 0,1] [--budget-classification 0.06]
+                                  [--budget-detection 0.08] [--out DIR]
 
 Datasets (each split once into a pool the arms train on, with their own validation split, and a
 fixed test set none of them sees):
@@ -10,8 +10,8 @@ fixed test set none of them sees):
 - ``fridge``: the fridge_small150 photos (../shared/data), 4 classes, 100 pool / 34 test;
 - ``shapes``: coloured squares and discs on noise, 128 px, built here; detection, 80 pool / 30 test.
 
-Arms, per dataset and seed, each with ``limits.budget`` device-hours (on a CPU: hours of this
-machine's cores; one trial at a time):
+Arms, per dataset and seed, each with ``limits.budget`` device-hours, run two at a time, each
+pinned to one core of its own (so a budget is hours of one core; one trial at a time):
 1. ``automode``: a job with only the data, the task, the budget and ``pretrained: false`` (this
    machine has no network for weights) and the seed;
 2. ``random_bandit``: random sampling with bandit termination (slack 0.2, delay 3) over a
@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import statistics
 import subprocess
@@ -304,17 +305,48 @@ def test_score(model: Path, data: dict, out: Path) -> float:
     return float(metrics["accuracy" if data["task"] == CLS else "mean_average_precision"])
 
 
+#: Arms run two at a time, each pinned to a core of its own (a 2-core machine), paired so that each pair
+#: meets the same load: AutoMode with the hand-written sweep, the default trial with the plain loop.
+PAIRS = (("automode", "random_bandit"), ("default_trial", "plain_loop"))
+
+
+def run_arm(name: str, data: dict, seed: int, arm: str, budget: float, out: Path) -> dict:
+    t0 = time.monotonic()
+    try:
+        model, info = ARMS[arm](data, budget, seed, out)
+        if model is not None:
+            info["test_value"] = test_score(model, data, out)
+    except Exception as e:  # a failed arm is a result too
+        info = {"error": f"{type(e).__name__}: {e}"[:500]}
+    return {"dataset": name, "seed": seed, "arm": arm, "budget": budget,
+            "wall_s": round(time.monotonic() - t0, 1), **info}
+
+
+def _child(args) -> None:
+    """One arm in a process of its own, on the cores it was started on; its row as JSON on stdout."""
+    spec = json.loads(args.run_arm)
+    data = {k: Path(v) if k in ("pool", "test") else v for k, v in spec["data"].items()}
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    row = run_arm(spec["name"], data, spec["seed"], spec["arm"], spec["budget"], Path(spec["out"]))
+    print(ROW + json.dumps(row), flush=True)
+
+
+ROW = "arm result: "
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", default="digits,fridge,shapes")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--detection-seeds", default="0,1", help="seeds of the detection dataset (its arms cost more)")
     p.add_argument("--arms", default=",".join(ARMS))
-    p.add_argument("--budget-classification", type=float, default=0.03, help="device-hours per arm")
-    p.add_argument("--budget-detection", type=float, default=0.05, help="device-hours per arm")
+    p.add_argument("--budget-classification", type=float, default=0.06, help="device-hours per arm")
+    p.add_argument("--budget-detection", type=float, default=0.08, help="device-hours per arm")
     p.add_argument("--out", default="runs/bench-automode")
+    p.add_argument("--run-arm", help=argparse.SUPPRESS)
     args = p.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.run_arm:
+        return _child(args)
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
     results_file = root / "results.json"
@@ -323,31 +355,37 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     detection_seeds = {int(s) for s in args.detection_seeds.split(",")}
     datasets = {name: DATASETS[name](root / "data") for name in args.datasets.split(",")}
+    arms = args.arms.split(",")
+    cores = sorted(os.sched_getaffinity(0))
     # seed by seed over every dataset, so that an interrupted run has covered each dataset
     for seed in seeds:
         for name, data in datasets.items():
             if data["task"] == DET and seed not in detection_seeds:
                 continue
             budget = args.budget_classification if data["task"] == CLS else args.budget_detection
-            for arm in args.arms.split(","):
-                if (name, seed, arm) in done:
-                    continue
-                out = root / name / f"seed{seed}" / arm
-                t0 = time.monotonic()
-                try:
-                    model, info = ARMS[arm](data, budget, seed, out)
-                    if model is not None:
-                        info["test_value"] = test_score(model, data, out)
-                except Exception as e:  # a failed arm is a result too
-                    info = {"error": f"{type(e).__name__}: {e}"[:500]}
-                row = {"dataset": name, "seed": seed, "arm": arm, "budget": budget,
-                       "wall_s": round(time.monotonic() - t0, 1), **info}
-                results.append(row)
-                results_file.write_text(json.dumps(results, indent=1))
-                print(f"{name:7s} seed {seed} {arm:14s} test {row.get('test_value', float('nan')):.4f}  "
-                      f"val {row.get('validation_value') or float('nan'):.4f}  {row['wall_s']:.0f} s"
-                      + (f"  trials {row['trials']}" if "trials" in row else "")
-                      + (f"  ERROR {row['error']}" if "error" in row else ""), flush=True)
+            for pair in PAIRS:
+                todo = [a for a in pair if a in arms and (name, seed, a) not in done]
+                procs = []
+                for k, arm in enumerate(todo):
+                    core = {cores[k % len(cores)]}
+                    spec = {"name": name, "seed": seed, "arm": arm, "budget": budget,
+                            "out": str(root / name / f"seed{seed}" / arm),
+                            "data": {k2: str(v) if isinstance(v, Path) else v for k2, v in data.items()}}
+                    procs.append(subprocess.Popen(
+                        [sys.executable, __file__, "--run-arm", json.dumps(spec)], stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT, text=True, preexec_fn=lambda c=core: os.sched_setaffinity(0, c)))
+                for arm, proc in zip(todo, procs):
+                    output, _ = proc.communicate()
+                    lines = [ln for ln in output.splitlines() if ln.startswith(ROW)]
+                    row = (json.loads(lines[-1][len(ROW):]) if lines else
+                           {"dataset": name, "seed": seed, "arm": arm, "budget": budget, "wall_s": 0,
+                            "error": output[-500:]})
+                    results.append(row)
+                    results_file.write_text(json.dumps(results, indent=1))
+                    print(f"{name:7s} seed {seed} {arm:14s} test {row.get('test_value', float('nan')):.4f}  "
+                          f"val {row.get('validation_value') or float('nan'):.4f}  {row['wall_s']:.0f} s"
+                          + (f"  trials {row['trials']}" if "trials" in row else "")
+                          + (f"  ERROR {row['error']}" if "error" in row else ""), flush=True)
     summarize(results)
 
 

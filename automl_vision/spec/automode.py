@@ -66,6 +66,10 @@ class AutoModeRow:
     #: yolov5 model sizes (yolov5 rows only)
     model_sizes: tuple[str, ...] = ()
     why: str = ""
+    #: The starting point's learning rate (with the first optimizer); the starting point takes the
+    #: first model, batch size and model size, the most epochs and ``start_augmentation``.
+    start_learning_rate: float = 0.01
+    start_augmentation: str = "light"
 
     def applies(self, kind: str, small: bool, pretrained: bool) -> bool:
         return (self.kind == kind and self.data in ("any", "small" if small else "large")
@@ -82,34 +86,38 @@ _SGD_YOLO = LearningRate("sgd", 0.002, 0.02)
 #: The AutoMode table. Each applicable row gives one search-space entry per (image size, learning
 #: rate): the models of the row are a choice inside the entry.
 AUTOMODE_ROWS: tuple[AutoModeRow, ...] = (
-    AutoModeRow(CLASSIFICATION, "small", False, ("resnet18", "mobilenetv2"), (_SGD_SCRATCH, _ADAMW_SCRATCH),
-                epochs=(8, 16), batch_sizes=(16, 32),
-                why="From scratch on little data the small backbones learn fastest; deeper ones overfit and "
-                    "cost more per epoch for nothing. Small batches give more steps per epoch."),
+    AutoModeRow(CLASSIFICATION, "small", False, ("resnet18", "resnet34"), (_SGD_SCRATCH, _ADAMW_SCRATCH),
+                epochs=(10, 20), batch_sizes=(32, 64), start_learning_rate=0.02,
+                why="From scratch on little data the plain ResNets learn fastest (mobilenetv2's depthwise "
+                    "layers learn slowly from scratch and cost more per epoch on a CPU); deeper ones overfit."),
     AutoModeRow(CLASSIFICATION, "large", False, ("resnet18", "resnet50", "mobilenetv2"),
-                (_SGD_SCRATCH, _ADAMW_SCRATCH), epochs=(10, 20), batch_sizes=(32, 64),
+                (_SGD_SCRATCH, _ADAMW_SCRATCH), epochs=(10, 20), batch_sizes=(32, 64), start_learning_rate=0.02,
                 why="With more data a deeper backbone can pay for itself; resnet18 and mobilenetv2 stay as "
                     "fast candidates that ASHA can compare early."),
-    AutoModeRow(CLASSIFICATION, "small", True, ("resnet18", "resnet50", "vits16r224", "mobilenetv2"),
+    AutoModeRow(CLASSIFICATION, "small", True, ("resnet50", "resnet18", "vits16r224", "mobilenetv2"),
                 (_SGD_FINETUNE, _ADAMW_FINETUNE), epochs=(6, 12), batch_sizes=(16, 32),
                 why="Fine-tuning on little data: pretrained features do most of the work, so larger "
                     "backbones (resnet50, a small ViT) are worth trying; lower learning rates keep the "
                     "pretrained weights."),
-    AutoModeRow(CLASSIFICATION, "large", True, ("resnet50", "seresnext", "vitb16r224", "resnet18"),
-                (_SGD_FINETUNE, _ADAMW_FINETUNE), epochs=(8, 15),
+    AutoModeRow(CLASSIFICATION, "large", True, ("vitb16r224", "resnet50", "seresnext", "resnet18"),
+                (_SGD_FINETUNE, _ADAMW_FINETUNE), epochs=(8, 15), start_learning_rate=0.0125,
                 why="Fine-tuning on more data: the strongest backbones of the catalogue (vitb16r224 is "
                     "the original's default), resnet18 as the fast reference."),
-    AutoModeRow(DETECTION, "any", None, ("fasterrcnn_resnet18_fpn",), (_SGD_RCNN,), epochs=(10, 20),
-                why="A light two-stage detector, fast enough to compare early on any data."),
-    AutoModeRow(DETECTION, "large", None, ("fasterrcnn_resnet50_fpn",), (_SGD_RCNN,), epochs=(10, 20),
-                why="The original's R-CNN backbone, for data large enough to use it."),
     AutoModeRow(DETECTION, "any", None, ("yolov5",), (_SGD_YOLO,), epochs=(20, 40),
                 model_sizes=("small", "medium"),
                 why="One-stage yolov5 (the original's default), its small and medium sizes; it needs more "
                     "epochs than an R-CNN and each is cheaper."),
+    AutoModeRow(DETECTION, "any", None, ("fasterrcnn_resnet18_fpn",), (_SGD_RCNN,), epochs=(10, 20),
+                start_learning_rate=0.005,
+                why="A light two-stage detector, fast enough to compare early on any data."),
+    AutoModeRow(DETECTION, "large", None, ("fasterrcnn_resnet50_fpn",), (_SGD_RCNN,), epochs=(10, 20),
+                start_learning_rate=0.005,
+                why="The original's R-CNN backbone, for data large enough to use it."),
     AutoModeRow(SEGMENTATION, "any", None, ("maskrcnn_resnet18_fpn",), (_SGD_RCNN,), epochs=(10, 20),
+                start_learning_rate=0.005,
                 why="The light Mask R-CNN, fast enough to compare early."),
     AutoModeRow(SEGMENTATION, "large", None, ("maskrcnn_resnet50_fpn",), (_SGD_RCNN,), epochs=(10, 20),
+                start_learning_rate=0.005,
                 why="The original's Mask R-CNN backbone, for larger data."),
 )
 
@@ -202,9 +210,12 @@ class AutoModePlan:
     sizes: list[int]
     fixed: list[str] = field(default_factory=list)
     fingerprint: DatasetFingerprint | None = None
+    #: The first trial: a point of the first entry with the row's usual settings (the first model, its
+    #: starting learning rate, the most epochs), so that a small budget still trains one sound model.
+    start: dict[str, Any] | None = None
 
     def summary(self) -> str:
-        models = sorted({m for e in self.entries for m in _values(e.get("model_name"))})
+        models = sorted({m for r in self.rows for m in r.models})
         data = ("unknown data size" if self.fingerprint is None else
                 f"{self.fingerprint.images} training image(s), "
                 f"{'small' if self.fingerprint.small else 'large'} data")
@@ -245,9 +256,8 @@ def automode_space(task: ImageTask, fingerprint: DatasetFingerprint | None = Non
                          f"training_parameters ({', '.join(sorted(fixed))}); write a search_space")
     model = fixed.get("model_name")
     if model is not None:
-        own = [r for r in rows if model in r.models] or [r for r in AUTOMODE_ROWS if r.kind == kind
-                                                          and model in r.models]
-        base = own[0] if own else rows[0]
+        own = [r for r in rows if model in r.models]
+        base = own[0] if own else rows[0]  # a model of no applicable row takes the first row's ranges
         models = (str(model),)
         rows = [AutoModeRow(base.kind, base.data, base.pretrained, models, base.learning_rates, base.epochs,
                             base.batch_sizes, base.augmentation,
@@ -255,6 +265,7 @@ def automode_space(task: ImageTask, fingerprint: DatasetFingerprint | None = Non
     side = fingerprint.image_side if fingerprint is not None else None
     entries: list[dict[str, Any]] = []
     sizes_used: list[int] = []
+    start: dict[str, Any] | None = None
     for row in rows:
         yolo = row.models[0] in YOLO_MODELS
         if kind == CLASSIFICATION:
@@ -267,6 +278,8 @@ def automode_space(task: ImageTask, fingerprint: DatasetFingerprint | None = Non
             sizes = _near(YOLO_SIZES, longer, (320, 640), up=True)
         else:
             sizes = _near(RCNN_SIZES, side, (320, 600), up=True)
+        # the starting point trains at the data's own size: the largest candidate at or below it
+        start_size = max([c for c in sizes if side and c <= side * 1.15] or sizes[:1])
         for size in sizes:
             for lr in row.learning_rates:
                 entry: dict[str, Any] = {"model_name": _choice(row.models)}
@@ -292,8 +305,10 @@ def automode_space(task: ImageTask, fingerprint: DatasetFingerprint | None = Non
                 entries.append({k: v for k, v in entry.items() if k not in skip or k == "model_name"})
                 if size not in sizes_used and not size_keys & set(fixed):
                     sizes_used.append(size)
+                if start is None and size == start_size and lr is row.learning_rates[0]:
+                    start = _start_point(entries[-1], row)
     if model is not None:
-        for e in entries:
+        for e in entries + ([start] if start else []):
             e.pop("model_name", None)
     dropped = sorted(k for k in fixed if k != "model_name" and k in _row_keys(kind))
     # identical entries (a fixed size or optimizer makes them collapse) are kept once
@@ -301,7 +316,25 @@ def automode_space(task: ImageTask, fingerprint: DatasetFingerprint | None = Non
     for e in entries:
         if e not in unique:
             unique.append(e)
-    return AutoModePlan(unique, rows, sizes_used, dropped, fingerprint)
+    return AutoModePlan(unique, rows, sizes_used, dropped, fingerprint, start)
+
+
+def _start_point(entry: Mapping[str, Any], row: AutoModeRow) -> dict[str, Any]:
+    """One point of ``entry``: the row's first model, batch and model size, its most epochs, its starting
+    learning rate and augmentation; fixed values as they are."""
+    point: dict[str, Any] = {}
+    for k, v in entry.items():
+        if k == "learning_rate":
+            point[k] = row.start_learning_rate
+        elif k == "number_of_epochs" and isinstance(v, Mapping):
+            point[k] = max(v["values"])
+        elif k == "augmentation" and isinstance(v, Mapping):
+            point[k] = row.start_augmentation
+        elif isinstance(v, Mapping):
+            point[k] = v["values"][0]
+        else:
+            point[k] = v
+    return point
 
 
 def _row_keys(kind: str) -> set[str]:

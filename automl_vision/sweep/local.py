@@ -47,7 +47,14 @@ from automl_vision.spec import hyperparameters as hps
 from automl_vision.spec.automode import MAX_TRIALS
 from automl_vision.spec.job import JobSpec, resolved
 from automl_vision.spec.termination import rungs, trial_bracket
-from automl_vision.sweep.automode import AutoModeJob, WarmStart, fingerprint_of, prepare_automode, warm_start_seeds
+from automl_vision.sweep.automode import (
+    AutoModeJob,
+    WarmStart,
+    fingerprint_of,
+    fits_space,
+    prepare_automode,
+    warm_start_seeds,
+)
 from automl_vision.sweep.command import format_argument, trial_arguments
 from automl_vision.sweep.core import FAILED, FINISHED, RANKED, RERUN, SweepState, TrialRecord, trial_id
 from automl_vision.sweep.sampling import Observation, make_sampler
@@ -285,6 +292,8 @@ class _Sweep:
                       + (f", at most {total} trial(s)" if total < MAX_TRIALS else ""))
         if self.warm.seeds:
             trials += f", the first {len(self.warm.seeds)} warm started"
+        elif self.automode.plan is not None and self.first_trials():
+            trials += ", the first at AutoMode's starting point"
         self.echo(f"sweep: {trials}, {self.sampler.description}, {policy}; {self.resources}; "
                   f"primary metric {self.primary} ({'max' if self.task.maximize else 'min'}); "
                   f"run folder {self.run_dir}")
@@ -370,17 +379,26 @@ class _Sweep:
         if index in self.suggested:
             return self.suggested[index]
         previous = self.rerun.get(index)
-        seeds = self.warm.seeds
+        first = self.first_trials()
         if previous is not None:
             out = previous["parameters"], previous.get("sampler_params", {})
-        elif index < len(seeds):
-            out = dict(seeds[index].parameters), {"warm_start": seeds[index].source}
+        elif index < len(first):
+            out = dict(first[index][0]), dict(first[index][1])
         else:
             observations = [self._observation(t) for t in sorted(self.state.trials.values(), key=lambda t: t.index)]
-            suggestion = self.sampler.suggest(index - len(seeds), observations)
+            suggestion = self.sampler.suggest(index - len(first), observations)
             out = suggestion.parameters, suggestion.sampler_params
         self.suggested[index] = out
         return out
+
+    def first_trials(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """The trials before the sampler's: the warm start's seeds, then AutoMode's starting point (unless a
+        seed is the same point), each with what the sweep records as its sampler's parameters."""
+        out = [(dict(seed.parameters), {"warm_start": seed.source}) for seed in self.warm.seeds]
+        start = self.automode.plan.start if self.automode.plan is not None else None
+        if start is not None and all(start != params for params, _ in out) and fits_space(start, self.job):
+            out.append((dict(start), {"automode_start": True}))
+        return out[:self.sampler.total]
 
     def _start(self, index: int, total: int) -> int:
         """Start trial ``index``; returns 1 when it failed before starting (an invalid sample), else 0."""
@@ -421,7 +439,8 @@ class _Sweep:
         self.running[tid] = r
         threading.Thread(target=_read_lines, args=(tid, proc.stdout, self.events), daemon=True).start()
         place = f"{index + 1}" if self.budget_s is not None and total >= MAX_TRIALS else f"{index + 1}/{total}"
-        warm = " (warm start)" if "warm_start" in sampler_params else ""
+        warm = (" (warm start)" if "warm_start" in sampler_params else
+                " (AutoMode's starting point)" if "automode_start" in sampler_params else "")
         self.echo(f"[{tid}] {place} starting{warm}: {_show_params(params)}")
         self._write(force=True)
         return 0

@@ -14,8 +14,8 @@ from automl_vision.sweep.automode import prepare_automode, warm_start_seeds
 from automl_vision.sweep.core import TrialRecord
 
 FRIDGE = DatasetFingerprint("image_classification", 134, 4, 113.0, 0.75, labels_per_image=1.0)
-POINT = {"model_name": "mobilenetv2", "train_crop_size": 128, "valid_resize_size": 146, "valid_crop_size": 128,
-         "optimizer": "adamw", "learning_rate": 0.002, "number_of_epochs": 16, "training_batch_size": 32,
+POINT = {"model_name": "resnet34", "train_crop_size": 128, "valid_resize_size": 146, "valid_crop_size": 128,
+         "optimizer": "adamw", "learning_rate": 0.002, "number_of_epochs": 20, "training_batch_size": 32,
          "augmentation": "none"}
 
 

@@ -198,9 +198,12 @@ def test_automode_keeps_to_its_budget_and_warm_starts_the_next_run(tmp_path, dat
     first = run_sweep(parse_job(job), tmp_path / "first", device="cpu", echo=echoed.append, onnx=False)
     doc = json.loads((tmp_path / "first" / "sweep.json").read_text())
     # the sizes are fixed, so one entry per optimizer
-    assert doc["automode"]["summary"].startswith("AutoMode: 2 search-space entries over mobilenetv2, resnet18")
+    assert doc["automode"]["summary"].startswith("AutoMode: 2 search-space entries over resnet18, resnet34")
     assert doc["early_termination"]["type"] == "asha" and doc["dataset_fingerprint"]["images"] == 60
-    assert {"augmentation", "learning_rate", "optimizer"} <= set(first.trials[0].parameters)
+    start = first.trials[0]  # AutoMode's starting point, then the sampler's trials
+    assert start.sampler_params == {"automode_start": True}
+    assert (start.parameters["model_name"], start.parameters["optimizer"], start.parameters["learning_rate"],
+            start.parameters["augmentation"]) == ("resnet18", "sgd", 0.02, "light")
     assert doc["stopped_because"].startswith("the budget of 0.004 CPU-hours")
     assert all(t["device_share"] == round(t["threads"] / available_cpus(), 4) for t in doc["trials"])
     used = sum(t["duration_s"] * t["device_share"] for t in doc["trials"]) / 3600

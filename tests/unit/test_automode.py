@@ -59,13 +59,31 @@ def test_small_scratch_classification_space_follows_the_image_size():
     assert [(e["train_crop_size"], e["optimizer"]) for e in plan.entries] == [
         (64, "sgd"), (64, "adamw"), (128, "sgd"), (128, "adamw")]
     first = plan.entries[0]
-    assert first["model_name"] == {"type": "choice", "values": ["resnet18", "mobilenetv2"]}
+    assert first["model_name"] == {"type": "choice", "values": ["resnet18", "resnet34"]}
     assert first["valid_resize_size"] == 73 and first["valid_crop_size"] == 64
     digits = _fp(ImageTask.IMAGE_CLASSIFICATION, 500, 32)
     assert automode_space(ImageTask.IMAGE_CLASSIFICATION, digits, fixed={"pretrained": False}).sizes == [32, 64]
     # pretrained weights: their own 224 px, and the larger backbones
     tuned = automode_space(ImageTask.IMAGE_CLASSIFICATION, fridge)
     assert tuned.sizes == [224] and "vits16r224" in tuned.entries[0]["model_name"]["values"]
+
+
+def test_the_starting_point_is_a_sound_default_at_the_datas_own_size():
+    digits = automode_space(ImageTask.IMAGE_CLASSIFICATION, _fp(ImageTask.IMAGE_CLASSIFICATION, 400, 32),
+                            fixed={"pretrained": False})
+    assert digits.start == {"model_name": "resnet18", "train_crop_size": 32, "valid_resize_size": 37,
+                            "valid_crop_size": 32, "optimizer": "sgd", "learning_rate": 0.02, "number_of_epochs": 20,
+                            "training_batch_size": 32, "augmentation": "light"}
+    photos = automode_space(ImageTask.IMAGE_CLASSIFICATION, _fp(ImageTask.IMAGE_CLASSIFICATION, 400, 480),
+                            fixed={"pretrained": False})
+    assert photos.sizes == [128, 224] and photos.start["train_crop_size"] == 224
+    shapes = automode_space(ImageTask.IMAGE_OBJECT_DETECTION, _fp(ImageTask.IMAGE_OBJECT_DETECTION, 80, 128))
+    assert shapes.start == {"model_name": "yolov5", "img_size": 128, "model_size": "small", "learning_rate": 0.01,
+                            "number_of_epochs": 40, "augmentation": "light"}
+    # a point of the space the sweep runs, with what the job fixes left to the job
+    job = parse_job({**CLS, "limits": {"max_trials": 6}, "training_parameters": {"pretrained": False, "model_name": "resnet34"}})
+    prepared = prepare_automode(job, _fp(ImageTask.IMAGE_CLASSIFICATION, 400, 32))
+    assert "model_name" not in prepared.plan.start and fits_space(prepared.plan.start, prepared.job)
 
 
 def test_detection_space_has_rcnns_and_yolov5_sizes():
@@ -168,7 +186,7 @@ def test_warm_start_takes_the_best_fitting_settings_of_similar_runs(tmp_path):
                                       "sweep": {"warm_start": [str(tmp_path / "runs")]},
                                       "training_parameters": {"pretrained": False}}), fridge).job
     point = {"model_name": "resnet18", "train_crop_size": 64, "valid_resize_size": 73, "valid_crop_size": 64,
-             "optimizer": "sgd", "learning_rate": 0.05, "number_of_epochs": 8, "training_batch_size": 16,
+             "optimizer": "sgd", "learning_rate": 0.05, "number_of_epochs": 10, "training_batch_size": 32,
              "augmentation": "light"}
     assert fits_space(point, job)
     outside = {**point, "learning_rate": 0.9}  # beyond the sgd range
@@ -205,9 +223,9 @@ def test_validate_job_prints_the_automode_space(tmp_path, make_dataset, cli_main
     done = cli_main("validate-job", job)
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    assert out.startswith("# AutoMode: 4 search-space entries over mobilenetv2, resnet18; sizes 32, 64 "
+    assert out.startswith("# AutoMode: 4 search-space entries over resnet18, resnet34; sizes 32, 64 "
                           "(6 training image(s), small data)\n")
-    assert "#   early termination: asha (min_resource 2, max_resource 16, reduction_factor 3.0) (AutoMode's default)" in out
+    assert "#   early termination: asha (min_resource 2, max_resource 20, reduction_factor 3.0) (AutoMode's default)" in out
     import yaml
 
     printed = yaml.safe_load(out)  # the comments aside, it is the job the sweep runs
