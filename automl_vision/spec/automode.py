@@ -30,6 +30,10 @@ SMALL_DATA_IMAGES = 2000
 #: three for detectors, whose mean average precision is near 0 for every trial after one epoch.
 AUTOMODE_POLICY = {"type": "asha", "min_resource": 2, "reduction_factor": 3}
 AUTOMODE_MIN_RESOURCE = {"classification": 2, "detection": 3, "segmentation": 3}
+#: The share of a budget an AutoMode sweep keeps for its final training: the best trial's settings again,
+#: with as many epochs as that share pays for (one model trained long wins on small budgets, where the
+#: search alone leaves every trial short).
+AUTOMODE_REFIT_SHARE = 0.3
 #: The largest number of trials a sweep has when only a budget bounds it.
 MAX_TRIALS = 1000
 

@@ -65,6 +65,8 @@ class TrialRecord:
     #: The model it trained where the sampled parameters do not say (set in training_parameters, or the
     #: task's default).
     model: str | None = None
+    #: Not judged by the early-termination policy (AutoMode's final training of its best settings).
+    exempt: bool = False
 
     @property
     def model_name(self) -> str | None:
@@ -127,7 +129,7 @@ class SweepState:
         rec.epochs_completed = max(rec.epochs_completed, rec.epochs[-1])
         if math.isfinite(value) and (rec.best_value is None or _better(value, rec.best_value, self.maximize)):
             rec.best_value, rec.best_epoch = float(value), rec.epochs[-1]
-        if self.policy is None or rec.status != "running":
+        if self.policy is None or rec.status != "running" or rec.exempt:
             return None
         n = len(rec.values)
         if rec.planned_intervals is not None and n >= rec.planned_intervals:

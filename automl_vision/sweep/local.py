@@ -44,7 +44,7 @@ import torch
 from automl_vision.errors import EXIT_DIVERGED, EXIT_OK, ConfigError
 from automl_vision.models.device import available_cpus
 from automl_vision.spec import hyperparameters as hps
-from automl_vision.spec.automode import MAX_TRIALS
+from automl_vision.spec.automode import AUTOMODE_REFIT_SHARE, MAX_TRIALS
 from automl_vision.spec.job import JobSpec, resolved
 from automl_vision.spec.termination import rungs, trial_bracket
 from automl_vision.sweep.automode import (
@@ -176,6 +176,7 @@ class _Sweep:
         self.warm = WarmStart()
         self.suggested: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}  # index -> a suggestion not yet started
         self.budget_s = job.limits.budget * 3600 if job.limits.budget is not None else None
+        self.refit_started = False
         self.onnx = onnx
         self.task = job.task
         self.primary = job.task.primary_metric
@@ -415,6 +416,7 @@ class _Sweep:
             self._write(force=True)
             return 1
         rec.model = values.get("model_name")
+        rec.exempt = "automode_refit" in sampler_params  # the best settings again, longer: not judged
         rec.planned_epochs = values["number_of_epochs"]
         rec.planned_intervals = math.ceil(values["number_of_epochs"] / values["evaluation_frequency"])
         trial_dir = self.run_dir / "trials" / tid
@@ -440,7 +442,9 @@ class _Sweep:
         threading.Thread(target=_read_lines, args=(tid, proc.stdout, self.events), daemon=True).start()
         place = f"{index + 1}" if self.budget_s is not None and total >= MAX_TRIALS else f"{index + 1}/{total}"
         warm = (" (warm start)" if "warm_start" in sampler_params else
-                " (AutoMode's starting point)" if "automode_start" in sampler_params else "")
+                " (AutoMode's starting point)" if "automode_start" in sampler_params else
+                f" (AutoMode's final training: {sampler_params['automode_refit']}'s settings for the rest of "
+                "the budget)" if "automode_refit" in sampler_params else "")
         self.echo(f"[{tid}] {place} starting{warm}: {_show_params(params)}")
         self._write(force=True)
         return 0
@@ -513,7 +517,7 @@ class _Sweep:
                 continue
             startup, rate = model
             every = max(1, round(t.planned_epochs / t.planned_intervals)) if t.planned_intervals else 1
-            end = self._stage_end(t.trial_id, len(t.values), t.planned_epochs, every)
+            end = t.planned_epochs if t.exempt else self._stage_end(t.trial_id, len(t.values), t.planned_epochs, every)
             expected = startup + end * rate
             total += max(expected - (now - r.started), 0.0) * (t.device_share or 1.0)
         return total
@@ -533,13 +537,44 @@ class _Sweep:
         if model is not None and plan is not None:
             planned, every = plan
             estimate = (model[0] + self._stage_end(trial_id(index), 0, planned, every) * model[1]) * share
-        if committed + estimate <= self.budget_s and committed < self.budget_s:
+        refit = self._refit_pending()
+        limit = self.budget_s * (1 - AUTOMODE_REFIT_SHARE) if refit else self.budget_s
+        if committed + estimate <= limit and committed < limit:
             return True
+        if refit and not self.running:
+            self.refit_started = True
+            params = self._refit_params(committed)
+            if params is not None:
+                self.suggested[index] = params, {"automode_refit": self.state.best.trial_id}
+                return True
+            return self._budget_allows(index)  # nothing to gain: the whole budget is the sampler's
         if not self.running and not self.stopped_because:
             self.stopped_because = (
                 f"the budget of {self.job.limits.budget:g} {self.budget_unit} is spent: {committed / 3600:.4f} used"
                 + (f"; the next trial would need about {estimate / 3600:.4f} more" if estimate else ""))
         return False
+
+    def _refit_pending(self) -> bool:
+        """AutoMode with a budget keeps its last share for training its best settings longer."""
+        return (self.automode.plan is not None and self.budget_s is not None and not self.refit_started
+                and "number_of_epochs" not in self.job.training_parameters)
+
+    def _refit_params(self, committed: float) -> dict[str, Any] | None:
+        """The best trial's settings with as many epochs as the rest of the budget pays for at the
+        measured start-up and epoch times; None when that is no more than it had (or nothing is measured)."""
+        best = self.state.best
+        if best is None:
+            return None
+        model, plan = self._cost_model(best.parameters), self._plan(best.parameters)
+        if model is None or plan is None:
+            return None
+        startup, rate = model
+        share = 1.0 if self.free_gpus else self.threads / self.cores
+        # 10% kept back: a final training stopped by the budget before its schedule ends loses its last epochs
+        epochs = int(0.9 * ((self.budget_s - committed) / share - startup) / rate)
+        if epochs <= plan[0]:
+            return None
+        return {**best.parameters, "number_of_epochs": epochs}
 
     def _budget_allows_going_on(self, r: _Running) -> bool:
         """Whether a trial the policy just let go on can pay for its next stage (to its next rung, or its

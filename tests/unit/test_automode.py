@@ -297,3 +297,46 @@ def test_settings_fixed_for_every_trial_keep_out_the_models_they_do_not_apply_to
     assert [e["model_name"] for e in yolo.job.search_space] == ["yolov5", "yolov5"]
     with pytest.raises(ConfigError, match="min_size does not apply to task image_classification"):
         parse_job({**CLS, "limits": {"budget": 1}, "training_parameters": {"min_size": 320}})
+
+
+def test_automode_keeps_the_end_of_its_budget_for_training_its_best_settings_longer(tmp_path):
+    from automl_vision.sweep.local import _Sweep
+
+    prepared = prepare_automode(parse_job({**CLS, "training_data": str(tmp_path / "t.jsonl"), "limits": {"budget": 0.06},
+                                           "training_parameters": {"pretrained": False}}),
+                                _fp(ImageTask.IMAGE_CLASSIFICATION, 100, 32))
+    sweep = _Sweep(prepared.job, tmp_path / "run", "cpu", print, False, automode=prepared)
+    sweep.threads = sweep.cores = 2
+    best_params = dict(sweep.automode.plan.start)  # 20 epochs
+    done = TrialRecord("trial-0000", 0, best_params, status="completed", best_value=0.9, epochs_completed=20,
+                       device_share=1.0, duration_s=100.0)
+    done.epochs, done.report_s = list(range(1, 21)), [5.0 + 2 * e for e in range(1, 21)]  # 5 s, then 2 s an epoch
+    sweep.state.add(done)
+    # 100 used + 9 for the next trial's first rung fits the 70% the search may use (151.2 of 216 s)
+    assert sweep._budget_allows(1) and sweep._suggest(1)[1] != {"automode_refit": "trial-0000"}
+    sweep.suggested.clear()
+    done.duration_s = 145.0  # 145 + 9 > 151.2: the rest trains the best settings, 0.9 * (71 - 5) / 2 = 29 epochs
+    assert sweep._budget_allows(1)
+    params, sampler = sweep._suggest(1)
+    assert sampler == {"automode_refit": "trial-0000"}
+    assert params == {**best_params, "number_of_epochs": 29}
+    # once it is started, no other trial fits
+    sweep.refit_started = True
+    assert not sweep._refit_pending()
+
+
+def test_no_final_training_when_the_rest_would_not_train_longer(tmp_path):
+    from automl_vision.sweep.local import _Sweep
+
+    prepared = prepare_automode(parse_job({**CLS, "training_data": str(tmp_path / "t.jsonl"), "limits": {"budget": 0.06},
+                                           "training_parameters": {"pretrained": False}}),
+                                _fp(ImageTask.IMAGE_CLASSIFICATION, 100, 32))
+    sweep = _Sweep(prepared.job, tmp_path / "run", "cpu", print, False, automode=prepared)
+    sweep.threads = sweep.cores = 2
+    done = TrialRecord("trial-0000", 0, dict(prepared.plan.start), status="completed", best_value=0.9,
+                       epochs_completed=20, device_share=1.0, duration_s=180.0)
+    done.epochs, done.report_s = list(range(1, 21)), [5.0 + 2 * e for e in range(1, 21)]
+    sweep.state.add(done)
+    # 0.9 * (36 - 5) / 2 = 13 epochs <= its 20: the search goes on with the whole budget
+    assert sweep._budget_allows(1) and "automode_refit" not in sweep._suggest(1)[1]
+    assert sweep.refit_started and not sweep._refit_pending()
