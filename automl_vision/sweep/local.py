@@ -588,7 +588,9 @@ class _Sweep:
         every = max(1, round(t.planned_epochs / t.planned_intervals)) if t.planned_intervals else 1
         end = self._stage_end(t.trial_id, len(t.values), t.planned_epochs, every)
         left = max(model[0] + end * model[1] - (time.monotonic() - r.started), 0.0) * (t.device_share or 1.0)
-        return self._committed_s(skip=t.trial_id) + left <= self.budget_s
+        # while AutoMode's final training is still to come, the search keeps to its share
+        limit = self.budget_s * (1 - AUTOMODE_REFIT_SHARE) if self._refit_pending() else self.budget_s
+        return self._committed_s(skip=t.trial_id) + left <= limit
 
     def _check_budget(self) -> None:
         """Running trials past the budget (they took longer than estimated) are stopped, keeping their best epoch."""

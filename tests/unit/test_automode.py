@@ -5,6 +5,7 @@ fingerprint and the warm start read real files."""
 from __future__ import annotations
 
 import itertools
+import time
 import json
 import math
 from pathlib import Path
@@ -340,3 +341,31 @@ def test_no_final_training_when_the_rest_would_not_train_longer(tmp_path):
     # 0.9 * (36 - 5) / 2 = 13 epochs <= its 20: the search goes on with the whole budget
     assert sweep._budget_allows(1) and "automode_refit" not in sweep._suggest(1)[1]
     assert sweep.refit_started and not sweep._refit_pending()
+
+
+def test_a_promoted_trial_keeps_to_the_searchs_share_of_the_budget(tmp_path):
+    """A trial ASHA lets go on past a rung stops there when its next stage would eat into the final
+    training's share."""
+    from automl_vision.sweep.local import _Running, _Sweep
+
+    prepared = prepare_automode(parse_job({**CLS, "training_data": str(tmp_path / "t.jsonl"), "limits": {"budget": 0.06},
+                                           "training_parameters": {"pretrained": False}}),
+                                _fp(ImageTask.IMAGE_CLASSIFICATION, 100, 32))
+    sweep = _Sweep(prepared.job, tmp_path / "run", "cpu", print, False, automode=prepared)
+    sweep.threads = sweep.cores = 2
+    done = TrialRecord("trial-0000", 0, dict(prepared.plan.start), status="completed", best_value=0.9,
+                       epochs_completed=20, device_share=1.0, duration_s=100.0)
+    done.epochs, done.report_s = list(range(1, 21)), [5.0 + 2 * e for e in range(1, 21)]
+    sweep.state.add(done)
+    rec = TrialRecord("trial-0001", 1, dict(prepared.plan.start), status="running", device_share=1.0,
+                      planned_epochs=20, planned_intervals=20)
+    rec.epochs, rec.values, rec.report_s = [1, 2], [0.3, 0.5], [7.0, 9.0]
+    sweep.state.add(rec)
+    running = _Running(rec, proc=None, console=None, trial_dir=tmp_path, started=time.monotonic() - 9.0)
+    sweep.running[rec.trial_id] = running
+    # at its rung 2, after 9 s: to rung 6 costs 8 s more; 100 + 9 + 8 <= 151.2 (70% of 216)
+    assert sweep._budget_allows_going_on(running)
+    done.duration_s = 140.0  # 140 + 9 + 8 > 151.2, though it fits the whole budget
+    assert not sweep._budget_allows_going_on(running)
+    sweep.refit_started = True
+    assert sweep._budget_allows_going_on(running)
