@@ -34,6 +34,9 @@ AUTOMODE_MIN_RESOURCE = {"classification": 2, "detection": 3, "segmentation": 3}
 #: with as many epochs as that share pays for (one model trained long wins on small budgets, where the
 #: search alone leaves every trial short).
 AUTOMODE_REFIT_SHARE = 0.3
+#: A budget that pays for fewer than 7 trials like the starting point gives the search 10% for each
+#: (at least this share) and the final training the rest.
+AUTOMODE_MIN_SEARCH_SHARE = 0.3
 #: The largest number of trials a sweep has when only a budget bounds it.
 MAX_TRIALS = 1000
 

@@ -44,7 +44,7 @@ import torch
 from automl_vision.errors import EXIT_DIVERGED, EXIT_OK, ConfigError
 from automl_vision.models.device import available_cpus
 from automl_vision.spec import hyperparameters as hps
-from automl_vision.spec.automode import AUTOMODE_REFIT_SHARE, MAX_TRIALS
+from automl_vision.spec.automode import AUTOMODE_MIN_SEARCH_SHARE, AUTOMODE_REFIT_SHARE, MAX_TRIALS
 from automl_vision.spec.job import JobSpec, resolved
 from automl_vision.spec.termination import rungs, trial_bracket
 from automl_vision.sweep.automode import (
@@ -538,7 +538,7 @@ class _Sweep:
             planned, every = plan
             estimate = (model[0] + self._stage_end(trial_id(index), 0, planned, every) * model[1]) * share
         refit = self._refit_pending()
-        limit = self.budget_s * (1 - AUTOMODE_REFIT_SHARE) if refit else self.budget_s
+        limit = self._search_limit() if refit else self.budget_s
         if committed + estimate <= limit and committed < limit:
             return True
         if refit and not self.running:
@@ -558,6 +558,18 @@ class _Sweep:
         """AutoMode with a budget keeps its last share for training its best settings longer."""
         return (self.automode.plan is not None and self.budget_s is not None and not self.refit_started
                 and "number_of_epochs" not in self.job.training_parameters)
+
+    def _search_limit(self) -> float:
+        """The device-seconds AutoMode's search may use before its final training: 70% of a budget that pays
+        for at least 7 trials like the starting point (measured once it has ended), else 10% for each such
+        trial it pays for, and at least 30%: the smaller the budget, the more of it goes into one model."""
+        share = 1 - AUTOMODE_REFIT_SHARE
+        start = next((t for t in self.state.trials.values()
+                      if "automode_start" in t.sampler_params and t.status in FINISHED and t.duration_s > 0), None)
+        if start is not None:
+            cost = start.duration_s * (start.device_share or 1.0)
+            share = min(share, max(AUTOMODE_MIN_SEARCH_SHARE, 0.1 * self.budget_s / cost))
+        return self.budget_s * share
 
     def _refit_params(self, committed: float) -> dict[str, Any] | None:
         """The best trial's settings with as many epochs as the rest of the budget pays for at the
@@ -589,7 +601,7 @@ class _Sweep:
         end = self._stage_end(t.trial_id, len(t.values), t.planned_epochs, every)
         left = max(model[0] + end * model[1] - (time.monotonic() - r.started), 0.0) * (t.device_share or 1.0)
         # while AutoMode's final training is still to come, the search keeps to its share
-        limit = self.budget_s * (1 - AUTOMODE_REFIT_SHARE) if self._refit_pending() else self.budget_s
+        limit = self._search_limit() if self._refit_pending() else self.budget_s
         return self._committed_s(skip=t.trial_id) + left <= limit
 
     def _check_budget(self) -> None:

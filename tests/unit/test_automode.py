@@ -369,3 +369,21 @@ def test_a_promoted_trial_keeps_to_the_searchs_share_of_the_budget(tmp_path):
     assert not sweep._budget_allows_going_on(running)
     sweep.refit_started = True
     assert sweep._budget_allows_going_on(running)
+
+
+def test_a_small_budget_leaves_more_to_the_final_training(tmp_path):
+    prepared = prepare_automode(parse_job({**CLS, "training_data": str(tmp_path / "t.jsonl"), "limits": {"budget": 0.06},
+                                           "training_parameters": {"pretrained": False}}),
+                                _fp(ImageTask.IMAGE_CLASSIFICATION, 100, 32))
+    from automl_vision.sweep.local import _Sweep
+
+    sweep = _Sweep(prepared.job, tmp_path / "run", "cpu", print, False, automode=prepared)
+    assert sweep._search_limit() == pytest.approx(0.7 * 216)  # nothing measured yet
+    start = TrialRecord("trial-0000", 0, dict(prepared.plan.start), {"automode_start": True}, status="completed",
+                        duration_s=50.0, device_share=1.0)
+    sweep.state.add(start)
+    assert sweep._search_limit() == pytest.approx(0.1 * 216 / 50 * 216)  # 4.3 such trials: 43%
+    start.duration_s = 150.0
+    assert sweep._search_limit() == pytest.approx(0.3 * 216)  # at least 30%
+    start.duration_s = 10.0
+    assert sweep._search_limit() == pytest.approx(0.7 * 216)  # 21 such trials: at most 70%
