@@ -120,7 +120,7 @@ def cells(root: Path, per_class: int = 300, test_per_class: int = 100) -> dict:
             path = folder / f"{Path(line['image_url']).stem}_{k:02d}.png"
             if not path.is_file():
                 image.crop(box).resize((48, 48), Image.BILINEAR).save(path)
-            by_class.setdefault(o["label"], []).append({"image_url": str(path), "label": o["label"]})
+            by_class.setdefault(o["label"], []).append({"image_url": str(path.resolve()), "label": o["label"]})
     pool, test = [], []
     for label, rows in sorted(by_class.items()):
         random.Random(label).shuffle(rows)
@@ -152,7 +152,7 @@ def shapes(root: Path, n: int = 110, size: int = 128) -> dict:
                             "bottomX": (x0 + s) / size, "bottomY": (y0 + s) / size})
         path = folder / f"shape_{i:03d}.png"
         image.save(path)
-        rows.append({"image_url": str(path), "label": objects})
+        rows.append({"image_url": str(path.resolve()), "label": objects})
     pool, test = _split(rows, 30)
     return {"task": DET, "pool": _write(root / "shapes_pool.jsonl", pool), "test": _write(root / "shapes_test.jsonl", test),
             "size": 128, "classes": 2}
