@@ -546,8 +546,14 @@ class _Sweep:
             params = self._refit_params(committed)
             if params is not None:
                 self.suggested[index] = params, {"automode_refit": self.state.best.trial_id}
+                self.echo(f"sweep: the search has used {committed / 3600:.4f} of {self.job.limits.budget:g} "
+                          f"{self.budget_unit}; AutoMode's final training: {self.state.best.trial_id}'s settings "
+                          f"for {params['number_of_epochs']} epoch(s)")
                 return True
-            return self._budget_allows(index)  # nothing to gain: the whole budget is the sampler's
+            self.echo(f"sweep: no final training (the rest of the budget would not train "
+                      f"{self.state.best.trial_id if self.state.best else 'a trial'} longer than it was); "
+                      "the search goes on with the whole budget")
+            return self._budget_allows(index)
         if not self.running and not self.stopped_because:
             self.stopped_because = (
                 f"the budget of {self.job.limits.budget:g} {self.budget_unit} is spent: {committed / 3600:.4f} used"
@@ -600,8 +606,10 @@ class _Sweep:
         every = max(1, round(t.planned_epochs / t.planned_intervals)) if t.planned_intervals else 1
         end = self._stage_end(t.trial_id, len(t.values), t.planned_epochs, every)
         left = max(model[0] + end * model[1] - (time.monotonic() - r.started), 0.0) * (t.device_share or 1.0)
-        # while AutoMode's final training is still to come, the search keeps to its share
-        limit = self._search_limit() if self._refit_pending() else self.budget_s
+        # while AutoMode's final training is still to come, the search keeps to its share; the starting
+        # point (the model a small budget relies on) only to the whole budget
+        searching = self._refit_pending() and "automode_start" not in t.sampler_params
+        limit = self._search_limit() if searching else self.budget_s
         return self._committed_s(skip=t.trial_id) + left <= limit
 
     def _check_budget(self) -> None:
