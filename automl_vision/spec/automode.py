@@ -110,16 +110,17 @@ AUTOMODE_ROWS: tuple[AutoModeRow, ...] = (
                 (_SGD_FINETUNE, _ADAMW_FINETUNE), epochs=(8, 15), start_learning_rate=0.0125,
                 why="Fine-tuning on more data: the strongest backbones of the catalogue (vitb16r224 is "
                     "the original's default), resnet18 as the fast reference."),
+    AutoModeRow(DETECTION, "any", None, ("fasterrcnn_resnet18_fpn",), (_SGD_RCNN,), epochs=(10, 20),
+                start_learning_rate=0.005,
+                why="A light two-stage detector: the starting point, since from scratch it finds objects within a "
+                    "few epochs where yolov5 still scores 0 after ten."),
+    AutoModeRow(DETECTION, "large", None, ("fasterrcnn_resnet50_fpn",), (_SGD_RCNN,), epochs=(10, 20),
+                start_learning_rate=0.005,
+                why="The original's R-CNN backbone, for data large enough to use it."),
     AutoModeRow(DETECTION, "any", None, ("yolov5",), (_SGD_YOLO,), epochs=(20, 40),
                 model_sizes=("small", "medium"),
                 why="One-stage yolov5 (the original's default), its small and medium sizes; it needs more "
                     "epochs than an R-CNN and each is cheaper."),
-    AutoModeRow(DETECTION, "any", None, ("fasterrcnn_resnet18_fpn",), (_SGD_RCNN,), epochs=(10, 20),
-                start_learning_rate=0.005,
-                why="A light two-stage detector, fast enough to compare early on any data."),
-    AutoModeRow(DETECTION, "large", None, ("fasterrcnn_resnet50_fpn",), (_SGD_RCNN,), epochs=(10, 20),
-                start_learning_rate=0.005,
-                why="The original's R-CNN backbone, for data large enough to use it."),
     AutoModeRow(SEGMENTATION, "any", None, ("maskrcnn_resnet18_fpn",), (_SGD_RCNN,), epochs=(10, 20),
                 start_learning_rate=0.005,
                 why="The light Mask R-CNN, fast enough to compare early."),
