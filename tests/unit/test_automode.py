@@ -79,8 +79,8 @@ def test_the_starting_point_is_a_sound_default_at_the_datas_own_size():
                             fixed={"pretrained": False})
     assert photos.sizes == [128, 224] and photos.start["train_crop_size"] == 224
     shapes = automode_space(ImageTask.IMAGE_OBJECT_DETECTION, _fp(ImageTask.IMAGE_OBJECT_DETECTION, 80, 128))
-    assert shapes.start == {"model_name": "fasterrcnn_resnet18_fpn", "min_size": 128, "max_size": 213,
-                            "learning_rate": 0.005, "number_of_epochs": 20, "augmentation": "light"}
+    assert shapes.start == {"model_name": "yolov5", "img_size": 128, "model_size": "medium", "learning_rate": 0.01,
+                            "number_of_epochs": 40, "augmentation": "default", "early_stopping_delay": 15}
     # a point of the space the sweep runs, with what the job fixes left to the job
     job = parse_job({**CLS, "limits": {"max_trials": 6}, "training_parameters": {"pretrained": False, "model_name": "resnet34"}})
     prepared = prepare_automode(job, _fp(ImageTask.IMAGE_CLASSIFICATION, 400, 32))
@@ -92,7 +92,8 @@ def test_detection_space_has_rcnns_and_yolov5_sizes():
     plan = automode_space(ImageTask.IMAGE_OBJECT_DETECTION, shapes)
     by_model = {e["model_name"]: e for e in plan.entries if e.get("min_size") == 128 or e.get("img_size") == 128}
     assert by_model["fasterrcnn_resnet18_fpn"]["max_size"] == 213
-    assert by_model["yolov5"]["model_size"] == {"type": "choice", "values": ["small", "medium"]}
+    assert by_model["yolov5"]["model_size"] == {"type": "choice", "values": ["medium", "small"]}
+    assert by_model["yolov5"]["early_stopping_delay"] == 15  # it scores 0 for its first epochs from scratch
     large = automode_space(ImageTask.IMAGE_OBJECT_DETECTION, _fp(ImageTask.IMAGE_OBJECT_DETECTION, 50_000, 600))
     assert "fasterrcnn_resnet50_fpn" in {e["model_name"] for e in large.entries}
 

@@ -573,7 +573,7 @@ def test_an_automode_job_becomes_checked_experiments(task, fingerprint, entries)
     prepared = prepare_automode(job, DatasetFingerprint.from_json(fingerprint) if fingerprint else None).job
     exps = katib.experiments_from_job(prepared, name="auto")
     assert len(exps) == entries == len(prepared.search_space)
-    minimum = 2 if task == "image_classification" else 3
+    minimum = 2 if task == "image_classification" else 5
     for exp in exps:
         spec = exp["spec"]
         assert katib.check_experiment(exp) == []
