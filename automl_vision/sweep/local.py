@@ -592,7 +592,11 @@ class _Sweep:
         epochs = int(0.9 * ((self.budget_s - committed) / share - startup) / rate)
         if epochs <= plan[0]:
             return None
-        return {**best.parameters, "number_of_epochs": epochs}
+        params = {**best.parameters, "number_of_epochs": epochs}
+        if "early_stopping" not in self.job.training_parameters:
+            # a long schedule's first epochs, at a high learning rate, are not a plateau to stop on
+            params["early_stopping"] = False
+        return params
 
     def _budget_allows_going_on(self, r: _Running) -> bool:
         """Whether a trial the policy just let go on can pay for its next stage (to its next rung, or its

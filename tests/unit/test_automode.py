@@ -321,7 +321,7 @@ def test_automode_keeps_the_end_of_its_budget_for_training_its_best_settings_lon
     assert sweep._budget_allows(1)
     params, sampler = sweep._suggest(1)
     assert sampler == {"automode_refit": "trial-0000"}
-    assert params == {**best_params, "number_of_epochs": 29}
+    assert params == {**best_params, "number_of_epochs": 29, "early_stopping": False}
     # once it is started, no other trial fits
     sweep.refit_started = True
     assert not sweep._refit_pending()
