@@ -604,16 +604,17 @@ class _Sweep:
         if self.budget_s is None:
             return True
         t = r.rec
+        if "automode_start" in t.sampler_params:
+            # the model a small budget relies on trains until its end or the budget's, whichever comes first
+            return True
         model = self._cost_model(t.parameters)
         if model is None or not t.planned_epochs:
             return True
         every = max(1, round(t.planned_epochs / t.planned_intervals)) if t.planned_intervals else 1
         end = self._stage_end(t.trial_id, len(t.values), t.planned_epochs, every)
         left = max(model[0] + end * model[1] - (time.monotonic() - r.started), 0.0) * (t.device_share or 1.0)
-        # while AutoMode's final training is still to come, the search keeps to its share; the starting
-        # point (the model a small budget relies on) only to the whole budget
-        searching = self._refit_pending() and "automode_start" not in t.sampler_params
-        limit = self._search_limit() if searching else self.budget_s
+        # while AutoMode's final training is still to come, the search keeps to its share
+        limit = self._search_limit() if self._refit_pending() else self.budget_s
         return self._committed_s(skip=t.trial_id) + left <= limit
 
     def _check_budget(self) -> None:

@@ -388,3 +388,25 @@ def test_a_small_budget_leaves_more_to_the_final_training(tmp_path):
     assert sweep._search_limit() == pytest.approx(0.3 * 216)  # at least 30%
     start.duration_s = 10.0
     assert sweep._search_limit() == pytest.approx(0.7 * 216)  # 21 such trials: at most 70%
+
+
+def test_the_starting_point_is_not_stopped_at_a_rung_for_lack_of_budget(tmp_path):
+    from automl_vision.sweep.local import _Running, _Sweep
+
+    prepared = prepare_automode(parse_job({**CLS, "training_data": str(tmp_path / "t.jsonl"), "limits": {"budget": 0.01},
+                                           "training_parameters": {"pretrained": False}}),
+                                _fp(ImageTask.IMAGE_CLASSIFICATION, 100, 32))
+    sweep = _Sweep(prepared.job, tmp_path / "run", "cpu", print, False, automode=prepared)
+    sweep.threads = sweep.cores = 2
+    verdicts = {}
+    for name, sampler in (("start", {"automode_start": True}), ("search", {"search_space_entry": 0})):
+        rec = TrialRecord("trial-0000", 0, dict(prepared.plan.start), sampler, status="running", device_share=1.0,
+                          planned_epochs=20, planned_intervals=20)
+        # 16 s to start, 2 s an epoch: at its rung 2 after 20 s, its next stage (to rung 6) needs 8 s more,
+        # 28 s in all, past the search's 70% of 36 s
+        rec.epochs, rec.values, rec.report_s = [1, 2], [0.3, 0.5], [18.0, 20.0]
+        sweep.state.trials = {rec.trial_id: rec}
+        running = _Running(rec, proc=None, console=None, trial_dir=tmp_path, started=time.monotonic() - 20.0)
+        sweep.running = {rec.trial_id: running}
+        verdicts[name] = sweep._budget_allows_going_on(running)
+    assert verdicts == {"start": True, "search": False}
