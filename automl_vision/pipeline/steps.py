@@ -101,19 +101,21 @@ def run_sweep_step(job: Mapping[str, Any], run_dir: str | os.PathLike, *, backen
         _check_katib_inputs(katib_training_data, experiment_name, run_id, settings)
     check_compiled_backend(backend, compiled_for)
     local_job = parse_job(job, source="sweep")
-    if local_job.automode:
-        # AutoMode's space from the ingested data, the same for both backends
-        from automl_vision.sweep.automode import fingerprint_of, prepare_automode  # reads the data: only here
-
-        fingerprint = fingerprint_of(local_job)
-        local_job = prepare_automode(local_job, fingerprint).job
-        job = {**dict(job), "search_space": local_job.to_dict()["search_space"],
-               "sweep": local_job.to_dict()["sweep"]}
     if backend == "local":
         from automl_vision.sweep.local import run_sweep  # torch: only the local backend trains here
 
-        # onnx: the package step exports the model the evaluate step scored
+        # onnx: the package step exports the model the evaluate step scored; an AutoMode job is sized by
+        # the ingested data there (its space, starting point and final training)
         return run_sweep(local_job, run_dir, device=device, echo=echo, onnx=False)
+    if local_job.automode:
+        # AutoMode's space from the ingested data, for the Experiments and the run folder alike
+        from automl_vision.sweep.automode import describe_space, fingerprint_of, prepare_automode  # reads the data
+
+        automode = prepare_automode(local_job, fingerprint_of(local_job))
+        local_job = automode.job
+        echo(describe_space(automode))
+        job = {**dict(job), "search_space": local_job.to_dict()["search_space"],
+               "sweep": local_job.to_dict()["sweep"]}
     katib_job = parse_job({**job, "training_data": katib_training_data,
                            "validation_data": katib_validation_data or None}, source="sweep (katib)")
     return run_katib_backend(katib_job, run_dir, cluster=settings, local_job=local_job,

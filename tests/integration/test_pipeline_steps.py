@@ -32,10 +32,9 @@ def swept(tmp_path_factory):
                        validation=validation, statistics=Metrics(uri=str(out / "statistics")),
                        training_parameters=SMALL)
     run, leaderboard = Artifact(uri=str(out / "run")), Metrics(uri=str(out / "leaderboard"))
-    sweep.python_func(task="image_classification", training_data=dataset, limits={"max_trials": 1.0},
-                      sweep={"sampling_algorithm": "grid"},
-                      search_space=[{"model_name": {"type": "choice", "values": ["resnet18"]}}],
-                      training_parameters=SMALL, run=run, leaderboard=leaderboard, device="cpu")
+    # AutoMode (two trials, no search space): the step sizes it by the ingested data
+    sweep.python_func(task="image_classification", training_data=dataset, limits={"max_trials": 2.0}, sweep={},
+                      search_space=[], training_parameters=SMALL, run=run, leaderboard=leaderboard, device="cpu")
     return {"root": root, "data": data, "dataset": dataset, "validation": validation, "run": run,
             "leaderboard": leaderboard}
 
@@ -46,10 +45,15 @@ def test_sweep_leaves_the_run_folder_and_its_metrics(swept):
                  "trials/trial-0000/metrics.jsonl"):
         assert (run / name).exists(), name
     meta = swept["leaderboard"].metadata
-    assert meta["trials"] == 1 and meta["trials_completed"] == 1
+    assert meta["trials"] == 2 and meta["trials_completed"] == 2
     assert 0.0 <= meta["best_accuracy"] <= 1.0
     board = json.loads((run / "leaderboard.json").read_text())
     assert board["trials"][0]["best_value"] == meta["best_accuracy"]
+    # AutoMode from the ingested manifest's fingerprint: its space, then its starting point first
+    doc = json.loads((run / "sweep.json").read_text())
+    assert doc["automode"]["summary"].startswith("AutoMode: 2 search-space entries over resnet18, resnet34")
+    assert doc["dataset_fingerprint"]["images"] == 12
+    assert doc["trials"][0]["sampler_params"] == {"automode_start": True}
     # the trial trained on the ingested manifest, not on the JSONL file
     command = json.loads((run / "trials" / "trial-0000" / "command.json").read_text())
     assert command[command.index("--training_data") + 1] == swept["dataset"].path
@@ -105,10 +109,13 @@ def test_report_shows_the_leaderboard_the_curves_and_the_evaluate_steps_pictures
     assert (Path(evaluated["evaluation"].path) / "explanations" / "explanations.json").is_file()
     assert not re.search(r'(src|href)="(?!data:|#)', text)  # self-contained: the Pipelines UI shows it alone
     board = json.loads((Path(swept["run"].path) / "leaderboard.json").read_text())
-    (row,) = board["trials"]
+    row = board["trials"][0]
     shown = re.findall(r'<tr class="best"><td class="num" data-v="1">1</td><td class="nowrap">(trial-\d+)</td>'
                        r'<td[^>]*>(\w+)</td><td[^>]*>(\w+)</td>', sections["leaderboard"])
-    assert shown == [(row["trial_id"], row["status"], "resnet18")]
+    assert shown == [(row["trial_id"], row["status"], row["model_name"])]
+    # the summary says what AutoMode searched and what the sweep used
+    assert "AutoMode: 2 search-space entries over resnet18, resnet34" in sections["summary"]
+    assert "trial-epoch(s)" in sections["summary"]
     assert 'id="leaderboard-table"' in sections["leaderboard"]
     assert "learning curves of every trial" in sections["curves"] and "data:image/png;base64," in sections["curves"]
     assert "Every trial ran to its last epoch" in sections["curves"]
