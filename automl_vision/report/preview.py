@@ -39,6 +39,7 @@ from automl_vision.models.masks import polygon_to_mask
 from automl_vision.report import html as H
 from automl_vision.report.draw import Annotations, Tile, compose_grid
 from automl_vision.spec import hyperparameters as hps
+from automl_vision.spec.automode import automode_space
 from automl_vision.spec.distributions import Choice, is_distribution
 from automl_vision.spec.job import parse_job
 from automl_vision.spec.tasks import (
@@ -303,8 +304,17 @@ def search_space_models(task: ImageTask | str, search_space: Sequence[Mapping[st
     the job's training parameters and the values its search-space entry fixes (constants and
     single-value choices). The search space is checked as a job's is (ConfigError)."""
     task = parse_task(task)
-    job = parse_job({"task": task.value, "training_data": "preview", "search_space": list(search_space or []),
-                     "training_parameters": dict(training_parameters or {})}, source="preview")
+    data = {"task": task.value, "training_data": "preview", "search_space": list(search_space or []),
+            "training_parameters": dict(training_parameters or {})}
+    try:
+        job = parse_job(data, source="preview")
+    except ConfigError:
+        if search_space:
+            raise
+        # no search space, and settings the task's default model does not take (min_size, tiling for a
+        # detector): only an AutoMode job can be so; its models are AutoMode's
+        plan = automode_space(task, None, fixed=data["training_parameters"])
+        job = parse_job({**data, "search_space": plan.entries, "limits": {"max_trials": 2}}, source="preview")
     given = {k: v for k, v in job.training_parameters.items() if k != "model_name"}
     chosen: list[tuple[str, dict[str, Any]]] = []
     families: list[_Entry] = []

@@ -577,6 +577,11 @@ def resolved(job: JobSpec) -> dict[str, Any]:
     """The job with every default filled in, and per candidate model the full hyperparameter set
     (swept values shown as their distribution)."""
     out = job.model_dump(mode="json")
+    if job.automode:
+        # the models and their settings are AutoMode's, chosen from the data when the sweep starts
+        # (validate-job and the run folder's resolved_job.json show them once chosen)
+        out["hyperparameters_by_model"] = {}
+        return out
     per_model: dict[str, dict[str, Any]] = {}
     for entry in job.search_space or [{}]:
         for m in entry_models(job, entry):

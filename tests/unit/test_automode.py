@@ -410,3 +410,19 @@ def test_the_starting_point_is_not_stopped_at_a_rung_for_lack_of_budget(tmp_path
         sweep.running = {rec.trial_id: running}
         verdicts[name] = sweep._budget_allows_going_on(running)
     assert verdicts == {"start": True, "search": False}
+
+
+def test_an_automode_job_with_detector_settings_is_previewed_and_written_before_its_space_exists():
+    """min_size and tiling (the spec's usual detection settings) do not apply to the task's default yolov5:
+    before the sweep has chosen AutoMode's space, the preview shows AutoMode's models and the run folder's
+    resolved job leaves the models to the sweep."""
+    from automl_vision.report.preview import search_space_models
+    from automl_vision.spec.job import resolved
+
+    fixed = {"pretrained": False, "min_size": 320, "tile_grid_size": "2x1"}
+    assert search_space_models("image_object_detection", [], fixed) == [("fasterrcnn_resnet18_fpn", fixed)]
+    job = parse_job({**DET, "limits": {"budget": 0.1}, "training_parameters": fixed})
+    assert resolved(job)["hyperparameters_by_model"] == {}
+    with pytest.raises(ConfigError, match="min_size does not apply to model yolov5"):
+        search_space_models("image_object_detection", [{"model_name": {"type": "choice", "values": ["yolov5"]}}],
+                            fixed)
