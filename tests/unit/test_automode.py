@@ -301,14 +301,21 @@ def test_settings_fixed_for_every_trial_keep_out_the_models_they_do_not_apply_to
         parse_job({**CLS, "limits": {"budget": 1}, "training_parameters": {"min_size": 320}})
 
 
-def test_automode_keeps_the_end_of_its_budget_for_training_its_best_settings_longer(tmp_path):
+def _automode_sweep(tmp_path, budget: float):
+    """A scheduler over an AutoMode job with ``budget`` (device-hours) for 100 digit-sized images, as if it
+    held one core's worth of the machine per trial (a share of 1); nothing runs."""
     from automl_vision.sweep.local import _Sweep
 
-    prepared = prepare_automode(parse_job({**CLS, "training_data": str(tmp_path / "t.jsonl"), "limits": {"budget": 0.06},
+    prepared = prepare_automode(parse_job({**CLS, "training_data": str(tmp_path / "t.jsonl"), "limits": {"budget": budget},
                                            "training_parameters": {"pretrained": False}}),
                                 _fp(ImageTask.IMAGE_CLASSIFICATION, 100, 32))
     sweep = _Sweep(prepared.job, tmp_path / "run", "cpu", print, False, automode=prepared)
     sweep.threads = sweep.cores = 2
+    return prepared, sweep
+
+
+def test_automode_keeps_the_end_of_its_budget_for_training_its_best_settings_longer(tmp_path):
+    prepared, sweep = _automode_sweep(tmp_path, 0.06)
     best_params = dict(sweep.automode.plan.start)  # 20 epochs
     done = TrialRecord("trial-0000", 0, best_params, status="completed", best_value=0.9, epochs_completed=20,
                        device_share=1.0, duration_s=100.0)
@@ -328,13 +335,7 @@ def test_automode_keeps_the_end_of_its_budget_for_training_its_best_settings_lon
 
 
 def test_no_final_training_when_the_rest_would_not_train_longer(tmp_path):
-    from automl_vision.sweep.local import _Sweep
-
-    prepared = prepare_automode(parse_job({**CLS, "training_data": str(tmp_path / "t.jsonl"), "limits": {"budget": 0.06},
-                                           "training_parameters": {"pretrained": False}}),
-                                _fp(ImageTask.IMAGE_CLASSIFICATION, 100, 32))
-    sweep = _Sweep(prepared.job, tmp_path / "run", "cpu", print, False, automode=prepared)
-    sweep.threads = sweep.cores = 2
+    prepared, sweep = _automode_sweep(tmp_path, 0.06)
     done = TrialRecord("trial-0000", 0, dict(prepared.plan.start), status="completed", best_value=0.9,
                        epochs_completed=20, device_share=1.0, duration_s=180.0)
     done.epochs, done.report_s = list(range(1, 21)), [5.0 + 2 * e for e in range(1, 21)]
@@ -347,13 +348,9 @@ def test_no_final_training_when_the_rest_would_not_train_longer(tmp_path):
 def test_a_promoted_trial_keeps_to_the_searchs_share_of_the_budget(tmp_path):
     """A trial ASHA lets go on past a rung stops there when its next stage would eat into the final
     training's share."""
-    from automl_vision.sweep.local import _Running, _Sweep
+    from automl_vision.sweep.local import _Running
 
-    prepared = prepare_automode(parse_job({**CLS, "training_data": str(tmp_path / "t.jsonl"), "limits": {"budget": 0.06},
-                                           "training_parameters": {"pretrained": False}}),
-                                _fp(ImageTask.IMAGE_CLASSIFICATION, 100, 32))
-    sweep = _Sweep(prepared.job, tmp_path / "run", "cpu", print, False, automode=prepared)
-    sweep.threads = sweep.cores = 2
+    prepared, sweep = _automode_sweep(tmp_path, 0.06)
     done = TrialRecord("trial-0000", 0, dict(prepared.plan.start), status="completed", best_value=0.9,
                        epochs_completed=20, device_share=1.0, duration_s=100.0)
     done.epochs, done.report_s = list(range(1, 21)), [5.0 + 2 * e for e in range(1, 21)]
@@ -373,12 +370,7 @@ def test_a_promoted_trial_keeps_to_the_searchs_share_of_the_budget(tmp_path):
 
 
 def test_a_small_budget_leaves_more_to_the_final_training(tmp_path):
-    prepared = prepare_automode(parse_job({**CLS, "training_data": str(tmp_path / "t.jsonl"), "limits": {"budget": 0.06},
-                                           "training_parameters": {"pretrained": False}}),
-                                _fp(ImageTask.IMAGE_CLASSIFICATION, 100, 32))
-    from automl_vision.sweep.local import _Sweep
-
-    sweep = _Sweep(prepared.job, tmp_path / "run", "cpu", print, False, automode=prepared)
+    prepared, sweep = _automode_sweep(tmp_path, 0.06)
     assert sweep._search_limit() == pytest.approx(0.7 * 216)  # nothing measured yet
     start = TrialRecord("trial-0000", 0, dict(prepared.plan.start), {"automode_start": True}, status="completed",
                         duration_s=50.0, device_share=1.0)
@@ -391,13 +383,9 @@ def test_a_small_budget_leaves_more_to_the_final_training(tmp_path):
 
 
 def test_the_starting_point_is_not_stopped_at_a_rung_for_lack_of_budget(tmp_path):
-    from automl_vision.sweep.local import _Running, _Sweep
+    from automl_vision.sweep.local import _Running
 
-    prepared = prepare_automode(parse_job({**CLS, "training_data": str(tmp_path / "t.jsonl"), "limits": {"budget": 0.01},
-                                           "training_parameters": {"pretrained": False}}),
-                                _fp(ImageTask.IMAGE_CLASSIFICATION, 100, 32))
-    sweep = _Sweep(prepared.job, tmp_path / "run", "cpu", print, False, automode=prepared)
-    sweep.threads = sweep.cores = 2
+    prepared, sweep = _automode_sweep(tmp_path, 0.01)
     verdicts = {}
     for name, sampler in (("start", {"automode_start": True}), ("search", {"search_space_entry": 0})):
         rec = TrialRecord("trial-0000", 0, dict(prepared.plan.start), sampler, status="running", device_share=1.0,
