@@ -91,6 +91,16 @@ class TrialRecord:
         return rec
 
 
+#: The reasons the local scheduler gives a trial it stopped for the compute budget, not by the policy.
+BUDGET_STOP = "the budget of"
+
+
+def _by_budget(t: TrialRecord) -> bool:
+    """A trial stopped because the budget could not pay for more: what it would have used without early
+    termination is what it used."""
+    return BUDGET_STOP in t.reason and not t.reason.startswith("terminated by")
+
+
 def _better(a: float, b: float, maximize: bool) -> bool:
     return a > b if maximize else a < b
 
@@ -171,7 +181,7 @@ class SweepState:
             used_epochs += t.epochs_completed
             used_s += t.duration_s
             device_s += t.duration_s * (t.device_share if t.device_share is not None else 1.0)
-            if t.status == "terminated" and t.planned_epochs and t.epochs_completed:
+            if t.status == "terminated" and t.planned_epochs and t.epochs_completed and not _by_budget(t):
                 full_epochs += max(t.planned_epochs, t.epochs_completed)
                 full_s += t.duration_s * max(t.planned_epochs, t.epochs_completed) / t.epochs_completed
             else:

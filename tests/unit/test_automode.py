@@ -414,3 +414,16 @@ def test_an_automode_job_with_detector_settings_is_previewed_and_written_before_
     with pytest.raises(ConfigError, match="min_size does not apply to model yolov5"):
         search_space_models("image_object_detection", [{"model_name": {"type": "choice", "values": ["yolov5"]}}],
                             fixed)
+
+
+def test_a_trial_stopped_for_the_budget_is_not_counted_as_saved_by_early_termination():
+    from automl_vision.sweep.core import SweepState
+
+    state = SweepState("accuracy", True)
+    for i, reason in enumerate(["terminated by asha at interval 2 (epoch 2): asha: ...",
+                                "stopped: the sweep's budget of 0.06 CPU-hours is spent"]):
+        state.add(TrialRecord(f"trial-000{i}", i, {}, status="terminated", reason=reason, epochs_completed=2,
+                              planned_epochs=20, duration_s=4.0))
+    compute = state.compute()
+    # the one ASHA stopped would have run 20 epochs; the one the budget stopped, only what it ran
+    assert (compute["trial_epochs"], compute["trial_epochs_without_early_termination"]) == (4, 22)
