@@ -92,7 +92,7 @@ class TrialRecord:
 
 
 #: The reasons the local scheduler gives a trial it stopped for the compute budget, not by the policy.
-BUDGET_STOP = "the budget of"
+BUDGET_STOP = "budget of"
 
 
 def _by_budget(t: TrialRecord) -> bool:
