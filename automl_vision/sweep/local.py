@@ -492,6 +492,10 @@ class _Sweep:
             return None
         return int(values["number_of_epochs"]), int(values["evaluation_frequency"])
 
+    def _new_trial_share(self) -> float:
+        """The share of the devices the next trial will hold: a GPU of its own, else its threads' cores."""
+        return 1.0 if self.free_gpus else self.threads / self.cores
+
     def _stage_end(self, trial_id: str, reported: int, planned: int, every: int) -> int:
         """The epoch a trial's current stage ends at: with ASHA or Hyperband its next rung (a trial is
         judged there, and most end there), else its planned last epoch."""
@@ -516,8 +520,8 @@ class _Sweep:
             if model is None:
                 continue
             startup, rate = model
-            every = max(1, round(t.planned_epochs / t.planned_intervals)) if t.planned_intervals else 1
-            end = t.planned_epochs if t.exempt else self._stage_end(t.trial_id, len(t.values), t.planned_epochs, every)
+            end = t.planned_epochs if t.exempt else self._stage_end(t.trial_id, len(t.values), t.planned_epochs,
+                                                                    _epochs_per_report(t))
             expected = startup + end * rate
             total += max(expected - (now - r.started), 0.0) * (t.device_share or 1.0)
         return total
@@ -532,7 +536,7 @@ class _Sweep:
         params, _ = self._suggest(index)
         committed = self._committed_s()
         model, plan = self._cost_model(params), self._plan(params)
-        share = 1.0 if self.free_gpus else self.threads / self.cores
+        share = self._new_trial_share()
         estimate = 0.0
         if model is not None and plan is not None:
             planned, every = plan
@@ -587,7 +591,7 @@ class _Sweep:
         if model is None or plan is None:
             return None
         startup, rate = model
-        share = 1.0 if self.free_gpus else self.threads / self.cores
+        share = self._new_trial_share()
         # 10% kept back: a final training stopped by the budget before its schedule ends loses its last epochs
         epochs = int(0.9 * ((self.budget_s - committed) / share - startup) / rate)
         if epochs <= plan[0]:
@@ -610,8 +614,7 @@ class _Sweep:
         model = self._cost_model(t.parameters)
         if model is None or not t.planned_epochs:
             return True
-        every = max(1, round(t.planned_epochs / t.planned_intervals)) if t.planned_intervals else 1
-        end = self._stage_end(t.trial_id, len(t.values), t.planned_epochs, every)
+        end = self._stage_end(t.trial_id, len(t.values), t.planned_epochs, _epochs_per_report(t))
         left = max(model[0] + end * model[1] - (time.monotonic() - r.started), 0.0) * (t.device_share or 1.0)
         # while AutoMode's final training is still to come, the search keeps to its share
         limit = self._search_limit() if self._refit_pending() else self.budget_s
@@ -787,6 +790,10 @@ class _Sweep:
 #: The hyperparameters that set a trial's cost per epoch, besides its model.
 _COST_KEYS = ("train_crop_size", "img_size", "min_size", "max_size", "model_size", "training_batch_size",
               "tile_grid_size")
+
+
+def _epochs_per_report(t: TrialRecord) -> int:
+    return max(1, round(t.planned_epochs / t.planned_intervals)) if t.planned_intervals else 1
 
 
 def _median(values: list[float]) -> float:
